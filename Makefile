@@ -1,0 +1,37 @@
+# `make demo`: install, train the chapter's model, then infer.  `make test`: install, lint, run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,dev
+DATA_DIR ?=
+MODEL_DIR ?= recommender_system.inference.model
+EPOCHS ?= 20
+DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+.PHONY: install test demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check recsys tests benchmarks
+	$(PY) -m ruff format --check recsys tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m recsys.train $(DATA_FLAG) --model-dir $(MODEL_DIR) --epochs $(EPOCHS)
+	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --movie 783
+	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --top-k 10
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts: a full-size synthetic ml-1m archive and a timer."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from recsys import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+META = Path(os.environ.get("RECSYS_SHARED_DATA") or ROOT.parent / "shared" / "data") / "ml-1m"
+
+
+def full_size_archive(folder: Path, n_ratings: int = 1_000_209) -> Path:
+    """`folder/ml-1m.zip` with `n_ratings` synthetic ratings (real movies/users when found beside the repo)."""
+    if not (folder / "ml-1m.zip").exists():
+        synthetic.write_ml1m(
+            folder,
+            n_ratings,
+            seed=0,
+            meta_dir=META if (META / "movies.dat").exists() else None,
+            n_users=6040,
+            n_movies=3883,
+        )
+    return folder
+
+
+def best_of(fn, repeat: int = 5) -> float:
+    """Smallest wall time of `repeat` calls, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)

@@ -1,0 +1,115 @@
+"""The chapter's fusion network: user tower, movie tower with text-CNN, and the cos-sim scoring head.
+
+Inputs are the chapter's feed names. The chapter's LoD sequences (categories, title words) become padded
+[N, L] id matrices whose padding id is the last embedding row (`padding_idx`, always looked up as zeros).
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+EMBED = 32  # user id, movie id, category and title-word embeddings
+SMALL = 16  # gender, age and job embeddings
+HIDDEN = 200  # width of each tower's output
+
+
+def _xavier() -> paddle.ParamAttr:
+    """fluid's default parameter initialiser (Xavier uniform), which the chapter relied on."""
+    return paddle.ParamAttr(initializer=nn.initializer.XavierUniform())
+
+
+def _embedding(n: int, dim: int, sparse: bool, padded: bool = False) -> nn.Embedding:
+    return nn.Embedding(n + padded, dim, padding_idx=n if padded else None, sparse=sparse, weight_attr=_xavier())
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    return nn.Linear(n_in, n_out, weight_attr=_xavier())
+
+
+class UserTower(nn.Layer):
+    """Embeddings of user id (32), gender, age and job (16 each), each through its own fc; concat -> fc 200, tanh."""
+
+    def __init__(self, n_users: int, n_ages: int, n_jobs: int, sparse: bool = True):
+        super().__init__()
+        self.user_emb, self.user_fc = _embedding(n_users, EMBED, sparse), _linear(EMBED, EMBED)
+        self.gender_emb, self.gender_fc = _embedding(2, SMALL, sparse), _linear(SMALL, SMALL)
+        self.age_emb, self.age_fc = _embedding(n_ages, SMALL, sparse), _linear(SMALL, SMALL)
+        self.job_emb, self.job_fc = _embedding(n_jobs, SMALL, sparse), _linear(SMALL, SMALL)
+        self.fc = _linear(EMBED + 3 * SMALL, HIDDEN)
+
+    def forward(self, user_id, gender_id, age_id, job_id):
+        parts = [
+            self.user_fc(self.user_emb(user_id)),
+            self.gender_fc(self.gender_emb(gender_id)),
+            self.age_fc(self.age_emb(age_id)),
+            self.job_fc(self.job_emb(job_id)),
+        ]
+        return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
+
+
+class TextCNN(nn.Layer):
+    """fluid's `sequence_conv_pool(num_filters, filter_size=3, act="tanh", pool_type="sum")` on padded input.
+
+    Each position sees the window [t-1, t, t+1] (zeros outside the title), one [3*dim, filters] matmul,
+    bias, tanh; then the sum over the title's own positions. The weight has sequence_conv's layout.
+    """
+
+    def __init__(self, dim: int = EMBED, num_filters: int = EMBED, filter_size: int = 3):
+        super().__init__()
+        if filter_size != 3:
+            raise ValueError("the chapter's text-CNN uses filter_size=3")
+        self.weight = self.create_parameter([filter_size * dim, num_filters], attr=_xavier())
+        self.bias = self.create_parameter([num_filters], is_bias=True)
+
+    def forward(self, emb, mask):
+        """emb: [N, L, dim] with zero rows at padding; mask: [N, L] 1.0 on title positions."""
+        padded = F.pad(emb, [1, 1], data_format="NLC")  # zero row before and after every title
+        window = paddle.concat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], axis=-1)
+        hidden = paddle.tanh(paddle.matmul(window, self.weight) + self.bias)
+        return (hidden * mask.unsqueeze(-1)).sum(axis=1)
+
+
+class MovieTower(nn.Layer):
+    """Movie id embedding -> fc 32; categories embedded and sum-pooled; title through the text-CNN;
+    concat (96) -> fc 200, tanh."""
+
+    def __init__(self, n_movies: int, n_categories: int, n_title_words: int, sparse: bool = True):
+        super().__init__()
+        self.n_title_words = n_title_words
+        self.movie_emb, self.movie_fc = _embedding(n_movies, EMBED, sparse), _linear(EMBED, EMBED)
+        self.category_emb = _embedding(n_categories, EMBED, sparse, padded=True)
+        self.title_emb = _embedding(n_title_words, EMBED, sparse, padded=True)
+        self.title_cnn = TextCNN()
+        self.fc = _linear(3 * EMBED, HIDDEN)
+
+    def forward(self, movie_id, category_id, movie_title):
+        title_mask = (movie_title != self.n_title_words).astype("float32")
+        parts = [
+            self.movie_fc(self.movie_emb(movie_id)),
+            self.category_emb(category_id).sum(axis=1),
+            self.title_cnn(self.title_emb(movie_title), title_mask),
+        ]
+        return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
+
+
+def cos_sim_score(user, movie):
+    """The chapter's head: `5 * cos_sim(user, movie)`, shape [N, 1], in label space 2*stars-5."""
+    dot = (user * movie).sum(axis=-1, keepdim=True)
+    norms = (user * user).sum(axis=-1, keepdim=True) * (movie * movie).sum(axis=-1, keepdim=True)
+    return 5.0 * dot * paddle.rsqrt(norms)
+
+
+class RecommenderNet(nn.Layer):
+    """Both towers and the head; `forward` takes the chapter's seven feeds and returns the scaled score."""
+
+    def __init__(self, n_users, n_ages, n_jobs, n_movies, n_categories, n_title_words, sparse: bool = True):
+        super().__init__()
+        self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse)
+        self.movie_tower = MovieTower(n_movies, n_categories, n_title_words, sparse)
+
+    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title):
+        user = self.user_tower(user_id, gender_id, age_id, job_id)
+        movie = self.movie_tower(movie_id, category_id, movie_title)
+        return cos_sim_score(user, movie)
