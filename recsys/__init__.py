@@ -5,6 +5,20 @@ import warnings as _warnings
 
 __version__ = "0.1.0"
 
+
+def _select_mkl_kernels() -> None:
+    """Paddle's bundled MKL takes a slow generic path on AMD processors; `MKL_DEBUG_CPU_TYPE=5` selects its
+    AVX2 kernels (2.5-4x faster matmuls measured on an AMD EPYC). MKL reads it when it loads, so this runs
+    before recsys first imports paddle. Intel processors, and a value already set, are left alone."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            if "AuthenticAMD" in f.read(4096):
+                _os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    except OSError:
+        pass
+
+
+_select_mkl_kernels()
 # Paddle's C++ logging and a compiler-cache notice would drown the chapter's own output.
 _os.environ.setdefault("GLOG_minloglevel", "2")
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)

@@ -25,7 +25,7 @@ def predict(md: ModelDir, user_id: int, movie_ids: list[int] | np.ndarray) -> np
     """Scores of one user on several movies through the saved inference model (label space)."""
     movie_ids = np.asarray(movie_ids, np.int64)
     feeds = md.tables.features(np.full(len(movie_ids), user_id, np.int64), movie_ids)
-    return md.predictor()(feeds)[:, 0]
+    return md.predictor(feeds)[:, 0]
 
 
 def top_k(md: ModelDir, user_id: int, k: int) -> list[tuple[int, float]]:

@@ -24,8 +24,15 @@ def _embedding(n: int, dim: int, sparse: bool, padded: bool = False) -> nn.Embed
     return nn.Embedding(n + padded, dim, padding_idx=n if padded else None, sparse=sparse, weight_attr=_xavier())
 
 
-def _linear(n_in: int, n_out: int) -> nn.Linear:
-    return nn.Linear(n_in, n_out, weight_attr=_xavier())
+class FC(nn.Linear):
+    """fluid's `fc` without activation: `nn.Linear`'s parameters, computed as one fused `addmm`."""
+
+    def forward(self, x):
+        return paddle.addmm(self.bias, x, self.weight)
+
+
+def _linear(n_in: int, n_out: int) -> FC:
+    return FC(n_in, n_out, weight_attr=_xavier())
 
 
 class UserTower(nn.Layer):
@@ -50,25 +57,30 @@ class UserTower(nn.Layer):
 
 
 class TextCNN(nn.Layer):
-    """fluid's `sequence_conv_pool(num_filters, filter_size=3, act="tanh", pool_type="sum")` on padded input.
+    """Title word embeddings through fluid's `sequence_conv_pool(num_filters=32, filter_size=3, act="tanh",
+    pool_type="sum")`, from padded [N, L] word ids.
 
-    Each position sees the window [t-1, t, t+1] (zeros outside the title), one [3*dim, filters] matmul,
-    bias, tanh; then the sum over the title's own positions. The weight has sequence_conv's layout.
+    Each title word t sees the window [t-1, t, t+1], zeros outside the title. Like the chapter's LoD tensors,
+    only real words are computed: their windows are gathered (ids only, no gradient), embedded in one lookup,
+    multiplied by one [3*dim, num_filters] weight (sequence_conv's layout), biased, tanh'd, and summed per title.
     """
 
-    def __init__(self, dim: int = EMBED, num_filters: int = EMBED, filter_size: int = 3):
+    def __init__(self, n_words: int, sparse: bool = True, dim: int = EMBED, num_filters: int = EMBED):
         super().__init__()
-        if filter_size != 3:
-            raise ValueError("the chapter's text-CNN uses filter_size=3")
-        self.weight = self.create_parameter([filter_size * dim, num_filters], attr=_xavier())
+        self.pad = n_words
+        self.embedding = _embedding(n_words, dim, sparse, padded=True)  # the padding row looks up as zeros
+        self.weight = self.create_parameter([3 * dim, num_filters], attr=_xavier())
         self.bias = self.create_parameter([num_filters], is_bias=True)
 
-    def forward(self, emb, mask):
-        """emb: [N, L, dim] with zero rows at padding; mask: [N, L] 1.0 on title positions."""
-        padded = F.pad(emb, [1, 1], data_format="NLC")  # zero row before and after every title
-        window = paddle.concat([padded[:, :-2], padded[:, 1:-1], padded[:, 2:]], axis=-1)
-        hidden = paddle.tanh(paddle.matmul(window, self.weight) + self.bias)
-        return (hidden * mask.unsqueeze(-1)).sum(axis=1)
+    def forward(self, ids):
+        """ids: [N, L] word ids padded with the padding id -> [N, num_filters]."""
+        padded = F.pad(ids, [1, 1], value=self.pad)  # a padding word before and after every title
+        windows = paddle.stack([padded[:, :-2], ids, padded[:, 2:]], axis=-1)  # [N, L, 3]
+        where = paddle.nonzero(ids != self.pad)  # [P, 2]: (sample, position) of every title word
+        emb = self.embedding(paddle.gather_nd(windows, where)).flatten(1)  # [P, 3*dim]
+        hidden = paddle.tanh(paddle.addmm(self.bias, emb, self.weight))  # [P, num_filters]
+        pooled = paddle.zeros([ids.shape[0], hidden.shape[1]], hidden.dtype)
+        return paddle.index_add(pooled, where[:, 0], 0, hidden)  # sum over each title's words
 
 
 class MovieTower(nn.Layer):
@@ -77,19 +89,16 @@ class MovieTower(nn.Layer):
 
     def __init__(self, n_movies: int, n_categories: int, n_title_words: int, sparse: bool = True):
         super().__init__()
-        self.n_title_words = n_title_words
         self.movie_emb, self.movie_fc = _embedding(n_movies, EMBED, sparse), _linear(EMBED, EMBED)
         self.category_emb = _embedding(n_categories, EMBED, sparse, padded=True)
-        self.title_emb = _embedding(n_title_words, EMBED, sparse, padded=True)
-        self.title_cnn = TextCNN()
+        self.title_cnn = TextCNN(n_title_words, sparse)
         self.fc = _linear(3 * EMBED, HIDDEN)
 
     def forward(self, movie_id, category_id, movie_title):
-        title_mask = (movie_title != self.n_title_words).astype("float32")
         parts = [
             self.movie_fc(self.movie_emb(movie_id)),
             self.category_emb(category_id).sum(axis=1),
-            self.title_cnn(self.title_emb(movie_title), title_mask),
+            self.title_cnn(movie_title),
         ]
         return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
 

@@ -9,6 +9,7 @@ metrics.json, loss.png                one record per evaluation, and the cost cu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -128,13 +129,11 @@ def write_metrics(folder: Path, metrics: list[dict]) -> None:
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if not metrics:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: drawing a file must not touch the caller's backend
 
     steps = [m["step"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(steps, [m["train_cost"] for m in metrics], "o-", label="Train cost")
     ax.plot(steps, [m["test_cost"] for m in metrics], "s-", label="Test cost")
     ax.set_xlabel("training batches")
@@ -143,7 +142,6 @@ def write_metrics(folder: Path, metrics: list[dict]) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "loss.png", dpi=100)
-    plt.close(fig)
 
 
 @dataclass
@@ -173,12 +171,23 @@ class ModelDir:
             )
         return cls(path, meta, arrays)
 
-    @property
+    @functools.cached_property
     def tables(self) -> Tables:
-        return Tables(self.arrays["user_table"], self.arrays["movie_category"], self.arrays["movie_title"])
+        sizes = self.meta["sizes"]
+        return Tables(
+            self.arrays["user_table"],
+            self.arrays["movie_category"],
+            self.arrays["movie_title"],
+            sizes["n_categories"],
+            sizes["n_title_words"],
+        )
+
+    @functools.cached_property
+    def user_ids(self) -> frozenset[int]:
+        return frozenset(self.meta["users"])
 
     def has_user(self, user_id: int) -> bool:
-        return 0 < user_id < len(self.arrays["user_table"]) and user_id in set(self.meta["users"])
+        return user_id in self.user_ids
 
     def has_movie(self, movie_id: int) -> bool:
         return str(movie_id) in self.meta["movies"]
@@ -195,8 +204,10 @@ class ModelDir:
         s, e = a["rated_indptr"][user_id], a["rated_indptr"][user_id + 1]
         return a["rated_movie"][s:e], a["rated_stars"][s:e], a["rated_is_test"][s:e]
 
-    def predictor(self, threads: int = 1) -> Predictor:
-        return Predictor(self.path / PREFIX, threads)
+    @functools.cached_property
+    def predictor(self) -> Predictor:
+        """The saved inference model through `paddle.inference`, created on first use."""
+        return Predictor(self.path / PREFIX)
 
 
 class Predictor:

@@ -32,7 +32,7 @@ def test_movie_tower_parts_equal_legacy_lod_ops(tmp_path):
         tower.title_cnn.bias.set_value(paddle.to_tensor(rng.normal(0, 0.3, 32).astype("float32")))
     np.savez(
         tmp_path / "in.npz",
-        title_emb=tower.title_emb.weight.numpy()[:N_WORDS],
+        title_emb=tower.title_cnn.embedding.weight.numpy()[:N_WORDS],
         cat_emb=tower.category_emb.weight.numpy()[:N_CATS],
         conv_w=tower.title_cnn.weight.numpy(),
         conv_b=tower.title_cnn.bias.numpy(),
@@ -46,8 +46,7 @@ def test_movie_tower_parts_equal_legacy_lod_ops(tmp_path):
     want = np.load(tmp_path / "out.npz")
 
     title_ids = paddle.to_tensor(_padded(titles, N_WORDS))
-    mask = (title_ids != N_WORDS).astype("float32")
-    got_title = tower.title_cnn(tower.title_emb(title_ids), mask).numpy()
+    got_title = tower.title_cnn(title_ids).numpy()
     got_cats = tower.category_emb(paddle.to_tensor(_padded(cats, N_CATS))).sum(axis=1).numpy()
     np.testing.assert_allclose(got_title, want["title"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_cats, want["category"], rtol=1e-5, atol=1e-6)
@@ -83,7 +82,7 @@ def test_chapter_sizes_and_shapes():
     assert shapes["user_tower.fc.weight"] == (80, 200)
     assert shapes["movie_tower.movie_emb.weight"] == (3953, 32)
     assert shapes["movie_tower.category_emb.weight"] == (19, 32)  # + the padding row
-    assert shapes["movie_tower.title_emb.weight"] == (5175, 32)
+    assert shapes["movie_tower.title_cnn.embedding.weight"] == (5175, 32)
     assert shapes["movie_tower.title_cnn.weight"] == (96, 32)
     assert shapes["movie_tower.fc.weight"] == (96, 200)
     out = net(
@@ -92,3 +91,31 @@ def test_chapter_sizes_and_shapes():
         paddle.to_tensor([[1, 2, 3, 4, 5], [7, 5174, 5174, 5174, 5174]]),
     )
     assert out.shape == [2, 1] and np.all(np.abs(out.numpy()) <= 5)
+
+
+def test_trainer_sgd_equals_paddle_optimizer_sgd():
+    """recsys.train.SGD (Paddle's sgd kernel without the optimizer's bookkeeping) updates exactly like paddle's."""
+    from recsys.train import SGD
+
+    rng = np.random.RandomState(4)
+    for sparse in (True, False):
+        nets = []
+        for _ in range(2):
+            paddle.seed(5)
+            nets.append(RecommenderNet(50, 7, 21, 40, N_CATS, N_WORDS, sparse=sparse))
+        opts = [paddle.optimizer.SGD(0.2, parameters=nets[0].parameters()), SGD(nets[1].parameters(), 0.2)]
+        before = nets[1].parameters()[-1].numpy().copy()
+        for _ in range(4):
+            ids = [paddle.to_tensor(rng.randint(0, n, 64)) for n in (50, 2, 7, 21, 40)]
+            cats = paddle.to_tensor(rng.randint(0, N_CATS + 1, (64, 3)))
+            titles = paddle.to_tensor(
+                _padded([rng.randint(0, N_WORDS, rng.randint(1, 6)).tolist() for _ in range(64)], N_WORDS)
+            )
+            label = paddle.to_tensor(rng.normal(size=(64, 1)).astype("float32"))
+            for net, opt in zip(nets, opts):
+                ((net(*ids, cats, titles) - label) ** 2).mean().backward()
+                opt.step()
+                opt.clear_grad()
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert not np.array_equal(nets[1].parameters()[-1].numpy(), before), "the updates must change parameters"

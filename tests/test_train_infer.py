@@ -68,7 +68,7 @@ def test_model_dir_round_trip_and_predictor_equals_dygraph(trained, small_dir):
     feeds = md.tables.features(data.user[idx], data.movie[idx])
     with paddle.no_grad():
         want = _net_from(md)(*[paddle.to_tensor(feeds[k]) for k in movielens.FEED_NAMES]).numpy()
-    np.testing.assert_allclose(md.predictor()(feeds), want, atol=1e-5)
+    np.testing.assert_allclose(md.predictor(feeds), want, atol=1e-5)
 
 
 def test_top_k_equals_scoring_every_pair_with_the_full_network(trained):
