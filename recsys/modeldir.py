@@ -2,7 +2,7 @@
 
 inference.json, inference.pdiparams   paddle.jit.save of the whole network (the chapter's inference model)
 meta.json                             vocabularies, movie titles and genres, sizes, training settings
-arrays.npz                            feature tables, unit tower vectors, every user's ratings (CSR)
+arrays.npz                            feature tables, unit tower vectors (cold-start users too), all ratings
 params.npz                            the network's parameters by name
 metrics.json, loss.png                one record per evaluation, and the cost curves
 """
@@ -31,22 +31,24 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tower_vectors(net, tables: Tables, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-length user and movie tower outputs for every id (rows of ids absent from the data included)."""
+def tower_vectors(net, tables: Tables, n_jobs: int, batch: int = 8192) -> dict[str, np.ndarray]:
+    """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
+    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200]."""
     import paddle
 
-    def run(tower, features, n):
-        ids = np.arange(n)
-        parts = [
-            tower(*map(paddle.to_tensor, features(ids[s : s + batch]).values())).numpy() for s in range(0, n, batch)
-        ]
-        return _unit(np.concatenate(parts))
+    def run(tower, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
+        parts = [tower(*(paddle.to_tensor(v[s : s + batch]) for v in feeds.values())) for s in range(0, n, batch)]
+        return _unit(np.concatenate([p.numpy() for p in parts]))
 
+    g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))
+    cold = {"user_id": np.zeros_like(g), "gender_id": g, "age_id": a, "job_id": j}
     with paddle.no_grad():
-        return (
-            run(net.user_tower, tables.user_features, len(tables.user)),
-            run(net.movie_tower, tables.movie_features, len(tables.category)),
-        )
+        return {
+            "user_vectors": run(net.user_tower, tables.user_features(np.arange(len(tables.user)))),
+            "movie_vectors": run(net.movie_tower, tables.movie_features(np.arange(len(tables.category)))),
+            "cold_vectors": run(net.user_tower, cold).reshape(2, len(age_table), n_jobs, -1),
+        }
 
 
 def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
@@ -60,14 +62,25 @@ def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
     }
 
 
-def save(path: str | os.PathLike, net, data: MovieLens, settings: dict, metrics: list[dict]) -> Path:
-    """Write the whole model dir into a temp dir beside `path`, then swap it in by rename."""
+def save(
+    path: str | os.PathLike,
+    net,
+    data: MovieLens,
+    settings: dict,
+    metrics: list[dict],
+    checkpoint: tuple[dict, dict[str, np.ndarray]] | None = None,
+    keep_checkpoint: bool = False,
+) -> Path:
+    """Write the whole model dir into a temp dir beside `path`, then swap it in by rename.
+
+    `checkpoint` is (JSON-able training state, arrays) for `--resume`; it lands atomically with the model.
+    Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir."""
     import paddle
     from paddle.static import InputSpec
 
     path = Path(path)
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         specs = [InputSpec([None], "int64", n) for n in FEED_NAMES[:5]]
@@ -75,7 +88,6 @@ def save(path: str | os.PathLike, net, data: MovieLens, settings: dict, metrics:
         net.eval()
         paddle.jit.save(net, str(tmp / PREFIX), input_spec=specs)
         net.train()
-        users, movies = tower_vectors(net, data.tables)
         params = {k: v.numpy() for k, v in net.state_dict().items()}
         np.savez(tmp / "params.npz", **params)
         np.savez(
@@ -83,8 +95,7 @@ def save(path: str | os.PathLike, net, data: MovieLens, settings: dict, metrics:
             user_table=data.tables.user,
             movie_category=data.tables.category,
             movie_title=data.tables.title,
-            user_vectors=users,
-            movie_vectors=movies,
+            **tower_vectors(net, data.tables, data.sizes()["n_jobs"]),
             **_ratings_csr(data),
         )
         meta = data.meta
@@ -108,10 +119,34 @@ def save(path: str | os.PathLike, net, data: MovieLens, settings: dict, metrics:
         }
         (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
         write_metrics(tmp, metrics)
+        if checkpoint is not None:
+            (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
+            np.savez(tmp / "checkpoint.npz", **checkpoint[1])
+        elif keep_checkpoint:
+            for name in ("checkpoint.json", "checkpoint.npz"):
+                shutil.copy2(path / name, tmp / name)
         _swap(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp dirs of saves that were killed half-way (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _swap(new: Path, path: Path) -> None:
@@ -186,6 +221,11 @@ class ModelDir:
     def user_ids(self) -> frozenset[int]:
         return frozenset(self.meta["users"])
 
+    @functools.cached_property
+    def movie_ids(self) -> np.ndarray:
+        """Ids of the dataset's movies, ascending."""
+        return np.array(sorted(int(m) for m in self.meta["movies"]), np.int64)
+
     def has_user(self, user_id: int) -> bool:
         return user_id in self.user_ids
 
@@ -197,6 +237,23 @@ class ModelDir:
 
     def genres(self, movie_id: int) -> list[str]:
         return self.meta["movies"][str(movie_id)][1]
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The saved network parameters by structured name."""
+        with np.load(self.path / "params.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def checkpoint(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(training state with its metrics, arrays) of the last finished epoch, or None."""
+        if not (self.path / "checkpoint.json").is_file():
+            return None
+        try:
+            state = json.loads((self.path / "checkpoint.json").read_text())
+            state["metrics"] = json.loads((self.path / "metrics.json").read_text())
+            with np.load(self.path / "checkpoint.npz", allow_pickle=False) as z:
+                return state, {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as e:
+            raise RecsysError(f"the checkpoint in {self.path} is damaged ({e}); train again without --resume") from None
 
     def ratings_of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(movie ids, stars, is_test) of every rating the user gave in the training data's archive."""

@@ -10,13 +10,12 @@ the real `ratings.dat`.
 
 from __future__ import annotations
 
-import argparse
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from recsys.errors import RecsysError, cli
+from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import ML1M_JOBS, age_table
 
 GENRES = (
@@ -195,7 +194,7 @@ def write_ml1m(
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m recsys.synthetic", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m recsys.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", help="folder that receives ml-1m.zip")
     ap.add_argument("--ratings", type=int, default=1_000_209, help="number of rating lines (ml-1m has 1,000,209)")
     ap.add_argument("--meta-dir", help="folder with real movies.dat and users.dat (else invented ones)")

@@ -125,7 +125,7 @@ def test_chapter_flow_on_real_metadata(real_meta_dir, tmp_path):
         (["--user", "0", "--top-k", "3"], "unknown user id 0"),
         (["--user", "1", "--top-k", "0"], "--top-k must be at least 1"),
         (["--user", "1", "--top-k", "x"], "invalid int value"),
-        (["--user", "1"], "give --user and either --movie or --top-k"),
+        (["--user", "1"], "and either --movie or --top-k"),
     ],
 )
 def test_infer_bad_inputs(trained, args, needle):
