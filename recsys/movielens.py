@@ -287,10 +287,15 @@ def _stamp(source: Path) -> tuple:
     return (st.st_size, st.st_mtime_ns) if source.is_file() else (st.st_mtime_ns,)
 
 
+def _source_meta(dataset: str, data_dir, download: bool = True) -> tuple[Path, Meta]:
+    """The archive's path and its metadata (parsed once per process and archive version)."""
+    source = fetch.locate(dataset, data_dir, download)
+    return source, _meta_cached(dataset, str(source), _stamp(source))
+
+
 def read_meta(dataset: str = "ml-1m", data_dir: str | os.PathLike | None = None, download: bool = True) -> Meta:
     """Users, movies and vocabularies of the archive (parsed once per process)."""
-    source = fetch.locate(dataset, data_dir, download)
-    return _meta_cached(dataset, str(source), _stamp(source))
+    return _source_meta(dataset, data_dir, download)[1]
 
 
 def _rating_members(dataset: str, split: str) -> list[str]:
@@ -407,8 +412,7 @@ def load(
 ) -> MovieLens:
     """The archive as arrays (parsed once, then read from the cache beside it)."""
     _check_split(dataset, split)
-    source = fetch.locate(dataset, data_dir, download)
-    meta = _meta_cached(dataset, str(source), _stamp(source))
+    source, meta = _source_meta(dataset, data_dir, download)
     rows, is_test = _read_ratings(dataset, source, split, meta)
     if is_test is None:
         is_test = split_mask(len(rows), rand_seed, test_ratio)
@@ -430,8 +434,7 @@ def load(
 
 def _reader(dataset, data_dir, split, rand_seed, test_ratio, is_test) -> Iterator[list]:
     _check_split(dataset, split)
-    source = fetch.locate(dataset, data_dir)
-    meta = _meta_cached(dataset, str(source), _stamp(source))
+    source, meta = _source_meta(dataset, data_dir)
     rng = np.random.RandomState(rand_seed)
     members = _rating_members(dataset, split)
     if split != "random":
