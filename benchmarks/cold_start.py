@@ -57,8 +57,8 @@ def main() -> None:
             train.train(train.parse_args(flags + ["--cold-start-rate", str(rate)]), seen, log=lambda _: None)
             seconds = time.perf_counter() - t
             md = ModelDir.load(Path(tmp) / "m")
-            cold = {"user_id": np.zeros(len(g), np.int64), "gender_id": g, "age_id": a, "job_id": j}
-            pred = md.predictor(cold | md.tables.movie_features(data.movie[out]))[:, 0]
+            feeds = movielens.unknown_user_features(g, a, j) | md.tables.movie_features(data.movie[out])
+            pred = md.predictor(feeds)[:, 0]
         rows.append((f"recsys model, --cold-start-rate {rate}", scores(pred, label), seconds))
     print(f"ml-100k: {len(held)} of {len(users)} users held out ({out.sum():,} ratings); trained on the rest")
     print(f"{'scored as an unknown user':<40}{'RMSE':>8}{'MAE':>8}{'train s':>9}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
-from recsys.movielens import age_table
+from recsys.movielens import age_table, unknown_user_features
 
 
 def stars(score: float) -> float:
@@ -37,9 +37,7 @@ def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple[int, int, int] | 
     if cold is None:
         users = md.tables.user_features(np.full(n, user_id, np.int64))
     else:
-        users = {"user_id": np.zeros(n, np.int64)} | {
-            k: np.full(n, v, np.int64) for k, v in zip(("gender_id", "age_id", "job_id"), cold)
-        }
+        users = unknown_user_features(*(np.full(n, v) for v in cold))
     return md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
 
 

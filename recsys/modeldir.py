@@ -5,6 +5,7 @@ meta.json                             vocabularies, movie titles and genres, siz
 arrays.npz                            feature tables, unit tower vectors (cold-start users too), all ratings
 params.npz                            the network's parameters by name
 metrics.json, loss.png                one record per evaluation, and the cost curves
+checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.errors import RecsysError
-from recsys.movielens import FEED_NAMES, MovieLens, Tables, age_table
+from recsys.movielens import FEED_NAMES, MovieLens, Tables, age_table, unknown_user_features
 
 FORMAT = 1
 PREFIX = "inference"
@@ -42,12 +43,11 @@ def tower_vectors(net, tables: Tables, n_jobs: int, batch: int = 8192) -> dict[s
         return _unit(np.concatenate([p.numpy() for p in parts]))
 
     g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))
-    cold = {"user_id": np.zeros_like(g), "gender_id": g, "age_id": a, "job_id": j}
     with paddle.no_grad():
         return {
             "user_vectors": run(net.user_tower, tables.user_features(np.arange(len(tables.user)))),
             "movie_vectors": run(net.movie_tower, tables.movie_features(np.arange(len(tables.category)))),
-            "cold_vectors": run(net.user_tower, cold).reshape(2, len(age_table), n_jobs, -1),
+            "cold_vectors": run(net.user_tower, unknown_user_features(g, a, j)).reshape(2, len(age_table), n_jobs, -1),
         }
 
 

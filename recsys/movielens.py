@@ -155,6 +155,12 @@ class Tables:
         return self.user_features(user_ids) | self.movie_features(movie_ids)
 
 
+def unknown_user_features(gender_ids, age_ids, job_ids) -> dict[str, np.ndarray]:
+    """The user tower's feeds for the unknown user (id 0, which MovieLens never assigns) with these features."""
+    g, a, j = (np.asarray(x, np.int64) for x in np.broadcast_arrays(gender_ids, age_ids, job_ids))
+    return {"user_id": np.zeros_like(g), "gender_id": g, "age_id": a, "job_id": j}
+
+
 def _pad(rows: list[list[int]], movies: dict[int, MovieInfo], n: int, pad: int) -> np.ndarray:
     out = np.full((n, max(1, max(len(r) for r in rows))), pad, np.int64)
     for mid, r in zip(movies, rows):
