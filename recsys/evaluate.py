@@ -1,8 +1,11 @@
 """Score a trained model and baselines on the same test split: `python -m recsys.evaluate --model-dir DIR`.
 
-The model runs through its saved inference model; the baselines (global mean, user+movie biases, a small
-matrix factorisation) are fitted here, on the same training split. Costs are the chapter's (mean square
-error on 2*stars-5); RMSE and MAE are in stars, predictions clipped to 1..5.
+Two tables. Rating: a rating model runs through its saved inference model beside global mean, user+movie
+biases and a small matrix factorisation fitted here on the same training split; costs are the chapter's
+(mean square error on 2*stars-5), RMSE and MAE in stars with predictions clipped to 1..5. Top-N: full
+ranking of every movie a test user did not rate in training (see `recsys.topn` for the metrics), the
+model beside popularity and EASE; `--rerank RATING_DIR` with a retrieval model adds the rating model alone
+and the two stages.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import movielens
+from recsys import infer, movielens, topn
 from recsys.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
@@ -31,21 +34,83 @@ def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 81
     return np.concatenate(out)
 
 
-def compare(md: ModelDir, data: MovieLens) -> list[dict]:
-    """One row per predictor on the test split: name, cost, rmse, mae, seconds (fit + predict)."""
+def _check_data(md: ModelDir, data: MovieLens) -> None:
     if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
         raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
+
+
+def compare(md: ModelDir | None, data: MovieLens) -> list[dict]:
+    """One row per predictor on the test split: name, cost, rmse, mae, seconds (fit + predict).
+    `md` is a rating model (or None: the baselines alone)."""
     test, train = np.flatnonzero(data.is_test), ~data.is_test
     label = data.label[test, 0]
-    t = time.perf_counter()
-    rows = [{"model": f"recsys model ({md.path.name})", **scores(model_scores(md, data, test), label)}]
-    rows[0]["seconds"] = time.perf_counter() - t
+    rows = []
+    if md is not None:
+        _check_data(md, data)
+        t = time.perf_counter()
+        predicted = model_scores(md, data, test)
+        if not np.isfinite(predicted).all():
+            raise RecsysError(f"the model in {md.path} produced non-finite scores; it is damaged: train it again")
+        rows.append({"model": f"recsys model ({md.path.name})", **scores(predicted, label)})
+        rows[0]["seconds"] = time.perf_counter() - t
     for baseline in (GlobalMean(), Biases(), MatrixFactorization()):
         t = time.perf_counter()
         baseline.fit(data.user[train], data.movie[train], data.stars[train])
         stars = baseline.predict(data.user[test], data.movie[test])
         rows.append({"model": baseline.name, **scores(2 * stars - 5, label), "seconds": time.perf_counter() - t})
     return rows
+
+
+def _tower_ranker(md: ModelDir):
+    """Rank by the model's unit tower vectors: cosine, which orders movies as the model's score does."""
+    users, movies = md.arrays["user_vectors"], md.catalogue_vectors
+    return topn.by_score(lambda u: users[u] @ movies.T)
+
+
+def _two_stage_ranker(md: ModelDir, rerank: ModelDir, candidates: int):
+    """The retrieval model's top `candidates`, reordered by the rating model (as `infer --rerank` does)."""
+    first, second = md.arrays["user_vectors"], rerank.arrays["user_vectors"]
+
+    def rank(users, seen, k):
+        pool = topn.top_k_lists(first[users] @ md.catalogue_vectors.T, seen, candidates)
+        return topn.rerank(pool, 5.0 * (second[users] @ rerank.catalogue_vectors.T), k)
+
+    return rank
+
+
+def top_n(
+    md: ModelDir,
+    data: MovieLens,
+    k: int = 10,
+    relevant: int = 4,
+    ease_lambda: float = 500.0,
+    rerank: ModelDir | None = None,
+    candidates: int = 100,
+) -> tuple[list[dict], int]:
+    """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
+    the two stages): precision, recall, ndcg, hr at k, coverage, seconds. Also returns the number of users."""
+    _check_data(md, data)
+    ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
+    rankers = []
+    for baseline in (topn.Popularity(), topn.EASE(ease_lambda)):
+        rankers.append((baseline.name, lambda b=baseline: topn.by_score(b.fit(ranking).scores)))
+    kind = "retrieval" if md.objective == "retrieval" else "chapter model"
+    rankers.append((f"{kind} ({md.path.name})", lambda: _tower_ranker(md)))
+    if rerank is not None:
+        rankers.append((f"chapter model ({rerank.path.name})", lambda: _tower_ranker(rerank)))
+        rankers.append(
+            (
+                f"two-stage: retrieval top {candidates} -> chapter model",
+                lambda: _two_stage_ranker(md, rerank, candidates),
+            )
+        )
+    rows = []
+    for name, make in rankers:
+        t = time.perf_counter()
+        result = topn.evaluate(make(), ranking, k)
+        rows.append({"model": name, **{m: result[m] for m in ("precision", "recall", "ndcg", "hr", "coverage")}})
+        rows[-1]["seconds"] = time.perf_counter() - t
+    return rows, result["users"]
 
 
 def _data_for(md: ModelDir, args: argparse.Namespace) -> MovieLens:
@@ -62,24 +127,49 @@ def _data_for(md: ModelDir, args: argparse.Namespace) -> MovieLens:
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m recsys.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
+    ap.add_argument(
+        "--rerank", metavar="RATING_MODEL_DIR", help="with a retrieval --model-dir: also rank in two stages"
+    )
+    ap.add_argument(
+        "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
+    )
     ap.add_argument("--dataset", choices=sorted(movielens.SPLITS), help="default: the model's")
     ap.add_argument("--split", help="default: the model's")
     ap.add_argument("--data-dir", help="default: where the model's training data was found")
+    ap.add_argument("--k", type=int, default=10, help="length of the top-N lists (default: %(default)s)")
+    ap.add_argument("--relevant", type=int, default=4, help="test ratings of this many stars or more are relevant")
+    ap.add_argument("--ease-lambda", type=float, default=500.0, help="EASE's L2 weight (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if args.k < 1 or args.candidates < args.k or not 1 <= args.relevant <= 5 or not args.ease_lambda > 0:
+        ap.error("--k must be at least 1, --candidates at least --k, --relevant 1..5 and --ease-lambda positive")
     md = ModelDir.load(args.model_dir)
+    rerank = None
+    if args.rerank is not None:
+        rerank = ModelDir.load(args.rerank)
+        infer.check_pair(md, rerank)
     data = _data_for(md, args)
-    rows = compare(md, data)
+    rows = compare(md if md.objective == "rating" else rerank, data)
+    ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, args.candidates)
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}
     if args.json:
-        print(json.dumps({**head, "rows": rows}))
+        top = {"k": args.k, "relevant": args.relevant, "users": n_users, "rows": ranked}
+        print(json.dumps({**head, "rows": rows, "top_n": top}))
         return 0
     print(f"{head['dataset']} split {head['split']}: {head['n_train']:,} training, {head['n_test']:,} test ratings")
-    width = max(len(r["model"]) for r in rows)
-    print(f"{'':<{width}}  {'test cost':>9}  {'RMSE':>6}  {'MAE':>6}")
+    width = max(len(r["model"]) for r in rows + ranked)
+    print(f"{'rating':<{width}}  {'test cost':>9}  {'RMSE':>6}  {'MAE':>6}")
     for r in rows:
         print(f"{r['model']:<{width}}  {r['cost']:9.4f}  {r['rmse']:6.4f}  {r['mae']:6.4f}")
+    k = args.k
+    print(f"\ntop-{k}, full ranking, {n_users:,} users with a test rating of {args.relevant}+ stars")
+    print(f"{'':<{width}}  {f'P@{k}':>6}  {f'R@{k}':>6}  {f'NDCG@{k}':>7}  {f'HR@{k}':>6}  {'cover':>6}")
+    for r in ranked:
+        print(
+            f"{r['model']:<{width}}  {r['precision']:6.4f}  {r['recall']:6.4f}  {r['ndcg']:7.4f}  "
+            f"{r['hr']:6.4f}  {r['coverage']:6.4f}"
+        )
     return 0
 
 

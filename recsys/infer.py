@@ -4,11 +4,14 @@
     python -m recsys.infer --user 1 --top-k 10                   best movies the user has not rated
     python -m recsys.infer --gender F --age 25 --job 4 --top-k 10   a new user, known only by features
     python -m recsys.infer --similar-to 783 --top-k 10           nearest movies by their movie-tower vectors
+    python -m recsys.infer --model-dir RETRIEVAL --rerank RATING --user 1 --top-k 10
+                                      two stages: the retrieval model's top --candidates, reordered by the rating model
 
 Scores live in the chapter's label space `2*stars - 5` (range -5..5); `stars = (score + 5) / 2`.
 A single prediction runs the saved inference model through `paddle.inference`, as the chapter's
 `load_inference_model` did; rankings use the precomputed unit tower vectors (one matrix product).
 A new user is the reserved user id 0 with the given gender, age and job (see `train --cold-start-rate`).
+A retrieval model (`train --objective retrieval`) ranks by cosine and predicts no ratings.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 
 import numpy as np
 
+from recsys import topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import age_table, unknown_user_features
@@ -38,28 +42,85 @@ def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple[int, int, int] | 
         users = md.tables.user_features(np.full(n, user_id, np.int64))
     else:
         users = unknown_user_features(*(np.full(n, v) for v in cold))
-    return md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
+    out = md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
+    if not np.isfinite(out).all():
+        raise RecsysError(f"the model in {md.path} produced a non-finite score; it is damaged: train it again")
+    return out
 
 
 def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
-    """The k movies whose unit movie vectors have the largest dot product with `vector`: (movie id, value)."""
-    values = md.arrays["movie_vectors"] @ vector
-    candidates = md.movie_ids[~np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))]
-    k = min(k, len(candidates))
-    best = candidates[np.argpartition(-values[candidates], k - 1)[:k]] if k else candidates
-    best = best[np.argsort(-values[best], kind="stable")]
-    return [(int(m), float(values[m])) for m in best]
+    """The k movies whose unit movie vectors have the largest dot product with `vector`: (movie id, value).
+    Ties go to the smaller movie id."""
+    values = md.catalogue_vectors @ vector
+    seen = np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))
+    cols = topn.top_k_lists(values[None], seen[None], k)[0]
+    return [(int(md.movie_ids[c]), float(values[c])) for c in cols if c >= 0]
+
+
+def _scale(md: ModelDir) -> float:
+    """Cosine to score: the rating head's 5 * cos (label space); a retrieval model's score is the cosine."""
+    return 5.0 if md.objective == "rating" else 1.0
+
+
+def _vector(md: ModelDir, user_id: int | None, cold: tuple[int, int, int] | None) -> np.ndarray:
+    return md.arrays["user_vectors"][user_id] if cold is None else md.arrays["cold_vectors"][cold]
+
+
+def _seen(md: ModelDir, user_id: int | None) -> np.ndarray:
+    """Movies the user rated in the training split (none for a new user)."""
+    if user_id is None:
+        return np.zeros(0, np.int64)
+    rated, _, is_test = md.ratings_of(user_id)
+    return rated[~is_test]
 
 
 def top_k(md: ModelDir, user_id: int, k: int) -> list[tuple[int, float]]:
     """The k best-scored movies the user has not rated in the training split: (movie id, score) pairs."""
-    rated, _, is_test = md.ratings_of(user_id)
-    return [(m, 5.0 * v) for m, v in rank(md, md.arrays["user_vectors"][user_id], k, rated[~is_test])]
+    return [(m, _scale(md) * v) for m, v in rank(md, _vector(md, user_id, None), k, _seen(md, user_id))]
 
 
 def top_k_cold(md: ModelDir, gender: int, age: int, job: int, k: int) -> list[tuple[int, float]]:
     """The k best-scored movies for an unknown user with these features (gender id, age index, job)."""
-    return [(m, 5.0 * v) for m, v in rank(md, md.arrays["cold_vectors"][gender, age, job], k)]
+    return [(m, _scale(md) * v) for m, v in rank(md, md.arrays["cold_vectors"][gender, age, job], k)]
+
+
+def check_pair(retrieval: ModelDir, rating: ModelDir) -> None:
+    """One-line error unless `retrieval` is a retrieval model and `rating` a rating model of the same data."""
+    if retrieval.objective != "retrieval":
+        raise RecsysError(
+            f"two stages need a retrieval model first: {retrieval.path} is a rating model "
+            "(train one with --objective retrieval)"
+        )
+    if rating.objective != "rating":
+        raise RecsysError(f"--rerank needs a rating model: {rating.path} was trained with --objective retrieval")
+    a, b = retrieval.meta, rating.meta
+    for key, what in (
+        ("dataset", "dataset"),
+        ("split", "split"),
+        ("sizes", "id ranges"),
+        ("users", "users"),
+        ("movies", "movies"),
+        ("title_words", "title vocabulary"),
+        ("categories", "genres"),
+        ("jobs", "jobs"),
+    ):
+        if a.get(key) != b.get(key):
+            raise RecsysError(
+                f"{retrieval.path} and {rating.path} disagree on their {what} "
+                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
+            )
+
+
+def two_stage(
+    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user_id: int | None = None, cold=None
+) -> list[tuple[int, float, float, int]]:
+    """The retrieval model's top `candidates` unrated movies, reordered by the rating model's score:
+    (movie id, rating-model score in label space, retrieval cosine, retrieval rank) for the best k."""
+    first = rank(md, _vector(md, user_id, cold), candidates, _seen(md, user_id))
+    ids = np.array([m for m, _ in first], np.int64)
+    scores = 5.0 * (rerank.arrays["movie_vectors"][ids] @ _vector(rerank, user_id, cold))
+    order = topn.rerank(np.arange(len(ids))[None], scores[None], k)[0]
+    return [(int(ids[i]), float(scores[i]), first[i][1], int(i) + 1) for i in order if i >= 0]
 
 
 def similar(md: ModelDir, movie_id: int, k: int) -> list[tuple[int, float]]:
@@ -79,8 +140,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--movie", type=int, help="movie id: predict the user's rating of it")
     ap.add_argument("--top-k", type=int, help="recommend the K best movies (or list K similar movies)")
     ap.add_argument("--similar-to", type=int, metavar="MOVIE", help="movies nearest to this movie id")
+    ap.add_argument(
+        "--rerank", metavar="RATING_MODEL_DIR", help="reorder a retrieval model's candidates by this rating model"
+    )
+    ap.add_argument(
+        "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
+        ap.error("--rerank reorders recommendations: give it with --top-k for a user")
+    if args.rerank is not None and not args.top_k <= args.candidates:
+        ap.error(f"--candidates must be at least --top-k ({args.top_k}), got {args.candidates}")
     cold = [args.gender, args.age, args.job]
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
@@ -115,63 +186,123 @@ def _check(md: ModelDir, args: argparse.Namespace) -> tuple[int, int, int] | Non
     return (0 if args.gender == "M" else 1, age_table.index(args.age), args.job)
 
 
-def _who(args: argparse.Namespace) -> str:
-    return (
-        f"user id {args.user}"
-        if args.user is not None
-        else f"a new user ({args.gender}, age {args.age}, job {args.job})"
-    )
+def _who(user_id: int | None, features: dict | None) -> str:
+    if user_id is not None:
+        return f"user id {user_id}"
+    return f"a new user ({features['gender']}, age {features['age']}, job {features['job']})"
+
+
+def _person(user_id: int | None, features: dict | None) -> dict:
+    return {"user_id": user_id} if features is None else {"user": features}
+
+
+def similar_doc(md: ModelDir, movie_id: int, k: int) -> dict:
+    """`--similar-to` as one JSON-able object."""
+    rows = [
+        {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "cosine": c} for m, c in similar(md, movie_id, k)
+    ]
+    return {"movie_id": movie_id, "title": md.title(movie_id), "similar": rows}
+
+
+def predict_doc(md: ModelDir, user_id: int | None, movie_id: int, cold=None, features: dict | None = None) -> dict:
+    """`--movie`: the predicted rating (and the actual one, when the user rated the movie) as one object."""
+    if md.objective != "rating":
+        raise RecsysError(
+            f"{md.path} is a retrieval model: it ranks movies but predicts no ratings; use a rating model (or --top-k)"
+        )
+    score = float(predict(md, user_id or 0, [movie_id], cold)[0])
+    out = _person(user_id, features) | {
+        "movie_id": movie_id,
+        "title": md.title(movie_id),
+        "score": score,
+        "stars": stars(score),
+    }
+    if cold is None:
+        movies, given, _ = md.ratings_of(user_id)
+        out["actual_rating"] = int(given[movies == movie_id][0]) if movie_id in movies else None
+    return out
+
+
+def recommend_doc(
+    md: ModelDir,
+    k: int,
+    user_id: int | None = None,
+    cold=None,
+    features: dict | None = None,
+    rerank: ModelDir | None = None,
+    candidates: int = 100,
+) -> dict:
+    """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it."""
+    if rerank is not None:
+        rows = [
+            {"movie_id": m, "title": md.title(m), "score": s, "stars": stars(s), "cosine": c, "retrieval_rank": r}
+            for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold)
+        ]
+        return (
+            _person(user_id, features)
+            | {"stages": ["retrieval", "rating"], "candidates": candidates}
+            | {"recommendations": rows}
+        )
+    recs = top_k(md, user_id, k) if cold is None else top_k_cold(md, *cold, k)
+    if md.objective == "rating":
+        rows = [{"movie_id": m, "title": md.title(m), "score": s, "stars": stars(s)} for m, s in recs]
+    else:
+        rows = [{"movie_id": m, "title": md.title(m), "cosine": c} for m, c in recs]
+    return _person(user_id, features) | {"stages": [md.objective], "recommendations": rows}
+
+
+def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
+    """The text form of a `*_doc` object."""
+    if "similar" in doc:
+        head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(md.genres(doc["movie_id"]))}):'
+        return [head] + [
+            f"{i:3d}. {r['movie_id']:5d}  cos {r['cosine']:.3f}  {r['title']}  ({'|'.join(r['genres'])})"
+            for i, r in enumerate(doc["similar"], 1)
+        ]
+    if "recommendations" not in doc:
+        score, title = doc["score"], doc["title"]
+        lines = [
+            f'Predict Rating of {who} on movie "{title}" is {score:.4f}',
+            f"  (scores live in label space 2*stars-5, range -5..5: {score:.4f} is {doc['stars']:.2f} stars)",
+        ]
+        if doc.get("actual_rating") is not None:
+            lines.append(f'Actual Rating of {who} on movie "{title}" is {doc["actual_rating"]}.')
+        return lines
+    rows, seen = doc["recommendations"], " not rated in the training split" if known else ""
+    how = {
+        ("rating",): "score in 2*stars-5",
+        ("retrieval",): "retrieval model, by cosine",
+        (
+            "retrieval",
+            "rating",
+        ): f"retrieval top {doc.get('candidates')} reordered by the rating model, score in 2*stars-5",
+    }[tuple(doc["stages"])]
+    lines = [f"Top {len(rows)} movies for {who}{seen} ({how}):"]
+    for i, r in enumerate(rows, 1):
+        genres = "|".join(md.genres(r["movie_id"]))
+        value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f} = {r['stars']:.2f} stars"
+        origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
+        lines.append(f"{i:3d}. {r['movie_id']:5d}  {value}  {r['title']}  ({genres}){origin}")
+    return lines
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     md = ModelDir.load(args.model_dir)
+    rerank = None
+    if args.rerank is not None:
+        rerank = ModelDir.load(args.rerank)
+        check_pair(md, rerank)
     cold = _check(md, args)
-    person = (
-        {"user_id": args.user} if cold is None else {"user": {"gender": args.gender, "age": args.age, "job": args.job}}
-    )
-    out: dict
+    features = None if cold is None else {"gender": args.gender, "age": args.age, "job": args.job}
     if args.similar_to is not None:
-        rows = [
-            {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "cosine": c}
-            for m, c in similar(md, args.similar_to, args.top_k)
-        ]
-        out = {"movie_id": args.similar_to, "title": md.title(args.similar_to), "similar": rows}
-        lines = [
-            f'{len(rows)} movies nearest to "{md.title(args.similar_to)}" ({"|".join(md.genres(args.similar_to))}):'
-        ]
-        lines += [
-            f"{i:3d}. {r['movie_id']:5d}  cos {r['cosine']:.3f}  {r['title']}  ({'|'.join(r['genres'])})"
-            for i, r in enumerate(rows, 1)
-        ]
+        doc = similar_doc(md, args.similar_to, args.top_k)
     elif args.movie is not None:
-        score = float(predict(md, args.user or 0, [args.movie], cold)[0])
-        actual = None
-        if cold is None:
-            movies, given, _ = md.ratings_of(args.user)
-            actual = int(given[movies == args.movie][0]) if args.movie in movies else None
-        title = md.title(args.movie)
-        out = person | {"movie_id": args.movie, "title": title, "score": score, "stars": stars(score)}
-        out |= {"actual_rating": actual} if cold is None else {}
-        lines = [
-            f'Predict Rating of {_who(args)} on movie "{title}" is {score:.4f}',
-            f"  (scores live in label space 2*stars-5, range -5..5: {score:.4f} is {stars(score):.2f} stars)",
-        ]
-        if actual is not None:
-            lines.append(f'Actual Rating of {_who(args)} on movie "{title}" is {actual}.')
+        doc = predict_doc(md, args.user, args.movie, cold, features)
     else:
-        recs = top_k(md, args.user, args.top_k) if cold is None else top_k_cold(md, *cold, args.top_k)
-        rows = [{"movie_id": m, "title": md.title(m), "score": s, "stars": stars(s)} for m, s in recs]
-        out = person | {"recommendations": rows}
-        seen = " not rated in the training split" if cold is None else ""
-        lines = [f"Top {len(rows)} movies for {_who(args)}{seen} (score in 2*stars-5):"]
-        for i, r in enumerate(rows, 1):
-            genres = "|".join(md.genres(r["movie_id"]))
-            lines.append(
-                f"{i:3d}. {r['movie_id']:5d}  {r['score']:6.3f} = {r['stars']:.2f} stars  {r['title']}  ({genres})"
-            )
-    print(json.dumps(out) if args.json else "\n".join(lines))
+        doc = recommend_doc(md, args.top_k, args.user, cold, features, rerank, args.candidates)
+    print(json.dumps(doc) if args.json else "\n".join(_lines(md, doc, _who(args.user, features), cold is None)))
     return 0
 
 

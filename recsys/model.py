@@ -6,6 +6,7 @@ Inputs are the chapter's feed names. The chapter's LoD sequences (categories, ti
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -110,15 +111,50 @@ def cos_sim_score(user, movie):
     return 5.0 * dot * paddle.rsqrt(norms)
 
 
+def rating_loss(score, label):
+    """The chapter's objective: mean square error between the head's score and `rating*2 - 5`."""
+    return paddle.mean(paddle.square(score - label))
+
+
+def softmax_loss(user, movie, target, temperature: float, log_q=None, mask=None):
+    """The candidate-generation objective: softmax cross-entropy of each user's positive movie among the
+    candidate movies, on logits `cos(user, movie) / temperature`.
+
+    user [B, D] and movie [C, D] are tower outputs; target [B] is the column of each row's positive. With the
+    whole catalogue as candidates this is the full softmax. With sampled candidates, `log_q` [C] is the log of
+    each candidate's expected count in the sample; it is subtracted from every logit but the row's positive
+    (the log-Q correction), so the sampled sum of exp(logit) estimates the full one. `mask` [B, C] removes
+    candidates (other copies of a row's positive)."""
+    logits = paddle.matmul(F.normalize(user, axis=1), F.normalize(movie, axis=1), transpose_y=True) / temperature
+    if log_q is not None:
+        positive = F.one_hot(target, logits.shape[1])
+        logits = logits - log_q.unsqueeze(0) * (1.0 - positive)
+    if mask is not None:
+        logits = paddle.where(mask, paddle.full_like(logits, -1e4), logits)
+    return F.cross_entropy(logits, target.unsqueeze(1))
+
+
+def in_batch_softmax_loss(user, movie, movie_ids: np.ndarray, log_freq: np.ndarray, temperature: float):
+    """`softmax_loss` with the batch's own movies as the candidates: row i's positive is movie i, the other
+    rows' movies are its negatives (other copies of its own movie are masked), each corrected by the log of
+    its expected count among the B-1 others, log((B-1) * q), where q is its frequency among the positives."""
+    others = movie_ids[:, None] == movie_ids[None, :]
+    np.fill_diagonal(others, False)
+    log_q = log_freq[movie_ids] + np.float32(np.log(max(len(movie_ids) - 1, 1)))
+    target = paddle.arange(len(movie_ids), dtype="int64")
+    return softmax_loss(user, movie, target, temperature, paddle.to_tensor(log_q), paddle.to_tensor(others))
+
+
 class RecommenderNet(nn.Layer):
-    """Both towers and the head; `forward` takes the chapter's seven feeds and returns the scaled score."""
+    """Both towers and the head; `forward` takes the chapter's seven feeds and returns the scaled score
+    (with `towers=True`, the two towers' outputs instead, for the softmax objective)."""
 
     def __init__(self, n_users, n_ages, n_jobs, n_movies, n_categories, n_title_words, sparse: bool = True):
         super().__init__()
         self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse)
         self.movie_tower = MovieTower(n_movies, n_categories, n_title_words, sparse)
 
-    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title):
+    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, towers: bool = False):
         user = self.user_tower(user_id, gender_id, age_id, job_id)
         movie = self.movie_tower(movie_id, category_id, movie_title)
-        return cos_sim_score(user, movie)
+        return (user, movie) if towers else cos_sim_score(user, movie)

@@ -6,15 +6,28 @@ arrays.npz                            feature tables, unit tower vectors (cold-s
 params.npz                            the network's parameters by name
 metrics.json, loss.png                one record per evaluation, and the cost curves
 checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
+manifest.json                         every other file's size and SHA-256, written last
+
+A save writes a temp dir beside the model dir and swaps it in by rename; the dir it replaces stays as
+`.NAME.previous` until the next save. A reader opens every file of one dir at once (open files outlive a
+later swap), so it never mixes two saves. Sizes are checked at load, each file's SHA-256 when it is first
+read: a damaged dir is an error, never an answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
+import io
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,30 +38,36 @@ from recsys.movielens import FEED_NAMES, MovieLens, Tables, age_table, unknown_u
 
 FORMAT = 1
 PREFIX = "inference"
+MANIFEST = "manifest.json"
 SCALE = "score = 5 * cos_sim(user, movie), in label space 2*stars - 5 (range -5..5); stars = (score + 5) / 2"
+RETRIEVAL_SCALE = "cosine = cos_sim(user, movie), ranks movies; trained as softmax logits cosine / temperature"
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tower_vectors(net, tables: Tables, n_jobs: int, batch: int = 8192) -> dict[str, np.ndarray]:
-    """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
-    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200]."""
+def unit_vectors(tower, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
+    """Unit-length outputs of one tower for these feeds, in batches, without gradients."""
     import paddle
 
-    def run(tower, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(feeds.values())))
+    n = len(next(iter(feeds.values())))
+    with paddle.no_grad():
         parts = [tower(*(paddle.to_tensor(v[s : s + batch]) for v in feeds.values())) for s in range(0, n, batch)]
         return _unit(np.concatenate([p.numpy() for p in parts]))
 
+
+def tower_vectors(net, tables: Tables, n_jobs: int) -> dict[str, np.ndarray]:
+    """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
+    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200]."""
     g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))
-    with paddle.no_grad():
-        return {
-            "user_vectors": run(net.user_tower, tables.user_features(np.arange(len(tables.user)))),
-            "movie_vectors": run(net.movie_tower, tables.movie_features(np.arange(len(tables.category)))),
-            "cold_vectors": run(net.user_tower, unknown_user_features(g, a, j)).reshape(2, len(age_table), n_jobs, -1),
-        }
+    return {
+        "user_vectors": unit_vectors(net.user_tower, tables.user_features(np.arange(len(tables.user)))),
+        "movie_vectors": unit_vectors(net.movie_tower, tables.movie_features(np.arange(len(tables.category)))),
+        "cold_vectors": unit_vectors(net.user_tower, unknown_user_features(g, a, j)).reshape(
+            2, len(age_table), n_jobs, -1
+        ),
+    }
 
 
 def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
@@ -79,10 +98,10 @@ def save(
     from paddle.static import InputSpec
 
     path = Path(path)
-    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.mkdir(parents=True)
     try:
+        _remove_stale_temps(path)
+        tmp.mkdir(parents=True)
         specs = [InputSpec([None], "int64", n) for n in FEED_NAMES[:5]]
         specs += [InputSpec([None, None], "int64", n) for n in FEED_NAMES[5:]]
         net.eval()
@@ -106,7 +125,8 @@ def save(
             "source": str(data.source),
             "sizes": data.sizes(),
             "feed_names": list(FEED_NAMES),
-            "score": SCALE,
+            "objective": settings.get("objective", "rating"),
+            "score": SCALE if settings.get("objective", "rating") == "rating" else RETRIEVAL_SCALE,
             "age_table": age_table,
             "jobs": meta.jobs,
             "categories": meta.categories,
@@ -116,6 +136,7 @@ def save(
             "settings": settings,
             "paddle": paddle.__version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "manifest": MANIFEST,
         }
         (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
         write_metrics(tmp, metrics)
@@ -125,10 +146,68 @@ def save(
         elif keep_checkpoint:
             for name in ("checkpoint.json", "checkpoint.npz"):
                 shutil.copy2(path / name, tmp / name)
+        write_manifest(tmp)
         _swap(tmp, path)
+    except OSError as e:
+        raise RecsysError(
+            f"could not save the model dir {path}: {e.strerror or e} ({e.filename or path.parent}); "
+            f"{path} keeps the last good model"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Make this process the model dir's only trainer while the block runs: an exclusive lock on
+    `.NAME.lock` beside it, which names our pid. The kernel drops the lock when the process ends, however
+    it ends, so a lock left by a dead process is simply taken."""
+    path = Path(path)
+    where = path.with_name(f".{path.name}.lock")
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RecsysError(f"cannot write the model dir {path}: {e.strerror or e} ({where.parent})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RecsysError(
+            f"{path} is being trained by process {owner}; wait for it to finish or choose another --model-dir"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: the size and SHA-256 of every other file in `folder`, synced to disk."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.name != MANIFEST and f.is_file():
+            data = f.read_bytes()
+            files[f.name] = {"size": len(data), "sha256": _sha256(data)}
+            _fsync(f)
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    _fsync(folder / MANIFEST)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -150,13 +229,14 @@ def _alive(pid: int) -> bool:
 
 
 def _swap(new: Path, path: Path) -> None:
-    """Replace `path` by `new`; at every instant one complete model dir exists (the old one until the last rename)."""
+    """Replace `path` by `new`; at every instant one complete model dir exists (the old one until the last
+    rename). The replaced dir stays as `.NAME.previous` until the next save, so that a reader which opened
+    it a moment ago still finds its files."""
     old = path.with_name(f".{path.name}.previous")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
     os.replace(new, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_metrics(folder: Path, metrics: list[dict]) -> None:
@@ -179,6 +259,91 @@ def write_metrics(folder: Path, metrics: list[dict]) -> None:
     fig.savefig(folder / "loss.png", dpi=100)
 
 
+def damaged(path: Path, name: str, why: str) -> RecsysError:
+    return RecsysError(f"model dir {path} is damaged: {name} ({why}); train again: python -m recsys.train")
+
+
+class _Files:
+    """Every file of one model dir, opened at once: later reads see this save even if the dir is swapped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.open: dict[str, io.BufferedReader] = {}
+        self.expected: dict[str, dict] | None = None  # from the manifest; None for a dir saved before it
+        self.verified: set[str] = set()
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in os.listdir(dir_fd):
+                try:
+                    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+                except IsADirectoryError:
+                    continue
+                f = open(fd, "rb")
+                if os.fstat(fd).st_mode & 0o170000 == 0o100000:  # a regular file
+                    self.open[name] = f
+                else:
+                    f.close()
+        finally:
+            os.close(dir_fd)
+
+    def check(self, meta: dict) -> None:
+        """Against the manifest: every file present with its size (hashes wait for each file's first read)."""
+        if MANIFEST not in self.open:
+            if meta.get("manifest"):
+                raise damaged(self.path, MANIFEST, "missing")
+            notice = f"notice: model dir {self.path} has no manifest (saved by an older recsys); files not checked"
+            print(notice, file=sys.stderr)
+            return
+        for name, want in self.expected.items():
+            if name not in self.open:
+                raise damaged(self.path, name, "missing")
+            size = os.fstat(self.open[name].fileno()).st_size
+            if size != want["size"]:
+                raise damaged(self.path, name, f"size {size}, expected {want['size']}")
+
+    def read_manifest(self) -> None:
+        if MANIFEST not in self.open:
+            return
+        try:
+            doc = json.loads(self.open[MANIFEST].read())
+            self.expected = {
+                str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in doc["files"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise damaged(self.path, MANIFEST, "unreadable") from None
+
+    def read(self, name: str) -> bytes:
+        """The whole file, checked against its manifest entry."""
+        if name not in self.open:
+            raise damaged(self.path, name, "missing")
+        f = self.open[name]
+        f.seek(0)
+        data = f.read()
+        if self.expected is not None and name not in self.verified:
+            want = self.expected.get(name)
+            if want is None:
+                raise damaged(self.path, name, "not in the manifest")
+            if len(data) != want["size"]:
+                raise damaged(self.path, name, f"size {len(data)}, expected {want['size']}")
+            if _sha256(data) != want["sha256"]:
+                raise damaged(self.path, name, "checksum mismatch")
+            self.verified.add(name)
+        return data
+
+    def json(self, name: str):
+        try:
+            return json.loads(self.read(name))
+        except (ValueError, UnicodeDecodeError):
+            raise damaged(self.path, name, "unreadable") from None
+
+    def npz(self, name: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(io.BytesIO(self.read(name)), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            raise damaged(self.path, name, "unreadable") from None
+
+
 @dataclass
 class ModelDir:
     """A loaded model dir: metadata, arrays, and the inference predictor on demand."""
@@ -186,25 +351,44 @@ class ModelDir:
     path: Path
     meta: dict
     arrays: dict[str, np.ndarray]
+    files: _Files
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelDir:
         path = Path(path)
-        if not path.is_dir() and path.with_name(f".{path.name}.previous").is_dir():
-            path = path.with_name(f".{path.name}.previous")  # a save was cut off between its two renames
-        if not (path / "meta.json").is_file():
-            raise RecsysError(f"no trained model in {path}; train first: python -m recsys.train")
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-            with np.load(path / "arrays.npz", allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise RecsysError(f"model dir {path} is damaged ({e}); train again: python -m recsys.train") from None
+        for attempt in range(5):  # a save may swap the dir while it is being opened: open it again
+            if not path.is_dir() and path.with_name(f".{path.name}.previous").is_dir():
+                where = path.with_name(f".{path.name}.previous")  # a save was cut off between its two renames
+            else:
+                where = path
+            try:
+                files = _Files(where)
+            except FileNotFoundError:
+                if attempt < 4 and (path.exists() or path.with_name(f".{path.name}.previous").exists()):
+                    continue
+                raise RecsysError(f"no trained model in {path}; train first: python -m recsys.train") from None
+            except NotADirectoryError:
+                raise RecsysError(f"{path} is not a model dir; train first: python -m recsys.train") from None
+            break
+        files.read_manifest()
+        if "meta.json" not in files.open and files.expected is None:
+            raise RecsysError(f"no trained model in {where}; train first: python -m recsys.train")
+        meta = files.json("meta.json")
+        if not isinstance(meta, dict):
+            raise damaged(where, "meta.json", "unreadable")
+        files.check(meta)
         if meta.get("format") != FORMAT:
             raise RecsysError(
-                f"model dir {path} has format {meta.get('format')}, this recsys reads {FORMAT}; train again"
+                f"model dir {where} has format {meta.get('format')}, this recsys reads {FORMAT}; train again"
             )
-        return cls(path, meta, arrays)
+        arrays = files.npz("arrays.npz")
+        missing = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
+        if missing - set(arrays):
+            raise damaged(where, "arrays.npz", f"no {', '.join(sorted(missing - set(arrays)))}")
+        for key in ("user_vectors", "movie_vectors", "cold_vectors"):
+            if key in arrays and not np.isfinite(arrays[key]).all():
+                raise damaged(where, "arrays.npz", f"non-finite {key}")
+        return cls(where, meta, arrays, files)
 
     @functools.cached_property
     def tables(self) -> Tables:
@@ -226,6 +410,16 @@ class ModelDir:
         """Ids of the dataset's movies, ascending."""
         return np.array(sorted(int(m) for m in self.meta["movies"]), np.int64)
 
+    @functools.cached_property
+    def catalogue_vectors(self) -> np.ndarray:
+        """Unit movie-tower vectors of the dataset's movies, in `movie_ids` order."""
+        return self.arrays["movie_vectors"][self.movie_ids]
+
+    @property
+    def objective(self) -> str:
+        """ "rating" (the chapter's regression) or "retrieval" (the candidate-generation softmax)."""
+        return self.meta.get("objective", "rating")
+
     def has_user(self, user_id: int) -> bool:
         return user_id in self.user_ids
 
@@ -240,20 +434,19 @@ class ModelDir:
 
     def params(self) -> dict[str, np.ndarray]:
         """The saved network parameters by structured name."""
-        with np.load(self.path / "params.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return self.files.npz("params.npz")
 
     def checkpoint(self) -> tuple[dict, dict[str, np.ndarray]] | None:
         """(training state with its metrics, arrays) of the last finished epoch, or None."""
-        if not (self.path / "checkpoint.json").is_file():
+        names = ("checkpoint.json", "checkpoint.npz")
+        expected = self.files.expected
+        if not any(n in (self.files.open if expected is None else expected) for n in names):
             return None
-        try:
-            state = json.loads((self.path / "checkpoint.json").read_text())
-            state["metrics"] = json.loads((self.path / "metrics.json").read_text())
-            with np.load(self.path / "checkpoint.npz", allow_pickle=False) as z:
-                return state, {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise RecsysError(f"the checkpoint in {self.path} is damaged ({e}); train again without --resume") from None
+        state, metrics = self.files.json("checkpoint.json"), self.files.json("metrics.json")
+        arrays = self.files.npz("checkpoint.npz")
+        if not isinstance(state, dict) or not isinstance(metrics, list) or "rng_keys" not in arrays:
+            raise damaged(self.path, "checkpoint.json", "unreadable")
+        return state | {"metrics": metrics}, arrays
 
     def ratings_of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(movie ids, stars, is_test) of every rating the user gave in the training data's archive."""
@@ -263,20 +456,27 @@ class ModelDir:
 
     @functools.cached_property
     def predictor(self) -> Predictor:
-        """The saved inference model through `paddle.inference`, created on first use."""
-        return Predictor(self.path / PREFIX)
+        """The saved inference model through `paddle.inference`, created on first use from the checked bytes
+        of this save's files (copied to a private temp dir: Paddle reads models from paths)."""
+        model = f"{PREFIX}.json" if f"{PREFIX}.json" in self.files.open else f"{PREFIX}.pdmodel"
+        with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
+            for name in (model, f"{PREFIX}.pdiparams"):
+                (Path(tmp) / name).write_bytes(self.files.read(name))
+            try:
+                return Predictor(Path(tmp) / model, Path(tmp) / f"{PREFIX}.pdiparams")
+            except (RuntimeError, ValueError, OSError) as e:
+                raise damaged(
+                    self.path, model, f"Paddle cannot load it: {str(e).strip().splitlines()[0][:120]}"
+                ) from None
 
 
 class Predictor:
     """The saved inference model run through `paddle.inference`, fed by the chapter's feed names."""
 
-    def __init__(self, prefix: Path, threads: int = 1):
+    def __init__(self, model: Path, params: Path, threads: int = 1):
         from paddle import inference
 
-        model = prefix.with_suffix(".json")
-        if not model.exists():
-            model = prefix.with_suffix(".pdmodel")
-        config = inference.Config(str(model), str(prefix.with_suffix(".pdiparams")))
+        config = inference.Config(str(model), str(params))
         config.disable_gpu()
         config.disable_mkldnn()  # Paddle 3.3's oneDNN kernels miscompute the text-CNN window (tests compare to dygraph)
         config.disable_glog_info()

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,12 +363,14 @@ def _read_ratings(dataset: str, source: Path, split: str, meta: Meta) -> tuple[n
     """Rating rows [n, 3] (user, movie, stars) and, for a shipped split, its test mask; cached as .npz."""
     key = np.array([*_stamp(source), _CACHE_VERSION], np.int64)
     caches = _cache_files(source, split)
-    for cache in caches:
+    for cache in caches:  # a damaged cache (its zip checksums fail, or its arrays do not fit) is rebuilt
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if np.array_equal(z["key"], key):
-                    return z["rows"], (z["is_test"] if "is_test" in z.files else None)
-        except (OSError, KeyError, ValueError):
+                    rows, is_test = z["rows"], (z["is_test"] if "is_test" in z.files else None)
+                    if rows.ndim == 2 and rows.shape[1] == 3 and (is_test is None or is_test.shape == rows[:, 0].shape):
+                        return rows, is_test
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass
     parts = []
     for member in _rating_members(dataset, split):

@@ -1,14 +1,17 @@
 """Train the chapter's recommender and save the inference model: `python -m recsys.train [--use-cuda]`.
 
 The chapter's recipe by default: SGD, learning rate 0.2, batch 256, 20 passes, sparse embedding updates,
-mean square error on `rating*2-5`. Batches come straight from the reader's arrays. The model dir is
-written after every epoch, with a checkpoint that `--resume` continues from. Under
-`python -m paddle.distributed.launch` each rank trains on its shard of every batch (data parallel).
+mean square error on `rating*2-5`. `--objective retrieval` trains the same two towers as the chapter's
+candidate-generation network instead: a softmax over the catalogue of each liked movie (Adam, 1e-3).
+Batches come straight from the reader's arrays. The model dir is written after every epoch, with a
+checkpoint that `--resume` continues from. Under `python -m paddle.distributed.launch` each rank trains on
+its shard of every batch (data parallel).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import time
@@ -16,26 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import modeldir, movielens
+from recsys import checkpoint, modeldir, movielens, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import FEED_NAMES, MovieLens
-
-# settings a resumed run must share with the run that wrote the checkpoint
-RESUME_KEYS = (
-    "dataset",
-    "split",
-    "epochs",
-    "batch_size",
-    "lr",
-    "seed",
-    "sparse",
-    "optimizer",
-    "lr_schedule",
-    "weight_decay",
-    "val_ratio",
-    "patience",
-    "cold_start_rate",
-)
+from recsys.optim import make_optimizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,9 +32,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split", default="random", help="random: the chapter's 10%% rule; ml-100k: also u1..u5, ua, ub")
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
-    ap.add_argument("--epochs", type=int, default=20, help="passes over the training split (the chapter's PASS_NUM)")
+    ap.add_argument(
+        "--objective",
+        choices=("rating", "retrieval"),
+        default="rating",
+        help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N)",
+    )
+    ap.add_argument(
+        "--epochs", type=int, help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 15)"
+    )
     ap.add_argument("--batch-size", type=int, default=256, help="global batch size (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=0.2, help="learning rate (default: %(default)s)")
+    ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam)")
     ap.add_argument("--seed", type=int, default=0, help="parameter initialisation and shuffling")
     ap.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N batches (0: at epoch ends only)")
@@ -60,12 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --model-dir")
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
-    recipe.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default: %(default)s")
+    recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
     recipe.add_argument(
         "--lr-schedule",
         choices=("constant", "cosine"),
-        default="constant",
-        help="cosine: decay the learning rate towards 0 over the epochs",
+        help="cosine: decay the learning rate towards 0 over the epochs (default: constant; retrieval cosine)",
     )
     recipe.add_argument(
         "--weight-decay",
@@ -93,7 +87,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training samples whose user id is replaced by the unknown-user id 0, "
         "so that users the model never saw get a meaningful vector",
     )
+    retrieval = ap.add_argument_group("retrieval options (with --objective retrieval)")
+    retrieval.add_argument(
+        "--temperature", type=float, default=0.2, help="logits are cos(user, movie) / T (default: %(default)s)"
+    )
+    retrieval.add_argument(
+        "--positive", type=int, default=4, help="training ratings of this many stars or more are the positives"
+    )
+    retrieval.add_argument(
+        "--negatives",
+        choices=("full", "in-batch"),
+        default="in-batch",
+        help="full: softmax over the whole catalogue every step; in-batch: the batch's other positives, "
+        "log-Q corrected (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
+    is_retrieval = args.objective == "retrieval"
+    if args.optimizer is None:
+        args.optimizer = "adam" if is_retrieval else "sgd"
+    if args.lr is None:
+        args.lr = 0.001 if args.optimizer == "adam" else 0.2
+    if args.epochs is None:
+        args.epochs = 15 if is_retrieval else 20
+    if args.lr_schedule is None:
+        args.lr_schedule = "cosine" if is_retrieval else "constant"
+    if not is_retrieval:
+        args.temperature = args.positive = args.negatives = None  # not part of the chapter's recipe
+    elif not (args.temperature > 0 and 1 <= args.positive <= 5):
+        ap.error("--temperature must be positive and --positive 1..5")
     if args.sparse is None:
         args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
     for name in ("epochs", "batch_size"):
@@ -131,56 +152,6 @@ def use_cpu_cores(share: int = 1) -> None:
     paddle.base.core.set_num_threads(max(1, min(4, cores // share)))
 
 
-class SGD:
-    """Plain SGD, `param -= lr * grad`, through Paddle's own `sgd_` kernel (sparse row gradients included).
-
-    Numerically `paddle.optimizer.SGD` (a test holds them equal), without its per-step Python bookkeeping,
-    which costs more than the update itself at the chapter's batch size.
-    """
-
-    def __init__(self, parameters, learning_rate: float):
-        import paddle
-
-        self.parameters = [p for p in parameters if not p.stop_gradient]
-        self._lr = paddle.to_tensor([learning_rate], dtype="float32")
-
-    def step(self) -> None:
-        from paddle import _C_ops
-
-        for p in self.parameters:
-            if p.grad is not None:
-                _C_ops.sgd_(p, self._lr, p.grad, None, False)
-
-    def clear_grad(self) -> None:
-        for p in self.parameters:
-            p.clear_gradient(False)
-
-    def get_lr(self) -> float:
-        return float(self._lr.numpy()[0])
-
-    def set_lr(self, value: float) -> None:
-        self._lr.fill_(value)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def set_state_dict(self, state: dict) -> None:
-        pass
-
-
-def make_optimizer(name: str, parameters, lr: float, weight_decay: float = 0.0, sparse: bool = True):
-    """The chapter's plain SGD (fast path), SGD with an L2 penalty, or Adam (AdamW when decaying weights)."""
-    import paddle
-
-    if name == "sgd" and not weight_decay:
-        return SGD(parameters, lr)
-    if name == "sgd":
-        return paddle.optimizer.SGD(lr, parameters, weight_decay=paddle.regularizer.L2Decay(weight_decay))
-    if weight_decay:
-        return paddle.optimizer.AdamW(lr, parameters=parameters, weight_decay=weight_decay, lazy_mode=sparse)
-    return paddle.optimizer.Adam(lr, parameters=parameters, lazy_mode=sparse)
-
-
 def scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """Chapter-scale cost (mean square error on 2*stars-5) and RMSE / MAE in stars, predictions clipped to 1..5."""
     stars_pred = np.clip((pred + 5) / 2, 1, 5)
@@ -195,8 +166,10 @@ def scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
 class Trainer:
     """The network, its optimizer and the data; one `step` per batch of rating indices.
 
-    With `world > 1` (inside `paddle.distributed.launch`) the network is wrapped in `paddle.DataParallel`,
-    so gradients are averaged over the ranks before every update."""
+    `objective="rating"` is the chapter's regression; `"retrieval"` scores each batch's positives with a
+    softmax over candidate movies (`negatives`: the whole catalogue, or the batch's own movies with the
+    log-Q correction). With `world > 1` (inside `paddle.distributed.launch`) the network is wrapped in
+    `paddle.DataParallel`, so gradients are averaged over the ranks before every update."""
 
     def __init__(
         self,
@@ -208,6 +181,9 @@ class Trainer:
         weight_decay: float = 0.0,
         cold_start_rate: float = 0.0,
         world: int = 1,
+        objective: str = "rating",
+        temperature: float = 0.05,
+        negatives: str = "in-batch",
     ):
         import paddle
 
@@ -222,6 +198,17 @@ class Trainer:
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
         self.rng = np.random.RandomState(seed)
         self.cold_start_rate = cold_start_rate
+        self.objective, self.temperature, self.negatives = objective, temperature, negatives
+        self.catalogue = np.array(sorted(data.meta.movies), np.int64)
+        self.column = np.full(data.sizes()["n_movies"], -1, np.int64)
+        self.column[self.catalogue] = np.arange(len(self.catalogue))
+        self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
+
+    def sample_from(self, idx: np.ndarray) -> None:
+        """Record how often each movie is a positive in the ratings `idx`: the in-batch sampling distribution."""
+        counts = np.bincount(self.data.movie[idx], minlength=len(self.column)).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            self.log_q = np.log(counts / max(counts.sum(), 1)).astype(np.float32)
 
     def feeds(self, idx: np.ndarray, training: bool = False) -> list:
         """The network's seven input tensors for the ratings `idx`; in training, the share `cold_start_rate`
@@ -234,11 +221,21 @@ class Trainer:
         return [paddle.to_tensor(f[n]) for n in FEED_NAMES]
 
     def step(self, idx: np.ndarray):
-        """One optimizer step on the ratings `idx`; returns the batch's cost as a 0-d tensor."""
+        """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
         import paddle
 
+        from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
+
         x = self.feeds(idx, training=True)
-        loss = paddle.mean(paddle.square(self.model(*x) - paddle.to_tensor(self.label[idx])))
+        if self.objective == "rating":
+            loss = rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
+        elif self.negatives == "full":
+            f = self.data.tables.movie_features(self.catalogue)
+            user, movie = self.model(*x[:4], *(paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]), towers=True)
+            loss = softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
+        else:
+            user, movie = self.model(*x, towers=True)
+            loss = in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
         loss.backward()
         self.opt.step()
         self.opt.clear_grad()
@@ -252,8 +249,31 @@ class Trainer:
             parts = [self.net(*self.feeds(idx[s : s + batch])).numpy() for s in range(0, len(idx), batch)]
         return np.concatenate(parts)[:, 0] if parts else np.zeros(0, np.float32)
 
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit tower vectors of every user id and of the catalogue's movies (catalogue order)."""
+        from recsys.modeldir import unit_vectors
+
+        users = unit_vectors(self.net.user_tower, self.data.tables.user_features(np.arange(len(self.data.tables.user))))
+        return users, unit_vectors(self.net.movie_tower, self.data.tables.movie_features(self.catalogue))
+
     def evaluate(self, idx: np.ndarray) -> dict[str, float]:
-        return scores(self.predict(idx), self.label[idx, 0])
+        """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings."""
+        if self.objective == "rating":
+            return scores(self.predict(idx), self.label[idx, 0])
+        users, movies = self.vectors()
+        total = 0.0
+        for s in range(0, len(idx), 4096):
+            part = idx[s : s + 4096]
+            logits = (users[self.data.user[part]] @ movies.T).astype(np.float64) / self.temperature
+            top = logits.max(axis=1)
+            lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            total += float((lse - logits[np.arange(len(part)), self.column[self.data.movie[part]]]).sum())
+        return {"cost": total / max(len(idx), 1)}
+
+    def top_n(self, data: topn.Interactions, k: int = 10) -> dict[str, float]:
+        """Full-ranking top-k metrics of the current towers (see `recsys.topn`)."""
+        users, movies = self.vectors()
+        return topn.evaluate(topn.by_score(lambda u: users[u] @ movies.T), data, k)
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
@@ -296,47 +316,28 @@ def split_indices(data: MovieLens, val_ratio: float, seed: int) -> tuple[np.ndar
     return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
 
 
-class Progress:
-    """What a checkpoint must bring back besides parameters: position, metrics, early-stopping state."""
-
-    def __init__(self, resumed: dict | None = None):
-        r = resumed or {}
-        self.epoch = r.get("epoch", 0)  # last finished epoch
-        self.step = r.get("step", 0)
-        metrics = r.get("metrics", [])
-        self.metrics: list[dict] = metrics[: r.get("n_metrics", len(metrics))]  # drop records past the checkpoint
-        self.best_cost = r.get("best_cost", math.inf)
-        self.best_epoch = r.get("best_epoch", 0)
-        self.checkpointed = resumed is not None  # the model dir holds a checkpoint of this run
-
-
-def _resume(args: argparse.Namespace, trainer: Trainer) -> Progress:
-    """Load the checkpoint in --model-dir into the trainer; refuse one written with other settings."""
-    md = modeldir.ModelDir.load(args.model_dir)
-    ckpt = md.checkpoint()
-    if ckpt is None:
-        raise RecsysError(f"{args.model_dir} has no checkpoint to resume; train without --resume")
-    state, arrays = ckpt
-    if md.meta["sizes"] != trainer.data.sizes():
-        raise RecsysError(f"--resume: {args.model_dir} was trained on other data ({md.meta['source']})")
-    saved = state["settings"]
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != getattr(args, k)]
-    if diff:
-        raise RecsysError(f"--resume: the checkpoint in {args.model_dir} was trained with {', '.join(diff)}")
-    trainer.set_params({k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")})
-    trainer.set_optimizer_state({k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")})
-    rng = state["rng"]
-    trainer.rng.set_state((rng[0], arrays["rng_keys"], *rng[1:]))
-    if "lr" in state:
-        trainer.opt.set_lr(state["lr"])
-    return Progress(state)
+def check_environment() -> None:
+    """Refuse, before any training, a setting under which the model could not be saved."""
+    if os.environ.get("FLAGS_enable_pir_api", "").strip().lower() in ("0", "false", "off"):
+        raise RecsysError(
+            "FLAGS_enable_pir_api=0 is set: under the legacy IR Paddle cannot save the inference model "
+            "(paddle.jit.save); unset FLAGS_enable_pir_api and train again"
+        )
 
 
 def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) -> tuple[Trainer, list[dict]]:
     """Run the training loop; save the model dir (with a checkpoint) after every epoch.
 
     `log` gets the chapter's lines; `on_eval(metrics)`, if given, runs after every evaluation (live plots).
-    Returns the trainer and the metrics."""
+    Only one process at a time may train into a model dir. Returns the trainer and the metrics."""
+    import paddle.distributed as dist
+
+    check_environment()
+    with modeldir.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+        return _train(args, data, log, on_eval)
+
+
+def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Trainer, list[dict]]:
     import paddle.distributed as dist
     from tqdm import tqdm
 
@@ -346,11 +347,23 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
     lead = rank == 0  # only rank 0 logs, evaluates the test split and writes the model dir
     if not lead:
         log, on_eval = (lambda _msg: None), None
-    t = Trainer(data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world)
+    retrieval = args.objective == "retrieval"
+    t = Trainer(
+        data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
+        args.objective, args.temperature, args.negatives,
+    )  # fmt: skip
     train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
+    ranking = None
+    if retrieval:  # the positives of each split; the top-N metrics rank against the whole training split
+        ranking = topn.Interactions.build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
+        train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
+        if not len(train_idx) or not len(test_idx):
+            which = "training" if not len(train_idx) else "test"
+            raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
+        t.sample_from(train_idx)
     settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda")}
-    pr = _resume(args, t) if args.resume else Progress()
-    best_params = modeldir.ModelDir.load(args.model_dir).params() if args.resume and len(val_idx) else None
+    pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
+    best_params = best_params if len(val_idx) else None
     if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
         log(f"{args.model_dir}: training already finished at epoch {pr.epoch}")
         return t, pr.metrics
@@ -362,11 +375,12 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
         record["train_cost"] = since["cost"] / max(since["n"], 1)
         if len(val_idx):  # every rank: early stopping must decide alike everywhere
-            v = t.evaluate(val_idx)
-            record.update(val_cost=v["cost"], val_rmse=v["rmse"])
+            record.update({f"val_{k}": v for k, v in t.evaluate(val_idx).items() if k != "mae"})
         if lead:
-            s = t.evaluate(test_idx)
-            record.update(test_cost=s["cost"], test_rmse=s["rmse"], test_mae=s["mae"])
+            record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
+            if retrieval:
+                top = t.top_n(ranking)
+                record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
         if not all(math.isfinite(x) for x in record.values()):
             raise RecsysError(
                 f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
@@ -378,12 +392,7 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
         since.update(cost=0.0, n=0, samples=0, seconds=0.0)
         if not lead:
             return record
-        val = f", validation {record['val_cost']:.3f}" if len(val_idx) else ""
-        log(
-            f"EpochID {epoch}, BatchID {batch}, Test Loss {record['test_cost']:0.2}  "
-            f"(train {record['train_cost']:.3f}{val}, RMSE {record['test_rmse']:.3f} stars, "
-            f"MAE {record['test_mae']:.3f})"
-        )
+        log(f"EpochID {epoch}, BatchID {batch}, Test Loss {record['test_cost']:0.2}  ({_summary(record)})")
         if on_eval is not None:
             on_eval(pr.metrics)
         return record
@@ -419,7 +428,7 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
                 pr.best_cost, pr.best_epoch, best_params = record["val_cost"], epoch, t.params()
         stop = pr.step >= total or (args.patience and epoch - pr.best_epoch >= args.patience)
         if lead:
-            _save(args, t, data, settings, pr, best_params, complete)
+            checkpoint.save(args, t, data, settings, pr, best_params, complete)
         if stop:
             if args.patience and epoch - pr.best_epoch >= args.patience:
                 log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
@@ -430,43 +439,26 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
         log(
             f"saved {Path(args.model_dir).resolve()}: epoch {rec['epoch']}, batch {rec['batch']}"
             f"{' (best on validation)' if best else ''}, test cost {rec['test_cost']:.4f}, "
-            f"RMSE {rec['test_rmse']:.4f} stars; {pr.metrics[-1]['seconds']:.1f} s"
+            f"{_summary(rec, long=True)}; {pr.metrics[-1]['seconds']:.1f} s"
         )
     return t, pr.metrics
 
 
-def _save(args, t: Trainer, data: MovieLens, settings: dict, pr: Progress, best_params, complete: bool) -> None:
-    """The model dir: the best-on-validation parameters when there is a validation slice, else the current
-    ones. Its checkpoint is always the state at the end of the last complete epoch: this one, or, when
-    --max-batches cut the epoch short, the one already on disk."""
-    current = t.params()
-    checkpoint = None
-    if complete:
-        rng = t.rng.get_state()
-        state = {
-            "n_metrics": len(pr.metrics),
-            "epoch": pr.epoch,
-            "step": pr.step,
-            "best_cost": pr.best_cost,
-            "best_epoch": pr.best_epoch,
-            "settings": settings,
-            "rng": [rng[0], *map(_plain, rng[2:])],
-            "lr": t.opt.get_lr(),
-        }
-        arrays = {"rng_keys": rng[1], **{f"param/{k}": v for k, v in current.items()}}
-        checkpoint = (state, arrays | {f"opt/{k}": v for k, v in t.optimizer_state().items()})
-    if best_params is not None:
-        t.set_params(best_params)
-    try:
-        modeldir.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, keep_checkpoint=pr.checkpointed)
-        pr.checkpointed = pr.checkpointed or complete
-    finally:
-        if best_params is not None:
-            t.set_params(current)
-
-
-def _plain(x):
-    return x.item() if hasattr(x, "item") else x
+def _summary(record: dict, long: bool = False) -> str:
+    """The evaluation's figures besides the test cost, for the log line."""
+    if long:
+        return (
+            f"NDCG@10 {record['test_ndcg@10']:.4f}"
+            if "test_ndcg@10" in record
+            else f"RMSE {record['test_rmse']:.4f} stars"
+        )
+    val = f", validation {record['val_cost']:.3f}" if "val_cost" in record else ""
+    if "test_ndcg@10" in record:
+        return (
+            f"train {record['train_cost']:.3f}{val}, NDCG@10 {record['test_ndcg@10']:.3f}, "
+            f"Recall@10 {record['test_recall@10']:.3f}"
+        )
+    return f"train {record['train_cost']:.3f}{val}, RMSE {record['test_rmse']:.3f} stars, MAE {record['test_mae']:.3f}"
 
 
 @cli
@@ -475,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
+    check_environment()
     set_device(args.use_cuda)
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         dist.init_parallel_env()

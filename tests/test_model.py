@@ -94,8 +94,8 @@ def test_chapter_sizes_and_shapes():
 
 
 def test_trainer_sgd_equals_paddle_optimizer_sgd():
-    """recsys.train.SGD (Paddle's sgd kernel without the optimizer's bookkeeping) updates exactly like paddle's."""
-    from recsys.train import SGD
+    """recsys.optim.SGD (Paddle's sgd kernel without the optimizer's bookkeeping) updates exactly like paddle's."""
+    from recsys.optim import SGD
 
     rng = np.random.RandomState(4)
     for sparse in (True, False):

@@ -1,0 +1,176 @@
+"""Top-N recommendation: full-ranking metrics and the two numpy baselines (popularity, EASE).
+
+Every ranking here is over a fixed catalogue (a sorted array of movie ids). A user's candidates are the
+catalogue movies they did not rate in training; ties are broken by the smaller movie id, so every list is
+deterministic. Metrics (binary gains, `relevant` = the user's test ratings of `threshold` stars or more):
+
+    Precision@K  hits in the top K / K
+    Recall@K     hits in the top K / number of relevant movies
+    NDCG@K       sum over hits at rank r (1-based) of 1/log2(r+1), divided by the same sum for an ideal list
+                 of min(#relevant, K) hits
+    HR@K         1 if the top K holds at least one hit, else 0
+    coverage     distinct movies over all users' top-K lists / catalogue size
+
+The first four are means over the users with at least one relevant test rating; the others are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.errors import RecsysError
+
+RELEVANT = 4  # default: test ratings of 4 or 5 stars are the relevant ones
+
+
+@dataclass
+class Interactions:
+    """Training and test ratings as user x catalogue-column index arrays, for full ranking."""
+
+    catalogue: np.ndarray  # [M] movie ids, ascending
+    train_user: np.ndarray
+    train_col: np.ndarray  # column index into catalogue
+    test_user: np.ndarray  # only relevant test ratings (stars >= threshold)
+    test_col: np.ndarray
+    n_users: int  # rows: user ids 0..n_users-1
+
+    @classmethod
+    def build(cls, catalogue, user, movie, stars, is_test, threshold: int = RELEVANT) -> Interactions:
+        catalogue = np.asarray(catalogue, np.int64)
+        col = np.searchsorted(catalogue, movie)
+        col = np.minimum(col, len(catalogue) - 1)
+        if not np.array_equal(catalogue[col], movie):
+            raise RecsysError("ratings name movies outside the catalogue")
+        rel = is_test & (stars >= threshold)
+        n_users = int(user.max()) + 1 if len(user) else 0
+        return cls(catalogue, user[~is_test], col[~is_test], user[rel], col[rel], n_users)
+
+    def eval_users(self) -> np.ndarray:
+        """Users with at least one relevant test rating, ascending."""
+        return np.unique(self.test_user)
+
+    def train_matrix(self, users: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+        """Binary [len(users), M] matrix of training ratings (all users by id when `users` is None)."""
+        rows = np.arange(self.n_users) if users is None else users
+        where = np.full(self.n_users, -1, np.int64)
+        where[rows] = np.arange(len(rows))
+        keep = where[self.train_user] >= 0
+        x = np.zeros((len(rows), len(self.catalogue)), dtype)
+        x[where[self.train_user[keep]], self.train_col[keep]] = 1
+        return x
+
+
+def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best unseen columns, best first; ties go to the smaller column.
+
+    scores: [U, M] floats; seen: [U, M] bool (excluded). Rows with fewer than k candidates are padded
+    with -1. A non-finite score is an error, never a ranking."""
+    if not np.isfinite(scores).all():
+        raise RecsysError("the model produced non-finite scores; it cannot rank them (train it again)")
+    s = np.where(seen, -np.inf, scores)
+    n_rows, k = s.shape[0], min(k, s.shape[1])
+    if k == 0:
+        return np.zeros((n_rows, 0), np.int64)
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    row, col = np.nonzero(s >= kth)  # the k best and everything tied with the k-th, row-major, columns ascending
+    value = s[row, col]
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    place = np.arange(len(row)) - np.searchsorted(row, row)  # position within its row
+    keep = (place < k) & (value > -np.inf)
+    out = np.full((n_rows, k), -1, np.int64)
+    out[row[keep], place[keep]] = col[keep]
+    return out
+
+
+def rerank(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's candidate columns (-1: none) reordered by `scores` [U, M], best first, then cut to k.
+    Equal scores keep the candidates' order."""
+    if not np.isfinite(scores).all():
+        raise RecsysError("the ranking model produced non-finite scores; it cannot rank them (train it again)")
+    s = np.take_along_axis(scores, np.maximum(candidates, 0), 1).astype(np.float64)
+    s[candidates < 0] = -np.inf
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(candidates, order, 1)
+
+
+def metrics(lists: np.ndarray, relevant: list[set[int]], k: int, n_catalogue: int) -> dict[str, float]:
+    """Precision, recall, NDCG, HR at k and catalogue coverage of the lists (rows align with `relevant`)."""
+    users = [i for i, r in enumerate(relevant) if r]
+    if not users:
+        raise RecsysError("no test user has a relevant rating; nothing to rank")
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    p = r = n = h = 0.0
+    for i in users:
+        rel = relevant[i]
+        hits = np.array([c in rel for c in lists[i, :k]], bool)
+        n_hits = int(hits.sum())
+        p += n_hits / k
+        r += n_hits / len(rel)
+        n += float(discount[: len(hits)][hits].sum()) / float(discount[: min(len(rel), k)].sum())
+        h += n_hits > 0
+    shown = lists[users, :k]
+    return {
+        "precision": p / len(users),
+        "recall": r / len(users),
+        "ndcg": n / len(users),
+        "hr": h / len(users),
+        "coverage": len(np.unique(shown[shown >= 0])) / n_catalogue,
+        "users": len(users),
+    }
+
+
+def by_score(score_fn):
+    """A ranker from a scorer: `score_fn(user ids) -> [n, M]` becomes `(user ids, seen, k) -> top-k columns`."""
+    return lambda users, seen, k: top_k_lists(score_fn(users), seen, k)
+
+
+def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int = 1024) -> dict[str, float]:
+    """Top-k lists of every evaluation user from `rank_fn(user ids, seen [n, M], k) -> [n, k] columns`
+    (see `by_score`), scored against the users' relevant test ratings."""
+    users = data.eval_users()
+    relevant: dict[int, set[int]] = {}
+    for u, c in zip(data.test_user.tolist(), data.test_col.tolist()):
+        relevant.setdefault(u, set()).add(c)
+    lists = [
+        rank_fn(users[s : s + chunk], data.train_matrix(users[s : s + chunk], bool), k)
+        for s in range(0, len(users), chunk)
+    ]
+    return metrics(np.concatenate(lists), [relevant[u] for u in users.tolist()], k, len(data.catalogue))
+
+
+class Popularity:
+    """Every user gets the catalogue ordered by number of training ratings (ties: smaller movie id)."""
+
+    name = "popularity"
+
+    def fit(self, data: Interactions) -> Popularity:
+        self.counts = np.bincount(data.train_col, minlength=len(data.catalogue)).astype(np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(users), len(self.counts)))
+
+
+class EASE:
+    """Steck (2019): item-item weights B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0, in closed form:
+    P = (X'X + lam I)^-1, B = -P / diag(P) column-wise, diag(B) = 0. X is the binary training matrix."""
+
+    def __init__(self, lam: float = 500.0):
+        self.lam = lam
+        self.name = f"EASE (lambda {lam:g})"
+
+    def fit(self, data: Interactions) -> EASE:
+        self.x = data.train_matrix()
+        gram = (self.x.T @ self.x).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.lam
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)[None, :]
+        b[np.diag_indices_from(b)] = 0.0
+        self.b = b.astype(np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return self.x[users] @ self.b
