@@ -187,7 +187,7 @@ def _check(md: ModelDir, args: argparse.Namespace) -> tuple[int, int, int] | Non
 
 
 def _who(user_id: int | None, features: dict | None) -> str:
-    if user_id is not None:
+    if user_id is not None or features is None:
         return f"user id {user_id}"
     return f"a new user ({features['gender']}, age {features['age']}, job {features['job']})"
 
