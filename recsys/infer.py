@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check(md: ModelDir, args: argparse.Namespace) -> tuple[int, int, int] | None:
+def check_ids(md: ModelDir, args) -> tuple[int, int, int] | None:
     """One-line errors for ids the model does not know; the cold-start feature triple, if any."""
     if args.user is not None and not md.has_user(args.user):
         raise RecsysError(
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerank is not None:
         rerank = ModelDir.load(args.rerank)
         check_pair(md, rerank)
-    cold = _check(md, args)
+    cold = check_ids(md, args)
     features = None if cold is None else {"gender": args.gender, "age": args.age, "job": args.job}
     if args.similar_to is not None:
         doc = similar_doc(md, args.similar_to, args.top_k)

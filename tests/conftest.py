@@ -85,3 +85,17 @@ def trained(small_dir, tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return model
+
+
+@pytest.fixture(scope="session")
+def u1_models(tmp_path_factory) -> tuple[Path, Path]:
+    """A short retrieval training and a one-epoch rating model, both on ml-100k u1."""
+    data = str(need_ml100k())
+    out = tmp_path_factory.mktemp("u1")
+    flags = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", data]
+    proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "retrieval"), "--objective", "retrieval",
+                   "--epochs", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "rating"), "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr
+    return out / "retrieval", out / "rating"

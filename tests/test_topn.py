@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
-from conftest import assert_one_line_error, need_ml100k, run_cli
+from conftest import assert_one_line_error, run_cli
 
 from recsys import infer, movielens, topn, train
 from recsys.errors import RecsysError
@@ -94,20 +93,6 @@ def test_in_batch_loss_approaches_the_full_softmax_as_the_batch_covers_the_catal
 
     small, large = gap(8), gap(4000)
     assert large < 0.02 < 0.1 < small
-
-
-@pytest.fixture(scope="module")
-def u1_models(tmp_path_factory) -> tuple[Path, Path]:
-    """A short retrieval training and a one-epoch rating model, both on ml-100k u1."""
-    data = str(need_ml100k())
-    out = tmp_path_factory.mktemp("u1")
-    flags = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", data]
-    proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "retrieval"), "--objective", "retrieval",
-                   "--epochs", "3")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "rating"), "--epochs", "1")
-    assert proc.returncode == 0, proc.stderr
-    return out / "retrieval", out / "rating"
 
 
 def test_short_retrieval_training_beats_popularity_and_the_rating_model(u1_models):
