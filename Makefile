@@ -32,6 +32,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/topn_serve.py
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache .ruff_cache

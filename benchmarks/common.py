@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -34,3 +35,14 @@ def best_of(fn, repeat: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def median_ms(fn, args) -> float:
+    """Median wall time of `fn(a)` over `args`, in milliseconds, after one warm-up call."""
+    fn(args[0])
+    times = []
+    for a in args:
+        t = time.perf_counter()
+        fn(a)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive
+from common import full_size_archive, median_ms
 from reader import measure as measure_reader
 
 from recsys import infer, movielens
@@ -102,15 +102,6 @@ def latencies(model: Path, repeat: int = 300) -> dict:
     net = RecommenderNet(**md.meta["sizes"])
     with np.load(model / "params.npz") as z:
         net.set_state_dict({k: paddle.to_tensor(z[k]) for k in z.files})
-
-    def median_ms(fn, args) -> float:
-        fn(args[0])
-        times = []
-        for a in args:
-            t = time.perf_counter()
-            fn(a)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e3
 
     def full_network_top10(u):
         s = predictor(md.tables.features(np.full(len(movies), u), movies))[:, 0]

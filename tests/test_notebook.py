@@ -43,6 +43,8 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert " 1. " in text and "10. " in text  # the top-10 list
     assert images >= 3  # data pictures, the cost curve, the PCA of movie vectors
     assert (tmp_path / "model" / "inference.json").exists()
+    assert "chapter model (predicted stars)" in text and "candidate generation (cosine)" in text
+    assert "two-stage: retrieval top 100 -> chapter model" in text and "EASE (lambda 500)" in text
 
 
 def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):
@@ -55,3 +57,4 @@ def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):
     assert "80,000 train, 20,000 test" in text
     assert 'Predict Rating of user id 1 on movie "Milk Money" is' in text
     assert images >= 3
+    assert "456 test users with a rating of 4+ stars" in text  # u1's evaluation users

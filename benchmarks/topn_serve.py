@@ -1,0 +1,162 @@
+"""Top-N, model-dir and serving numbers on a full-size ml-1m-layout archive, side by side in one run:
+
+    python benchmarks/topn_serve.py [--ratings 1000209] [--requests 1000] [--clients 4]   (part of `make bench`)
+
+1. one epoch of `train --objective retrieval` (in-batch negatives) against one epoch of the chapter's rating
+   objective, both through the CLI on the same archive;
+2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking);
+3. two-stage top-10 for one user, warm, against the retrieval model's top-10 alone;
+4. loading an ml-1m model dir with its manifest checks, against reading its files without them;
+5. a bounded load test of `recsys.serve` on 127.0.0.1 only: mixed requests from concurrent keep-alive
+   clients; latency percentiles per kind, throughput, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from common import full_size_archive, median_ms
+
+from recsys import evaluate, infer, movielens
+from recsys.modeldir import ModelDir
+
+
+def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
+    cmd = [sys.executable, "-m", "recsys.train", "--data-dir", str(folder), "--model-dir", str(model), "--epochs", "1"]
+    subprocess.run(cmd + list(flags), check=True, capture_output=True)
+    return json.loads((model / "metrics.json").read_text())[-1]["seconds"]
+
+
+def load_test(retrieval: Path, rating: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval), "--rerank", str(rating)]
+    server = subprocess.Popen(cmd + ["--port", str(port), "--host", "127.0.0.1"], stdout=subprocess.PIPE)
+    try:
+        server.stdout.readline()
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        rng = random.Random(0)
+        kinds = ["top10"] * 5 + ["similar"] * 2 + ["predict"] * 2 + ["movie"]
+        plan = []
+        for _ in range(n):
+            kind, u, m = rng.choice(kinds), rng.choice(users), rng.choice(movies)
+            url = {"top10": f"/api/users/{u}/recommendations?k=10", "similar": f"/api/movies/{m}/similar?k=10",
+                   "predict": f"/api/predict?user={u}&movie={m}", "movie": f"/api/movies/{m}"}[kind]  # fmt: skip
+            plan.append((kind, url))
+        results: list[tuple[str, float, int]] = []
+        lock = threading.Lock()
+
+        def client(part):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for kind, url in part:
+                t = time.perf_counter()
+                try:
+                    conn.request("GET", url)
+                    r = conn.getresponse()
+                    r.read()
+                    status = r.status
+                except OSError:
+                    status, conn = 0, http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                with lock:
+                    results.append((kind, time.perf_counter() - t, status))
+            conn.close()
+
+        for kind, url in plan[:20]:  # warm-up, not counted
+            client([(kind, url)])
+        results.clear()
+        threads = [threading.Thread(target=client, args=(plan[i::clients],)) for i in range(clients)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    top = np.array([d for k, d, _ in results if k == "top10"]) * 1e3
+    every = np.array([d for _, d, _ in results]) * 1e3
+    return {
+        "n": len(results), "errors": sum(s != 200 for _, _, s in results), "rps": len(results) / wall,
+        "top_p50": np.percentile(top, 50), "top_p99": np.percentile(top, 99),
+        "all_p50": np.percentile(every, 50), "all_p99": np.percentile(every, 99),
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ratings", type=int, default=1_000_209)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = full_size_archive(Path(tmp), args.ratings)
+        rating, retrieval = Path(tmp) / "rating", Path(tmp) / "retrieval"
+        rating_s = epoch_seconds(folder, rating)
+        retrieval_s = epoch_seconds(folder, retrieval, "--objective", "retrieval")
+        full_s = epoch_seconds(folder, Path(tmp) / "full", "--objective", "retrieval", "--negatives", "full",
+                               "--max-batches", "200")  # fmt: skip
+        n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
+        full_epoch_s = full_s * (n_pos / 256) / 200  # 200 batches timed, scaled to the epoch's batches
+        md, rr = ModelDir.load(retrieval), ModelDir.load(rating)
+        data = movielens.load(data_dir=folder)
+        t = time.perf_counter()
+        rows, n_users = evaluate.top_n(md, data)
+        top_n_s = time.perf_counter() - t
+        users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
+        two_ms = median_ms(lambda u: infer.two_stage(md, rr, 10, 100, u), users)
+        one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
+        t = time.perf_counter()
+        for _ in range(5):
+            ModelDir.load(rating).params()
+        load_ms = (time.perf_counter() - t) / 5 * 1e3
+        t = time.perf_counter()
+        for _ in range(5):
+            for f in rating.iterdir():
+                f.read_bytes()
+            with np.load(rating / "arrays.npz") as z:
+                {k: z[k] for k in z.files}
+        raw_ms = (time.perf_counter() - t) / 5 * 1e3
+        size_mb = sum(f.stat().st_size for f in rating.iterdir()) / 2**20
+        served = load_test(retrieval, rating, users, [int(m) for m in md.movie_ids], args.requests, args.clients)
+    ndcg = {r["model"].split(" (")[0]: r["ndcg"] for r in rows}
+    table = [
+        ("one retrieval epoch, in-batch negatives (s)", f"{retrieval_s:.1f}",
+         f"{rating_s:.1f} (rating epoch); full softmax ~{full_epoch_s:.0f}", f"{retrieval_s / rating_s:.2f}x (<= 2x)"),
+        (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
+         f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
+         "<= 10 s"),
+        ("two-stage top-10 for one user, warm (ms)", f"{two_ms:.2f}", f"{one_ms:.2f} (retrieval top-10 alone)",
+         "<= 5 ms"),
+        (f"load a {size_mb:.0f} MB model dir with its checks (ms)", f"{load_ms:.0f}",
+         f"{raw_ms:.0f} (read its files, no checks)", ""),
+        (f"serve: top-10 latency p50 / p99 (ms), {args.clients} clients",
+         f"{served['top_p50']:.1f} / {served['top_p99']:.1f}",
+         f"all kinds {served['all_p50']:.1f} / {served['all_p99']:.1f}", "<= 5 / 25 ms"),
+        ("serve: throughput (req/s), errors", f"{served['rps']:,.0f}", f"{served['errors']} errors of {served['n']}",
+         "0 errors"),
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in table + [("", "recsys", "reference", "target")]) for i in range(4)]
+    for r in [("", "recsys", "reference", "target")] + table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
