@@ -46,3 +46,11 @@ def median_ms(fn, args) -> float:
         fn(a)
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    """Rows of (what, recsys, reference, target) as aligned columns under one header."""
+    head = ("", "recsys", "reference", "target")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

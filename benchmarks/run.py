@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive, median_ms
+from common import full_size_archive, median_ms, print_table
 from reader import measure as measure_reader
 
 from recsys import infer, movielens
@@ -155,9 +155,7 @@ def main() -> None:
          f"{lat['predict_ref_ms']:.3f} (dygraph network)", "<= 0.5 ms"),
         ("peak RSS of a training run (MB)", f"{epoch['rss_mb']:,.0f}", "", "<= 2048 MB"),
     ]  # fmt: skip
-    widths = [max(len(r[i]) for r in rows + [("", "recsys", "reference", "target")]) for i in range(4)]
-    for r in [("", "recsys", "reference", "target")] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive, median_ms
+from common import full_size_archive, median_ms, print_table
 
 from recsys import evaluate, infer, movielens
 from recsys.modeldir import ModelDir
@@ -153,9 +153,7 @@ def main() -> None:
         ("serve: throughput (req/s), errors", f"{served['rps']:,.0f}", f"{served['errors']} errors of {served['n']}",
          "0 errors"),
     ]  # fmt: skip
-    widths = [max(len(r[i]) for r in table + [("", "recsys", "reference", "target")]) for i in range(4)]
-    for r in [("", "recsys", "reference", "target")] + table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(table)
 
 
 if __name__ == "__main__":

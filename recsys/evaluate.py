@@ -49,8 +49,6 @@ def compare(md: ModelDir | None, data: MovieLens) -> list[dict]:
         _check_data(md, data)
         t = time.perf_counter()
         predicted = model_scores(md, data, test)
-        if not np.isfinite(predicted).all():
-            raise RecsysError(f"the model in {md.path} produced non-finite scores; it is damaged: train it again")
         rows.append({"model": f"recsys model ({md.path.name})", **scores(predicted, label)})
         rows[0]["seconds"] = time.perf_counter() - t
     for baseline in (GlobalMean(), Biases(), MatrixFactorization()):
@@ -68,14 +66,9 @@ def _tower_ranker(md: ModelDir):
 
 
 def _two_stage_ranker(md: ModelDir, rerank: ModelDir, candidates: int):
-    """The retrieval model's top `candidates`, reordered by the rating model (as `infer --rerank` does)."""
+    """The retrieval model's top `candidates`, reordered by the rating model (`infer --rerank`'s ranking)."""
     first, second = md.arrays["user_vectors"], rerank.arrays["user_vectors"]
-
-    def rank(users, seen, k):
-        pool = topn.top_k_lists(first[users] @ md.catalogue_vectors.T, seen, candidates)
-        return topn.rerank(pool, 5.0 * (second[users] @ rerank.catalogue_vectors.T), k)
-
-    return rank
+    return lambda users, seen, k: infer.two_stage_lists(md, rerank, first[users], second[users], seen, k, candidates)[1]
 
 
 def top_n(

@@ -42,10 +42,7 @@ def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple[int, int, int] | 
         users = md.tables.user_features(np.full(n, user_id, np.int64))
     else:
         users = unknown_user_features(*(np.full(n, v) for v in cold))
-    out = md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
-    if not np.isfinite(out).all():
-        raise RecsysError(f"the model in {md.path} produced a non-finite score; it is damaged: train it again")
-    return out
+    return md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
 
 
 def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
@@ -111,16 +108,30 @@ def check_pair(retrieval: ModelDir, rating: ModelDir) -> None:
             )
 
 
+def two_stage_lists(
+    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, seen: np.ndarray, k: int, candidates: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two stages for a batch of users given by their unit vectors in each model (`first` [n, D] retrieval,
+    `second` [n, D] rating) and their seen catalogue columns [n, M]: the retrieval model's top `candidates`
+    columns, and those reordered by the rating model's score (5 cos), cut to k. Returns (candidates, top k)."""
+    pool = topn.top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
+    return pool, topn.rerank(pool, 5.0 * (second @ rerank.catalogue_vectors.T), k)
+
+
 def two_stage(
     md: ModelDir, rerank: ModelDir, k: int, candidates: int, user_id: int | None = None, cold=None
 ) -> list[tuple[int, float, float, int]]:
     """The retrieval model's top `candidates` unrated movies, reordered by the rating model's score:
     (movie id, rating-model score in label space, retrieval cosine, retrieval rank) for the best k."""
-    first = rank(md, _vector(md, user_id, cold), candidates, _seen(md, user_id))
-    ids = np.array([m for m, _ in first], np.int64)
-    scores = 5.0 * (rerank.arrays["movie_vectors"][ids] @ _vector(rerank, user_id, cold))
-    order = topn.rerank(np.arange(len(ids))[None], scores[None], k)[0]
-    return [(int(ids[i]), float(scores[i]), first[i][1], int(i) + 1) for i in order if i >= 0]
+    first, second = _vector(md, user_id, cold), _vector(rerank, user_id, cold)
+    seen = np.isin(md.movie_ids, _seen(md, user_id))
+    pool, best = (a[0] for a in two_stage_lists(md, rerank, first[None], second[None], seen[None], k, candidates))
+    place = {c: i for i, c in enumerate(pool.tolist())}
+    return [
+        (int(md.movie_ids[c]), float(5.0 * rerank.catalogue_vectors[c] @ second),
+         float(md.catalogue_vectors[c] @ first), place[c] + 1)
+        for c in best.tolist() if c >= 0
+    ]  # fmt: skip
 
 
 def similar(md: ModelDir, movie_id: int, k: int) -> list[tuple[int, float]]:

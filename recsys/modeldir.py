@@ -382,9 +382,9 @@ class ModelDir:
                 f"model dir {where} has format {meta.get('format')}, this recsys reads {FORMAT}; train again"
             )
         arrays = files.npz("arrays.npz")
-        missing = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
-        if missing - set(arrays):
-            raise damaged(where, "arrays.npz", f"no {', '.join(sorted(missing - set(arrays)))}")
+        required = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
+        if required - set(arrays):
+            raise damaged(where, "arrays.npz", f"no {', '.join(sorted(required - set(arrays)))}")
         for key in ("user_vectors", "movie_vectors", "cold_vectors"):
             if key in arrays and not np.isfinite(arrays[key]).all():
                 raise damaged(where, "arrays.npz", f"non-finite {key}")
@@ -463,7 +463,7 @@ class ModelDir:
             for name in (model, f"{PREFIX}.pdiparams"):
                 (Path(tmp) / name).write_bytes(self.files.read(name))
             try:
-                return Predictor(Path(tmp) / model, Path(tmp) / f"{PREFIX}.pdiparams")
+                return Predictor(Path(tmp) / model, Path(tmp) / f"{PREFIX}.pdiparams", name=str(self.path))
             except (RuntimeError, ValueError, OSError) as e:
                 raise damaged(
                     self.path, model, f"Paddle cannot load it: {str(e).strip().splitlines()[0][:120]}"
@@ -473,9 +473,10 @@ class ModelDir:
 class Predictor:
     """The saved inference model run through `paddle.inference`, fed by the chapter's feed names."""
 
-    def __init__(self, model: Path, params: Path, threads: int = 1):
+    def __init__(self, model: Path, params: Path, threads: int = 1, name: str = "the model dir"):
         from paddle import inference
 
+        self.name = name
         config = inference.Config(str(model), str(params))
         config.disable_gpu()
         config.disable_mkldnn()  # Paddle 3.3's oneDNN kernels miscompute the text-CNN window (tests compare to dygraph)
@@ -489,4 +490,7 @@ class Predictor:
         for name, handle in self._inputs.items():
             handle.copy_from_cpu(np.ascontiguousarray(feeds[name]))
         self._predictor.run()
-        return self._output.copy_to_cpu()
+        out = self._output.copy_to_cpu()
+        if not np.isfinite(out).all():  # a wrong answer that looks like an answer: refuse it
+            raise RecsysError(f"the model in {self.name} produced a non-finite score; train it again")
+        return out

@@ -31,6 +31,8 @@ class Models:
     main: ModelDir
     rerank: ModelDir | None
     stamp: tuple
+    rating_counts: np.ndarray  # per movie id: number of ratings in the archive
+    star_sums: np.ndarray  # per movie id: their stars, summed
 
     @property
     def rating(self) -> ModelDir | None:
@@ -55,7 +57,9 @@ def load_models(model_dir: str | os.PathLike, rerank: str | os.PathLike | None =
     second = ModelDir.load(paths[1]) if paths[1] is not None else None
     if second is not None:
         infer.check_pair(main, second)
-    models = Models(main, second, stamp)
+    a, n = main.arrays, len(main.arrays["movie_vectors"])
+    counts, sums = np.bincount(a["rated_movie"], minlength=n), np.bincount(a["rated_movie"], a["rated_stars"], n)
+    models = Models(main, second, stamp, counts, sums)
     if models.rating is not None:
         models.rating.predictor  # noqa: B018 -- created here, off the request path
     return models
@@ -246,11 +250,9 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         """A movie's title, genres, and its number of ratings and mean stars in the archive."""
         models = holder.current
         check(models, movie=movie)
-        md = models.main
-        counts, sums = _movie_stats(md)
-        n = int(counts[movie])
+        md, n = models.main, int(models.rating_counts[movie])
         return {"movie_id": movie, "title": md.title(movie), "genres": md.genres(movie), "ratings": n,
-                "mean_stars": float(sums[movie] / n) if n else None}  # fmt: skip
+                "mean_stars": float(models.star_sums[movie] / n) if n else None}  # fmt: skip
 
     @app.get("/api/meta")
     async def choices():
@@ -263,20 +265,6 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     return app
-
-
-_STATS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _movie_stats(md: ModelDir) -> tuple[np.ndarray, np.ndarray]:
-    """Number of ratings and sum of stars per movie id (cached per loaded model dir)."""
-    key = id(md.arrays)
-    if key not in _STATS:
-        a = md.arrays
-        n = len(md.arrays["movie_vectors"])
-        _STATS.clear()
-        _STATS[key] = (np.bincount(a["rated_movie"], minlength=n), np.bincount(a["rated_movie"], a["rated_stars"], n))
-    return _STATS[key]
 
 
 @cli

@@ -203,6 +203,8 @@ class Trainer:
         self.column = np.full(data.sizes()["n_movies"], -1, np.int64)
         self.column[self.catalogue] = np.arange(len(self.catalogue))
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
+        self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
+        self._vectors = None  # unit tower vectors of the current parameters, until the next change
 
     def sample_from(self, idx: np.ndarray) -> None:
         """Record how often each movie is a positive in the ratings `idx`: the in-batch sampling distribution."""
@@ -230,8 +232,10 @@ class Trainer:
         if self.objective == "rating":
             loss = rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
         elif self.negatives == "full":
-            f = self.data.tables.movie_features(self.catalogue)
-            user, movie = self.model(*x[:4], *(paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]), towers=True)
+            if self._catalogue_feeds is None:
+                f = self.data.tables.movie_features(self.catalogue)
+                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
+            user, movie = self.model(*x[:4], *self._catalogue_feeds, towers=True)
             loss = softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
         else:
             user, movie = self.model(*x, towers=True)
@@ -239,6 +243,7 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.opt.clear_grad()
+        self._vectors = None
         return loss
 
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -250,11 +255,15 @@ class Trainer:
         return np.concatenate(parts)[:, 0] if parts else np.zeros(0, np.float32)
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unit tower vectors of every user id and of the catalogue's movies (catalogue order)."""
+        """Unit tower vectors of every user id and of the catalogue's movies (catalogue order), computed once
+        per parameter state (an evaluation's cost and top-N metrics share them)."""
         from recsys.modeldir import unit_vectors
 
-        users = unit_vectors(self.net.user_tower, self.data.tables.user_features(np.arange(len(self.data.tables.user))))
-        return users, unit_vectors(self.net.movie_tower, self.data.tables.movie_features(self.catalogue))
+        if self._vectors is None:
+            tables = self.data.tables
+            users = unit_vectors(self.net.user_tower, tables.user_features(np.arange(len(tables.user))))
+            self._vectors = users, unit_vectors(self.net.movie_tower, tables.movie_features(self.catalogue))
+        return self._vectors
 
     def evaluate(self, idx: np.ndarray) -> dict[str, float]:
         """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings."""
@@ -282,6 +291,7 @@ class Trainer:
         import paddle
 
         self.net.set_state_dict({k: paddle.to_tensor(v) for k, v in params.items()})
+        self._vectors = None
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimizer's state keyed by structured parameter names (stable across processes)."""
