@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N)",
     )
     ap.add_argument(
-        "--epochs", type=int, help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 15)"
+        "--epochs", type=int, help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30)"
     )
     ap.add_argument("--batch-size", type=int, default=256, help="global batch size (default: %(default)s)")
     ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam)")
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     retrieval = ap.add_argument_group("retrieval options (with --objective retrieval)")
     retrieval.add_argument(
-        "--temperature", type=float, default=0.2, help="logits are cos(user, movie) / T (default: %(default)s)"
+        "--temperature", type=float, default=0.25, help="logits are cos(user, movie) / T (default: %(default)s)"
     )
     retrieval.add_argument(
         "--positive", type=int, default=4, help="training ratings of this many stars or more are the positives"
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lr is None:
         args.lr = 0.001 if args.optimizer == "adam" else 0.2
     if args.epochs is None:
-        args.epochs = 15 if is_retrieval else 20
+        args.epochs = 30 if is_retrieval else 20
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if is_retrieval else "constant"
     if not is_retrieval:
