@@ -109,6 +109,19 @@ def test_two_cpu_ranks_train_like_one_process(small_dir, tmp_path):
     assert "EpochID" not in (tmp_path / "log" / "workerlog.1").read_text()
 
 
+def test_two_cpu_ranks_train_the_retrieval_objective_in_step(small_dir, tmp_path):
+    flags = ["--data-dir", str(small_dir), "--epochs", "1", "--objective", "retrieval", "--max-batches", "8"]
+    worker = str(Path(__file__).with_name("dp_worker.py"))
+    proc = _launch([worker, str(tmp_path), *flags, "--model-dir", str(tmp_path / "dp")], tmp_path / "log")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"params_rank{r}.npz") for r in (0, 1)]
+    for name in ranks[0].files:
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    md = ModelDir.load(tmp_path / "dp")
+    assert md.objective == "retrieval" and json.loads((tmp_path / "dp" / "metrics.json").read_text())[-1]["step"] == 8
+    assert "NDCG@10" in (tmp_path / "log" / "workerlog.0").read_text()
+
+
 def test_the_cli_runs_under_the_launcher(small_dir, tmp_path):
     script = Path(sys.executable).with_name("recsys-train")
     if not script.exists():
