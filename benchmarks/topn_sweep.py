@@ -2,6 +2,8 @@
 
     python benchmarks/topn_sweep.py "" "--epochs 20" "--temperature 0.15" [--folds u1 u2 u3 u4 u5]
 
+(`--folds` goes after the flag sets: they start with dashes.)
+
 Each flag set trains on every fold (ml-100k from ../shared/data unless --data-dir says otherwise) and reads
 the last epoch's full-ranking NDCG@10 on the fold's test split from the model dir's metrics.json; the
 README's choice of defaults comes from this table. The defaults were chosen on these test folds: there is
