@@ -52,7 +52,10 @@ def _stamp(path: Path | None) -> tuple:
 def load_models(model_dir: str | os.PathLike, rerank: str | os.PathLike | None = None) -> Models:
     """Load and check the pair, and build the predictor now, before any request needs it."""
     paths = Path(model_dir), (Path(rerank) if rerank is not None else None)
-    stamp = (_stamp(paths[0]), _stamp(paths[1]))
+    try:
+        stamp = (_stamp(paths[0]), _stamp(paths[1]))  # before loading: a save after it shows as a change
+    except OSError:
+        stamp = ()  # ModelDir.load says what is missing
     main = ModelDir.load(paths[0])
     second = ModelDir.load(paths[1]) if paths[1] is not None else None
     if second is not None:

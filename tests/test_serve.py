@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -89,6 +89,14 @@ def test_bad_requests_get_a_4xx_and_one_line(client, method, url, body, status, 
     assert r.status_code == status, r.text
     doc = r.json()
     assert list(doc) == ["error"] and needle in doc["error"] and "\n" not in doc["error"]
+
+
+def test_serve_cli_bad_inputs(tmp_path, u1_models):
+    assert_one_line_error(run_cli("recsys.serve", "--model-dir", str(tmp_path / "none")), "no trained model")
+    retrieval, _ = u1_models
+    proc = run_cli("recsys.serve", "--model-dir", str(retrieval), "--rerank", str(retrieval))
+    assert_one_line_error(proc, "--rerank needs a rating model")
+    assert_one_line_error(run_cli("recsys.serve", "--port", "0"), "--port must be 1..65535")
 
 
 def test_a_model_swapped_by_training_is_picked_up_and_no_request_fails(small_dir, tmp_path):
