@@ -90,14 +90,20 @@ def _launch(script: list[str], log_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd + script, capture_output=True, text=True, timeout=600, env={**os.environ})
 
 
-def test_two_cpu_ranks_train_like_one_process(small_dir, tmp_path):
-    flags = ["--data-dir", str(small_dir), "--epochs", "1"]
+def _train_on_two_ranks_alike(flags: list[str], tmp_path: Path) -> None:
+    """Train under the launcher on 2 gloo ranks into tmp_path/dp (logs in tmp_path/log); both ranks must end
+    with identical parameters."""
     worker = str(Path(__file__).with_name("dp_worker.py"))
     proc = _launch([worker, str(tmp_path), *flags, "--model-dir", str(tmp_path / "dp")], tmp_path / "log")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [np.load(tmp_path / f"params_rank{r}.npz") for r in (0, 1)]
     for name in ranks[0].files:
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+
+
+def test_two_cpu_ranks_train_like_one_process(small_dir, tmp_path):
+    flags = ["--data-dir", str(small_dir), "--epochs", "1"]
+    _train_on_two_ranks_alike(flags, tmp_path)
     dp = json.loads((tmp_path / "dp" / "metrics.json").read_text())
     single = tmp_path / "single"
     assert run_cli("recsys.train", *flags, "--model-dir", str(single)).returncode == 0
@@ -111,12 +117,7 @@ def test_two_cpu_ranks_train_like_one_process(small_dir, tmp_path):
 
 def test_two_cpu_ranks_train_the_retrieval_objective_in_step(small_dir, tmp_path):
     flags = ["--data-dir", str(small_dir), "--epochs", "1", "--objective", "retrieval", "--max-batches", "8"]
-    worker = str(Path(__file__).with_name("dp_worker.py"))
-    proc = _launch([worker, str(tmp_path), *flags, "--model-dir", str(tmp_path / "dp")], tmp_path / "log")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [np.load(tmp_path / f"params_rank{r}.npz") for r in (0, 1)]
-    for name in ranks[0].files:
-        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+    _train_on_two_ranks_alike(flags, tmp_path)
     md = ModelDir.load(tmp_path / "dp")
     assert md.objective == "retrieval" and json.loads((tmp_path / "dp" / "metrics.json").read_text())[-1]["step"] == 8
     assert "NDCG@10" in (tmp_path / "log" / "workerlog.0").read_text()
