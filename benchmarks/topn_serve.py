@@ -2,13 +2,16 @@
 
     python benchmarks/topn_serve.py [--ratings 1000209] [--requests 1000] [--clients 4]   (part of `make bench`)
 
-1. one epoch of `train --objective retrieval` (in-batch negatives) against one epoch of the chapter's rating
-   objective, both through the CLI on the same archive;
-2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking);
+1. one epoch of `train --objective retrieval` (in-batch negatives, with history) and one epoch of
+   `train --objective ranking` on its candidates, against one epoch of the chapter's rating objective, all
+   through the CLI on the same archive;
+2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking), and the
+   same with the two stages (`--rerank RANKING`);
 3. two-stage top-10 for one user, warm, against the retrieval model's top-10 alone;
 4. loading an ml-1m model dir with its manifest checks, against reading its files without them;
-5. a bounded load test of `recsys.serve` on 127.0.0.1 only: mixed requests from concurrent keep-alive
-   clients; latency percentiles per kind, throughput, errors.
+5. a bounded load test of `recsys.serve --rerank RANKING` on 127.0.0.1 only: mixed requests (top-10, a new
+   user with rated movies, similar movies, movie details) from concurrent keep-alive clients; latency
+   percentiles per kind, throughput, errors.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
     return json.loads((model / "metrics.json").read_text())[-1]["seconds"]
 
 
-def load_test(retrieval: Path, rating: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
+def load_test(retrieval: Path, ranking: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval), "--rerank", str(rating)]
+    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval), "--rerank", str(ranking)]
     server = subprocess.Popen(cmd + ["--port", str(port), "--host", "127.0.0.1"], stdout=subprocess.PIPE)
     try:
         server.stdout.readline()
@@ -53,12 +56,13 @@ def load_test(retrieval: Path, rating: Path, users: list[int], movies: list[int]
             except OSError:
                 time.sleep(0.05)
         rng = random.Random(0)
-        kinds = ["top10"] * 5 + ["similar"] * 2 + ["predict"] * 2 + ["movie"]
+        kinds = ["top10"] * 5 + ["similar"] * 2 + ["rated"] * 2 + ["movie"]
         plan = []
         for _ in range(n):
             kind, u, m = rng.choice(kinds), rng.choice(users), rng.choice(movies)
+            rated = json.dumps({"gender": "F", "age": 25, "job": 4, "rated": [[m, 5], [rng.choice(movies), 4]]})
             url = {"top10": f"/api/users/{u}/recommendations?k=10", "similar": f"/api/movies/{m}/similar?k=10",
-                   "predict": f"/api/predict?user={u}&movie={m}", "movie": f"/api/movies/{m}"}[kind]  # fmt: skip
+                   "rated": ("/api/recommend", rated), "movie": f"/api/movies/{m}"}[kind]  # fmt: skip
             plan.append((kind, url))
         results: list[tuple[str, float, int]] = []
         lock = threading.Lock()
@@ -68,7 +72,10 @@ def load_test(retrieval: Path, rating: Path, users: list[int], movies: list[int]
             for kind, url in part:
                 t = time.perf_counter()
                 try:
-                    conn.request("GET", url)
+                    if isinstance(url, tuple):
+                        conn.request("POST", url[0], url[1], {"content-type": "application/json"})
+                    else:
+                        conn.request("GET", url)
                     r = conn.getresponse()
                     r.read()
                     status = r.status
@@ -108,18 +115,22 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = full_size_archive(Path(tmp), args.ratings)
-        rating, retrieval = Path(tmp) / "rating", Path(tmp) / "retrieval"
+        rating, retrieval, ranking = Path(tmp) / "rating", Path(tmp) / "retrieval", Path(tmp) / "ranking"
         rating_s = epoch_seconds(folder, rating)
         retrieval_s = epoch_seconds(folder, retrieval, "--objective", "retrieval")
+        ranking_s = epoch_seconds(folder, ranking, "--objective", "ranking", "--candidates-from", str(retrieval))
         full_s = epoch_seconds(folder, Path(tmp) / "full", "--objective", "retrieval", "--negatives", "full",
                                "--max-batches", "200")  # fmt: skip
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
         full_epoch_s = full_s * (n_pos / 256) / 200  # 200 batches timed, scaled to the epoch's batches
-        md, rr = ModelDir.load(retrieval), ModelDir.load(rating)
+        md, rr = ModelDir.load(retrieval), ModelDir.load(ranking)
         data = movielens.load(data_dir=folder)
         t = time.perf_counter()
         rows, n_users = evaluate.top_n(md, data)
         top_n_s = time.perf_counter() - t
+        t = time.perf_counter()
+        two_rows, _ = evaluate.top_n(md, data, rerank=rr)
+        two_n_s = time.perf_counter() - t - top_n_s  # the two-stage ranking alone: the rest is the same as above
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
         two_ms = median_ms(lambda u: infer.two_stage(md, rr, 10, 100, u), users)
         one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
@@ -135,14 +146,19 @@ def main() -> None:
                 {k: z[k] for k in z.files}
         raw_ms = (time.perf_counter() - t) / 5 * 1e3
         size_mb = sum(f.stat().st_size for f in rating.iterdir()) / 2**20
-        served = load_test(retrieval, rating, users, [int(m) for m in md.movie_ids], args.requests, args.clients)
+        served = load_test(retrieval, ranking, users, [int(m) for m in md.movie_ids], args.requests, args.clients)
     ndcg = {r["model"].split(" (")[0]: r["ndcg"] for r in rows}
+    two = two_rows[-1]
     table = [
         ("one retrieval epoch, in-batch negatives (s)", f"{retrieval_s:.1f}",
          f"{rating_s:.1f} (rating epoch); full softmax ~{full_epoch_s:.0f}", f"{retrieval_s / rating_s:.2f}x (<= 2x)"),
+        ("one ranking epoch on the retrieval candidates (s)", f"{ranking_s:.1f}", f"{rating_s:.1f} (rating epoch)",
+         f"{ranking_s / rating_s:.2f}x (<= 3x)"),
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),
+        ("two-stage evaluate, all users, top 100 -> ranking (s)", f"{two_n_s:.1f}",
+         f"NDCG@10 two-stage {two['ndcg']:.3f}, candidates' recall@100 {two['candidates_recall']:.3f}", "<= 30 s"),
         ("two-stage top-10 for one user, warm (ms)", f"{two_ms:.2f}", f"{one_ms:.2f} (retrieval top-10 alone)",
          "<= 5 ms"),
         (f"load a {size_mb:.0f} MB model dir with its checks (ms)", f"{load_ms:.0f}",

@@ -29,9 +29,15 @@ RESUME_KEYS = (
     "temperature",
     "positive",
     "negatives",
+    "history",
+    "holdout",
+    "candidates",
+    "negatives_per_positive",
+    "hard_negatives",
+    "positive_weight",
 )
 # what a setting was before it existed: checkpoints written before it still resume
-_BEFORE = {"objective": "rating", "temperature": None, "positive": None, "negatives": None}
+_BEFORE = {"objective": "rating", "temperature": None, "positive": None, "negatives": None, "history": False}
 
 
 class Progress:
@@ -99,7 +105,7 @@ def save(args, t, data, settings: dict, pr: Progress, best_params, complete: boo
     if best_params is not None:
         t.set_params(best_params)
     try:
-        modeldir.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, keep_checkpoint=pr.checkpointed)
+        modeldir.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, pr.checkpointed, t.saved_arrays())
         pr.checkpointed = pr.checkpointed or complete
     finally:
         if best_params is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import infer, movielens, topn
+from recsys import infer, movielens, stacking, topn
 from recsys.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
@@ -30,7 +30,10 @@ def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 81
     out = []
     for s in range(0, len(idx), batch):
         part = idx[s : s + batch]
-        out.append(md.predictor(md.tables.features(data.user[part], data.movie[part]))[:, 0])
+        feeds = md.tables.features(data.user[part], data.movie[part])
+        if md.history:
+            feeds["history"] = md.history_of(data.user[part])
+        out.append(md.predictor(feeds)[:, 0])
     return np.concatenate(out)
 
 
@@ -65,10 +68,18 @@ def _tower_ranker(md: ModelDir):
     return topn.by_score(lambda u: users[u] @ movies.T)
 
 
-def _two_stage_ranker(md: ModelDir, rerank: ModelDir, candidates: int):
-    """The retrieval model's top `candidates`, reordered by the rating model (`infer --rerank`'s ranking)."""
-    first, second = md.arrays["user_vectors"], rerank.arrays["user_vectors"]
-    return lambda users, seen, k: infer.two_stage_lists(md, rerank, first[users], second[users], seen, k, candidates)[1]
+def _two_stage_ranker(md: ModelDir, rerank: ModelDir, candidates: int, pools: list):
+    """The retrieval model's top `candidates`, reordered by the second model (`infer --rerank`'s ranking);
+    each batch's candidate lists are appended to `pools` (for their recall)."""
+    first = md.arrays["user_vectors"]
+    second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
+
+    def rank(users, seen, k):
+        pool, _, best = infer.two_stage_lists(md, rerank, first[users], second[users], seen, k, candidates)
+        pools.append(pool)
+        return best
+
+    return rank
 
 
 def top_n(
@@ -89,20 +100,27 @@ def top_n(
         rankers.append((baseline.name, lambda b=baseline: topn.by_score(b.fit(ranking).scores)))
     kind = "retrieval" if md.objective == "retrieval" else "chapter model"
     rankers.append((f"{kind} ({md.path.name})", lambda: _tower_ranker(md)))
+    pools: list[np.ndarray] = []
     if rerank is not None:
-        rankers.append((f"chapter model ({rerank.path.name})", lambda: _tower_ranker(rerank)))
-        rankers.append(
-            (
-                f"two-stage: retrieval top {candidates} -> chapter model",
-                lambda: _two_stage_ranker(md, rerank, candidates),
-            )
-        )
+        second = "ranking network"
+        if rerank.objective == "rating":
+            second = "chapter model"
+            rankers.append((f"chapter model ({rerank.path.name})", lambda: _tower_ranker(rerank)))
+        two = f"two-stage: retrieval top {candidates} -> {second}"
+        rankers.append((two, lambda: _two_stage_ranker(md, rerank, candidates, pools)))
     rows = []
     for name, make in rankers:
         t = time.perf_counter()
         result = topn.evaluate(make(), ranking, k)
         rows.append({"model": name, **{m: result[m] for m in ("precision", "recall", "ndcg", "hr", "coverage")}})
         rows[-1]["seconds"] = time.perf_counter() - t
+    if pools:  # the candidates' recall: the share of relevant test movies the second stage can reach at all
+        users = ranking.eval_users()
+        relevant: dict[int, set[int]] = {u: set() for u in users.tolist()}
+        for u, c in zip(ranking.test_user.tolist(), ranking.test_col.tolist()):
+            relevant[u].add(c)
+        recall = stacking.recall_at(np.concatenate(pools), [relevant[u] for u in users.tolist()])
+        rows[-1]["candidates_recall"] = recall
     return rows, result["users"]
 
 
@@ -121,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m recsys.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
     ap.add_argument(
-        "--rerank", metavar="RATING_MODEL_DIR", help="with a retrieval --model-dir: also rank in two stages"
+        "--rerank",
+        metavar="RANKING_DIR",
+        help="with a retrieval --model-dir: also rank in two stages, by this ranking network (or rating model)",
     )
     ap.add_argument(
         "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rerank = ModelDir.load(args.rerank)
         infer.check_pair(md, rerank)
     data = _data_for(md, args)
-    rows = compare(md if md.objective == "rating" else rerank, data)
+    rows = compare(next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None), data)
     ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, args.candidates)
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}
@@ -163,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<{width}}  {r['precision']:6.4f}  {r['recall']:6.4f}  {r['ndcg']:7.4f}  "
             f"{r['hr']:6.4f}  {r['coverage']:6.4f}"
         )
+        if "candidates_recall" in r:
+            ceiling = r["candidates_recall"]
+            print(f"recall@{args.candidates} of the retrieval candidates (the second stage's ceiling): {ceiling:.4f}")
     return 0
 
 

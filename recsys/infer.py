@@ -21,7 +21,7 @@ import json
 
 import numpy as np
 
-from recsys import topn
+from recsys import history, stacking, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import age_table, unknown_user_features
@@ -42,7 +42,10 @@ def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple[int, int, int] | 
         users = md.tables.user_features(np.full(n, user_id, np.int64))
     else:
         users = unknown_user_features(*(np.full(n, v) for v in cold))
-    return md.predictor(users | md.tables.movie_features(movie_ids))[:, 0]
+    feeds = users | md.tables.movie_features(movie_ids)
+    if md.history:
+        feeds["history"] = md.history_of(users["user_id"])
+    return md.predictor(feeds)[:, 0]
 
 
 def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
@@ -59,14 +62,20 @@ def _scale(md: ModelDir) -> float:
     return 5.0 if md.objective == "rating" else 1.0
 
 
-def _vector(md: ModelDir, user_id: int | None, cold: tuple[int, int, int] | None) -> np.ndarray:
-    return md.arrays["user_vectors"][user_id] if cold is None else md.arrays["cold_vectors"][cold]
+def _vector(md: ModelDir, user_id: int | None, cold: tuple[int, int, int] | None, rated=(), unit=True) -> np.ndarray:
+    """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
+    or a new user's saved vector, or, for a new user who named rated movies, computed with that history."""
+    kind = "vectors" if unit else "outputs"
+    if rated:
+        feeds = unknown_user_features(*([v] for v in cold)) | {"history": md.history_of([0], rated)}
+        return md.user_vector(feeds, unit)[0]
+    return md.arrays[f"user_{kind}"][user_id] if cold is None else md.arrays[f"cold_{kind}"][cold]
 
 
-def _seen(md: ModelDir, user_id: int | None) -> np.ndarray:
-    """Movies the user rated in the training split (none for a new user)."""
+def _seen(md: ModelDir, user_id: int | None, rated=()) -> np.ndarray:
+    """Movies the user rated in the training split (for a new user, the movies they named)."""
     if user_id is None:
-        return np.zeros(0, np.int64)
+        return np.array([m for m, _ in rated], np.int64)
     rated, _, is_test = md.ratings_of(user_id)
     return rated[~is_test]
 
@@ -76,21 +85,36 @@ def top_k(md: ModelDir, user_id: int, k: int) -> list[tuple[int, float]]:
     return [(m, _scale(md) * v) for m, v in rank(md, _vector(md, user_id, None), k, _seen(md, user_id))]
 
 
-def top_k_cold(md: ModelDir, gender: int, age: int, job: int, k: int) -> list[tuple[int, float]]:
-    """The k best-scored movies for an unknown user with these features (gender id, age index, job)."""
-    return [(m, _scale(md) * v) for m, v in rank(md, md.arrays["cold_vectors"][gender, age, job], k)]
+def top_k_cold(md: ModelDir, gender: int, age: int, job: int, k: int, rated=()) -> list[tuple[int, float]]:
+    """The k best-scored movies for an unknown user with these features (gender id, age index, job) who
+    rated the movies `rated` ((movie id, stars) pairs: their history, with a model that reads one)."""
+    vector = _vector(md, None, (gender, age, job), rated)
+    return [(m, _scale(md) * v) for m, v in rank(md, vector, k, _seen(md, None, rated))]
 
 
-def check_pair(retrieval: ModelDir, rating: ModelDir) -> None:
-    """One-line error unless `retrieval` is a retrieval model and `rating` a rating model of the same data."""
+def check_rated(md: ModelDir, rated) -> None:
+    """One-line error unless the model reads a history and every named movie and rating is valid."""
+    if rated and not md.history:
+        raise RecsysError(
+            f"{md.path} has no history input (trained with --no-history): rated movies cannot change its list"
+        )
+    for movie, value in rated:
+        history.check_rated(movie, value, md.has_movie)
+
+
+def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
+    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
+    or a ranking model trained on `retrieval`'s candidates."""
     if retrieval.objective != "retrieval":
         raise RecsysError(
-            f"two stages need a retrieval model first: {retrieval.path} is a rating model "
+            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
             "(train one with --objective retrieval)"
         )
-    if rating.objective != "rating":
-        raise RecsysError(f"--rerank needs a rating model: {rating.path} was trained with --objective retrieval")
-    a, b = retrieval.meta, rating.meta
+    if rerank.objective == "retrieval":
+        raise RecsysError(
+            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
+        )
+    a, b = retrieval.meta, rerank.meta
     for key, what in (
         ("dataset", "dataset"),
         ("split", "split"),
@@ -103,33 +127,65 @@ def check_pair(retrieval: ModelDir, rating: ModelDir) -> None:
     ):
         if a.get(key) != b.get(key):
             raise RecsysError(
-                f"{retrieval.path} and {rating.path} disagree on their {what} "
+                f"{retrieval.path} and {rerank.path} disagree on their {what} "
                 f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
             )
+
+    if rerank.objective == "ranking":
+        want = rerank.meta["settings"].get("candidates_params_sha256")
+        if want is None or want != stacking.fingerprint(retrieval):
+            raise RecsysError(
+                f"{rerank.path} was trained on the candidates of another retrieval model "
+                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
+                "it is now; give that model, or train the ranking network again on this one"
+            )
+
+
+def second_stage_scores(
+    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, histories
+) -> np.ndarray:
+    """The second stage's scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the
+    users' vectors in the retrieval model (`first` [n, D], unit) and in the second model (`second` [n, D]: a
+    rating model's unit vectors, scored 5 cos in label space; a ranking model's raw outputs, scored by its
+    head from the towers and the pair features, which read each user's history: `histories`, n arrays of
+    catalogue columns)."""
+    cols = np.maximum(pool, 0)
+    if rerank.objective == "rating":
+        return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
+    cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
+    a = rerank.arrays
+    features = stacking.pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
+    movies = a["movie_outputs"][rerank.movie_ids[cols]]
+    return stacking.head_scores(rerank.head_params, second[:, None, :], movies, features)
 
 
 def two_stage_lists(
     md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, seen: np.ndarray, k: int, candidates: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two stages for a batch of users given by their unit vectors in each model (`first` [n, D] retrieval,
-    `second` [n, D] rating) and their seen catalogue columns [n, M]: the retrieval model's top `candidates`
-    columns, and those reordered by the rating model's score (5 cos), cut to k. Returns (candidates, top k)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
+    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
+    and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
     pool = topn.top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
-    return pool, topn.rerank(pool, 5.0 * (second @ rerank.catalogue_vectors.T), k)
+    histories = [np.flatnonzero(row) for row in seen] if rerank.objective == "ranking" else None
+    scores = second_stage_scores(md, rerank, first, second, pool, histories)
+    return pool, scores, topn.rerank_pool(pool, scores, k)
 
 
 def two_stage(
-    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user_id: int | None = None, cold=None
+    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user_id: int | None = None, cold=None, rated=()
 ) -> list[tuple[int, float, float, int]]:
-    """The retrieval model's top `candidates` unrated movies, reordered by the rating model's score:
-    (movie id, rating-model score in label space, retrieval cosine, retrieval rank) for the best k."""
-    first, second = _vector(md, user_id, cold), _vector(rerank, user_id, cold)
-    seen = np.isin(md.movie_ids, _seen(md, user_id))
-    pool, best = (a[0] for a in two_stage_lists(md, rerank, first[None], second[None], seen[None], k, candidates))
+    """The retrieval model's top `candidates` unrated movies, reordered by the second model's score:
+    (movie id, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
+    model's label-space score, or a ranking model's logit."""
+    first = _vector(md, user_id, cold, rated)
+    second = _vector(rerank, user_id, cold, rated, unit=rerank.objective != "ranking")
+    seen = np.isin(md.movie_ids, _seen(md, user_id, rated))
+    pool, scores, best = (
+        a[0] for a in two_stage_lists(md, rerank, first[None], second[None], seen[None], k, candidates)
+    )
     place = {c: i for i, c in enumerate(pool.tolist())}
     return [
-        (int(md.movie_ids[c]), float(5.0 * rerank.catalogue_vectors[c] @ second),
-         float(md.catalogue_vectors[c] @ first), place[c] + 1)
+        (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first), place[c] + 1)
         for c in best.tolist() if c >= 0
     ]  # fmt: skip
 
@@ -152,7 +208,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top-k", type=int, help="recommend the K best movies (or list K similar movies)")
     ap.add_argument("--similar-to", type=int, metavar="MOVIE", help="movies nearest to this movie id")
     ap.add_argument(
-        "--rerank", metavar="RATING_MODEL_DIR", help="reorder a retrieval model's candidates by this rating model"
+        "--rated",
+        metavar="MOVIE:STARS,...",
+        help="a new user's rated movies (e.g. 1193:5,661:3): their history, with a model that reads one",
+    )
+    ap.add_argument(
+        "--rerank",
+        metavar="RANKING_DIR",
+        help="reorder a retrieval model's candidates by this ranking network (or rating model)",
     )
     ap.add_argument(
         "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
@@ -171,6 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error("--similar-to takes only --top-k")
         args.top_k = args.top_k or 10
         return args
+    if args.rated is not None and (None in cold or args.top_k is None):
+        ap.error("--rated describes a new user: give it with --gender, --age, --job and --top-k")
     if any(x is not None for x in cold) and (args.user is not None or None in cold):
         ap.error("a new user needs all of --gender, --age and --job, and no --user")
     if (args.user is None and None in cold) or (args.movie is None) == (args.top_k is None):
@@ -242,24 +307,28 @@ def recommend_doc(
     features: dict | None = None,
     rerank: ModelDir | None = None,
     candidates: int = 100,
+    rated=(),
 ) -> dict:
-    """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it."""
+    """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it.
+    A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended."""
+    person = _person(user_id, features) | ({"rated": [[m, s] for m, s in rated]} if rated else {})
     if rerank is not None:
-        rows = [
-            {"movie_id": m, "title": md.title(m), "score": s, "stars": stars(s), "cosine": c, "retrieval_rank": r}
-            for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold)
-        ]
-        return (
-            _person(user_id, features)
-            | {"stages": ["retrieval", "rating"], "candidates": candidates}
-            | {"recommendations": rows}
-        )
-    recs = top_k(md, user_id, k) if cold is None else top_k_cold(md, *cold, k)
+        rows = []
+        for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold, rated):
+            row = {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s}
+            row |= {"stars": stars(s)} if rerank.objective == "rating" else {}
+            rows.append(row | {"cosine": c, "retrieval_rank": r})
+        stages = {"stages": ["retrieval", rerank.objective], "candidates": candidates}
+        return person | stages | {"recommendations": rows}
+    recs = top_k(md, user_id, k) if cold is None else top_k_cold(md, *cold, k, rated)
     if md.objective == "rating":
-        rows = [{"movie_id": m, "title": md.title(m), "score": s, "stars": stars(s)} for m, s in recs]
+        rows = [
+            {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s, "stars": stars(s)}
+            for m, s in recs
+        ]
     else:
-        rows = [{"movie_id": m, "title": md.title(m), "cosine": c} for m, c in recs]
-    return _person(user_id, features) | {"stages": [md.objective], "recommendations": rows}
+        rows = [{"movie_id": m, "title": md.title(m), "genres": md.genres(m), "cosine": c} for m, c in recs]
+    return person | {"stages": [md.objective], "recommendations": rows}
 
 
 def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
@@ -287,11 +356,13 @@ def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
             "retrieval",
             "rating",
         ): f"retrieval top {doc.get('candidates')} reordered by the rating model, score in 2*stars-5",
+        ("retrieval", "ranking"): f"retrieval top {doc.get('candidates')} reordered by the ranking network, logit",
     }[tuple(doc["stages"])]
     lines = [f"Top {len(rows)} movies for {who}{seen} ({how}):"]
     for i, r in enumerate(rows, 1):
         genres = "|".join(md.genres(r["movie_id"]))
-        value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f} = {r['stars']:.2f} stars"
+        value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f}"
+        value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
         lines.append(f"{i:3d}. {r['movie_id']:5d}  {value}  {r['title']}  ({genres}){origin}")
     return lines
@@ -306,13 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         rerank = ModelDir.load(args.rerank)
         check_pair(md, rerank)
     cold = check_ids(md, args)
+    rated = history.parse_rated(args.rated, md.has_movie) if args.rated is not None else []
+    for model in (md, rerank):
+        if model is not None:
+            check_rated(model, rated)
     features = None if cold is None else {"gender": args.gender, "age": args.age, "job": args.job}
     if args.similar_to is not None:
         doc = similar_doc(md, args.similar_to, args.top_k)
     elif args.movie is not None:
         doc = predict_doc(md, args.user, args.movie, cold, features)
     else:
-        doc = recommend_doc(md, args.top_k, args.user, cold, features, rerank, args.candidates)
+        doc = recommend_doc(md, args.top_k, args.user, cold, features, rerank, args.candidates, rated)
     print(json.dumps(doc) if args.json else "\n".join(_lines(md, doc, _who(args.user, features), cold is None)))
     return 0
 

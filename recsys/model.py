@@ -36,24 +36,42 @@ def _linear(n_in: int, n_out: int) -> FC:
     return FC(n_in, n_out, weight_attr=_xavier())
 
 
-class UserTower(nn.Layer):
-    """Embeddings of user id (32), gender, age and job (16 each), each through its own fc; concat -> fc 200, tanh."""
+class History(nn.Layer):
+    """The user's watch history, as in YouTube's candidate-generation network: the mean of the embeddings
+    (32) of the movies they rated, through an fc. Input: [N, n_movies] weights, each row 1/count at the
+    user's rated movies (all zeros for an empty history), so one matmul is the mean."""
 
-    def __init__(self, n_users: int, n_ages: int, n_jobs: int, sparse: bool = True):
+    def __init__(self, n_movies: int):
+        super().__init__()
+        self.emb = self.create_parameter([n_movies, EMBED], attr=_xavier())
+        self.fc = _linear(EMBED, EMBED)
+
+    def forward(self, weights):
+        return self.fc(paddle.matmul(weights, self.emb))
+
+
+class UserTower(nn.Layer):
+    """Embeddings of user id (32), gender, age and job (16 each), each through its own fc; concat -> fc 200, tanh.
+    With `n_history` (the number of movie ids), the watch history (`History`) is one more part."""
+
+    def __init__(self, n_users: int, n_ages: int, n_jobs: int, sparse: bool = True, n_history: int = 0):
         super().__init__()
         self.user_emb, self.user_fc = _embedding(n_users, EMBED, sparse), _linear(EMBED, EMBED)
         self.gender_emb, self.gender_fc = _embedding(2, SMALL, sparse), _linear(SMALL, SMALL)
         self.age_emb, self.age_fc = _embedding(n_ages, SMALL, sparse), _linear(SMALL, SMALL)
         self.job_emb, self.job_fc = _embedding(n_jobs, SMALL, sparse), _linear(SMALL, SMALL)
-        self.fc = _linear(EMBED + 3 * SMALL, HIDDEN)
+        self.history = History(n_history) if n_history else None
+        self.fc = _linear(EMBED + 3 * SMALL + (EMBED if n_history else 0), HIDDEN)
 
-    def forward(self, user_id, gender_id, age_id, job_id):
+    def forward(self, user_id, gender_id, age_id, job_id, history=None):
         parts = [
             self.user_fc(self.user_emb(user_id)),
             self.gender_fc(self.gender_emb(gender_id)),
             self.age_fc(self.age_emb(age_id)),
             self.job_fc(self.job_emb(job_id)),
         ]
+        if self.history is not None:
+            parts.append(self.history(history))
         return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
 
 
@@ -150,16 +168,69 @@ def in_batch_softmax_loss(user, movie, movie_ids: np.ndarray, log_freq: np.ndarr
     return softmax_loss(user, movie, target, temperature, paddle.to_tensor(log_q), paddle.to_tensor(others))
 
 
-class RecommenderNet(nn.Layer):
-    """Both towers and the head; `forward` takes the chapter's seven feeds and returns the scaled score
-    (with `towers=True`, the two towers' outputs instead, for the softmax objective)."""
+def weighted_logistic_loss(logit, label, weight):
+    """The ranking objective (the chapter's weighted logistic regression): binary cross-entropy of each
+    logit against its 0/1 label, each example weighted, divided by the sum of the weights."""
+    loss = F.binary_cross_entropy_with_logits(logit, label, reduction="none")
+    return (loss * weight).sum() / weight.sum()
 
-    def __init__(self, n_users, n_ages, n_jobs, n_movies, n_categories, n_title_words, sparse: bool = True):
+
+class RecommenderNet(nn.Layer):
+    """Both towers and the head; `forward` takes the chapter's seven feeds (and, with `history`, the user's
+    history weights as an eighth) and returns the scaled score (with `towers=True`, the two towers' outputs
+    instead, for the softmax objective)."""
+
+    def __init__(
+        self, n_users, n_ages, n_jobs, n_movies, n_categories, n_title_words, sparse: bool = True, history=False
+    ):
         super().__init__()
-        self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse)
+        self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse, n_movies if history else 0)
         self.movie_tower = MovieTower(n_movies, n_categories, n_title_words, sparse)
 
-    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, towers: bool = False):
-        user = self.user_tower(user_id, gender_id, age_id, job_id)
+    def forward(
+        self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history=None, towers=False
+    ):
+        user = self.user_tower(user_id, gender_id, age_id, job_id, history)
         movie = self.movie_tower(movie_id, category_id, movie_title)
         return (user, movie) if towers else cos_sim_score(user, movie)
+
+
+RANK_HIDDEN = 64  # the ranking network's hidden layer
+
+
+RANK_FEATURES = 3  # the retrieval cosine, the movie's log popularity, the item-item score of the user's history
+
+
+class RankingHead(nn.Layer):
+    """The ranking network's top, the logit of "the user will like this movie" (the chapter's weighted
+    logistic regression scores it): a linear function of the pair's features (the retrieval model's cosine,
+    the movie's log share of the ratings, the item-item score of the user's history; see `recsys.stacking`)
+    plus a correction from [user * movie (200), features (3)] -> fc 64, relu -> fc 1. The linear part starts
+    as 4 * cosine (the retrieval logit) and the correction at zero, so an untrained head orders candidates as
+    the retrieval model does."""
+
+    def __init__(self):
+        super().__init__()
+        start = nn.initializer.Assign(np.array([[4.0], [0.0], [0.0]], np.float32))
+        self.linear = self.create_parameter([RANK_FEATURES, 1], default_initializer=start)
+        self.fc = _linear(HIDDEN + RANK_FEATURES, RANK_HIDDEN)
+        self.out = FC(RANK_HIDDEN, 1, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+
+    def forward(self, user, movie, features):
+        correction = self.out(F.relu(self.fc(paddle.concat([user * movie, features], axis=-1))))
+        return paddle.matmul(features, self.linear) + correction
+
+
+class RankingNet(RecommenderNet):
+    """The chapter's ranking network: the same two towers (with the user's history), and the pair's features
+    (the retrieval model's score among them) as one more input, through `RankingHead` to one logit per pair."""
+
+    def __init__(self, *sizes, **options):
+        super().__init__(*sizes, **({"history": True} | options))
+        self.head = RankingHead()
+
+    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history, features):
+        user, movie = super().forward(
+            user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history, towers=True
+        )
+        return self.head(user, movie, features)

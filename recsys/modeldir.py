@@ -2,7 +2,8 @@
 
 inference.json, inference.pdiparams   paddle.jit.save of the whole network (the chapter's inference model)
 meta.json                             vocabularies, movie titles and genres, sizes, training settings
-arrays.npz                            feature tables, unit tower vectors (cold-start users too), all ratings
+arrays.npz                            feature tables, unit tower vectors (cold-start users too), all ratings;
+                                      a ranking model: raw tower outputs and its pair features' tables
 params.npz                            the network's parameters by name
 metrics.json, loss.png                one record per evaluation, and the cost curves
 checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.history import history_rows, history_weights
 from recsys.movielens import FEED_NAMES, MovieLens, Tables, age_table, unknown_user_features
 
 FORMAT = 1
@@ -41,33 +43,56 @@ PREFIX = "inference"
 MANIFEST = "manifest.json"
 SCALE = "score = 5 * cos_sim(user, movie), in label space 2*stars - 5 (range -5..5); stars = (score + 5) / 2"
 RETRIEVAL_SCALE = "cosine = cos_sim(user, movie), ranks movies; trained as softmax logits cosine / temperature"
+RANKING_SCALE = "logit of liking the movie, from the towers' product and the retrieval cosine; orders candidates"
+SCORES = {"rating": SCALE, "retrieval": RETRIEVAL_SCALE, "ranking": RANKING_SCALE}
+
+
+def training_history(data: MovieLens) -> np.ndarray:
+    """The saved model's history input of every user id: the mean over every training rating (no test one)."""
+    train = ~data.is_test
+    n_users, n_movies = data.sizes()["n_users"], data.sizes()["n_movies"]
+    return history_weights(history_rows(n_users, n_movies, data.user[train], data.movie[train]))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def unit_vectors(tower, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
-    """Unit-length outputs of one tower for these feeds, in batches, without gradients."""
+def tower_outputs(tower, feeds: dict[str, np.ndarray], unit: bool = True, batch: int = 8192) -> np.ndarray:
+    """Outputs of one tower for these feeds (unit length, or raw), in batches, without gradients."""
     import paddle
 
     n = len(next(iter(feeds.values())))
     with paddle.no_grad():
         parts = [tower(*(paddle.to_tensor(v[s : s + batch]) for v in feeds.values())) for s in range(0, n, batch)]
-        return _unit(np.concatenate([p.numpy() for p in parts]))
+        out = np.concatenate([p.numpy() for p in parts]).astype(np.float32)
+    return _unit(out) if unit else out
 
 
-def tower_vectors(net, tables: Tables, n_jobs: int) -> dict[str, np.ndarray]:
+def unit_vectors(tower, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
+    """Unit-length outputs of one tower for these feeds, in batches, without gradients."""
+    return tower_outputs(tower, feeds, True, batch)
+
+
+def tower_vectors(net, tables: Tables, n_jobs: int, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
-    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200]."""
+    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200].
+    A network with history reads each user's `history` row (weights, see `recsys.ranking`); the unknown
+    user's history is empty. A ranking network's raw outputs are saved as well (`*_outputs`): its head
+    reads them, not their cosine."""
     g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))
-    return {
-        "user_vectors": unit_vectors(net.user_tower, tables.user_features(np.arange(len(tables.user)))),
-        "movie_vectors": unit_vectors(net.movie_tower, tables.movie_features(np.arange(len(tables.category)))),
-        "cold_vectors": unit_vectors(net.user_tower, unknown_user_features(g, a, j)).reshape(
-            2, len(age_table), n_jobs, -1
-        ),
-    }
+    users, cold = tables.user_features(np.arange(len(tables.user))), unknown_user_features(g, a, j)
+    if history is not None:
+        users["history"] = history
+        cold["history"] = np.zeros((len(g), history.shape[1]), np.float32)
+    movies = tables.movie_features(np.arange(len(tables.category)))
+    out = {}
+    for raw in (False, True) if hasattr(net, "head") else (False,):
+        name = "outputs" if raw else "vectors"
+        out[f"user_{name}"] = tower_outputs(net.user_tower, users, not raw)
+        out[f"movie_{name}"] = tower_outputs(net.movie_tower, movies, not raw)
+        out[f"cold_{name}"] = tower_outputs(net.user_tower, cold, not raw).reshape(2, len(age_table), n_jobs, -1)
+    return out
 
 
 def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
@@ -89,11 +114,13 @@ def save(
     metrics: list[dict],
     checkpoint: tuple[dict, dict[str, np.ndarray]] | None = None,
     keep_checkpoint: bool = False,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the whole model dir into a temp dir beside `path`, then swap it in by rename.
 
     `checkpoint` is (JSON-able training state, arrays) for `--resume`; it lands atomically with the model.
-    Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir."""
+    Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir. `extra`
+    arrays are saved in arrays.npz too (a ranking network's feature tables)."""
     import paddle
     from paddle.static import InputSpec
 
@@ -104,6 +131,11 @@ def save(
         tmp.mkdir(parents=True)
         specs = [InputSpec([None], "int64", n) for n in FEED_NAMES[:5]]
         specs += [InputSpec([None, None], "int64", n) for n in FEED_NAMES[5:]]
+        history = settings.get("history", False)
+        if history:
+            specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
+        if hasattr(net, "head"):
+            specs.append(InputSpec([None, 3], "float32", "ranking_features"))
         net.eval()
         paddle.jit.save(net, str(tmp / PREFIX), input_spec=specs)
         net.train()
@@ -114,8 +146,9 @@ def save(
             user_table=data.tables.user,
             movie_category=data.tables.category,
             movie_title=data.tables.title,
-            **tower_vectors(net, data.tables, data.sizes()["n_jobs"]),
+            **tower_vectors(net, data.tables, data.sizes()["n_jobs"], training_history(data) if history else None),
             **_ratings_csr(data),
+            **(extra or {}),
         )
         meta = data.meta
         doc = {
@@ -124,9 +157,10 @@ def save(
             "split": data.split,
             "source": str(data.source),
             "sizes": data.sizes(),
-            "feed_names": list(FEED_NAMES),
+            "feed_names": [spec.name for spec in specs],
             "objective": settings.get("objective", "rating"),
-            "score": SCALE if settings.get("objective", "rating") == "rating" else RETRIEVAL_SCALE,
+            "history": history,
+            "score": SCORES[settings.get("objective", "rating")],
             "age_table": age_table,
             "jobs": meta.jobs,
             "categories": meta.categories,
@@ -417,8 +451,47 @@ class ModelDir:
 
     @property
     def objective(self) -> str:
-        """ "rating" (the chapter's regression) or "retrieval" (the candidate-generation softmax)."""
+        """ "rating" (the chapter's regression), "retrieval" (the candidate-generation softmax) or "ranking"."""
         return self.meta.get("objective", "rating")
+
+    @property
+    def history(self) -> bool:
+        """Whether the user tower reads the user's history."""
+        return bool(self.meta.get("history", False))
+
+    def history_of(self, user_ids, rated=()) -> np.ndarray:
+        """The history inputs [len(user_ids), n_movies] of known users (their training ratings; user id 0,
+        the unknown user, has none) plus, for every row, the movies `rated` ((movie id, stars) pairs)."""
+        a = self.arrays
+        user_ids = np.asarray(user_ids, np.int64)
+        rows = np.zeros((len(user_ids), self.meta["sizes"]["n_movies"]), np.float32)
+        for i, u in enumerate(user_ids.tolist()):
+            s, e = a["rated_indptr"][u], a["rated_indptr"][u + 1]
+            rows[i, a["rated_movie"][s:e][~a["rated_is_test"][s:e]]] = 1.0
+        rows[:, [m for m, _ in rated]] = 1.0
+        return history_weights(rows)
+
+    @functools.cached_property
+    def head_params(self) -> dict[str, np.ndarray]:
+        """A ranking model's head parameters (see `recsys.stacking.head_scores`)."""
+        return {k: v for k, v in self.params().items() if k.startswith("head.")}
+
+    @functools.cached_property
+    def network(self):
+        """The dygraph network rebuilt from the saved parameters (for inputs no saved vector covers)."""
+        import paddle
+
+        from recsys.model import RankingNet, RecommenderNet
+
+        kind = RankingNet if self.objective == "ranking" else RecommenderNet
+        net = kind(**self.meta["sizes"], history=self.history)
+        net.set_state_dict({k: paddle.to_tensor(v) for k, v in self.params().items()})
+        net.eval()
+        return net
+
+    def user_vector(self, feeds: dict[str, np.ndarray], unit: bool = True) -> np.ndarray:
+        """The user tower's output for these feeds (history included), through the rebuilt network."""
+        return tower_outputs(self.network.user_tower, feeds, unit)
 
     def has_user(self, user_id: int) -> bool:
         return user_id in self.user_ids

@@ -405,10 +405,16 @@ def split_mask(n: int, rand_seed: int = 0, test_ratio: float = 0.1) -> np.ndarra
     return np.random.RandomState(rand_seed).random_sample(n) < test_ratio
 
 
+VALIDATION = ":val"  # `--split u1:val`: u1's training ratings alone, a seeded tenth of them as the test set
+
+
 def _check_split(dataset: str, split: str) -> None:
     fetch.archive(dataset)
-    if split not in SPLITS[dataset]:
-        raise RecsysError(f"{dataset} has no split {split!r}; choose one of {', '.join(SPLITS[dataset])}")
+    if split.removesuffix(VALIDATION) not in SPLITS[dataset]:
+        choices = ", ".join(SPLITS[dataset])
+        raise RecsysError(
+            f"{dataset} has no split {split!r}; choose one of {choices} (or NAME{VALIDATION}: validation)"
+        )
 
 
 def load(
@@ -419,12 +425,17 @@ def load(
     test_ratio: float = 0.1,
     download: bool = True,
 ) -> MovieLens:
-    """The archive as arrays (parsed once, then read from the cache beside it)."""
+    """The archive as arrays (parsed once, then read from the cache beside it). A split named `NAME:val` is
+    the validation split of NAME: its training ratings alone, a seeded tenth of them as the test set (for
+    choosing settings without looking at test ratings)."""
     _check_split(dataset, split)
     source, meta = _source_meta(dataset, data_dir, download)
-    rows, is_test = _read_ratings(dataset, source, split, meta)
+    rows, is_test = _read_ratings(dataset, source, split.removesuffix(VALIDATION), meta)
     if is_test is None:
         is_test = split_mask(len(rows), rand_seed, test_ratio)
+    if split.endswith(VALIDATION):  # the test ratings are dropped; a tenth of the training ones stand in for them
+        rows = rows[~is_test]
+        is_test = np.random.RandomState(rand_seed + 12345).random_sample(len(rows)) < 0.1
     user, movie, stars = (rows[:, i] for i in range(3))
     return MovieLens(
         meta,

@@ -1,4 +1,4 @@
-"""Serve a model dir over HTTP: `python -m recsys.serve --model-dir DIR [--rerank RATING_DIR] [--port 8000]`.
+"""Serve a model dir over HTTP: `python -m recsys.serve --model-dir DIR [--rerank RANKING_DIR] [--port 8000]`.
 
 A JSON API that mirrors `recsys.infer --json` (OpenAPI docs at /docs) and a small web page at `/`.
 Model dirs load once at start; every `--reload-interval` seconds a background thread looks for a newer
@@ -36,8 +36,8 @@ class Models:
 
     @property
     def rating(self) -> ModelDir | None:
-        """The model that predicts ratings: the main one if it is a rating model, else the reranker."""
-        return self.main if self.main.objective == "rating" else self.rerank
+        """The model that predicts ratings: the main one or the reranker, whichever is a rating model."""
+        return next((m for m in (self.main, self.rerank) if m is not None and m.objective == "rating"), None)
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -195,10 +195,16 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         gender: str = Query(..., pattern="^[MF]$"), age: int = Query(...), job: int = Query(...), k: int = K
     ):
         """Top-k movies for a new user known by gender (M/F), age bucket and job, as `infer --gender ...`."""
+        return _recommend_new(gender, age, job, k)
+
+    def _recommend_new(gender: str, age: int, job: int, k: int, rated=()):
         models = holder.current
         cold = check(models, gender=gender, age=age, job=job)
+        for md in (models.main, models.rerank):
+            if md is not None:
+                infer.check_rated(md, rated)
         features = {"gender": gender, "age": age, "job": job}
-        return infer.recommend_doc(models.main, k, None, cold, features, models.rerank, max(candidates, k))
+        return infer.recommend_doc(models.main, k, None, cold, features, models.rerank, max(candidates, k), rated)
 
     class Who(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -206,18 +212,20 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         gender: str | None = Field(None, pattern="^[MF]$")
         age: int | None = None
         job: int | None = None
+        rated: list[tuple[int, float]] | None = Field(None, description="a new user's [movie id, stars] pairs")
         k: int = Field(10, ge=1, le=MAX_K)
 
     @app.post("/api/recommend")
     async def recommend_json(who: Who):
-        """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`."""
+        """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
+        user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
         if who.user_id is not None:
-            if any(v is not None for v in (who.gender, who.age, who.job)):
-                raise RecsysError("give user_id, or gender, age and job, not both")
+            if any(v is not None for v in (who.gender, who.age, who.job, who.rated)):
+                raise RecsysError("give user_id, or gender, age, job (and rated), not both")
             return await recommend(who.user_id, who.k)
         if None in (who.gender, who.age, who.job):
             raise RecsysError("give user_id, or all of gender, age and job")
-        return await recommend_new(who.gender, who.age, who.job, who.k)
+        return _recommend_new(who.gender, who.age, who.job, who.k, [(int(m), float(s)) for m, s in who.rated or []])
 
     @app.get("/api/movies/{movie}/similar")
     async def similar(movie: int, k: int = K):
@@ -274,7 +282,9 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m recsys.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
-    ap.add_argument("--rerank", metavar="RATING_MODEL_DIR", help="with a retrieval --model-dir: two-stage top-N")
+    ap.add_argument(
+        "--rerank", metavar="RANKING_DIR", help="with a retrieval --model-dir: two-stage top-N by this ranking network"
+    )
     ap.add_argument(
         "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
     )

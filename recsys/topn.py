@@ -88,9 +88,15 @@ def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
 def rerank(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Each row's candidate columns (-1: none) reordered by `scores` [U, M], best first, then cut to k.
     Equal scores keep the candidates' order."""
-    if not np.isfinite(scores).all():
+    return rerank_pool(candidates, np.take_along_axis(scores, np.maximum(candidates, 0), 1), k)
+
+
+def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """`rerank` with the candidates' own scores [U, N] (aligned with `candidates`)."""
+    s = np.array(scores, np.float64)
+    s[candidates < 0] = 0.0
+    if not np.isfinite(s).all():
         raise RecsysError("the ranking model produced non-finite scores; it cannot rank them (train it again)")
-    s = np.take_along_axis(scores, np.maximum(candidates, 0), 1).astype(np.float64)
     s[candidates < 0] = -np.inf
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(candidates, order, 1)
@@ -154,6 +160,17 @@ class Popularity:
         return np.broadcast_to(self.counts, (len(users), len(self.counts)))
 
 
+def ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's item-item weights for 0/1 rows `x` [U, M] (see `EASE`): [M, M] float32."""
+    x = x.astype(np.float32, copy=False)
+    gram = (x.T @ x).astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    return b.astype(np.float32)
+
+
 class EASE:
     """Steck (2019): item-item weights B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0, in closed form:
     P = (X'X + lam I)^-1, B = -P / diag(P) column-wise, diag(B) = 0. X is the binary training matrix."""
@@ -164,12 +181,7 @@ class EASE:
 
     def fit(self, data: Interactions) -> EASE:
         self.x = data.train_matrix()
-        gram = (self.x.T @ self.x).astype(np.float64)
-        gram[np.diag_indices_from(gram)] += self.lam
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        self.b = b.astype(np.float32)
+        self.b = ease_weights(self.x, self.lam)
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:

@@ -19,30 +19,48 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import checkpoint, modeldir, movielens, topn
+from recsys import checkpoint, history, modeldir, movielens, stacking, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import FEED_NAMES, MovieLens
 from recsys.optim import make_optimizer
+
+OBJECTIVES = ("rating", "retrieval", "ranking")
+HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = ArgumentParser(prog="python -m recsys.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--use-cuda", action="store_true", help="train on the GPU (needs paddlepaddle-gpu)")
     ap.add_argument("--dataset", default="ml-1m", choices=sorted(movielens.SPLITS), help="default: %(default)s")
-    ap.add_argument("--split", default="random", help="random: the chapter's 10%% rule; ml-100k: also u1..u5, ua, ub")
+    ap.add_argument(
+        "--split",
+        default="random",
+        help="random: the chapter's 10%% rule; ml-100k: also u1..u5, ua, ub; NAME:val: NAME's validation split "
+        "(a tenth of its training ratings as the test set)",
+    )
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
     ap.add_argument(
         "--objective",
-        choices=("rating", "retrieval"),
+        choices=OBJECTIVES,
         default="rating",
-        help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N)",
+        help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N); "
+        "ranking: the ranking network over a retrieval model's candidates (needs --candidates-from)",
     )
     ap.add_argument(
-        "--epochs", type=int, help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30)"
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="feed the user tower the mean embedding of the movies the user rated in training "
+        "(default: on for retrieval and ranking, off for rating: the chapter's network)",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30; ranking 10)",
     )
     ap.add_argument("--batch-size", type=int, default=256, help="global batch size (default: %(default)s)")
-    ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam)")
+    ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam, 0.05 ranking)")
     ap.add_argument("--seed", type=int, default=0, help="parameter initialisation and shuffling")
     ap.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N batches (0: at epoch ends only)")
@@ -101,20 +119,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="full: softmax over the whole catalogue every step; in-batch: the batch's other positives, "
         "log-Q corrected (default: %(default)s)",
     )
+    retrieval.add_argument(
+        "--holdout",
+        type=float,
+        default=HOLDOUT,
+        help="leave this share of the training ratings out of training and of the histories, as the labels a "
+        "ranking network learns from (default: %(default)s)",
+    )
+    ranking = ap.add_argument_group("ranking options (with --objective ranking)")
+    ranking.add_argument(
+        "--candidates-from", metavar="RETRIEVAL_DIR", help="the retrieval model whose candidates the ranker orders"
+    )
+    ranking.add_argument(
+        "--candidates", type=int, default=100, help="the retrieval model's top N per user (default: %(default)s)"
+    )
+    ranking.add_argument(
+        "--negatives-per-positive", type=int, default=4, help="negatives drawn per positive (default: %(default)s)"
+    )
+    ranking.add_argument(
+        "--hard-negatives",
+        type=float,
+        default=0.5,
+        help="share of the negatives drawn from the user's candidates, the rest from the catalogue "
+        "(default: %(default)s)",
+    )
+    ranking.add_argument(
+        "--train-towers",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train the towers (copied from the retrieval model) with the head; default: only the head learns",
+    )
+    ranking.add_argument(
+        "--positive-weight",
+        choices=("stars", "one"),
+        default="stars",
+        help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
+    )
     args = ap.parse_args(argv)
-    is_retrieval = args.objective == "retrieval"
+    objective = args.objective
+    adam = objective != "rating"
     if args.optimizer is None:
-        args.optimizer = "adam" if is_retrieval else "sgd"
-    if args.lr is None:
-        args.lr = 0.001 if args.optimizer == "adam" else 0.2
+        args.optimizer = "adam" if adam else "sgd"
+    if args.lr is None:  # the ranking network trains its head alone, on few labels: a larger step
+        args.lr = (0.05 if objective == "ranking" else 0.001) if args.optimizer == "adam" else 0.2
     if args.epochs is None:
-        args.epochs = 30 if is_retrieval else 20
+        args.epochs = {"rating": 20, "retrieval": 30, "ranking": 10}[objective]
     if args.lr_schedule is None:
-        args.lr_schedule = "cosine" if is_retrieval else "constant"
-    if not is_retrieval:
-        args.temperature = args.positive = args.negatives = None  # not part of the chapter's recipe
-    elif not (args.temperature > 0 and 1 <= args.positive <= 5):
-        ap.error("--temperature must be positive and --positive 1..5")
+        args.lr_schedule = "cosine" if adam else "constant"
+    if args.history is None:
+        args.history = objective != "rating"
+    if objective != "retrieval":
+        args.temperature = args.negatives = args.holdout = None
+    if objective != "ranking":
+        args.candidates_from = args.candidates = args.negatives_per_positive = None
+        args.hard_negatives = args.positive_weight = args.train_towers = None
+    if objective == "rating":
+        args.positive = None  # not part of the chapter's recipe
+    elif not 1 <= args.positive <= 5:
+        ap.error("--positive must be 1..5")
+    if objective == "retrieval" and not (args.temperature > 0 and 0 <= args.holdout < 1):
+        ap.error("--temperature must be positive and --holdout in [0, 1)")
+    if objective == "ranking":
+        if args.candidates_from is None:
+            ap.error("--objective ranking needs --candidates-from RETRIEVAL_DIR")
+        if args.candidates < 1 or args.negatives_per_positive < 1 or not 0 <= args.hard_negatives <= 1:
+            ap.error("--candidates and --negatives-per-positive must be at least 1, --hard-negatives in [0, 1]")
     if args.sparse is None:
         args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
     for name in ("epochs", "batch_size"):
@@ -184,16 +253,19 @@ class Trainer:
         objective: str = "rating",
         temperature: float = 0.05,
         negatives: str = "in-batch",
+        with_history: bool = False,
     ):
         import paddle
 
-        from recsys.model import RecommenderNet
+        from recsys.model import RankingNet, RecommenderNet
 
         use_cpu_cores(share=world)
         paddle.seed(seed)
         self.data = data
         self.label = data.label
-        self.net = RecommenderNet(**data.sizes(), sparse=sparse)
+        self.net = (RankingNet if objective == "ranking" else RecommenderNet)(
+            **data.sizes(), sparse=sparse, history=with_history
+        )
         self.model = paddle.DataParallel(self.net) if world > 1 else self.net
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
         self.rng = np.random.RandomState(seed)
@@ -205,6 +277,24 @@ class Trainer:
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
+        self.with_history = with_history
+        # users x movies 0/1 rows, kept only where something reads them: the histories of evaluation and of the
+        # saved model (every training rating, never a test rating), and what training reads (`use_history`)
+        self.full_history = self.fit_history = None
+        if with_history or objective == "ranking":
+            self.full_history = self.fit_history = self._rows(np.flatnonzero(~data.is_test))
+        self.fit_candidates = self.candidates = None  # ranking: the retrieval model's candidates (fit, full)
+        self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.5
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        sizes = self.data.sizes()
+        return history.history_rows(sizes["n_users"], sizes["n_movies"], self.data.user[idx], self.data.movie[idx])
+
+    def use_history(self, idx: np.ndarray) -> None:
+        """Training histories come only from the ratings `idx` (not the held-out or validation ones)."""
+        self.fit_idx = idx
+        if self.full_history is not None:
+            self.fit_history = self._rows(idx)
 
     def sample_from(self, idx: np.ndarray) -> None:
         """Record how often each movie is a positive in the ratings `idx`: the in-batch sampling distribution."""
@@ -212,15 +302,24 @@ class Trainer:
         with np.errstate(divide="ignore"):
             self.log_q = np.log(counts / max(counts.sum(), 1)).astype(np.float32)
 
-    def feeds(self, idx: np.ndarray, training: bool = False) -> list:
-        """The network's seven input tensors for the ratings `idx`; in training, the share `cold_start_rate`
-        of user ids is replaced by the unknown user 0."""
+    def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
+        """The network's seven input tensors for the ratings `idx` (with history, an eighth: training
+        histories without the example's own movie, or with `full` every training rating); in training, the
+        share `cold_start_rate` of user ids is replaced by the unknown user 0."""
+        return self.pair_feeds(self.data.user[idx], self.data.movie[idx], training, full and not training)
+
+    def pair_feeds(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> list:
+        """`feeds` for aligned arrays of user and movie ids."""
         import paddle
 
-        f = self.data.tables.features(self.data.user[idx], self.data.movie[idx])
+        f = self.data.tables.features(user, movie)
         if training and self.cold_start_rate:
-            f["user_id"] = np.where(self.rng.random_sample(len(idx)) < self.cold_start_rate, 0, f["user_id"])
-        return [paddle.to_tensor(f[n]) for n in FEED_NAMES]
+            f["user_id"] = np.where(self.rng.random_sample(len(user)) < self.cold_start_rate, 0, f["user_id"])
+        x = [paddle.to_tensor(f[n]) for n in FEED_NAMES]
+        if self.with_history:
+            rows = (self.full_history if full else self.fit_history)[user]
+            x.append(paddle.to_tensor(history.history_weights(rows, leave_out=movie)))
+        return x
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
@@ -228,6 +327,13 @@ class Trainer:
 
         from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
 
+        if self.objective == "ranking":
+            loss = self.ranking_loss(idx, self.fit_candidates, self.rng, training=True)
+            loss.backward()
+            self.opt.step()
+            self.opt.clear_grad()
+            self._vectors = None
+            return loss
         x = self.feeds(idx, training=True)
         if self.objective == "rating":
             loss = rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
@@ -235,7 +341,7 @@ class Trainer:
             if self._catalogue_feeds is None:
                 f = self.data.tables.movie_features(self.catalogue)
                 self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
-            user, movie = self.model(*x[:4], *self._catalogue_feeds, towers=True)
+            user, movie = self.model(*x[:4], *self._catalogue_feeds, *x[7:], towers=True)
             loss = softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
         else:
             user, movie = self.model(*x, towers=True)
@@ -246,6 +352,24 @@ class Trainer:
         self._vectors = None
         return loss
 
+    def ranking_loss(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
+        """The weighted logistic loss of the positives `idx` against `negatives_per_positive` drawn negatives
+        each, scored with the candidates' retrieval scores (`cand`: training or evaluation histories)."""
+        import paddle
+
+        from recsys.model import weighted_logistic_loss
+
+        user, per = self.data.user[idx], self.negatives_per_positive
+        neg = cand.negatives(user, per, self.hard_negatives, rng)
+        cols = np.concatenate([self.column[self.data.movie[idx]], np.maximum(neg, 0)])
+        users = np.concatenate([user, np.repeat(user, per)])
+        pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
+        weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)[:, None]
+        label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)[:, None]
+        x = self.pair_feeds(users, self.catalogue[cols], training, full=cand is self.candidates)
+        logit = self.model(*x, paddle.to_tensor(cand.features(users, cols)))
+        return weighted_logistic_loss(logit, paddle.to_tensor(label), paddle.to_tensor(weight))
+
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Scores (label space) of the ratings `idx`, in large batches without gradients."""
         import paddle
@@ -254,22 +378,38 @@ class Trainer:
             parts = [self.net(*self.feeds(idx[s : s + batch])).numpy() for s in range(0, len(idx), batch)]
         return np.concatenate(parts)[:, 0] if parts else np.zeros(0, np.float32)
 
-    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unit tower vectors of every user id and of the catalogue's movies (catalogue order), computed once
-        per parameter state (an evaluation's cost and top-N metrics share them)."""
-        from recsys.modeldir import unit_vectors
+    def vectors(self, unit: bool = True, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Tower vectors (unit length, or the raw outputs) of every user id, with the histories of every
+        training rating (`full`) or of the training ones, and of the catalogue's movies (catalogue order),
+        computed once per parameter state (an evaluation's cost and top-N metrics share them)."""
+        from recsys.modeldir import tower_outputs
 
+        key = (unit, full)
         if self._vectors is None:
+            self._vectors = {}
+        if key not in self._vectors:
             tables = self.data.tables
-            users = unit_vectors(self.net.user_tower, tables.user_features(np.arange(len(tables.user))))
-            self._vectors = users, unit_vectors(self.net.movie_tower, tables.movie_features(self.catalogue))
-        return self._vectors
+            feeds = tables.user_features(np.arange(len(tables.user)))
+            if self.with_history:
+                feeds["history"] = history.history_weights(self.full_history if full else self.fit_history)
+            users = tower_outputs(self.net.user_tower, feeds, unit)
+            self._vectors[key] = users, tower_outputs(self.net.movie_tower, tables.movie_features(self.catalogue), unit)
+        return self._vectors[key]
 
-    def evaluate(self, idx: np.ndarray) -> dict[str, float]:
-        """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings."""
+    def evaluate(self, idx: np.ndarray, full: bool = True) -> dict[str, float]:
+        """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings;
+        ranking: the weighted logistic loss with negatives drawn by a fixed seed (the same every time)."""
         if self.objective == "rating":
             return scores(self.predict(idx), self.label[idx, 0])
-        users, movies = self.vectors()
+        if self.objective == "ranking":
+            import paddle
+
+            rng, cand, total = np.random.RandomState(12345), self.candidates if full else self.fit_candidates, 0.0
+            with paddle.no_grad():
+                for s in range(0, len(idx), 4096):
+                    total += float(self.ranking_loss(idx[s : s + 4096], cand, rng)) * len(idx[s : s + 4096])
+            return {"cost": total / max(len(idx), 1)}
+        users, movies = self.vectors(full=full)
         total = 0.0
         for s in range(0, len(idx), 4096):
             part = idx[s : s + 4096]
@@ -279,10 +419,29 @@ class Trainer:
             total += float((lse - logits[np.arange(len(part)), self.column[self.data.movie[part]]]).sum())
         return {"cost": total / max(len(idx), 1)}
 
-    def top_n(self, data: topn.Interactions, k: int = 10) -> dict[str, float]:
-        """Full-ranking top-k metrics of the current towers (see `recsys.topn`)."""
-        users, movies = self.vectors()
-        return topn.evaluate(topn.by_score(lambda u: users[u] @ movies.T), data, k)
+    def top_n(self, data: topn.Interactions, k: int = 10, full: bool = True) -> dict[str, float]:
+        """Full-ranking top-k metrics of the current towers (see `recsys.topn`); a ranking network reorders
+        the retrieval model's candidates (the two stages)."""
+        if self.objective != "ranking":
+            users, movies = self.vectors(full=full)
+            return topn.evaluate(topn.by_score(lambda u: users[u] @ movies.T), data, k)
+        users, movies = self.vectors(unit=False, full=full)
+        cand, params = self.candidates if full else self.fit_candidates, self.params()
+
+        def rank(u, _seen, k):
+            pool = cand.pool[u]
+            rows = np.repeat(u, pool.shape[1])
+            f = cand.features(rows, np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
+            return topn.rerank_pool(pool, stacking.head_scores(params, users[u][:, None], movies[pool], f), k)
+
+        return topn.evaluate(rank, data, k)
+
+    def saved_arrays(self) -> dict[str, np.ndarray]:
+        """What a ranking model dir keeps besides the network: its pair features' item-item weights and the
+        movies' log shares of the ratings, both from every training rating (catalogue order)."""
+        if self.objective != "ranking":
+            return {}
+        return {"item_item": self.item_item, "log_share": self.candidates.log_share}
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
@@ -357,21 +516,38 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
     lead = rank == 0  # only rank 0 logs, evaluates the test split and writes the model dir
     if not lead:
         log, on_eval = (lambda _msg: None), None
-    retrieval = args.objective == "retrieval"
+    top_n = args.objective != "rating"
     t = Trainer(
         data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
-        args.objective, args.temperature, args.negatives,
+        args.objective, args.temperature, args.negatives, args.history,
     )  # fmt: skip
-    train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
-    ranking = None
-    if retrieval:  # the positives of each split; the top-N metrics rank against the whole training split
+    if args.objective == "ranking":
+        train_idx, val_idx, test_idx = stacking.prepare(t, args, data)
+    else:
+        train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
+        held = stacking.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
+        train_idx = train_idx[~held[train_idx]]
+        t.use_history(train_idx)
+    ranking = val_ranking = None
+    if top_n:  # the positives of each split; the top-N metrics rank against the whole training split
         ranking = topn.Interactions.build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
+        if len(val_idx):  # validation: ranked against the ratings the model trains on, scored on the slice
+            fit = np.zeros(len(data.user), bool)
+            fit[val_idx] = fit[t.fit_idx if args.objective == "ranking" else train_idx] = True
+            is_val = np.zeros(len(data.user), bool)
+            is_val[val_idx] = True
+            val_ranking = topn.Interactions.build(
+                t.catalogue, data.user[fit], data.movie[fit], data.stars[fit], is_val[fit], args.positive
+            )
         train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
         if not len(train_idx) or not len(test_idx):
             which = "training" if not len(train_idx) else "test"
             raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
         t.sample_from(train_idx)
     settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda")}
+    if args.objective == "ranking":  # the retrieval model it reorders: where it was, and its parameters' hash
+        settings["candidates_from"] = str(Path(args.candidates_from).resolve())
+        settings["candidates_params_sha256"] = t.retrieval_fingerprint
     pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
     best_params = best_params if len(val_idx) else None
     if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
@@ -385,12 +561,14 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
         record["train_cost"] = since["cost"] / max(since["n"], 1)
         if len(val_idx):  # every rank: early stopping must decide alike everywhere
-            record.update({f"val_{k}": v for k, v in t.evaluate(val_idx).items() if k != "mae"})
+            record.update({f"val_{k}": v for k, v in t.evaluate(val_idx, full=False).items() if k != "mae"})
         if lead:
             record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
-            if retrieval:
+            if top_n:
                 top = t.top_n(ranking)
                 record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
+                if val_ranking is not None:
+                    record["val_ndcg@10"] = t.top_n(val_ranking, full=False)["ndcg"]
         if not all(math.isfinite(x) for x in record.values()):
             raise RecsysError(
                 f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "

@@ -95,7 +95,7 @@ def test_serve_cli_bad_inputs(tmp_path, u1_models):
     assert_one_line_error(run_cli("recsys.serve", "--model-dir", str(tmp_path / "none")), "no trained model")
     retrieval, _ = u1_models
     proc = run_cli("recsys.serve", "--model-dir", str(retrieval), "--rerank", str(retrieval))
-    assert_one_line_error(proc, "--rerank needs a rating model")
+    assert_one_line_error(proc, "--rerank needs a rating or ranking model")
     assert_one_line_error(run_cli("recsys.serve", "--port", "0"), "--port must be 1..65535")
 
 

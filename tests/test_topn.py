@@ -140,7 +140,7 @@ def test_two_stage_bad_inputs(u1_models, trained):
     retrieval, rating = u1_models
     cases = [
         (["--model-dir", str(rating), "--rerank", str(rating)], "is a rating model"),
-        (["--model-dir", str(retrieval), "--rerank", str(retrieval)], "--rerank needs a rating model"),
+        (["--model-dir", str(retrieval), "--rerank", str(retrieval)], "--rerank needs a rating or ranking model"),
         (["--model-dir", str(retrieval), "--rerank", str(trained)], "disagree on their dataset"),
         (
             ["--model-dir", str(retrieval), "--rerank", str(rating), "--candidates", "5"],

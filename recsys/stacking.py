@@ -1,0 +1,203 @@
+"""The ranking network's training data: the chapter's second stage, stacked on a retrieval model.
+
+A stacked ranker must learn from labels the retrieval model did not train on (its scores on its own positives
+are inflated). A retrieval model trained with `--holdout F` leaves a share F of the training ratings out of its
+positives and its users' histories; the ranking network learns to find those held-out ratings of `--positive`
+stars or more (positives) among the retrieval model's own top candidates and catalogue samples that the user
+never rated in training (negatives, drawn again at every step). It trains on the candidate lists that it will
+see at inference: the retrieval model's top N outside each user's history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.errors import RecsysError
+
+ITEM_ITEM_LAMBDA = 500.0  # the item-item weights' L2 penalty (EASE's, as the baseline in `recsys.topn`)
+
+
+def holdout_mask(n: int, train_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """[n] bool: the training ratings held out for the ranker (a seeded `share` of `train_idx`)."""
+    mask = np.zeros(n, bool)
+    if share > 0:
+        pick = np.random.RandomState(seed + 2).random_sample(len(train_idx)) < share
+        mask[train_idx[pick]] = True
+    return mask
+
+
+@dataclass
+class Candidates:
+    """What the ranking network reads, per user: the retrieval model's top candidates and the pair features.
+
+    `user_vectors` [U, D] and `movie_vectors` [M, D] (catalogue order) are the retrieval model's unit vectors
+    as computed from the users' histories; `item_scores` [U, M] the item-item score of each user's history
+    for every movie and `log_share` [M] each movie's log share of the ratings (both from those histories);
+    `rated` [U, M] is every training rating (the held-out ones too), which no negative may be; `pool` [U, N]
+    holds each user's top-N catalogue columns among the movies outside their history (-1: none)."""
+
+    user_vectors: np.ndarray
+    movie_vectors: np.ndarray
+    item_scores: np.ndarray
+    log_share: np.ndarray
+    rated: np.ndarray
+    pool: np.ndarray
+
+    def features(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval
+        model's cosine, the movie's log share of the ratings, the item-item score of the user's history."""
+        cosine = np.einsum("nd,nd->n", self.user_vectors[user], self.movie_vectors[col])
+        return np.stack([cosine, self.log_share[col], self.item_scores[user, col]], axis=1).astype(np.float32)
+
+    def negatives(self, user: np.ndarray, per: int, hard: float, rng: np.random.RandomState) -> np.ndarray:
+        """`per` negative catalogue columns for each user in `user` ([len(user) * per], user-major): a share
+        `hard` from the user's candidates, the rest uniform over the catalogue; never a movie the user rated in
+        training. A draw that lands on a rated movie is drawn again (uniformly); -1 where none was found."""
+        users = np.repeat(user, per)
+        n_cols = self.rated.shape[1]
+        cols = rng.randint(n_cols, size=len(users))
+        from_pool = rng.random_sample(len(users)) < hard
+        if from_pool.any():
+            pick = self.pool[users[from_pool], rng.randint(self.pool.shape[1], size=int(from_pool.sum()))]
+            cols[from_pool] = np.where(pick >= 0, pick, cols[from_pool])
+        for _ in range(8):
+            bad = self.rated[users, cols]
+            if not bad.any():
+                break
+            cols[bad] = rng.randint(n_cols, size=int(bad.sum()))
+        cols[self.rated[users, cols]] = -1
+        return cols
+
+
+def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
+    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] excluded, in chunks."""
+    from recsys.topn import top_k_lists
+
+    parts = [
+        top_k_lists(user_vectors[s : s + 1024] @ movie_vectors.T, seen[s : s + 1024], n)
+        for s in range(0, len(user_vectors), 1024)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
+
+
+def recall_at(pool: np.ndarray, relevant: list[set[int]]) -> float:
+    """Mean over users with a relevant movie of the share of their relevant movies found in their pool row."""
+    users = [i for i, r in enumerate(relevant) if r]
+    if not users:
+        return float("nan")
+    return float(np.mean([len(relevant[i] & set(pool[i].tolist())) / len(relevant[i]) for i in users]))
+
+
+def log_share(history: np.ndarray) -> np.ndarray:
+    """Each column's log share of the ratings in 0/1 histories [U, M] (add-one smoothed): [M] float32."""
+    counts = history.sum(axis=0).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def pair_features(cosine: np.ndarray, share: np.ndarray, weights: np.ndarray, histories, pool: np.ndarray):
+    """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
+    retrieval cosines [n, N], the movies' log shares [M], the item-item weights [M, M] and each user's
+    history as an array of catalogue columns (`histories`, n of them)."""
+    cols = np.maximum(pool, 0)
+    item = np.stack([weights[h][:, c].sum(axis=0) for h, c in zip(histories, cols)]) if len(pool) else cosine
+    return np.stack([cosine, share[cols], item], axis=-1).astype(np.float32)
+
+
+def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
+    """The ranking head (`model.RankingHead`) in numpy: logits for tower outputs `user` [..., D] and `movie`
+    [..., D] and pair features [..., 3]. Saves running the network over precomputed tower outputs."""
+    x = np.concatenate([np.broadcast_to(user, movie.shape) * movie, features], axis=-1)
+    h = np.maximum(x @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
+    linear = features @ params["head.linear"]
+    return (linear + h @ params["head.out.weight"] + params["head.out.bias"])[..., 0]
+
+
+def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[U, M] bool over catalogue columns: the movies each user rated in the ratings `idx`."""
+    out = np.zeros((data.sizes()["n_users"], len(catalogue)), bool)
+    out[data.user[idx], np.searchsorted(catalogue, data.movie[idx])] = True
+    return out
+
+
+def fingerprint(md) -> str | None:
+    """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
+    return (md.files.expected or {}).get("params.npz", {}).get("sha256")
+
+
+def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
+    """One-line error unless `md` is a retrieval model (of `data`, when given)."""
+    if md.objective != "retrieval":
+        raise RecsysError(
+            f"{what} needs a retrieval model: {md.path} is a {md.objective} model "
+            "(train one with --objective retrieval)"
+        )
+    if data is not None and (
+        md.meta["sizes"] != data.sizes()
+        or md.meta["dataset"] != data.meta.dataset
+        or md.meta["split"] != data.split
+        or md.meta["title_words"] != data.meta.title_words
+    ):
+        raise RecsysError(
+            f"{md.path} was trained on other data ({md.meta['dataset']} {md.meta['split']}, not "
+            f"{data.meta.dataset} {data.split}); train the ranker on the retrieval model's data"
+        )
+
+
+def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Set up trainer `t` to train a ranking network on the candidates of the retrieval model
+    `args.candidates_from`: its held-out ratings are the ranker's labels, its training ratings the histories,
+    and the ranker's towers start from its towers. Returns the ranker's training, validation (carved from the
+    held-out ratings by `args.val_ratio`) and test rating indices."""
+    from recsys.history import history_weights
+    from recsys.modeldir import ModelDir
+    from recsys.topn import ease_weights
+
+    retrieval = ModelDir.load(args.candidates_from)
+    check_retrieval(retrieval, data)
+    rs = retrieval.meta["settings"]
+    if not rs.get("holdout"):
+        raise RecsysError(
+            f"{retrieval.path} held no training ratings out for a ranker to learn from; "
+            "train the retrieval model with --holdout 0.1 (its default)"
+        )
+    train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
+    n_val = int(round(len(train_idx) * rs["val_ratio"]))  # the retrieval model's own validation slice
+    train_idx = np.sort(np.random.RandomState(rs["seed"] + 1).permutation(train_idx)[n_val:])
+    held = holdout_mask(len(data.user), train_idx, rs["holdout"], rs["seed"])
+    fit, labels = train_idx[~held[train_idx]], train_idx[held[train_idx]]
+    t.use_history(fit)
+    feeds = data.tables.user_features(np.arange(data.sizes()["n_users"]))
+    if retrieval.history:
+        feeds["history"] = history_weights(t.fit_history)
+    fit_users, movies = retrieval.user_vector(feeds), retrieval.catalogue_vectors
+    rated = _columns(data, t.catalogue, np.flatnonzero(~data.is_test))
+    fit_pool = candidate_pool(fit_users, movies, _columns(data, t.catalogue, fit), args.candidates)
+    in_pool = np.zeros_like(rated)  # the ranker learns to order the lists it will see: positives among them
+    in_pool[np.repeat(np.arange(len(fit_pool)), fit_pool.shape[1]), fit_pool.ravel()] = True
+    in_pool[:, -1] &= (fit_pool == len(movies) - 1).any(axis=1)  # -1 (no candidate) wrote the last column
+    labels = labels[in_pool[data.user[labels], np.searchsorted(t.catalogue, data.movie[labels])]]
+    n_val = int(round(len(labels) * args.val_ratio))
+    carve = np.random.RandomState(args.seed + 1).permutation(labels)
+    full_users = retrieval.arrays["user_vectors"]
+    fit_history = _columns(data, t.catalogue, fit)
+    fit_weights = ease_weights(fit_history, ITEM_ITEM_LAMBDA)
+    t.fit_candidates = Candidates(
+        fit_users, movies, fit_history.astype(np.float32) @ fit_weights, log_share(fit_history), rated, fit_pool
+    )
+    t.item_item = ease_weights(rated, ITEM_ITEM_LAMBDA)  # what the saved model scores with: every training rating
+    full_pool = candidate_pool(full_users, movies, rated, args.candidates)
+    t.candidates = Candidates(
+        full_users, movies, rated.astype(np.float32) @ t.item_item, log_share(rated), rated, full_pool
+    )
+    t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
+    t.positive_weight = args.positive_weight
+    t.retrieval_fingerprint = fingerprint(retrieval)
+    current = t.params()  # the ranker's towers start as the retrieval model's, where their shapes agree
+    towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
+    t.set_params(current | towers)
+    if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
+        for name, p in t.net.named_parameters():
+            p.stop_gradient = not name.startswith("head.")
+    return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
