@@ -14,12 +14,13 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from recsys import checkpoint, modeldir, movielens, topn
+from recsys import checkpoint, lock, movielens, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import FEED_NAMES, MovieLens
 from recsys.optim import make_optimizer
@@ -102,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "log-Q corrected (default: %(default)s)",
     )
     args = ap.parse_args(argv)
+    if args.resume:  # the recorded run's settings and data, unless given
+        checkpoint.resume_settings(args, ap.given(argv), log=lambda msg: print(msg, file=sys.stderr))
     is_retrieval = args.objective == "retrieval"
     if args.optimizer is None:
         args.optimizer = "adam" if is_retrieval else "sgd"
@@ -343,7 +346,7 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
     import paddle.distributed as dist
 
     check_environment()
-    with modeldir.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+    with lock.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
         return _train(args, data, log, on_eval)
 
 
@@ -375,7 +378,8 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
     pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
     best_params = best_params if len(val_idx) else None
     if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
-        log(f"{args.model_dir}: training already finished at epoch {pr.epoch}")
+        more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
+        log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
         return t, pr.metrics
     total = args.max_batches or math.inf
     start = time.perf_counter() - (pr.metrics[-1]["seconds"] if pr.metrics else 0.0)
