@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,20 @@ def test_ages_in_years_map_to_the_chapters_buckets(trained):
     assert docs["17"]["user"]["age_group"] == "Under 18" and docs["35"]["user"]["age_group"] == "35–44"
     text = run_cli(*base, "--age", "56").stdout
     assert text.startswith("Top 5 movies for a new user (F, age 56+, job 4) (score in 2*stars-5):"), text
+
+
+def test_the_package_builds_without_a_warning(tmp_path):
+    """The wheel and the editable wheel, through setuptools' own build hooks, with warnings as errors."""
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} here; the build needs 77 or later (the dev extra has it)")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "recsys", tmp_path / "recsys", ignore=shutil.ignore_patterns("__pycache__"))
+    hooks = "import setuptools.build_meta as b; b.build_wheel('out'); b.build_editable('out')"
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", hooks], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "out" / "recsys-0.1.0-py3-none-any.whl") as wheel:
+        names = set(wheel.namelist())
+    assert {"recsys/static/index.html", "recsys/api.py", "recsys/serve.py"} <= names
