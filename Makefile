@@ -35,4 +35,6 @@ bench: install
 	$(PY) benchmarks/topn_serve.py
 
 clean:
-	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MODEL_DIR) *.model .*.lock .*.previous .*.tmp test-artifacts .pytest_cache .ruff_cache \
+		*.egg-info build
+	rm -rf recsys/__pycache__ tests/__pycache__ benchmarks/__pycache__

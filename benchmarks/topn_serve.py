@@ -46,7 +46,9 @@ def load_test(retrieval: Path, ranking: Path, users: list[int], movies: list[int
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval), "--rerank", str(ranking)]
-    server = subprocess.Popen(cmd + ["--port", str(port), "--host", "127.0.0.1"], stdout=subprocess.PIPE)
+    server = subprocess.Popen(  # no request log: it would cost time and fill the pipe
+        cmd + ["--port", str(port), "--host", "127.0.0.1", "--log-level", "warning"], stdout=subprocess.PIPE
+    )
     try:
         server.stdout.readline()
         for _ in range(200):

@@ -7,6 +7,16 @@ import functools
 import sys
 from collections.abc import Callable
 
+# what to install when an import fails: top-level module -> (what it is, the pip extra that brings it)
+_INSTALLS = {
+    "paddle": ("Paddle", "cpu"),
+    "fastapi": ("FastAPI", "serve"),
+    "fastapi_offline": ("fastapi-offline", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "starlette": ("FastAPI", "serve"),
+    "pydantic": ("FastAPI", "serve"),
+}
+
 
 class RecsysError(Exception):
     """A problem the user can fix (bad input, missing data or model); CLIs print it on one line."""
@@ -22,6 +32,9 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         except RecsysError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except ModuleNotFoundError as e:
+            print(f"error: {missing_module(e)}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 2
@@ -29,8 +42,33 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
+def missing_module(e: ModuleNotFoundError) -> str:
+    """One line for an import that failed: what is missing, in which Python, and the command that installs it."""
+    top = (e.name or "").split(".")[0]
+    what, extra = _INSTALLS.get(top, (top or "a module", None))
+    install = f'pip install -e ".[{extra}]"' if extra else 'pip install -e "."'
+    return (
+        f"{what} is not installed for {sys.executable} (no module named {e.name!r}): use the project's venv "
+        f"(`make install`, then `. .venv/bin/activate`) or run `{install}` in the repository"
+    )
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def given(self, argv: list[str] | None = None) -> set[str]:
+        """The destinations of the options written on the command line (not those left at their defaults)."""
+        return set(vars(self.parse_args(argv, namespace=_Given())))
+
+
+class _Given(argparse.Namespace):
+    """A namespace that claims to have every attribute, so argparse fills in no defaults: what it holds
+    after parsing is exactly what the command line gave."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # argparse's own bookkeeping
+            raise AttributeError(name)
+        return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -128,9 +127,8 @@ def _data_for(md: ModelDir, args: argparse.Namespace) -> MovieLens:
     dataset = args.dataset or md.meta["dataset"]
     split = args.split or md.meta["split"]
     data_dir = args.data_dir
-    source = Path(md.meta["source"])
-    if data_dir is None and dataset == md.meta["dataset"] and source.exists():
-        data_dir = source if source.is_dir() else source.parent
+    if data_dir is None and dataset == md.meta["dataset"]:
+        data_dir = md.source()  # the archive it was trained on, or one error saying it moved
     return movielens.load(dataset, data_dir, split)
 
 
@@ -144,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         help="with a retrieval --model-dir: also rank in two stages, by this ranking network (or rating model)",
     )
     ap.add_argument(
-        "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
+        "--candidates",
+        type=int,
+        default=100,
+        help="with --rerank: retrieval candidates (default: %(default)s; a larger --k widens them to --k)",
     )
     ap.add_argument("--dataset", choices=sorted(movielens.SPLITS), help="default: the model's")
     ap.add_argument("--split", help="default: the model's")
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ease-lambda", type=float, default=500.0, help="EASE's L2 weight (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    if args.k < 1 or args.candidates < args.k or not 1 <= args.relevant <= 5 or not args.ease_lambda > 0:
-        ap.error("--k must be at least 1, --candidates at least --k, --relevant 1..5 and --ease-lambda positive")
+    if args.k < 1 or args.candidates < 1 or not 1 <= args.relevant <= 5 or not args.ease_lambda > 0:
+        ap.error("--k must be at least 1, --candidates at least 1, --relevant 1..5 and --ease-lambda positive")
     md = ModelDir.load(args.model_dir)
     rerank = None
     if args.rerank is not None:
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         infer.check_pair(md, rerank)
     data = _data_for(md, args)
     rows = compare(next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None), data)
-    ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, args.candidates)
+    candidates = max(args.candidates, args.k)  # the two stages' rule in infer and serve too
+    ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates)
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}
     if args.json:

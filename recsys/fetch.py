@@ -48,7 +48,8 @@ ARCHIVES = {
 
 def data_home() -> Path:
     """`$RECSYS_DATA_HOME`, else the folder where Paddle itself caches MovieLens."""
-    return Path(os.environ.get("RECSYS_DATA_HOME") or "~/.cache/paddle/dataset/movielens").expanduser()
+    home = Path(os.environ.get("RECSYS_DATA_HOME") or "~/.cache/paddle/dataset/movielens").expanduser()
+    return Path(os.path.abspath(home))
 
 
 def archive(dataset: str) -> Archive:
@@ -61,7 +62,12 @@ def archive(dataset: str) -> Archive:
 def locate(dataset: str = "ml-1m", data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Path of the dataset's zip or extracted folder in `data_dir` (else the data home); download if absent."""
     arc = archive(dataset)
-    folder = Path(data_dir).expanduser() if data_dir else data_home()
+    folder = Path(os.path.abspath(Path(data_dir).expanduser())) if data_dir else data_home()
+    if data_dir and not folder.exists():  # a typo: never create it, never download into it
+        raise RecsysError(
+            f"--data-dir {data_dir} does not exist; give the folder that holds {arc.zip_names[0]} "
+            f"(or leave --data-dir out to use, and download into, {data_home()})"
+        )
     candidates = [folder / z for z in arc.zip_names] + [folder / arc.name, folder]
     for c in candidates:
         if c.is_file() or (c.is_dir() and (c.name == arc.name or (c / arc.members[0]).exists())):
@@ -110,7 +116,8 @@ def fetch(arc: Archive, dest: Path) -> Path:
             problems.append(f"{url}: {getattr(e, 'reason', None) or e}")
     raise RecsysError(
         f"could not download {arc.name} ({'; '.join(problems)}); "
-        f"put {arc.zip_names[0]} in {dest.parent} or pass --data-dir"
+        f"put {arc.zip_names[0]} in {dest.parent}, or give the folder that holds it with --data-dir DIR "
+        "(make demo DATA_DIR=DIR)"
     )
 
 

@@ -5,7 +5,8 @@
     python -m recsys.infer --gender F --age 25 --job 4 --top-k 10   a new user, known only by features
     python -m recsys.infer --similar-to 783 --top-k 10           nearest movies by their movie-tower vectors
     python -m recsys.infer --model-dir RETRIEVAL --rerank RATING --user 1 --top-k 10
-                                      two stages: the retrieval model's top --candidates, reordered by the rating model
+                                      two stages: the retrieval model's top max(--candidates, --top-k),
+                                      reordered by the rating model
 
 Scores live in the chapter's label space `2*stars - 5` (range -5..5); `stars = (score + 5) / 2`.
 A single prediction runs the saved inference model through `paddle.inference`, as the chapter's
@@ -24,7 +25,7 @@ import numpy as np
 from recsys import history, stacking, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
-from recsys.movielens import age_table, unknown_user_features
+from recsys.movielens import AGE_GROUPS, age_index, unknown_user_features
 
 
 def stars(score: float) -> float:
@@ -202,7 +203,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
     ap.add_argument("--user", type=int, help="user id")
     ap.add_argument("--gender", choices=("M", "F"), help="a new user's gender")
-    ap.add_argument("--age", type=int, help=f"a new user's age bucket, one of {age_table}")
+    ap.add_argument(
+        "--age", type=int, help="a new user's age in years, or the chapter's bucket code (1, 18, 25, 35, 45, 50, 56)"
+    )
     ap.add_argument("--job", type=int, help="a new user's job id")
     ap.add_argument("--movie", type=int, help="movie id: predict the user's rating of it")
     ap.add_argument("--top-k", type=int, help="recommend the K best movies (or list K similar movies)")
@@ -218,14 +221,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reorder a retrieval model's candidates by this ranking network (or rating model)",
     )
     ap.add_argument(
-        "--candidates", type=int, default=100, help="with --rerank: retrieval candidates (default: %(default)s)"
+        "--candidates",
+        type=int,
+        default=100,
+        help="with --rerank: retrieval candidates (default: %(default)s; a larger --top-k widens them to --top-k)",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
         ap.error("--rerank reorders recommendations: give it with --top-k for a user")
-    if args.rerank is not None and not args.top_k <= args.candidates:
-        ap.error(f"--candidates must be at least --top-k ({args.top_k}), got {args.candidates}")
+    if args.candidates < 1:
+        ap.error(f"--candidates must be at least 1, got {args.candidates}")
     cold = [args.gender, args.age, args.job]
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
@@ -240,8 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("a new user needs all of --gender, --age and --job, and no --user")
     if (args.user is None and None in cold) or (args.movie is None) == (args.top_k is None):
         ap.error("give --user (or --gender, --age, --job) and either --movie or --top-k; or --similar-to")
-    if args.age is not None and args.age not in age_table:
-        ap.error(f"--age must be one of {', '.join(map(str, age_table))} (the chapter's age buckets), got {args.age}")
+    if args.age is not None and not 1 <= args.age <= 120:
+        ap.error(f"--age must be a number of years, 1..120 (or a bucket code: 1, 18, 25, ...), got {args.age}")
     return args
 
 
@@ -259,13 +265,18 @@ def check_ids(md: ModelDir, args) -> tuple[int, int, int] | None:
     n_jobs = md.meta["sizes"]["n_jobs"]
     if not 0 <= args.job < n_jobs:
         raise RecsysError(f"--job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {args.job}")
-    return (0 if args.gender == "M" else 1, age_table.index(args.age), args.job)
+    return (0 if args.gender == "M" else 1, age_index(args.age), args.job)
+
+
+def new_user(gender: str, age: int, job: int) -> dict:
+    """A new user's features as the answers show them: the age as given, and its group."""
+    return {"gender": gender, "age": age, "age_group": AGE_GROUPS[age_index(age)], "job": job}
 
 
 def _who(user_id: int | None, features: dict | None) -> str:
     if user_id is not None or features is None:
         return f"user id {user_id}"
-    return f"a new user ({features['gender']}, age {features['age']}, job {features['job']})"
+    return f"a new user ({features['gender']}, age {features['age_group']}, job {features['job']})"
 
 
 def _person(user_id: int | None, features: dict | None) -> dict:
@@ -310,9 +321,12 @@ def recommend_doc(
     rated=(),
 ) -> dict:
     """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it.
-    A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended."""
+    A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended.
+    Two stages reorder the retrieval model's top max(`candidates`, k) movies: a k above `candidates` widens
+    the candidates to k (then the list is the retrieval top k, reordered)."""
     person = _person(user_id, features) | ({"rated": [[m, s] for m, s in rated]} if rated else {})
     if rerank is not None:
+        candidates = max(candidates, k)
         rows = []
         for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold, rated):
             row = {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s}
@@ -360,7 +374,7 @@ def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
     }[tuple(doc["stages"])]
     lines = [f"Top {len(rows)} movies for {who}{seen} ({how}):"]
     for i, r in enumerate(rows, 1):
-        genres = "|".join(md.genres(r["movie_id"]))
+        genres = "|".join(r["genres"])
         value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f}"
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
@@ -381,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in (md, rerank):
         if model is not None:
             check_rated(model, rated)
-    features = None if cold is None else {"gender": args.gender, "age": args.age, "job": args.job}
+    features = None if cold is None else new_user(args.gender, args.age, args.job)
     if args.similar_to is not None:
         doc = similar_doc(md, args.similar_to, args.top_k)
     elif args.movie is not None:

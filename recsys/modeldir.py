@@ -9,16 +9,14 @@ metrics.json, loss.png                one record per evaluation, and the cost cu
 checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
 manifest.json                         every other file's size and SHA-256, written last
 
-A save writes a temp dir beside the model dir and swaps it in by rename; the dir it replaces stays as
-`.NAME.previous` until the next save. A reader opens every file of one dir at once (open files outlive a
-later swap), so it never mixes two saves. Sizes are checked at load, each file's SHA-256 when it is first
-read: a damaged dir is an error, never an answer.
+A save writes a temp dir beside the model dir and swaps it in by rename, then removes the dir it replaced.
+A reader opens every file of one dir at once (open files outlive a later swap and removal) and opens them
+again when the dir was swapped while it opened them, so it never mixes two saves. Sizes are checked at
+load, each file's SHA-256 when it is first read: a damaged dir is an error, never an answer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import io
@@ -192,34 +190,6 @@ def save(
     return path
 
 
-@contextlib.contextmanager
-def locked(path: str | os.PathLike):
-    """Make this process the model dir's only trainer while the block runs: an exclusive lock on
-    `.NAME.lock` beside it, which names our pid. The kernel drops the lock when the process ends, however
-    it ends, so a lock left by a dead process is simply taken."""
-    path = Path(path)
-    where = path.with_name(f".{path.name}.lock")
-    try:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise RecsysError(f"cannot write the model dir {path}: {e.strerror or e} ({where.parent})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RecsysError(
-            f"{path} is being trained by process {owner}; wait for it to finish or choose another --model-dir"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -264,13 +234,15 @@ def _alive(pid: int) -> bool:
 
 def _swap(new: Path, path: Path) -> None:
     """Replace `path` by `new`; at every instant one complete model dir exists (the old one until the last
-    rename). The replaced dir stays as `.NAME.previous` until the next save, so that a reader which opened
-    it a moment ago still finds its files."""
+    rename). The replaced dir is renamed `.NAME.previous`, then removed: a reader that was opening it just
+    then sees that it moved and opens the new one (`ModelDir.load`). Only a save cut off between its two
+    renames leaves `.NAME.previous`, which readers then use and the next save replaces."""
     old = path.with_name(f".{path.name}.previous")
-    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # left by a save cut off after its last rename: nobody reads it
         os.replace(path, old)
     os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)  # only once `path` is whole again
 
 
 def write_metrics(folder: Path, metrics: list[dict]) -> None:
@@ -307,6 +279,7 @@ class _Files:
         self.verified: set[str] = set()
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            self.inode = os.fstat(dir_fd).st_dev, os.fstat(dir_fd).st_ino
             for name in os.listdir(dir_fd):
                 try:
                     fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
@@ -319,6 +292,10 @@ class _Files:
                     f.close()
         finally:
             os.close(dir_fd)
+
+    def close(self) -> None:
+        for f in self.open.values():
+            f.close()
 
     def check(self, meta: dict) -> None:
         """Against the manifest: every file present with its size (hashes wait for each file's first read)."""
@@ -378,6 +355,16 @@ class _Files:
             raise damaged(self.path, name, "unreadable") from None
 
 
+def _still_at(path: Path, where: Path, files: _Files) -> bool:
+    """Whether the files just opened from `where` are one whole save: the dir is still there, and, when it
+    was `.NAME.previous`, `path` is still missing (a save removes `.NAME.previous` only after that)."""
+    try:
+        st = os.stat(where)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == files.inode and (where == path or not path.exists())
+
+
 @dataclass
 class ModelDir:
     """A loaded model dir: metadata, arrays, and the inference predictor on demand."""
@@ -397,6 +384,9 @@ class ModelDir:
                 where = path
             try:
                 files = _Files(where)
+                if attempt < 4 and not _still_at(path, where, files):  # swapped out as we opened it: again
+                    files.close()
+                    continue
             except FileNotFoundError:
                 if attempt < 4 and (path.exists() or path.with_name(f".{path.name}.previous").exists()):
                     continue
@@ -504,6 +494,16 @@ class ModelDir:
 
     def genres(self, movie_id: int) -> list[str]:
         return self.meta["movies"][str(movie_id)][1]
+
+    def source(self) -> Path:
+        """The archive (zip or folder) the model was trained on; one clear error when it is no longer there."""
+        src = Path(self.meta["source"])
+        if not src.exists():
+            raise RecsysError(
+                f"{self.path} was trained on {src}, which is no longer there (moved or deleted); "
+                f"give the folder that holds {self.meta['dataset']} now with --data-dir"
+            )
+        return src
 
     def params(self) -> dict[str, np.ndarray]:
         """The saved network parameters by structured name."""

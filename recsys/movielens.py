@@ -26,6 +26,18 @@ from recsys import fetch
 from recsys.errors import RecsysError
 
 age_table = [1, 18, 25, 35, 45, 50, 56]
+# what each age_table code stands for (the ml-1m README's ranges)
+AGE_GROUPS = ["Under 18", "18–24", "25–34", "35–44", "45–49", "50–55", "56+"]
+
+
+def age_index(age: int) -> int:
+    """The index in `age_table` of a real age in years, or of a bucket's own code (1, 18, 25, ...): each code
+    lies in its own range, so both read the same way."""
+    if not 1 <= age <= 120:
+        raise RecsysError(f"age must be a number of years, 1..120 (or a bucket code: {age_table}), got {age}")
+    return max(i for i, a in enumerate(age_table) if a <= age)
+
+
 FEED_NAMES = ("user_id", "gender_id", "age_id", "job_id", "movie_id", "category_id", "movie_title")
 SPLITS = {"ml-1m": ("random",), "ml-100k": ("random", "u1", "u2", "u3", "u4", "u5", "ua", "ub")}
 ML1M_JOBS = (

@@ -14,12 +14,13 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from recsys import checkpoint, history, modeldir, movielens, stacking, topn
+from recsys import checkpoint, history, lock, movielens, stacking, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import FEED_NAMES, MovieLens
 from recsys.optim import make_optimizer
@@ -156,6 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
     )
     args = ap.parse_args(argv)
+    if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
+        args.candidates_from = str(Path(args.candidates_from).resolve())
+    if args.resume:  # the recorded run's settings and data, unless given
+        checkpoint.resume_settings(args, ap.given(argv), log=lambda msg: print(msg, file=sys.stderr))
     objective = args.objective
     adam = objective != "rating"
     if args.optimizer is None:
@@ -502,7 +507,7 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
     import paddle.distributed as dist
 
     check_environment()
-    with modeldir.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+    with lock.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
         return _train(args, data, log, on_eval)
 
 
@@ -545,13 +550,13 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
             raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
         t.sample_from(train_idx)
     settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda")}
-    if args.objective == "ranking":  # the retrieval model it reorders: where it was, and its parameters' hash
-        settings["candidates_from"] = str(Path(args.candidates_from).resolve())
+    if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
         settings["candidates_params_sha256"] = t.retrieval_fingerprint
     pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
     best_params = best_params if len(val_idx) else None
     if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
-        log(f"{args.model_dir}: training already finished at epoch {pr.epoch}")
+        more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
+        log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
         return t, pr.metrics
     total = args.max_batches or math.inf
     start = time.perf_counter() - (pr.metrics[-1]["seconds"] if pr.metrics else 0.0)

@@ -60,7 +60,8 @@ def test_cold_start_user_is_user_zero_with_its_features(cold_model):
     md = ModelDir.load(cold_model)
     args = ["--model-dir", str(cold_model), "--gender", "F", "--age", "25", "--job", "4"]
     doc = json.loads(run_cli("recsys.infer", *args, "--top-k", "5", "--json").stdout)
-    assert doc["user"] == {"gender": "F", "age": 25, "job": 4} and len(doc["recommendations"]) == 5
+    assert doc["user"] == {"gender": "F", "age": 25, "age_group": "25–34", "job": 4}
+    assert len(doc["recommendations"]) == 5
     movies = [r["movie_id"] for r in doc["recommendations"]]
     # the same ranking from the saved inference model, scoring user 0 with those features on every movie
     full = infer.predict(md, 0, md.movie_ids, cold=(1, age_table.index(25), 4))
@@ -74,7 +75,7 @@ def test_cold_start_user_is_user_zero_with_its_features(cold_model):
     "args, needle",
     [
         (["--similar-to", "99999"], "unknown movie id 99999"),
-        (["--gender", "F", "--age", "26", "--job", "4", "--top-k", "3"], "--age must be one of 1, 18, 25"),
+        (["--gender", "F", "--age", "0", "--job", "4", "--top-k", "3"], "--age must be a number of years, 1..120"),
         (["--gender", "F", "--age", "25", "--job", "99", "--top-k", "3"], "--job must be 0..20"),
         (["--gender", "X", "--age", "25", "--job", "1", "--top-k", "3"], "invalid choice: 'X'"),
         (["--gender", "F", "--top-k", "3"], "a new user needs all of --gender, --age and --job"),

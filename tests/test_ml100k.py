@@ -112,6 +112,7 @@ def test_evaluate_bad_inputs(ml100k_model, shared, tmp_path):
     assert_one_line_error(run_cli("recsys.evaluate", "--model-dir", str(tmp_path / "none")), "train first")
     proc = run_cli("recsys.evaluate", "--model-dir", str(ml100k_model), "--split", "u9")
     assert_one_line_error(proc, "ml-100k has no split 'u9'")
+    (tmp_path / "empty").mkdir()
     empty = ["--data-dir", str(tmp_path / "empty"), "--model-dir", str(tmp_path / "m")]
     proc = run_cli("recsys.train", "--dataset", "ml-100k", "--split", "u1", *empty)
     assert_one_line_error(proc, "could not download ml-100k")

@@ -179,8 +179,9 @@ def test_corrupt_zip_and_missing_member_through_the_cli(tmp_path):
 
 
 def test_no_network_is_one_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
     proc = run_cli("recsys.train", "--data-dir", str(tmp_path / "empty"), "--model-dir", str(tmp_path / "m"))
-    assert_one_line_error(proc, "could not download ml-1m", "pass --data-dir")
+    assert_one_line_error(proc, "could not download ml-1m", "with --data-dir DIR (make demo DATA_DIR=DIR)")
     assert list((tmp_path / "empty").glob("*")) == []
 
 
@@ -206,6 +207,7 @@ def test_download_with_wrong_md5_leaves_no_file(tmp_path, http_dir, small_dir, m
     shutil.copy(small_dir / "ml-1m.zip", root / "ml-1m.zip")  # a valid zip, but not the official one
     monkeypatch.setenv("RECSYS_MIRROR", url)
     dest = tmp_path / "dl"
+    dest.mkdir()
     with pytest.raises(RecsysError, match="MD5 .* is not the expected c4d9eecfca2ab87c1945afe126590906"):
         ml.load(data_dir=dest)
     assert list(dest.iterdir()) == []
@@ -219,6 +221,7 @@ def test_download_checks_the_published_md5(tmp_path, http_dir, monkeypatch):
     (root / "ml-100k.zip").write_bytes(payload)
     (root / "ml-100k.zip.md5").write_text(f"MD5 (ml-100k.zip) = {hashlib.md5(payload).hexdigest()}\n")
     monkeypatch.setenv("RECSYS_MIRROR", url)
+    (tmp_path / "dl").mkdir()
     got = fetch.locate("ml-100k", tmp_path / "dl")
     assert got.read_bytes() == payload
     (root / "ml-100k.zip.md5").write_text("MD5 (ml-100k.zip) = " + "0" * 32)

@@ -34,7 +34,10 @@ def _execute(tmp_path, monkeypatch, **env) -> tuple[str, int]:
 
 
 def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
-    text, images = _execute(tmp_path, monkeypatch, DATA_DIR=str(real_meta_dir), MAX_BATCHES="60", EVAL_EVERY="20")
+    model = str(tmp_path / "recommender_system.inference.model")  # the default name: long table labels
+    text, images = _execute(
+        tmp_path, monkeypatch, DATA_DIR=str(real_meta_dir), MAX_BATCHES="60", EVAL_EVERY="20", MODEL_DIR=model
+    )
     assert "<MovieInfo id(1), title(Toy Story ), categories(['Animation', \"Children's\", 'Comedy'])>" in text
     assert "User 1 rates Movie 1193 with Score [5.0]" in text
     assert "EpochID 1, BatchID 60, Test Loss" in text
@@ -42,7 +45,9 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert 'Actual Rating of user id 1 on movie "Hunchback of Notre Dame, The" is 4.' in text
     assert " 1. " in text and "10. " in text  # the top-10 list
     assert images >= 3  # data pictures, the cost curve, the PCA of movie vectors
-    assert (tmp_path / "model" / "inference.json").exists()
+    assert (tmp_path / "recommender_system.inference.model" / "inference.json").exists()
+    assert "\nretrieval (recommender_system.inference.model.retrieval) " in text  # the whole label
+    assert "coloured genres: Drama, " in text  # the most common first genre of the real movies.dat
     assert "chapter model (predicted stars)" in text and "candidate generation (cosine)" in text
     assert "two-stage: retrieval top 100 -> chapter model" in text and "EASE (lambda 500)" in text
 

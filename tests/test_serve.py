@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,9 @@ def test_every_endpoint_answers_as_the_cli(client, u1_models):
     assert health["model"]["objective"] == "retrieval" and health["rerank"]["objective"] == "rating"
     assert health["model"]["dataset"] == "ml-100k" and health["model"]["split"] == "u1" and health["model"]["paddle"]
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/health", "/api/predict"}
+    docs = client.get("/docs").text
+    assert "swagger-ui-bundle.js" in docs and "cdn" not in docs and "https://" not in docs
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch its logo off the machine
     page = client.get("/")
     assert page.status_code == 200 and "<title>recsys" in page.text and "http" not in page.text.split("<script>")[1]
 
@@ -73,13 +78,16 @@ def test_every_endpoint_answers_as_the_cli(client, u1_models):
         ("get", "/api/users/1/recommendations?k=0", None, 422, "k: Input should be greater than or equal to 1"),
         ("get", "/api/users/1/recommendations?k=abc", None, 422, "k: Input should be a valid integer"),
         ("get", "/api/users/abc/recommendations", None, 422, "user: Input should be a valid integer"),
-        ("get", "/api/recommendations?gender=F&age=26&job=4", None, 422, "age must be one of 1, 18, 25"),
-        ("get", "/api/recommendations?gender=F&age=25&job=99", None, 422, "must be 0..20"),
+        ("get", "/api/recommendations?gender=F&age=0&job=4", None, 422, "age must be a number of years, 1..120"),
+        ("get", "/api/recommendations?gender=F&age=25&job=99", None, 422, "job must be 0..20 for ml-100k, got 99"),
         ("get", "/api/recommendations?gender=X&age=25&job=4", None, 422, "gender: String should match"),
         ("get", "/api/recommendations?gender=F", None, 422, "age: Field required"),
         ("post", "/api/recommend", b"{not json", 422, "malformed JSON body"),
         ("post", "/api/recommend", b'{"user_id": 1, "gender": "F"}', 422, "not both"),
         ("post", "/api/recommend", b'{"k": 3}', 422, "give user_id, or all of gender, age and job"),
+        ("post", "/api/recommend", b'{"user_id": true}', 422, "user_id: Input should be a valid integer"),
+        ("post", "/api/recommend", b'{"user_id": 1, "k": 2.0}', 422, "k: Input should be a valid integer"),
+        ("post", "/api/recommend", b'{"gender": "F", "age": 25, "job": false}', 422, "job: Input should be a valid"),
         ("get", "/api/nothing", None, 404, "Not Found"),
     ],
 )
@@ -89,6 +97,56 @@ def test_bad_requests_get_a_4xx_and_one_line(client, method, url, body, status, 
     assert r.status_code == status, r.text
     doc = r.json()
     assert list(doc) == ["error"] and needle in doc["error"] and "\n" not in doc["error"]
+    assert "--" not in doc["error"]  # the API's own parameters, never a CLI flag
+
+
+def test_a_post_without_a_json_content_type_is_told_so(client):
+    for headers, got in (({}, "none"), ({"content-type": "text/plain"}, "text/plain")):
+        r = client.post("/api/recommend", content=b'{"user_id": 1}', headers=headers)
+        want = f"send a JSON body with the header content-type: application/json (got {got})"
+        assert r.status_code == 415 and r.json() == {"error": want}, r.text
+
+
+def test_ages_in_years_and_the_two_stage_rule_for_large_k(client, u1_models):
+    new = client.get("/api/recommendations", params={"gender": "F", "age": 30, "job": 4, "k": 5}).json()
+    bucket = client.get("/api/recommendations", params={"gender": "F", "age": 25, "job": 4, "k": 5}).json()
+    assert new["recommendations"] == bucket["recommendations"]
+    assert new["user"] == {"gender": "F", "age": 30, "age_group": "25–34", "job": 4}
+    assert client.get("/api/users/1").json()["age_group"] == "18–24"  # ml-100k user 1 is 24
+    meta = client.get("/api/meta").json()
+    assert meta["age_groups"] == ["Under 18", "18–24", "25–34", "35–44", "45–49", "50–55", "56+"]
+    # k above --candidates (100): the server and the CLI both rerank the retrieval top k
+    retrieval, rating = u1_models
+    pair = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1"]
+    wide = client.get("/api/users/1/recommendations?k=200").json()
+    assert wide == _cli_json(*pair, "--top-k", "200") and wide["candidates"] == 200
+    assert sorted(r["retrieval_rank"] for r in wide["recommendations"]) == list(range(1, 201))
+    narrow = client.get("/api/users/1/recommendations?k=5").json()
+    assert narrow == _cli_json(*pair, "--top-k", "5") and narrow["candidates"] == 100
+
+
+def test_the_server_logs_one_line_per_request_at_the_level_given(u1_models):
+    retrieval, _ = u1_models
+    for level, lines in (("info", 2), ("warning", 0)):
+        port = _free_port()
+        cmd = ["recsys.serve", "--model-dir", str(retrieval), "--port", str(port), "--log-level", level]
+        server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)  # fmt: skip
+        try:
+            assert server.stdout.readline().startswith("serving ")
+            _wait_for(port)
+            for path in ("/api/users/1/recommendations?k=3", "/api/users/99999"):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30).read()
+                except urllib.error.HTTPError as e:
+                    assert e.code == 404
+        finally:
+            server.terminate()
+            out = server.communicate(timeout=30)[0]
+        logged = [ln for ln in out.splitlines() if '"GET /api/' in ln]
+        assert len(logged) == lines, out
+        if lines:
+            assert '/api/users/1/recommendations?k=3 HTTP/1.1" 200' in logged[0] and '" 404' in logged[1]
 
 
 def test_serve_cli_bad_inputs(tmp_path, u1_models):
@@ -132,6 +190,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def _browser():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name) and shutil.which("chromedriver"):
@@ -139,49 +206,99 @@ def _browser():
     return None
 
 
-def test_the_page_in_a_real_browser(u1_models, tmp_path):
+def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
+    """The page opens with user 1's lists, keeps its state in the URL (back, forward, reload), clears its
+    lists on an empty user id; the page and /docs load nothing from off the machine (Chromium here cannot
+    resolve any other host)."""
     binary = _browser()
     if binary is None:
         pytest.skip("no Chromium and chromedriver here (Debian: apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    monkeypatch.setenv("SE_AVOID_STATS", "true")  # Selenium Manager never runs (the driver's path is given)
+    monkeypatch.setenv("SE_OFFLINE", "true")
     retrieval, rating = u1_models
+    pair = ["--model-dir", str(retrieval), "--rerank", str(rating)]
     port = _free_port()
-    cmd = ["recsys.serve", "--model-dir", str(retrieval), "--rerank", str(rating), "--port", str(port)]
+    cmd = ["recsys.serve", *pair, "--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-default-apps", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # fmt: skip
         options.add_argument(flag)
     driver = None
+    base = f"http://127.0.0.1:{port}/"
+
+    def wait(condition, seconds: float = 30):
+        WebDriverWait(driver, seconds).until(lambda d: condition())
+
+    def titles(where: str = "recs") -> list[str]:
+        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"#{where} li .movie")]
+
+    def heading() -> str:
+        return driver.find_element(By.ID, "history-title").text
+
+    def want(*who: str) -> list[str]:
+        return [r["title"] for r in _cli_json(*pair, *who, "--top-k", "10")["recommendations"]]
+
+    def all_local() -> list[str]:
+        names = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+        return [n for n in names if not n.startswith(base)]
+
     try:
         server.stdout.readline()  # "serving ..." once the models are loaded
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
-        driver.get(url)
-        WebDriverWait(driver, 30).until(lambda d: "ml-100k" in d.find_element(By.ID, "model").text)
-        box = driver.find_element(By.ID, "user")
-        box.clear()
-        box.send_keys("1")
-        driver.find_element(By.ID, "show").click()
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recs li")) == 10)
-        titles = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#recs li .movie")]
-        want = _cli_json("--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1", "--top-k", "10")
-        assert titles == [r["title"] for r in want["recommendations"]]
-        assert "retrieval #" in driver.find_element(By.ID, "recs").text
+        _wait_for(port)
+        driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
+        driver.get(base)  # no click: the lists of the pre-filled user 1
+        wait(lambda: len(titles()) == 10)
+        assert titles() == want("--user", "1") and "retrieval #" in driver.find_element(By.ID, "recs").text
+        assert heading() == "Rated by user 1 (M, 18–24, technician): 272"
+        ages = [o.text for o in Select(driver.find_element(By.ID, "age")).options]
+        assert ages == ["Under 18", "18–24", "25–34", "35–44", "45–49", "50–55", "56+"]
         driver.find_elements(By.CSS_SELECTOR, "#recs li .movie")[0].click()
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar li")) == 10)
+        wait(lambda: len(titles("similar")) == 10)
+        assert driver.current_url.endswith("similar=" + driver.find_elements(By.CSS_SELECTOR, "#recs li .movie")[0]
+                                           .get_attribute("data-movie-id"))  # fmt: skip
         artefacts = Path(os.environ.get("RECSYS_ARTIFACTS", ROOT / "test-artifacts"))
         artefacts.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(artefacts / "serve-page.png"))
+        box = driver.find_element(By.ID, "user")
+        box.clear()
+        box.send_keys("2")
+        driver.find_element(By.ID, "show").click()
+        wait(lambda: heading().startswith("Rated by user 2 "))
+        assert driver.current_url == base + "?user=2" and titles() == want("--user", "2")
+        assert titles("similar") == []  # the new state has no similar list
+        driver.back()
+        wait(lambda: heading().startswith("Rated by user 1 ") and len(titles("similar")) == 10)
+        assert titles() == want("--user", "1")
+        driver.forward()
+        wait(lambda: heading().startswith("Rated by user 2 "))
+        driver.refresh()
+        wait(lambda: heading().startswith("Rated by user 2 ") and len(titles()) == 10)
+        assert titles() == want("--user", "2")
+        box = driver.find_element(By.ID, "user")
+        box.clear()
+        driver.find_element(By.ID, "show").click()
+        wait(lambda: driver.find_element(By.ID, "error").text == "enter a user id")
+        assert titles() == [] and driver.find_elements(By.CSS_SELECTOR, "#history li") == []
+        Select(driver.find_element(By.ID, "gender")).select_by_visible_text("F")
+        Select(driver.find_element(By.ID, "age")).select_by_visible_text("25–34")
+        Select(driver.find_element(By.ID, "job")).select_by_value("4")
+        driver.find_element(By.ID, "show-new").click()
+        wait(lambda: heading() == "A new user has no ratings" and len(titles()) == 10)
+        assert driver.current_url == base + "?gender=F&age=25&job=4"
+        assert titles() == want("--gender", "F", "--age", "25", "--job", "4")
+        assert all_local() == []
+        driver.get(base + "docs")
+        wait(lambda: "recsys" in driver.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text)
+        wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
+        assert all_local() == []
     finally:
         if driver is not None:
             driver.quit()

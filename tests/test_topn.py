@@ -133,7 +133,7 @@ def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_
         run_cli("recsys.infer", "--model-dir", str(retrieval), "--user", "1", "--top-k", "3", "--json").stdout
     )
     assert [r["movie_id"] for r in alone["recommendations"]] == first[:3] and set(alone["recommendations"][0]) == {
-        "movie_id", "title", "cosine"}  # fmt: skip
+        "movie_id", "title", "genres", "cosine"}  # fmt: skip
 
 
 def test_two_stage_bad_inputs(u1_models, trained):
@@ -143,8 +143,8 @@ def test_two_stage_bad_inputs(u1_models, trained):
         (["--model-dir", str(retrieval), "--rerank", str(retrieval)], "--rerank needs a rating or ranking model"),
         (["--model-dir", str(retrieval), "--rerank", str(trained)], "disagree on their dataset"),
         (
-            ["--model-dir", str(retrieval), "--rerank", str(rating), "--candidates", "5"],
-            "--candidates must be at least",
+            ["--model-dir", str(retrieval), "--rerank", str(rating), "--candidates", "0"],
+            "--candidates must be at least 1",
         ),
     ]
     for flags, needle in cases:
@@ -179,6 +179,9 @@ def test_retrieval_seed_determinism_and_resume(small_dir, tmp_path, negatives):
     assert [(m["train_cost"], m["test_cost"]) for m in got] == [(m["train_cost"], m["test_cost"]) for m in runs[0]]
     md = ModelDir.load(resumed)
     assert md.objective == "retrieval" and md.meta["settings"]["temperature"] == 0.1
-    wrong = train.parse_args(["--data-dir", str(small_dir), "--model-dir", str(resumed), "--resume", *flags])
+    wrong = ["--data-dir", str(small_dir), "--model-dir", str(resumed), "--resume", "--objective", "rating", *flags]
     with pytest.raises(RecsysError, match="--objective 'retrieval'"):
-        train.train(wrong, data, log=lambda _: None)
+        train.parse_args(wrong)
+    alone = train.parse_args(["--model-dir", str(resumed), "--resume"])  # the recorded run, with its data
+    assert (alone.objective, alone.temperature, alone.negatives) == ("retrieval", 0.1, negatives)
+    assert alone.data_dir == str(small_dir / "ml-1m.zip")

@@ -93,7 +93,8 @@ def test_infer_cli_top_k_and_json(trained):
     doc = json.loads(proc.stdout)
     assert doc["user_id"] == 3 and len(doc["recommendations"]) == 5
     for r in doc["recommendations"]:
-        assert set(r) == {"movie_id", "title", "score", "stars"}
+        assert set(r) == {"movie_id", "title", "genres", "score", "stars"}
+        assert r["genres"] == ModelDir.load(trained).genres(r["movie_id"])  # as the text output shows them
         assert r["stars"] == pytest.approx((r["score"] + 5) / 2)
     assert [r["movie_id"] for r in doc["recommendations"]] == [m for m, _ in infer.top_k(ModelDir.load(trained), 3, 5)]
 
@@ -167,7 +168,7 @@ def test_nan_stops_training_and_keeps_the_last_good_model(trained, small_dir, tm
     )
     assert_one_line_error(proc, "NaN", "keeps the last good model")
     assert _digest(model) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]  # no temp dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp dir, and the lock went with the trainer
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,260 @@
+"""The HTTP API: handlers on one router, errors as one-line JSON, the page, and docs served from local assets.
+
+Every answer mirrors `recsys.infer --json`. Errors speak of the API's own parameters: 404 for an unknown
+user or movie, 422 for a bad value, `{"error": "..."}` on one line. JSON bodies are typed strictly (a
+`true` is not a user id). Swagger UI's scripts come from the `fastapi-offline` package, so `/docs` makes no
+request off this machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from recsys import infer
+from recsys.errors import RecsysError
+from recsys.live import Holder, Models
+from recsys.modeldir import ModelDir
+from recsys.movielens import AGE_GROUPS, age_index, age_table
+
+STATIC = Path(__file__).with_name("static")
+MAX_K = 1000
+K = Query(10, ge=1, le=MAX_K, description="list length")
+
+router = APIRouter()
+
+
+class NotFound(RecsysError):
+    """An unknown user or movie: 404."""
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
+    return _error(404 if isinstance(exc, NotFound) else 422, str(exc))
+
+
+async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if request.method == "POST" and kind != "application/json":
+        return _error(415, f"send a JSON body with the header content-type: application/json (got {kind or 'none'})")
+    if first.get("type") == "json_invalid":
+        return _error(422, f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse it')}")
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+    return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+
+async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, exc.detail)
+
+
+async def unexpected(_request: Request, exc: Exception) -> JSONResponse:  # never a traceback on the wire
+    return _error(422, f"cannot answer this request: {type(exc).__name__}")
+
+
+HANDLERS = {
+    RecsysError: recsys_error,
+    RequestValidationError: invalid,
+    HTTPException: http_error,
+    Exception: unexpected,
+}
+
+
+def _models(request: Request) -> Models:
+    return request.app.state.holder.current
+
+
+def _check(models: Models, user=None, movie=None, similar_to=None, gender=None, age=None, job=None):
+    """Unknown ids are 404, bad features 422, in the API's own words; returns the cold-start triple."""
+    md = models.main
+    cold = None
+    if gender is not None:
+        n_jobs = md.meta["sizes"]["n_jobs"]
+        if not 0 <= job < n_jobs:
+            raise RecsysError(f"job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {job}")
+        cold = (0 if gender == "M" else 1, age_index(age), job)
+    for kind, value in (("user", user), ("movie", movie), ("movie", similar_to)):
+        if value is None:
+            continue
+        if kind == "user" and not md.has_user(value):
+            raise NotFound(
+                f"unknown user id {value}; the model knows users 1..{max(md.user_ids)} of {md.meta['dataset']}"
+            )
+        if kind == "movie" and not md.has_movie(value):
+            raise NotFound(f"unknown movie id {value}; {md.meta['dataset']} has no such movie")
+    return cold
+
+
+def _describe(md: ModelDir | None) -> dict | None:
+    if md is None:
+        return None
+    keys = ("dataset", "split", "objective", "settings", "paddle", "saved")
+    return {"path": str(md.path), **{k: md.meta.get(k) for k in keys}, "objective": md.objective}
+
+
+@router.get("/api/health")
+async def health(request: Request):
+    """Dataset, objective, training settings and versions of the served model dirs."""
+    models, holder = _models(request), request.app.state.holder
+    return {
+        "status": "ok",
+        "model": _describe(models.main),
+        "rerank": _describe(models.rerank),
+        "users": len(models.main.user_ids),
+        "movies": len(models.main.movie_ids),
+        "candidates": request.app.state.candidates,
+        "reload_interval_s": holder.interval,
+        "reload_error": holder.last_error,
+    }
+
+
+@router.get("/api/predict")
+async def predict(request: Request, user: int, movie: int):
+    """The predicted rating of a user for a movie (and the actual one when rated), as `infer --movie`."""
+    models = _models(request)
+    _check(models, user=user, movie=movie)
+    if models.rating is None:
+        raise RecsysError("no rating model is served: start the server with --rerank RATING_DIR to predict ratings")
+    return infer.predict_doc(models.rating, user, movie)
+
+
+@router.get("/api/users/{user}/recommendations")
+async def recommend(request: Request, user: int, k: int = K):
+    """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
+    model's top max(candidates, k), reordered by the second model)."""
+    models = _models(request)
+    _check(models, user=user)
+    return infer.recommend_doc(models.main, k, user, rerank=models.rerank, candidates=request.app.state.candidates)
+
+
+@router.get("/api/recommendations")
+async def recommend_new(
+    request: Request,
+    gender: str = Query(..., pattern="^[MF]$"),
+    age: int = Query(..., description="age in years, or the bucket code (1, 18, 25, 35, 45, 50, 56)"),
+    job: int = Query(...),
+    k: int = K,
+):
+    """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`."""
+    return _recommend_new(request, gender, age, job, k)
+
+
+def _recommend_new(request: Request, gender: str, age: int, job: int, k: int, rated=()) -> dict:
+    models = _models(request)
+    cold = _check(models, gender=gender, age=age, job=job)
+    for md in (models.main, models.rerank):
+        if md is not None:
+            infer.check_rated(md, rated)
+    features = infer.new_user(gender, age, job)
+    candidates = request.app.state.candidates
+    return infer.recommend_doc(models.main, k, None, cold, features, models.rerank, candidates, rated)
+
+
+class Who(BaseModel):
+    """A JSON request for recommendations: a known user, or a new one by features."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_id: int | None = None
+    gender: str | None = Field(None, pattern="^[MF]$")
+    age: int | None = None
+    job: int | None = None
+    rated: list[list[float]] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+@router.post("/api/recommend")
+async def recommend_json(request: Request, who: Who):
+    """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
+    user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
+    if who.user_id is not None:
+        if any(v is not None for v in (who.gender, who.age, who.job, who.rated)):
+            raise RecsysError("give user_id, or gender, age, job (and rated), not both")
+        return await recommend(request, who.user_id, who.k)
+    if None in (who.gender, who.age, who.job):
+        raise RecsysError("give user_id, or all of gender, age and job")
+    rated = who.rated or []
+    if any(len(pair) != 2 or pair[0] != int(pair[0]) for pair in rated):
+        raise RecsysError("rated must be a list of [movie id, stars] pairs")
+    pairs = [(int(m), float(s)) for m, s in rated]
+    return _recommend_new(request, who.gender, who.age, who.job, who.k, pairs)
+
+
+@router.get("/api/movies/{movie}/similar")
+async def similar(request: Request, movie: int, k: int = K):
+    """The k movies nearest to this one by their movie-tower vectors, as `infer --similar-to`."""
+    models = _models(request)
+    _check(models, similar_to=movie)
+    return infer.similar_doc(models.main, movie, k)
+
+
+@router.get("/api/users/{user}")
+async def user_history(request: Request, user: int):
+    """A user's features (age as the bucket code and its range) and every rating in the archive (split:
+    train or test), best first."""
+    models = _models(request)
+    md = models.main
+    _check(models, user=user)
+    gender, age, job = (int(x) for x in md.tables.user[user])
+    movies, stars, is_test = md.ratings_of(user)
+    order = np.lexsort((movies, -stars.astype(int)))
+    rows = [
+        {"movie_id": int(movies[i]), "title": md.title(int(movies[i])), "genres": md.genres(int(movies[i])),
+         "stars": int(stars[i]), "split": "test" if is_test[i] else "train"}
+        for i in order
+    ]  # fmt: skip
+    return {
+        "user_id": user,
+        "gender": "M" if gender == 0 else "F",
+        "age": age_table[age],
+        "age_group": AGE_GROUPS[age],
+        "job": md.meta["jobs"][job],
+        "ratings": rows,
+    }
+
+
+@router.get("/api/movies/{movie}")
+async def movie_details(request: Request, movie: int):
+    """A movie's title, genres, and its number of ratings and mean stars in the archive."""
+    models = _models(request)
+    _check(models, movie=movie)
+    md, n = models.main, int(models.rating_counts[movie])
+    return {"movie_id": movie, "title": md.title(movie), "genres": md.genres(movie), "ratings": n,
+            "mean_stars": float(models.star_sums[movie] / n) if n else None}  # fmt: skip
+
+
+@router.get("/api/meta")
+async def choices(request: Request):
+    """What the page needs for its forms: users, age buckets (codes and ranges) and jobs."""
+    md = _models(request).main
+    return {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int = 100):
+    """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets)."""
+    app = FastAPIOffline(
+        redoc_url=None,  # ReDoc's bundle fetches its logo from its vendor's site
+        title="recsys",
+        description="The chapter's recommender: two-stage top-N, ratings, similar movies",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
+    )
+    app.state.holder = Holder(model_dir, rerank, reload_interval)
+    app.state.candidates = candidates
+    app.include_router(router)
+    for kind, handler in HANDLERS.items():
+        app.add_exception_handler(kind, handler)
+    return app
