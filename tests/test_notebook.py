@@ -48,8 +48,9 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert (tmp_path / "recommender_system.inference.model" / "inference.json").exists()
     assert "\nretrieval (recommender_system.inference.model.retrieval) " in text  # the whole label
     assert "coloured genres: Drama, " in text  # the most common first genre of the real movies.dat
-    assert "chapter model (predicted stars)" in text and "candidate generation (cosine)" in text
-    assert "two-stage: retrieval top 100 -> chapter model" in text and "EASE (lambda 500)" in text
+    assert "chapter model (stars)" in text and "retrieval alone (cosine)" in text and "two stages" in text
+    assert "two-stage: retrieval top 100 -> ranking network" in text and "EASE (lambda 500)" in text
+    assert "recall@100 of the candidates" in text
 
 
 def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):
