@@ -187,6 +187,7 @@ class Trainer:
     ):
         import paddle
 
+        from recsys.fused import FusedStep
         from recsys.model import RecommenderNet
 
         use_cpu_cores(share=world)
@@ -196,6 +197,7 @@ class Trainer:
         self.net = RecommenderNet(**data.sizes(), sparse=sparse)
         self.model = paddle.DataParallel(self.net) if world > 1 else self.net
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
+        self.fused = FusedStep(self.net) if world == 1 and FusedStep.covers(self.net) else None  # None: plain step
         self.rng = np.random.RandomState(seed)
         self.cold_start_rate = cold_start_rate
         self.objective, self.temperature, self.negatives = objective, temperature, negatives
@@ -204,6 +206,7 @@ class Trainer:
         self.column[self.catalogue] = np.arange(len(self.catalogue))
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
+        self._catalogue_tensors = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
 
     def sample_from(self, idx: np.ndarray) -> None:
@@ -212,39 +215,68 @@ class Trainer:
         with np.errstate(divide="ignore"):
             self.log_q = np.log(counts / max(counts.sum(), 1)).astype(np.float32)
 
-    def feeds(self, idx: np.ndarray, training: bool = False) -> list:
-        """The network's seven input tensors for the ratings `idx`; in training, the share `cold_start_rate`
+    def features(self, idx: np.ndarray, training: bool = False) -> dict[str, np.ndarray]:
+        """The network's seven feeds (numpy) for the ratings `idx`; in training, the share `cold_start_rate`
         of user ids is replaced by the unknown user 0."""
-        import paddle
-
         f = self.data.tables.features(self.data.user[idx], self.data.movie[idx])
         if training and self.cold_start_rate:
             f["user_id"] = np.where(self.rng.random_sample(len(idx)) < self.cold_start_rate, 0, f["user_id"])
+        return f
+
+    def feeds(self, idx: np.ndarray, training: bool = False) -> list:
+        """The network's seven input tensors for the ratings `idx` (see `features`)."""
+        import paddle
+
+        f = self.features(idx, training)
         return [paddle.to_tensor(f[n]) for n in FEED_NAMES]
+
+    def fused_loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The loss of the ratings `idx` (feeds `f`) through `recsys.fused`, with the gradients left on the
+        parameters; None where the fused step does not apply."""
+        from recsys.fused import in_batch
+
+        x = self.fused.tensors(f)
+        if x is None:
+            return None
+        if self.objective == "rating":
+            return self.fused.rating(x, self.label[idx])
+        if self.negatives == "in-batch":
+            target, keep, add = in_batch(self.data.movie[idx], self.log_q)
+            return self.fused.softmax(x[:4], x[4:], target, self.temperature, keep, add)
+        if self._catalogue_tensors is None:
+            self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
+        target = self.column[self.data.movie[idx]]
+        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature)
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
-        import paddle
-
-        from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
-
-        x = self.feeds(idx, training=True)
-        if self.objective == "rating":
-            loss = rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
-        elif self.negatives == "full":
-            if self._catalogue_feeds is None:
-                f = self.data.tables.movie_features(self.catalogue)
-                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
-            user, movie = self.model(*x[:4], *self._catalogue_feeds, towers=True)
-            loss = softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
-        else:
-            user, movie = self.model(*x, towers=True)
-            loss = in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
-        loss.backward()
+        f = self.features(idx, training=True)
+        loss = self.fused_loss(idx, f) if self.fused is not None else None
+        if loss is None:
+            loss = self.loss(idx, f)
+            loss.backward()
         self.opt.step()
         self.opt.clear_grad()
         self._vectors = None
         return loss
+
+    def loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The loss of the ratings `idx` (feeds `f`) through the plain layers, recorded by autograd."""
+        import paddle
+
+        from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
+
+        x = [paddle.to_tensor(f[n]) for n in FEED_NAMES]
+        if self.objective == "rating":
+            return rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
+        if self.negatives == "full":
+            if self._catalogue_feeds is None:
+                f = self.data.tables.movie_features(self.catalogue)
+                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
+            user, movie = self.model(*x[:4], *self._catalogue_feeds, towers=True)
+            return softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
+        user, movie = self.model(*x, towers=True)
+        return in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
 
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Scores (label space) of the ratings `idx`, in large batches without gradients."""

@@ -1,0 +1,241 @@
+"""The fused step (`recsys.fused`) equals the plain layers under autograd: each piece's values and gradients,
+and whole training steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from recsys import fused, movielens
+from recsys.model import MovieTower, RecommenderNet, UserTower, cos_sim_score, rating_loss, softmax_loss
+from recsys.train import Trainer
+
+N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS = 30, 7, 21, 25, 18, 40
+TOL = dict(rtol=1e-6, atol=1e-6)
+
+
+def _dense(grad, shape) -> np.ndarray:
+    """A parameter's gradient as a dense array (sparse row gradients summed into their rows)."""
+    if not grad.is_selected_rows():
+        return grad.numpy()
+    out = np.zeros(shape, np.float32)
+    np.add.at(out, np.array(grad.rows()), grad.numpy())
+    return out
+
+
+def _autograd(layer, outputs, d_outputs) -> dict[str, np.ndarray]:
+    for p in layer.parameters():
+        p.clear_gradient(False)
+    sum((o * d).sum() for o, d in zip(outputs, d_outputs)).backward()
+    return {k: _dense(p._grad_ivar(), p.shape) for k, p in layer.named_parameters() if p._grad_ivar() is not None}
+
+
+def _fused_grads(layer, grads: list) -> dict[str, np.ndarray]:
+    names = {id(p): k for k, p in layer.named_parameters()}
+    return {names[id(p)]: _dense(g, p.shape) for p, g in grads}
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], err_msg=k, **TOL)
+
+
+def _titles(rng, n: int) -> np.ndarray:
+    """Padded title ids: lengths 1..6 (one title word only, one at full width), padding id N_WORDS."""
+    lens = rng.randint(1, 7, n)
+    lens[0], lens[1] = 1, 6
+    out = np.full((n, 6), N_WORDS, np.int64)
+    for i, k in enumerate(lens):
+        out[i, :k] = rng.randint(0, N_WORDS, k)
+    return out
+
+
+def _categories(rng, n: int) -> np.ndarray:
+    out = np.full((n, 3), N_CATS, np.int64)
+    for i, k in enumerate(rng.randint(1, 4, n)):
+        out[i, :k] = rng.choice(N_CATS, k, replace=False)
+    return out
+
+
+def _movie_feeds(rng, n: int) -> dict[str, np.ndarray]:
+    movie = rng.randint(1, N_MOVIES, n)
+    movie[:2] = movie[2]  # a movie more than once
+    return {"movie_id": movie, "category_id": _categories(rng, n), "movie_title": _titles(rng, n)}
+
+
+def _user_feeds(rng, n: int) -> dict[str, np.ndarray]:
+    user = rng.randint(0, N_USERS, n)
+    user[:3] = 0  # the unknown user
+    return {"user_id": user, "gender_id": rng.randint(0, 2, n), "age_id": rng.randint(0, N_AGES, n),
+            "job_id": rng.randint(0, N_JOBS, n)}  # fmt: skip
+
+
+def _net(seed: int = 0, sparse: bool = True) -> RecommenderNet:
+    paddle.seed(seed)
+    net = RecommenderNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS, sparse=sparse)
+    rng = np.random.RandomState(seed)
+    with paddle.no_grad():  # non-zero biases, so that their handling is checked too
+        for k, p in net.named_parameters():
+            if k.endswith("bias"):
+                p.set_value(rng.normal(0, 0.3, p.shape).astype("float32"))
+    return net
+
+
+def _tensors(step: fused.FusedStep, f: dict) -> list:
+    return step.tensors({k: v for k, v in f.items()})
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse):
+    rng = np.random.RandomState(1)
+    net = _net(1, sparse)
+    f = _user_feeds(rng, 16)
+    tower = net.user_tower
+    want = tower(*[paddle.to_tensor(f[k]) for k in movielens.FEED_NAMES[:4]])
+    d_out = paddle.to_tensor(rng.normal(size=want.shape).astype("float32"))
+    want_grads = _autograd(tower, [want], [d_out])
+    with paddle.no_grad():
+        got, saved = fused.user_tower(tower, *_tensors(fused.FusedStep(net), f))
+        grads: list = []
+        fused.user_tower_grad(tower, saved, d_out, grads)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    _assert_same(_fused_grads(tower, grads), want_grads)
+    assert len(want_grads) == len(tower.parameters())  # every parameter, each feature's own table and fc
+    assert all(g.is_selected_rows() == sparse for p, g in grads if p.shape[0] in (N_USERS, 2, N_AGES, N_JOBS))
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_movie_tower_values_and_gradients_equal_the_plain_tower(sparse):
+    rng = np.random.RandomState(2)
+    net = _net(2, sparse)
+    f = _movie_feeds(rng, 16)
+    tower = net.movie_tower
+    want = tower(*[paddle.to_tensor(f[k]) for k in movielens.FEED_NAMES[4:]])
+    d_out = paddle.to_tensor(rng.normal(size=want.shape).astype("float32"))
+    want_grads = _autograd(tower, [want], [d_out])
+    with paddle.no_grad():
+        got, saved = fused.movie_tower(tower, *_tensors(fused.FusedStep(net), f))
+        grads: list = []
+        fused.movie_tower_grad(tower, saved, d_out, grads)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    _assert_same(_fused_grads(tower, grads), want_grads)
+
+
+def test_title_windows_are_the_text_cnn_windows():
+    title = np.array([[4, 5, 6, 9], [7, 9, 9, 9]])
+    windows, rows = fused.title_windows(title, 9)
+    np.testing.assert_array_equal(windows, [[9, 4, 5], [4, 5, 6], [5, 6, 9], [9, 7, 9]])
+    np.testing.assert_array_equal(rows, [0, 0, 0, 1])
+
+
+def _towers(rng, n: int, d: int = 200):
+    u, m = (paddle.to_tensor(np.tanh(rng.normal(size=(n, d))).astype("float32")) for _ in range(2))
+    for x in (u, m):
+        x.stop_gradient = False
+    return u, m
+
+
+def test_cos_mse_value_and_gradients_equal_the_plain_head_and_loss():
+    rng = np.random.RandomState(3)
+    u, m = _towers(rng, 64)
+    label = paddle.to_tensor(rng.choice([-3.0, -1.0, 1.0, 3.0, 5.0], (64, 1)).astype("float32"))
+    want = rating_loss(cos_sim_score(u, m), label)
+    want.backward()
+    with paddle.no_grad():
+        got, saved = fused.cos_mse(u, m, label)
+        d_u, d_m = fused.cos_mse_grad(saved)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    np.testing.assert_allclose(d_u.numpy(), u.grad.numpy(), **TOL)
+    np.testing.assert_allclose(d_m.numpy(), m.grad.numpy(), **TOL)
+
+
+@pytest.mark.parametrize("negatives", ["in-batch", "full"])
+def test_softmax_xent_value_and_gradients_equal_the_plain_loss(negatives):
+    from recsys.model import in_batch_softmax_loss
+
+    rng = np.random.RandomState(4)
+    u, m = _towers(rng, 32, 16)
+    if negatives == "in-batch":
+        movies = rng.randint(0, 10, 32)  # copies of the same movie are masked
+        log_freq = np.log(rng.dirichlet(np.ones(10))).astype(np.float32)
+        want = in_batch_softmax_loss(u, m, movies, log_freq, 0.25)
+        target, keep, add = fused.in_batch(movies, log_freq)
+        extra = [paddle.to_tensor(keep), paddle.to_tensor(add)]
+    else:
+        target = rng.randint(0, 32, 32)
+        want = softmax_loss(u, m, paddle.to_tensor(target), 0.25)
+        extra = []
+    want.backward()
+    with paddle.no_grad():
+        got, saved = fused.softmax_xent(u, m, paddle.to_tensor(target[:, None]), 0.25, *extra)
+        d_u, d_m = fused.softmax_xent_grad(saved)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), **TOL)
+    np.testing.assert_allclose(d_u.numpy(), u.grad.numpy(), **TOL)
+    np.testing.assert_allclose(d_m.numpy(), m.grad.numpy(), **TOL)
+
+
+def test_covers_only_the_chapter_network():
+    assert fused.FusedStep.covers(_net())
+
+    class WithHistory(UserTower):
+        pass
+
+    other = _net()
+    other.user_tower = WithHistory(N_USERS, N_AGES, N_JOBS)
+    assert not fused.FusedStep.covers(other)
+    assert not fused.FusedStep.covers(MovieTower(N_MOVIES, N_CATS, N_WORDS))
+
+
+def _trainers(data, **kw) -> tuple[Trainer, Trainer]:
+    fast, plain = Trainer(data, **kw), Trainer(data, **kw)
+    plain.fused = None
+    assert fast.fused is not None
+    np.testing.assert_equal(fast.params(), plain.params())  # same seed, same initial parameters
+    return fast, plain
+
+
+def _assert_params_close(a: Trainer, b: Trainer, tol: float = 1e-6) -> None:
+    pa, pb = a.params(), b.params()
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], rtol=tol, atol=tol, err_msg=k)
+
+
+@pytest.mark.parametrize("kw", [{}, {"sparse": False}, {"cold_start_rate": 0.3}])
+def test_fused_training_steps_equal_plain_steps(small_dir, kw):
+    data = movielens.load(data_dir=small_dir)
+    fast, plain = _trainers(data, **kw)
+    order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test))
+    for b in range(5):
+        idx = order[b * 256 : (b + 1) * 256]
+        np.testing.assert_allclose(float(fast.step(idx)), float(plain.step(idx)), rtol=1e-6, atol=1e-6)
+    _assert_params_close(fast, plain)
+    assert not np.array_equal(fast.params()["user_tower.fc.weight"], Trainer(data).params()["user_tower.fc.weight"])
+
+
+@pytest.mark.parametrize("negatives", ["in-batch", "full"])
+def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives):
+    data = movielens.load(data_dir=small_dir)
+    positives = np.flatnonzero(~data.is_test & (data.stars >= 4))
+    # plain SGD keeps the comparison at the gradients' precision (Adam divides by their running size)
+    fast, plain = _trainers(data, objective="retrieval", temperature=0.25, negatives=negatives, lr=0.05)
+    for t in (fast, plain):
+        t.sample_from(positives)
+    order = np.random.RandomState(0).permutation(positives)
+    for b in range(4):
+        idx = order[b * 128 : (b + 1) * 128]
+        np.testing.assert_allclose(float(fast.step(idx)), float(plain.step(idx)), rtol=1e-6, atol=1e-6)
+    _assert_params_close(fast, plain)
+
+
+def test_fused_steps_feed_paddles_own_optimizers(small_dir):
+    """Adam (lazy rows) and SGD with L2 update from the fused gradients as from autograd's."""
+    data = movielens.load(data_dir=small_dir)
+    order = np.random.RandomState(1).permutation(np.flatnonzero(~data.is_test))
+    for kw in ({"optimizer": "adam", "lr": 1e-3}, {"weight_decay": 1e-3}):
+        fast, plain = _trainers(data, **kw)
+        for b in range(3):
+            idx = order[b * 256 : (b + 1) * 256]
+            np.testing.assert_allclose(float(fast.step(idx)), float(plain.step(idx)), rtol=1e-6, atol=1e-6)
+        _assert_params_close(fast, plain, 1e-5)
