@@ -11,8 +11,8 @@ appends the closed-form gradient of every parameter it used to `grads`, a list o
 - `cos_mse`: the chapter's head and loss, `mean((5 cos(user, movie) - label)^2)`;
 - `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, log-Q correction, masked copies).
 
-`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids) and leaves the gradients on
-the parameters, so the trainer's optimizer updates exactly as after `loss.backward()`.
+`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids), runs the pieces and hands
+the gradients to the trainer's optimizer, which updates exactly as after `loss.backward()`.
 """
 
 from __future__ import annotations
@@ -40,28 +40,35 @@ def _fc(fc, x):
     return C.addmm(fc.bias, x, fc.weight, 1.0, 1.0)
 
 
-def _ones(n: int, like):
-    return C.full([n, 1], 1.0, like.dtype, like.place)
+_ONES: dict = {}
 
 
-def _fc_grad(weight, bias, x, d_out, grads: list, widths: list[int] | None = None):
-    """Gradients of `x @ weight + bias`: the weight's and the bias's go to `grads`; returns the input's, or
-    with `widths` the list of its column blocks, each `d_out @ weight_rows.T` (no copy of a column slice).
-    Sums over rows are products with a ones vector (Paddle's CPU reductions are slower)."""
-    d_b = C.reshape(C.matmul(_ones(d_out.shape[0], d_out), d_out, True, False), bias.shape)
-    if widths is None:
-        d_x, d_w = C.matmul_grad(x, weight, d_out, False, False)
-    else:
-        d_w, ends = C.matmul(x, d_out, True, False), np.cumsum([0] + widths).tolist()
-        d_x = [C.matmul(d_out, C.slice(weight, [0], [a], [b], [1], []), False, True) for a, b in zip(ends, ends[1:])]
-    grads += [(weight, d_w), (bias, d_b)]
+def _ones(shape: list[int], like):
+    """A ones tensor, kept: sums are products with one, faster than Paddle's CPU reductions."""
+    key = (*shape, like.dtype, str(like.place))
+    if key not in _ONES:
+        _ONES[key] = C.full(shape, 1.0, like.dtype, like.place)
+    return _ONES[key]
+
+
+def _fc_grad(weight, bias, x, d_out, grads: list, transposed: bool = False):
+    """Gradients of `x @ weight + bias`: the weight's and the bias's go to `grads`; returns the input's.
+    With `transposed`, `d_out` comes as its transpose and the input's gradient is returned transposed too."""
+    if transposed:
+        grads += [
+            (weight, C.matmul(x, d_out, True, True)),
+            (bias, C.matmul(d_out, _ones([x.shape[0]], x), False, False)),
+        ]
+        return C.matmul(weight, d_out, False, False)
+    d_x, d_w = C.matmul_grad(x, weight, d_out, False, False)
+    grads += [(weight, d_w), (bias, C.matmul(_ones([d_out.shape[0]], d_out), d_out, False, False))]
     return d_x
 
 
 def _scatter_rows(rows, values, n: int):
-    """[n, D]: row i sums the rows of `values` whose `rows` entry is i (the gradient of a lookup, which
-    Paddle computes faster than `index_add`)."""
-    return C.embedding_grad(rows, C.full([n, values.shape[-1]], 0.0, values.dtype, values.place), values, -1, False)
+    """[n, D]: row i sums the rows of `values` whose `rows` entry is i: the gradient of a lookup in an [n, D]
+    table (Paddle computes it faster than `index_add`; the table's values are not read)."""
+    return C.embedding_grad(rows, _ones([n, values.shape[-1]], values), values, -1, False)
 
 
 def _gather_rows(x, rows):
@@ -79,13 +86,18 @@ def user_tower(t: UserTower, user_id, gender_id, age_id, job_id):
 
 
 def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
+    """The four features' gradients flow transposed ([width, N]), so that splitting them copies nothing."""
     ids, embs, x, out = saved
     tables = (t.user_emb, t.gender_emb, t.age_emb, t.job_emb)
     fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc)
-    widths = [fc.weight.shape[1] for fc in fcs]
-    d_parts = _fc_grad(t.fc.weight, t.fc.bias, x, C.tanh_grad(out, d_out), grads, widths)
+    d_z = C.tanh_grad(out, d_out)
+    grads += [
+        (t.fc.weight, C.matmul(x, d_z, True, False)),
+        (t.fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
+    ]
+    d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for fc in fcs], 0)
     for emb, fc, i, e, d in zip(tables, fcs, ids, embs, d_parts):
-        _lookup_grad(emb, i, _fc_grad(fc.weight, fc.bias, e, d, grads), grads)
+        _lookup_grad(emb, i, C.transpose(_fc_grad(fc.weight, fc.bias, e, d, grads, transposed=True), [1, 0]), grads)
 
 
 def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, window_row):
@@ -105,8 +117,15 @@ def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, win
 def movie_tower_grad(t: MovieTower, saved, d_out, grads: list) -> None:
     movie_id, category_id, category_row, windows, window_row, emb, words, hidden, x, out = saved
     cnn = t.title_cnn
-    widths = [t.movie_fc.weight.shape[1], t.category_emb.weight.shape[1], hidden.shape[1]]
-    d_movie, d_cat, d_title = _fc_grad(t.fc.weight, t.fc.bias, x, C.tanh_grad(out, d_out), grads, widths)
+    d_z, ends = C.tanh_grad(out, d_out), np.cumsum([0, t.movie_fc.weight.shape[1], t.category_emb.weight.shape[1]])
+    grads += [
+        (t.fc.weight, C.matmul(x, d_z, True, False)),
+        (t.fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
+    ]
+    # each part's gradient d_z @ W_rows.T, row-major for the lookups' gradients (a column split would copy)
+    ends = [*ends.tolist(), x.shape[1]]
+    part = lambda a, b: C.matmul(d_z, C.slice(t.fc.weight, [0], [a], [b], [1], []), False, True)  # noqa: E731
+    d_movie, d_cat, d_title = (part(a, b) for a, b in zip(ends, ends[1:]))
     _lookup_grad(t.movie_emb, movie_id, _fc_grad(t.movie_fc.weight, t.movie_fc.bias, emb, d_movie, grads), grads)
     _lookup_grad(t.category_emb, category_id, _gather_rows(d_cat, category_row), grads)
     d_words = _fc_grad(cnn.weight, cnn.bias, words, C.tanh_grad(hidden, _gather_rows(d_title, window_row)), grads)
@@ -119,7 +138,7 @@ def _scale_rows(x, r):
 
 
 def _row_sum(x):
-    return C.matmul(x, _ones(x.shape[1], x), False, False)
+    return C.matmul(x, _ones([x.shape[1], 1], x), False, False)
 
 
 def cos_mse(user, movie, label):
@@ -180,8 +199,8 @@ class FusedStep:
     """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it
     (`covers` says whether a network is one; anything else trains through the plain layers)."""
 
-    def __init__(self, net: RecommenderNet):
-        self.net = net
+    def __init__(self, net: RecommenderNet, opt):
+        self.net, self.opt = net, opt
         self.title_pad = net.movie_tower.title_cnn.pad
 
     @staticmethod
@@ -195,16 +214,18 @@ class FusedStep:
 
     def tensors(self, f: dict[str, np.ndarray]) -> list | None:
         """The ids of the feeds `f` (any of the user and movie parts) as tensors: user_id, gender_id, age_id,
-        job_id / movie_id, category_id, its rows, title windows, their rows. One host-to-tensor copy for all.
-        None when a batch has no title word (the plain layers handle it)."""
+        job_id / movie_id, category_id, its rows, title windows, their rows, then the batch row of each distinct
+        movie (the movie tower runs once per distinct movie). One host-to-tensor copy for all. None when a batch
+        has no title word (the plain layers handle it)."""
         arrays = [f[k] for k in ("user_id", "gender_id", "age_id", "job_id") if k in f]
         if "movie_id" in f:
-            windows, rows = title_windows(f["movie_title"], self.title_pad)
+            movies, first, inverse = np.unique(f["movie_id"], return_index=True, return_inverse=True)
+            windows, rows = title_windows(f["movie_title"][first], self.title_pad)
             if not len(rows):
                 return None
-            category = f["category_id"]
+            category = f["category_id"][first]
             category_row = np.broadcast_to(np.arange(len(category))[:, None], category.shape)
-            arrays += [f["movie_id"], category, category_row, windows, rows]
+            arrays += [movies, category, category_row, windows, rows, inverse.ravel()]
         flat = paddle.to_tensor(np.concatenate([np.ravel(a) for a in arrays]).astype(np.int64, copy=False))
         parts = C.split(flat, [a.size for a in arrays], 0)
         return [p if a.ndim == 1 else C.reshape(p, list(a.shape)) for p, a in zip(parts, arrays)]
@@ -212,34 +233,42 @@ class FusedStep:
     def forward(self, users: list, movies: list):
         """Both towers on the tensors of `tensors`; returns (user, movie, saved)."""
         u, su = user_tower(self.net.user_tower, *users)
-        m, sm = movie_tower(self.net.movie_tower, *movies)
-        return u, m, (su, sm)
+        m, sm = movie_tower(self.net.movie_tower, *movies[:5])
+        return u, _gather_rows(m, movies[5]), (su, sm, movies[5], m.shape[0])
 
-    def backward(self, saved, d_user, d_movie) -> None:
-        """Both towers' parameter gradients, left on the parameters as `loss.backward()` leaves them."""
+    def backward(self, saved, d_user, d_movie) -> list:
+        """Both towers' (parameter, gradient) pairs."""
         grads: list = []
         user_tower_grad(self.net.user_tower, saved[0], d_user, grads)
-        movie_tower_grad(self.net.movie_tower, saved[1], d_movie, grads)
+        movie_tower_grad(self.net.movie_tower, saved[1], _scatter_rows(saved[2], d_movie, saved[3]), grads)
+        return grads
+
+    def update(self, grads: list) -> None:
+        """The optimizer's step on `grads`: `recsys.optim.SGD` takes them directly, any other optimizer finds
+        them on the parameters, as `loss.backward()` leaves them."""
+        if hasattr(self.opt, "apply"):
+            return self.opt.apply(grads)
         for p, g in grads:
             p._set_grad_ivar(g)
+        self.opt.step()
+        self.opt.clear_grad()
 
     def rating(self, x: list, label: np.ndarray):
-        """The chapter's step without the update: loss (0-d tensor) of the tensors `x` (from `tensors`) and
-        the labels [N, 1]."""
+        """The chapter's step on the tensors `x` (from `tensors`) and the labels [N, 1]; returns the loss."""
         with paddle.no_grad():
             u, m, saved = self.forward(x[:4], x[4:])
             loss, head = cos_mse(u, m, paddle.to_tensor(label))
-            self.backward(saved, *cos_mse_grad(head))
+            self.update(self.backward(saved, *cos_mse_grad(head)))
         return loss
 
     def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, keep=None, add=None):
-        """The candidate-generation step without the update: `softmax_xent` of the towers' tensors (from
-        `tensors`) with numpy `target` [B] and `keep`, `add` [B, C] (or None)."""
+        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`) with numpy
+        `target` [B] and `keep`, `add` [B, C] (or None); returns the loss."""
         with paddle.no_grad():
             u, m, saved = self.forward(users, movies)
             extra = [paddle.to_tensor(a) for a in (keep, add)] if keep is not None else [None, None]
             loss, head = softmax_xent(u, m, paddle.to_tensor(target.reshape(-1, 1)), temperature, *extra)
-            self.backward(saved, *softmax_xent_grad(head))
+            self.update(self.backward(saved, *softmax_xent_grad(head)))
         return loss
 
 

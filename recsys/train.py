@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "where Paddle all-reduces dense gradients faster -- plain SGD gives the same numbers either way)",
     )
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --model-dir")
+    ap.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the fused training step (recsys.fused: same numbers, fewer ops); --no-fused: the plain layers",
+    )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
     recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
     recipe.add_argument(
@@ -184,6 +190,7 @@ class Trainer:
         objective: str = "rating",
         temperature: float = 0.05,
         negatives: str = "in-batch",
+        fused: bool = True,
     ):
         import paddle
 
@@ -197,7 +204,8 @@ class Trainer:
         self.net = RecommenderNet(**data.sizes(), sparse=sparse)
         self.model = paddle.DataParallel(self.net) if world > 1 else self.net
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
-        self.fused = FusedStep(self.net) if world == 1 and FusedStep.covers(self.net) else None  # None: plain step
+        covered = fused and world == 1 and FusedStep.covers(self.net)
+        self.fused = FusedStep(self.net, self.opt) if covered else None  # None: the plain layers' step
         self.rng = np.random.RandomState(seed)
         self.cold_start_rate = cold_start_rate
         self.objective, self.temperature, self.negatives = objective, temperature, negatives
@@ -231,8 +239,8 @@ class Trainer:
         return [paddle.to_tensor(f[n]) for n in FEED_NAMES]
 
     def fused_loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
-        """The loss of the ratings `idx` (feeds `f`) through `recsys.fused`, with the gradients left on the
-        parameters; None where the fused step does not apply."""
+        """The step on the ratings `idx` (feeds `f`) through `recsys.fused`: returns the loss, or None where
+        the fused step does not apply."""
         from recsys.fused import in_batch
 
         x = self.fused.tensors(f)
@@ -251,12 +259,12 @@ class Trainer:
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
         f = self.features(idx, training=True)
-        loss = self.fused_loss(idx, f) if self.fused is not None else None
+        loss = self.fused_loss(idx, f) if self.fused is not None else None  # the fused step updates too
         if loss is None:
             loss = self.loss(idx, f)
             loss.backward()
-        self.opt.step()
-        self.opt.clear_grad()
+            self.opt.step()
+            self.opt.clear_grad()
         self._vectors = None
         return loss
 
@@ -392,7 +400,7 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
     retrieval = args.objective == "retrieval"
     t = Trainer(
         data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
-        args.objective, args.temperature, args.negatives,
+        args.objective, args.temperature, args.negatives, args.fused,
     )  # fmt: skip
     train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
     ranking = None
@@ -403,7 +411,9 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
             which = "training" if not len(train_idx) else "test"
             raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
         t.sample_from(train_idx)
-    settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda")}
+    settings = {
+        k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda", "fused")
+    }
     pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
     best_params = best_params if len(val_idx) else None
     if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
