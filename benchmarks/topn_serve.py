@@ -3,7 +3,7 @@
     python benchmarks/topn_serve.py [--ratings 1000209] [--requests 1000] [--clients 4]   (part of `make bench`)
 
 1. one epoch of `train --objective retrieval` (in-batch negatives) against one epoch of the chapter's rating
-   objective, both through the CLI on the same archive;
+   objective, both through the CLI on the same archive, each also with `--no-fused` (the plain layers' step);
 2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking);
 3. two-stage top-10 for one user, warm, against the retrieval model's top-10 alone;
 4. loading an ml-1m model dir with its manifest checks, against reading its files without them;
@@ -32,10 +32,16 @@ from recsys import evaluate, infer, movielens
 from recsys.modeldir import ModelDir
 
 
-def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
+def epoch(folder: Path, model: Path, *flags: str) -> dict:
+    """One epoch through the CLI: its last metrics record (seconds to the end of its evaluation, training
+    samples/s, ...)."""
     cmd = [sys.executable, "-m", "recsys.train", "--data-dir", str(folder), "--model-dir", str(model), "--epochs", "1"]
     subprocess.run(cmd + list(flags), check=True, capture_output=True)
-    return json.loads((model / "metrics.json").read_text())[-1]["seconds"]
+    return json.loads((model / "metrics.json").read_text())[-1]
+
+
+def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
+    return epoch(folder, model, *flags)["seconds"]
 
 
 def load_test(retrieval: Path, rating: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
@@ -109,8 +115,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = full_size_archive(Path(tmp), args.ratings)
         rating, retrieval = Path(tmp) / "rating", Path(tmp) / "retrieval"
-        rating_s = epoch_seconds(folder, rating)
-        retrieval_s = epoch_seconds(folder, retrieval, "--objective", "retrieval")
+        runs = {
+            (name, fused): epoch(folder, Path(tmp) / (name if fused else f"{name}-plain"), *flags,
+                                 "--fused" if fused else "--no-fused")
+            for fused in (True, False)
+            for name, flags in (("rating", ()), ("retrieval", ("--objective", "retrieval")))
+        }  # fmt: skip
+        rating_s, retrieval_s = runs["rating", True]["seconds"], runs["retrieval", True]["seconds"]
         full_s = epoch_seconds(folder, Path(tmp) / "full", "--objective", "retrieval", "--negatives", "full",
                                "--max-batches", "200")  # fmt: skip
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
@@ -140,6 +151,11 @@ def main() -> None:
     table = [
         ("one retrieval epoch, in-batch negatives (s)", f"{retrieval_s:.1f}",
          f"{rating_s:.1f} (rating epoch); full softmax ~{full_epoch_s:.0f}", f"{retrieval_s / rating_s:.2f}x (<= 2x)"),
+        *[(f"  {name} epoch: fused step vs --no-fused (s)", f"{runs[name, True]['seconds']:.1f}",
+           f"{runs[name, False]['seconds']:.1f} (plain layers); training "
+           f"{runs[name, True]['samples_per_s']:,.0f} vs {runs[name, False]['samples_per_s']:,.0f} samples/s",
+           f"{runs[name, True]['samples_per_s'] / runs[name, False]['samples_per_s']:.2f}x samples/s")
+          for name in ("rating", "retrieval")],
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),
