@@ -1,9 +1,10 @@
 """The fused training step: the chapter's network and losses, forward and backward written out by hand in a
 few large ops, with the same parameters and the same math as `recsys.model`'s layers.
 
-At the chapter's batch size a step is mostly op dispatch: autograd records some 45 small ops forward and runs
-as many backward. Here each piece computes its output, keeps what its gradient needs, and its `*_grad`
-appends the closed-form gradient of every parameter it used to `grads`, a list of (parameter, gradient):
+At the chapter's batch size a step is mostly small kernels and their dispatch: autograd records dozens of small
+ops forward and runs each one's gradient backward. Here each piece computes its output, keeps what its gradient
+needs, and its `*_grad` appends the closed-form gradient of every parameter it used to `grads`, a list of
+(parameter, gradient):
 
 - `user_tower` / `movie_tower`: a tower's tanh output, each feature through its own table and fc (the text-CNN
   as in `model.TextCNN`); embedding gradients are the row gradients autograd makes (`embedding_grad`, sparse
@@ -65,6 +66,14 @@ def _fc_grad(weight, bias, x, d_out, grads: list, transposed: bool = False):
     return d_x
 
 
+def _output_fc_grad(fc, x, d_z, grads: list) -> None:
+    """The weight's and bias's gradients of a tower's output fc (its input's gradient is taken by parts)."""
+    grads += [
+        (fc.weight, C.matmul(x, d_z, True, False)),
+        (fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
+    ]
+
+
 def _scatter_rows(rows, values, n: int):
     """[n, D]: row i sums the rows of `values` whose `rows` entry is i: the gradient of a lookup in an [n, D]
     table (Paddle computes it faster than `index_add`; the table's values are not read)."""
@@ -91,10 +100,7 @@ def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
     tables = (t.user_emb, t.gender_emb, t.age_emb, t.job_emb)
     fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc)
     d_z = C.tanh_grad(out, d_out)
-    grads += [
-        (t.fc.weight, C.matmul(x, d_z, True, False)),
-        (t.fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
-    ]
+    _output_fc_grad(t.fc, x, d_z, grads)
     d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for fc in fcs], 0)
     for emb, fc, i, e, d in zip(tables, fcs, ids, embs, d_parts):
         _lookup_grad(emb, i, C.transpose(_fc_grad(fc.weight, fc.bias, e, d, grads, transposed=True), [1, 0]), grads)
@@ -117,15 +123,13 @@ def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, win
 def movie_tower_grad(t: MovieTower, saved, d_out, grads: list) -> None:
     movie_id, category_id, category_row, windows, window_row, emb, words, hidden, x, out = saved
     cnn = t.title_cnn
-    d_z, ends = C.tanh_grad(out, d_out), np.cumsum([0, t.movie_fc.weight.shape[1], t.category_emb.weight.shape[1]])
-    grads += [
-        (t.fc.weight, C.matmul(x, d_z, True, False)),
-        (t.fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
-    ]
-    # each part's gradient d_z @ W_rows.T, row-major for the lookups' gradients (a column split would copy)
-    ends = [*ends.tolist(), x.shape[1]]
-    part = lambda a, b: C.matmul(d_z, C.slice(t.fc.weight, [0], [a], [b], [1], []), False, True)  # noqa: E731
-    d_movie, d_cat, d_title = (part(a, b) for a, b in zip(ends, ends[1:]))
+    d_z = C.tanh_grad(out, d_out)
+    _output_fc_grad(t.fc, x, d_z, grads)
+    # each part's gradient is d_z @ its weight rows.T, row-major as the lookups' gradients need (a split of the
+    # columns of d_z @ weight.T would copy)
+    ends = np.cumsum([0, t.movie_fc.weight.shape[1], t.category_emb.weight.shape[1], cnn.weight.shape[1]]).tolist()
+    rows = [C.slice(t.fc.weight, [0], [a], [b], [1], []) for a, b in zip(ends, ends[1:])]
+    d_movie, d_cat, d_title = (C.matmul(d_z, w, False, True) for w in rows)
     _lookup_grad(t.movie_emb, movie_id, _fc_grad(t.movie_fc.weight, t.movie_fc.bias, emb, d_movie, grads), grads)
     _lookup_grad(t.category_emb, category_id, _gather_rows(d_cat, category_row), grads)
     d_words = _fc_grad(cnn.weight, cnn.bias, words, C.tanh_grad(hidden, _gather_rows(d_title, window_row)), grads)
