@@ -282,6 +282,6 @@ def in_batch(movie_ids: np.ndarray, log_freq: np.ndarray) -> tuple[np.ndarray, n
     others = movie_ids[:, None] == movie_ids[None, :]
     np.fill_diagonal(others, False)
     log_q = log_freq[movie_ids] + np.float32(np.log(max(len(movie_ids) - 1, 1)))
-    correction = log_q[None, :] * (1 - np.eye(len(movie_ids), dtype=np.float32))
-    add = np.where(others, np.float32(-1e4), -correction).astype(np.float32)
+    add = np.where(others, np.float32(-1e4), -log_q[None, :]).astype(np.float32, copy=False)
+    np.fill_diagonal(add, 0.0)  # the positive is not corrected
     return np.arange(len(movie_ids), dtype=np.int64), (~others).astype(np.float32), add
