@@ -164,27 +164,24 @@ def cos_mse_grad(saved):
     return d_user, d_movie
 
 
-def softmax_xent(user, movie, target, temperature: float, keep=None, add=None):
-    """`model.softmax_loss`: mean cross-entropy of `target` [B, 1] on logits `cos(user, movie) / T`, each
-    logit first multiplied by `keep` and increased by `add` ([B, C]: 0 and -1e4 at masked candidates, 1 and
-    the negated log-Q correction elsewhere). Returns (loss, saved)."""
+def softmax_xent(user, movie, target, temperature: float, add=None):
+    """`model.softmax_loss`: mean cross-entropy of `target` [B, 1] on logits `cos(user, movie) / T + add`
+    (`add` [B, C]: the log-Q correction, see `in_batch`). Returns (loss, saved)."""
     ru, rm = C.rsqrt(_row_sum(C.multiply(user, user))), C.rsqrt(_row_sum(C.multiply(movie, movie)))
     un, mn = _scale_rows(user, ru), _scale_rows(movie, rm)
     logits = C.scale(C.matmul(un, mn, False, True), 1.0 / temperature, 0.0, True)
-    if keep is not None:
-        logits = C.add(C.multiply(logits, keep), add)
+    if add is not None:
+        logits = C.add(logits, add)
     softmax, loss = C.cross_entropy_with_softmax(logits, target, False, True, True, -100, 1)
-    return C.mean_all(loss), (un, mn, ru, rm, softmax, target, temperature, keep)
+    return C.mean_all(loss), (un, mn, ru, rm, softmax, target, temperature)
 
 
 def softmax_xent_grad(saved):
-    """(d user, d movie) of `softmax_xent`'s loss: d logits = (softmax - one_hot) / B (0 where masked),
-    through the logits' matmul and the unit rows, d x = r (d x_unit - x_unit <d x_unit, x_unit>)."""
-    un, mn, ru, rm, softmax, target, temperature, keep = saved
+    """(d user, d movie) of `softmax_xent`'s loss: d logits = (softmax - one_hot) / B, through the logits'
+    matmul and the unit rows, d x = r (d x_unit - x_unit <d x_unit, x_unit>)."""
+    un, mn, ru, rm, softmax, target, temperature = saved
     d_loss = C.full([softmax.shape[0], 1], 1.0 / softmax.shape[0], softmax.dtype, softmax.place)
     d_logits = C.cross_entropy_with_softmax_grad(target, softmax, d_loss, False, True, True, -100, 1)
-    if keep is not None:
-        d_logits = C.multiply(d_logits, keep)
     d_un, d_mn = C.matmul_grad(un, mn, C.scale(d_logits, 1.0 / temperature, 0.0, True), False, True)
     unit = lambda d, x, r: _scale_rows(C.subtract(d, _scale_rows(x, _row_sum(C.multiply(d, x)))), r)  # noqa: E731
     return unit(d_un, un, ru), unit(d_mn, mn, rm)
@@ -235,16 +232,17 @@ class FusedStep:
         return [p if a.ndim == 1 else C.reshape(p, list(a.shape)) for p, a in zip(parts, arrays)]
 
     def forward(self, users: list, movies: list):
-        """Both towers on the tensors of `tensors`; returns (user, movie, saved)."""
+        """Both towers on the tensors of `tensors`; returns (user, movie, saved), the movie tower's rows being
+        the distinct movies (`movies[5]` holds each rating's row)."""
         u, su = user_tower(self.net.user_tower, *users)
         m, sm = movie_tower(self.net.movie_tower, *movies[:5])
-        return u, _gather_rows(m, movies[5]), (su, sm, movies[5], m.shape[0])
+        return u, m, (su, sm)
 
     def backward(self, saved, d_user, d_movie) -> list:
-        """Both towers' (parameter, gradient) pairs."""
+        """Both towers' (parameter, gradient) pairs, from the gradients of their outputs."""
         grads: list = []
         user_tower_grad(self.net.user_tower, saved[0], d_user, grads)
-        movie_tower_grad(self.net.movie_tower, saved[1], _scatter_rows(saved[2], d_movie, saved[3]), grads)
+        movie_tower_grad(self.net.movie_tower, saved[1], d_movie, grads)
         return grads
 
     def update(self, grads: list) -> None:
@@ -261,27 +259,32 @@ class FusedStep:
         """The chapter's step on the tensors `x` (from `tensors`) and the labels [N, 1]; returns the loss."""
         with paddle.no_grad():
             u, m, saved = self.forward(x[:4], x[4:])
-            loss, head = cos_mse(u, m, paddle.to_tensor(label))
-            self.update(self.backward(saved, *cos_mse_grad(head)))
+            loss, head = cos_mse(u, _gather_rows(m, x[9]), paddle.to_tensor(label))
+            d_u, d_m = cos_mse_grad(head)
+            self.update(self.backward(saved, d_u, _scatter_rows(x[9], d_m, m.shape[0])))
         return loss
 
-    def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, keep=None, add=None):
-        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`) with numpy
-        `target` [B] and `keep`, `add` [B, C] (or None); returns the loss."""
+    def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None):
+        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`; the candidates
+        are the distinct movies of `movies`) with numpy `target` [B] and `add` [B, C] (or None); returns the
+        loss."""
         with paddle.no_grad():
             u, m, saved = self.forward(users, movies)
-            extra = [paddle.to_tensor(a) for a in (keep, add)] if keep is not None else [None, None]
-            loss, head = softmax_xent(u, m, paddle.to_tensor(target.reshape(-1, 1)), temperature, *extra)
+            add = None if add is None else paddle.to_tensor(add)
+            loss, head = softmax_xent(u, m, paddle.to_tensor(target.reshape(-1, 1)), temperature, add)
             self.update(self.backward(saved, *softmax_xent_grad(head)))
         return loss
 
 
-def in_batch(movie_ids: np.ndarray, log_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`softmax_xent`'s target, keep and add for `model.in_batch_softmax_loss`: row i's positive is column i,
-    other copies of its movie are masked, the other columns are corrected by log((B-1) q)."""
-    others = movie_ids[:, None] == movie_ids[None, :]
-    np.fill_diagonal(others, False)
-    log_q = log_freq[movie_ids] + np.float32(np.log(max(len(movie_ids) - 1, 1)))
-    add = np.where(others, np.float32(-1e4), -log_q[None, :]).astype(np.float32, copy=False)
-    np.fill_diagonal(add, 0.0)  # the positive is not corrected
-    return np.arange(len(movie_ids), dtype=np.int64), (~others).astype(np.float32), add
+def in_batch(movie_ids: np.ndarray, log_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`softmax_xent`'s target and add for `model.in_batch_softmax_loss`, with the batch's distinct movies
+    (sorted, as `FusedStep.tensors` orders them) as the candidates. There every other rating of the batch is a
+    negative of row i, corrected by log((B-1) q), and the other copies of row i's own movie are masked: a movie
+    rated c times is one column here with log c added to its correction, and row i's own movie a column with no
+    correction (exp(x) + exp(x) = exp(x + log 2); a copy of the positive contributes nothing)."""
+    movies, target, counts = np.unique(movie_ids, return_inverse=True, return_counts=True)
+    log_q = log_freq[movies] + np.float32(np.log(max(len(movie_ids) - 1, 1)))
+    add = np.repeat((np.log(counts).astype(np.float32) - log_q)[None, :], len(movie_ids), axis=0)
+    target = target.ravel()
+    add[np.arange(len(movie_ids)), target] = 0.0
+    return target.astype(np.int64), add

@@ -249,8 +249,8 @@ class Trainer:
         if self.objective == "rating":
             return self.fused.rating(x, self.label[idx])
         if self.negatives == "in-batch":
-            target, keep, add = in_batch(self.data.movie[idx], self.log_q)
-            return self.fused.softmax(x[:4], x[4:], target, self.temperature, keep, add)
+            target, add = in_batch(self.data.movie[idx], self.log_q)
+            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add)
         if self._catalogue_tensors is None:
             self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
         target = self.column[self.data.movie[idx]]
