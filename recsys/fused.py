@@ -10,10 +10,12 @@ needs, and its `*_grad` appends the closed-form gradient of every parameter it u
   as in `model.TextCNN`); embedding gradients are the row gradients autograd makes (`embedding_grad`, sparse
   when the table is);
 - `cos_mse`: the chapter's head and loss, `mean((5 cos(user, movie) - label)^2)`;
-- `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, log-Q correction, masked copies).
+- `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, the log-Q correction, which `in_batch` gives
+  for the batch's distinct movies as candidates).
 
-`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids), runs the pieces and hands
-the gradients to the trainer's optimizer, which updates exactly as after `loss.backward()`.
+`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids), runs the movie tower once
+per distinct movie, and hands the gradients to the trainer's optimizer, which updates exactly as after
+`loss.backward()`.
 """
 
 from __future__ import annotations
