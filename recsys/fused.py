@@ -260,11 +260,20 @@ class FusedStep:
     def rating(self, x: list, label: np.ndarray):
         """The chapter's step on the tensors `x` (from `tensors`) and the labels [N, 1]; returns the loss."""
         with paddle.no_grad():
-            u, m, saved = self.forward(x[:4], x[4:])
-            loss, head = cos_mse(u, _gather_rows(m, x[9]), paddle.to_tensor(label))
-            d_u, d_m = cos_mse_grad(head)
-            self.update(self.backward(saved, d_u, _scatter_rows(x[9], d_m, m.shape[0])))
+            loss, saved = self.rating_loss(x, paddle.to_tensor(label))
+            self.update(self.rating_grads(saved))
         return loss
+
+    def rating_loss(self, x: list, label):
+        """The chapter's loss (0-d tensor) and what `rating_grads` needs; call under `paddle.no_grad()`."""
+        u, m, saved = self.forward(x[:4], x[4:])
+        loss, head = cos_mse(u, _gather_rows(m, x[9]), label)  # the movie tower's row of every rating
+        return loss, (saved, head, x[9], m.shape[0])
+
+    def rating_grads(self, saved) -> list:
+        towers, head, rows, n_movies = saved
+        d_u, d_m = cos_mse_grad(head)
+        return self.backward(towers, d_u, _scatter_rows(rows, d_m, n_movies))
 
     def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None):
         """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`; the candidates

@@ -278,3 +278,20 @@ def test_cli_costs_with_and_without_the_fused_step(small_dir, tmp_path):
     assert sorted(p_fast) == sorted(p_plain)
     for k in p_fast:
         _close(p_fast[k], p_plain[k], 1e-5, k)
+
+
+def test_phase_benchmark_runs_both_steps(small_dir):
+    """`benchmarks/phases.py` (part of `make bench`) drives the fused step's parts; a smoke run, no timing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "phases.py"
+    cmd = [sys.executable, str(script), "--data-dir", str(small_dir), "--chunks", "1", "--chunk", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["plain", "fused"], out.stdout
+    for r in rows:  # feeds, forward, backward, update, total: positive microseconds summing to the total
+        us = [float(v) for v in r[-5:]]
+        assert min(us) > 0 and abs(sum(us[:4]) - us[4]) <= 2, out.stdout
