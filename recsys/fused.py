@@ -198,6 +198,15 @@ def title_windows(title: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
     return padded[rows[:, None], cols[:, None] + np.arange(3)], rows
 
 
+# every parameter the pieces compute with, by its state_dict name
+_PARAMETERS = frozenset(
+    [f"user_tower.{f}_emb.weight" for f in ("user", "gender", "age", "job")]
+    + [f"user_tower.{f}.{w}" for f in ("user_fc", "gender_fc", "age_fc", "job_fc", "fc") for w in ("weight", "bias")]
+    + [f"movie_tower.{f}.weight" for f in ("movie_emb", "category_emb", "title_cnn.embedding")]
+    + [f"movie_tower.{f}.{w}" for f in ("movie_fc", "title_cnn", "fc") for w in ("weight", "bias")]
+)
+
+
 class FusedStep:
     """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it
     (`covers` says whether a network is one; anything else trains through the plain layers)."""
@@ -208,11 +217,13 @@ class FusedStep:
 
     @staticmethod
     def covers(net) -> bool:
+        """Whether `net` is the chapter's network: these classes, and exactly the parameters the pieces use."""
         return (
             type(net) is RecommenderNet
             and type(net.user_tower) is UserTower
             and type(net.movie_tower) is MovieTower
             and type(net.movie_tower.title_cnn) is TextCNN
+            and {k for k, _ in net.named_parameters()} == _PARAMETERS
         )
 
     def tensors(self, f: dict[str, np.ndarray]) -> list | None:

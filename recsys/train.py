@@ -243,6 +243,8 @@ class Trainer:
         the fused step does not apply."""
         from recsys.fused import in_batch
 
+        if self.objective not in ("rating", "retrieval") or set(f) != set(FEED_NAMES):
+            return None
         x = self.fused.tensors(f)
         if x is None:
             return None

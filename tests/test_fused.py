@@ -202,6 +202,9 @@ def test_covers_only_the_chapter_network():
     other.user_tower = WithHistory(N_USERS, N_AGES, N_JOBS)
     assert not fused.FusedStep.covers(other)
     assert not fused.FusedStep.covers(MovieTower(N_MOVIES, N_CATS, N_WORDS))
+    extra = _net()  # the same classes with one more layer: its parameter is not one the fused step knows
+    extra.user_tower.history_fc = paddle.nn.Linear(32, 32)
+    assert not fused.FusedStep.covers(extra)
 
 
 def _trainers(data, **kw) -> tuple[Trainer, Trainer]:
@@ -295,3 +298,13 @@ def test_phase_benchmark_runs_both_steps(small_dir):
     for r in rows:  # feeds, forward, backward, update, total: positive microseconds summing to the total
         us = [float(v) for v in r[-5:]]
         assert min(us) > 0 and abs(sum(us[:4]) - us[4]) <= 2, out.stdout
+
+
+def test_feeds_or_objectives_it_does_not_know_take_the_plain_layers(small_dir):
+    data = movielens.load(data_dir=small_dir)
+    t = Trainer(data)
+    idx = np.flatnonzero(~data.is_test)[:64]
+    f = t.features(idx)
+    assert t.fused_loss(idx, dict(f, history=np.zeros((64, 3), np.int64))) is None
+    t.objective = "ranking"
+    assert t.fused_loss(idx, f) is None
