@@ -47,7 +47,8 @@ _ONES: dict = {}
 
 
 def _ones(shape: list[int], like):
-    """A ones tensor, kept: sums are products with one, faster than Paddle's CPU reductions."""
+    """A ones vector, kept by size (a few hundred bytes each): sums are products with one, faster than Paddle's
+    CPU reductions."""
     key = (*shape, like.dtype, str(like.place))
     if key not in _ONES:
         _ONES[key] = C.full(shape, 1.0, like.dtype, like.place)
@@ -79,7 +80,8 @@ def _output_fc_grad(fc, x, d_z, grads: list) -> None:
 def _scatter_rows(rows, values, n: int):
     """[n, D]: row i sums the rows of `values` whose `rows` entry is i: the gradient of a lookup in an [n, D]
     table (Paddle computes it faster than `index_add`; the table's values are not read)."""
-    return C.embedding_grad(rows, _ones([n, values.shape[-1]], values), values, -1, False)
+    table = C.full([n, values.shape[-1]], 0.0, values.dtype, values.place)
+    return C.embedding_grad(rows, table, values, -1, False)
 
 
 def _gather_rows(x, rows):
