@@ -1,10 +1,12 @@
-"""The performance table: trainer vs a plain PyTorch version of the network, epoch time, reader, latency, memory.
+"""The performance table: trainer vs a plain PyTorch version of the network, epoch time, reader, latency, memory;
+then microseconds per step in each phase, the plain layers' step against the fused one.
 
-    python benchmarks/run.py [--ratings 1000209] [--rounds 8]      (`make bench`)
+    python benchmarks/run.py [--ratings 1000209] [--rounds 3]      (`make bench`)
 
 Everything runs in this one invocation on a synthetic archive in the exact ml-1m layout (real movies and
-users when `../shared/data/ml-1m` is there). Throughput runs recsys and PyTorch in alternating child
-processes on the same batches and reports medians, so a noisy machine slows both alike.
+users when `../shared/data/ml-1m` is there). Throughput runs the fused trainer step, the plain one and
+PyTorch in alternating child processes on the same batches and reports the best run of each, so a noisy
+machine slows all alike.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ def _worker(framework: str, folder: str, first: int, chunks: int, chunk: int, ba
     order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test))
     start = first * chunk * batch
     batches = [order[s : s + batch] for s in range(start, start + (chunks + 1) * chunk * batch, batch)]
-    if framework == "recsys":
-        trainer = Trainer(data)
-        run = trainer.step
+    if framework in ("recsys", "plain"):
+        run = Trainer(data, fused=framework == "recsys").step  # "plain": the layers under autograd
     else:
+        import torch
         from torch_reference import make_step
+
+        torch.set_num_threads(1)  # its fastest here: with two threads oneDNN's Conv1d takes milliseconds
 
         torch_step = make_step(data.sizes())
 
@@ -58,23 +62,25 @@ def _worker(framework: str, folder: str, first: int, chunks: int, chunk: int, ba
 
 
 def throughput(folder: Path, rounds: int, chunks: int = 3, chunk: int = 50) -> dict[str, float]:
-    """Median samples/s of the recsys trainer step and the PyTorch reference on identical batches.
+    """Samples/s of the recsys trainer step (fused), the same trainer through the plain layers, and the
+    PyTorch reference on identical batches: the best of `rounds` runs of each, a run's figure being the median
+    of its chunks.
 
     Each runs in its own process (their OpenMP threads would otherwise spin against each other on a small
-    machine), alternating round by round so that both see the same machine load."""
+    machine), alternating round by round so that all see the same machine load."""
     try:
         import torch  # noqa: F401
 
-        frameworks = ["recsys", "torch"]
+        frameworks = ["recsys", "plain", "torch"]
     except ImportError:
-        frameworks = ["recsys"]
+        frameworks = ["recsys", "plain"]
     rates: dict[str, list[float]] = {f: [] for f in frameworks}
     for r in range(rounds):
         for f in frameworks:
             args = ["--worker", f, str(folder), str(r * (chunks + 1)), str(chunks), str(chunk)]
             out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
-            rates[f] += json.loads(out.stdout.splitlines()[-1])
-    return {f: statistics.median(v) for f, v in rates.items()}
+            rates[f].append(statistics.median(json.loads(out.stdout.splitlines()[-1])))
+    return {f: max(v) for f, v in rates.items()}
 
 
 def full_epoch(folder: Path, model: Path) -> dict:
@@ -140,11 +146,16 @@ def main() -> None:
         lat = latencies(Path(tmp) / "model")  # before any training here: as in a fresh `infer` process
         data = movielens.load(data_dir=folder)
         rate = throughput(folder, args.rounds)
+        phases = subprocess.run([sys.executable, str(Path(__file__).with_name("phases.py")), "--data-dir", str(folder)],
+                                check=True, capture_output=True, text=True).stdout  # fmt: skip
     torch_rate = rate.get("torch")
+    vs_torch = lambda r: f"{r / torch_rate:.2f}x" if torch_rate else "-"  # noqa: E731
     rows = [
         ("train samples/s (batch 256, SGD lr 0.2, sparse)", f"{rate['recsys']:,.0f}",
          f"{torch_rate:,.0f} (PyTorch)" if torch_rate else "torch not installed",
-         f"{rate['recsys'] / torch_rate:.2f}x (>= 1.5x)" if torch_rate else "-"),
+         f"{vs_torch(rate['recsys'])} (>= 3x)"),
+        ("  the same through the plain layers (--no-fused)", f"{rate['plain']:,.0f}",
+         f"fused step {rate['recsys'] / rate['plain']:.2f}x faster", f"{vs_torch(rate['plain'])} (>= 1.5x)"),
         (f"one epoch incl. test eval, {len(data.user):,} ratings (s)", f"{epoch['epoch_s']:.1f}", "", "<= 25 s"),
         ("reader archive -> arrays, cold (s)", f"{reader['cold_s']:.3f}",
          f"{reader['per_sample_s']:.1f} (chapter-style per-sample reader, {n_samples:,} samples)", "<= 3 s"),
@@ -156,6 +167,8 @@ def main() -> None:
         ("peak RSS of a training run (MB)", f"{epoch['rss_mb']:,.0f}", "", "<= 2048 MB"),
     ]  # fmt: skip
     print_table(rows)
+    print()
+    print(phases.rstrip())
 
 
 if __name__ == "__main__":

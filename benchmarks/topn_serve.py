@@ -4,7 +4,7 @@
 
 1. one epoch of `train --objective retrieval` (in-batch negatives, with history) and one epoch of
    `train --objective ranking` on its candidates, against one epoch of the chapter's rating objective, all
-   through the CLI on the same archive;
+   through the CLI on the same archive; rating and retrieval also with `--no-fused` (the plain layers' step);
 2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking), and the
    same with the two stages (`--rerank RANKING`);
 3. two-stage top-10 for one user, warm, against the retrieval model's top-10 alone;
@@ -35,10 +35,16 @@ from recsys import evaluate, infer, movielens
 from recsys.modeldir import ModelDir
 
 
-def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
+def epoch(folder: Path, model: Path, *flags: str) -> dict:
+    """One epoch through the CLI: its last metrics record (seconds to the end of its evaluation, training
+    samples/s, ...)."""
     cmd = [sys.executable, "-m", "recsys.train", "--data-dir", str(folder), "--model-dir", str(model), "--epochs", "1"]
     subprocess.run(cmd + list(flags), check=True, capture_output=True)
-    return json.loads((model / "metrics.json").read_text())[-1]["seconds"]
+    return json.loads((model / "metrics.json").read_text())[-1]
+
+
+def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
+    return epoch(folder, model, *flags)["seconds"]
 
 
 def load_test(retrieval: Path, ranking: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
@@ -118,9 +124,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = full_size_archive(Path(tmp), args.ratings)
         rating, retrieval, ranking = Path(tmp) / "rating", Path(tmp) / "retrieval", Path(tmp) / "ranking"
-        rating_s = epoch_seconds(folder, rating)
-        retrieval_s = epoch_seconds(folder, retrieval, "--objective", "retrieval")
-        ranking_s = epoch_seconds(folder, ranking, "--objective", "ranking", "--candidates-from", str(retrieval))
+        runs = {
+            (name, fused): epoch(folder, Path(tmp) / (name if fused else f"{name}-plain"), *flags,
+                                 "--fused" if fused else "--no-fused")
+            for fused in (True, False)
+            for name, flags in (("rating", ()), ("retrieval", ("--objective", "retrieval")))
+        }  # fmt: skip
+        rating_s, retrieval_s = runs["rating", True]["seconds"], runs["retrieval", True]["seconds"]
+        ranking_s = epoch(folder, ranking, "--objective", "ranking", "--candidates-from", str(retrieval))["seconds"]
         full_s = epoch_seconds(folder, Path(tmp) / "full", "--objective", "retrieval", "--negatives", "full",
                                "--max-batches", "200")  # fmt: skip
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
@@ -156,6 +167,11 @@ def main() -> None:
          f"{rating_s:.1f} (rating epoch); full softmax ~{full_epoch_s:.0f}", f"{retrieval_s / rating_s:.2f}x (<= 2x)"),
         ("one ranking epoch on the retrieval candidates (s)", f"{ranking_s:.1f}", f"{rating_s:.1f} (rating epoch)",
          f"{ranking_s / rating_s:.2f}x (<= 3x)"),
+        *[(f"  {name} epoch: fused step vs --no-fused (s)", f"{runs[name, True]['seconds']:.1f}",
+           f"{runs[name, False]['seconds']:.1f} (plain layers); training "
+           f"{runs[name, True]['samples_per_s']:,.0f} vs {runs[name, False]['samples_per_s']:,.0f} samples/s",
+           f"{runs[name, True]['samples_per_s'] / runs[name, False]['samples_per_s']:.2f}x samples/s")
+          for name in ("rating", "retrieval")],
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),

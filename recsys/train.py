@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "where Paddle all-reduces dense gradients faster -- plain SGD gives the same numbers either way)",
     )
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --model-dir")
+    ap.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the fused training step (recsys.fused: same numbers, fewer ops); --no-fused: the plain layers",
+    )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
     recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
     recipe.add_argument(
@@ -259,9 +265,11 @@ class Trainer:
         temperature: float = 0.05,
         negatives: str = "in-batch",
         with_history: bool = False,
+        fused: bool = True,
     ):
         import paddle
 
+        from recsys.fused import FusedStep
         from recsys.model import RankingNet, RecommenderNet
 
         use_cpu_cores(share=world)
@@ -273,6 +281,8 @@ class Trainer:
         )
         self.model = paddle.DataParallel(self.net) if world > 1 else self.net
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
+        covered = fused and world == 1 and FusedStep.covers(self.net)
+        self.fused = FusedStep(self.net, self.opt) if covered else None  # None: the plain layers' step
         self.rng = np.random.RandomState(seed)
         self.cold_start_rate = cold_start_rate
         self.objective, self.temperature, self.negatives = objective, temperature, negatives
@@ -281,6 +291,7 @@ class Trainer:
         self.column[self.catalogue] = np.arange(len(self.catalogue))
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
+        self._catalogue_tensors = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
         self.with_history = with_history
         # users x movies 0/1 rows, kept only where something reads them: the histories of evaluation and of the
@@ -307,55 +318,88 @@ class Trainer:
         with np.errstate(divide="ignore"):
             self.log_q = np.log(counts / max(counts.sum(), 1)).astype(np.float32)
 
-    def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
-        """The network's seven input tensors for the ratings `idx` (with history, an eighth: training
-        histories without the example's own movie, or with `full` every training rating); in training, the
-        share `cold_start_rate` of user ids is replaced by the unknown user 0."""
-        return self.pair_feeds(self.data.user[idx], self.data.movie[idx], training, full and not training)
+    def features(self, idx: np.ndarray, training: bool = False, full: bool = False) -> dict[str, np.ndarray]:
+        """The network's feeds (numpy) for the ratings `idx`: see `pair_features`."""
+        return self.pair_features(self.data.user[idx], self.data.movie[idx], training, full)
 
-    def pair_feeds(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> list:
-        """`feeds` for aligned arrays of user and movie ids."""
-        import paddle
-
+    def pair_features(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> dict:
+        """The network's seven feeds (numpy) for aligned arrays of user and movie ids, and with history an eighth,
+        `history`: the training histories without the example's own movie (with `full`, every training rating,
+        as evaluation and the saved model read them). In training, the share `cold_start_rate` of user ids is
+        replaced by the unknown user 0."""
         f = self.data.tables.features(user, movie)
         if training and self.cold_start_rate:
             f["user_id"] = np.where(self.rng.random_sample(len(user)) < self.cold_start_rate, 0, f["user_id"])
-        x = [paddle.to_tensor(f[n]) for n in FEED_NAMES]
         if self.with_history:
             rows = (self.full_history if full else self.fit_history)[user]
-            x.append(paddle.to_tensor(history.history_weights(rows, leave_out=movie)))
-        return x
+            f["history"] = history.history_weights(rows, leave_out=movie)
+        return f
+
+    @staticmethod
+    def tensors(f: dict[str, np.ndarray]) -> list:
+        """The feeds `f` as the network's input tensors, in its argument order."""
+        import paddle
+
+        return [paddle.to_tensor(f[n]) for n in FEED_NAMES] + (
+            [paddle.to_tensor(f["history"])] if "history" in f else []
+        )
+
+    def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
+        """The network's input tensors for the ratings `idx` (see `pair_features`; training reads the training
+        histories)."""
+        return self.tensors(self.features(idx, training, full and not training))
+
+    def fused_loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The step on the ratings `idx` (feeds `f`) through `recsys.fused`: returns the loss, or None where
+        the fused step does not apply."""
+        from recsys.fused import in_batch
+
+        if self.objective not in ("rating", "retrieval") or set(f) != set(FEED_NAMES):
+            return None
+        x = self.fused.tensors(f)
+        if x is None:
+            return None
+        if self.objective == "rating":
+            return self.fused.rating(x, self.label[idx])
+        if self.negatives == "in-batch":
+            target, add = in_batch(self.data.movie[idx], self.log_q)
+            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add)
+        if self._catalogue_tensors is None:
+            self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
+        target = self.column[self.data.movie[idx]]
+        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature)
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
+        f = None if self.objective == "ranking" else self.features(idx, training=True)
+        loss = self.fused_loss(idx, f) if self.fused is not None and f is not None else None  # it updates too
+        if loss is None:
+            loss = self.loss(idx, f)
+            loss.backward()
+            self.opt.step()
+            self.opt.clear_grad()
+        self._vectors = None
+        return loss
+
+    def loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The loss of the ratings `idx` (feeds `f`) through the plain layers, recorded by autograd."""
         import paddle
 
         from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
 
         if self.objective == "ranking":
-            loss = self.ranking_loss(idx, self.fit_candidates, self.rng, training=True)
-            loss.backward()
-            self.opt.step()
-            self.opt.clear_grad()
-            self._vectors = None
-            return loss
-        x = self.feeds(idx, training=True)
+            return self.ranking_loss(idx, self.fit_candidates, self.rng, training=True)
+        x = self.tensors(f)
         if self.objective == "rating":
-            loss = rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
-        elif self.negatives == "full":
+            return rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
+        if self.negatives == "full":
             if self._catalogue_feeds is None:
                 f = self.data.tables.movie_features(self.catalogue)
                 self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
             user, movie = self.model(*x[:4], *self._catalogue_feeds, *x[7:], towers=True)
-            loss = softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
-        else:
-            user, movie = self.model(*x, towers=True)
-            loss = in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
-        loss.backward()
-        self.opt.step()
-        self.opt.clear_grad()
-        self._vectors = None
-        return loss
+            return softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
+        user, movie = self.model(*x, towers=True)
+        return in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
 
     def ranking_loss(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
         """The weighted logistic loss of the positives `idx` against `negatives_per_positive` drawn negatives
@@ -371,7 +415,7 @@ class Trainer:
         pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
         weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)[:, None]
         label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)[:, None]
-        x = self.pair_feeds(users, self.catalogue[cols], training, full=cand is self.candidates)
+        x = self.tensors(self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates))
         logit = self.model(*x, paddle.to_tensor(cand.features(users, cols)))
         return weighted_logistic_loss(logit, paddle.to_tensor(label), paddle.to_tensor(weight))
 
@@ -524,7 +568,7 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
     top_n = args.objective != "rating"
     t = Trainer(
         data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
-        args.objective, args.temperature, args.negatives, args.history,
+        args.objective, args.temperature, args.negatives, args.history, args.fused,
     )  # fmt: skip
     if args.objective == "ranking":
         train_idx, val_idx, test_idx = stacking.prepare(t, args, data)
@@ -549,7 +593,8 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
             which = "training" if not len(train_idx) else "test"
             raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
         t.sample_from(train_idx)
-    settings = {k: v for k, v in vars(args).items() if k not in ("data_dir", "model_dir", "resume", "use_cuda")}
+    skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
     if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
         settings["candidates_params_sha256"] = t.retrieval_fingerprint
     pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
