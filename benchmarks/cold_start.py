@@ -23,7 +23,7 @@ from common import ROOT
 from recsys import movielens, train
 from recsys.baselines import Biases, GlobalMean
 from recsys.modeldir import ModelDir
-from recsys.train import scores
+from recsys.trainer import scores
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import paddle
 from recsys import movielens
 from recsys.model import rating_loss
 from recsys.movielens import FEED_NAMES
-from recsys.train import Trainer
+from recsys.trainer import Trainer
 
 PHASES = ("feeds", "forward", "backward", "update")
 

@@ -21,7 +21,7 @@ from recsys.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
-from recsys.train import scores
+from recsys.trainer import scores
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:

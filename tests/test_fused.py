@@ -10,7 +10,7 @@ import pytest
 
 from recsys import fused, movielens
 from recsys.model import MovieTower, RecommenderNet, UserTower, cos_sim_score, rating_loss, softmax_loss
-from recsys.train import Trainer
+from recsys.trainer import Trainer
 
 N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS = 30, 7, 21, 25, 18, 40
 

@@ -10,9 +10,10 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, need_ml100k, run_cli
 
-from recsys import history, movielens, stacking, train
+from recsys import history, movielens, stacking
 from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
+from recsys.trainer import Trainer
 
 U1 = ["--dataset", "ml-100k", "--split", "u1"]
 
@@ -29,7 +30,7 @@ def test_history_weights_are_the_mean_without_the_examples_own_movie():
 
 def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_dir):
     data = movielens.load("ml-1m", small_dir)
-    t = train.Trainer(data, objective="retrieval", with_history=True)
+    t = Trainer(data, objective="retrieval", with_history=True)
     train_idx = np.flatnonzero(~data.is_test)
     t.use_history(train_idx)
     idx = train_idx[:64]

@@ -1,0 +1,316 @@
+"""The trainer: the network, its optimizer and the data, one `step` per batch of rating indices.
+
+`recsys.train` runs its loop: the CLI, the splits, evaluation, checkpoints and the model dir.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from recsys import history, stacking, topn
+from recsys.movielens import FEED_NAMES, MovieLens
+from recsys.optim import make_optimizer
+
+
+def use_cpu_cores(share: int = 1) -> None:
+    """Let Paddle's CPU math use this process's cores (at most 4; small matmuls gain nothing beyond), split
+    between `share` processes. Paddle's default is one thread; an OMP_NUM_THREADS set by the user wins."""
+    import paddle
+
+    if "OMP_NUM_THREADS" in os.environ or not hasattr(paddle.base.core, "set_num_threads"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    paddle.base.core.set_num_threads(max(1, min(4, cores // share)))
+
+
+def scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Chapter-scale cost (mean square error on 2*stars-5) and RMSE / MAE in stars, predictions clipped to 1..5."""
+    stars_pred = np.clip((pred + 5) / 2, 1, 5)
+    stars = (label + 5) / 2
+    return {
+        "cost": float(np.mean((pred - label) ** 2)),
+        "rmse": float(np.sqrt(np.mean((stars_pred - stars) ** 2))),
+        "mae": float(np.mean(np.abs(stars_pred - stars))),
+    }
+
+
+class Trainer:
+    """The network, its optimizer and the data; one `step` per batch of rating indices.
+
+    `objective="rating"` is the chapter's regression; `"retrieval"` scores each batch's positives with a
+    softmax over candidate movies (`negatives`: the whole catalogue, or the batch's own movies with the
+    log-Q correction). With `world > 1` (inside `paddle.distributed.launch`) the network is wrapped in
+    `paddle.DataParallel`, so gradients are averaged over the ranks before every update."""
+
+    def __init__(
+        self,
+        data: MovieLens,
+        lr: float = 0.2,
+        sparse: bool = True,
+        seed: int = 0,
+        optimizer: str = "sgd",
+        weight_decay: float = 0.0,
+        cold_start_rate: float = 0.0,
+        world: int = 1,
+        objective: str = "rating",
+        temperature: float = 0.05,
+        negatives: str = "in-batch",
+        with_history: bool = False,
+        fused: bool = True,
+    ):
+        import paddle
+
+        from recsys.fused import FusedStep
+        from recsys.model import RankingNet, RecommenderNet
+
+        use_cpu_cores(share=world)
+        paddle.seed(seed)
+        self.data = data
+        self.label = data.label
+        self.net = (RankingNet if objective == "ranking" else RecommenderNet)(
+            **data.sizes(), sparse=sparse, history=with_history
+        )
+        self.model = paddle.DataParallel(self.net) if world > 1 else self.net
+        self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
+        covered = fused and world == 1 and FusedStep.covers(self.net)
+        self.fused = FusedStep(self.net, self.opt) if covered else None  # None: the plain layers' step
+        self.rng = np.random.RandomState(seed)
+        self.cold_start_rate = cold_start_rate
+        self.objective, self.temperature, self.negatives = objective, temperature, negatives
+        self.catalogue = np.array(sorted(data.meta.movies), np.int64)
+        self.column = np.full(data.sizes()["n_movies"], -1, np.int64)
+        self.column[self.catalogue] = np.arange(len(self.catalogue))
+        self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
+        self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
+        self._catalogue_tensors = None  # the same for the fused step
+        self._vectors = None  # unit tower vectors of the current parameters, until the next change
+        self.with_history = with_history
+        # users x movies 0/1 rows, kept only where something reads them: the histories of evaluation and of the
+        # saved model (every training rating, never a test rating), and what training reads (`use_history`)
+        self.full_history = self.fit_history = None
+        if with_history or objective == "ranking":
+            self.full_history = self.fit_history = self._rows(np.flatnonzero(~data.is_test))
+        self.fit_candidates = self.candidates = None  # ranking: the retrieval model's candidates (fit, full)
+        self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.5
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        sizes = self.data.sizes()
+        return history.history_rows(sizes["n_users"], sizes["n_movies"], self.data.user[idx], self.data.movie[idx])
+
+    def use_history(self, idx: np.ndarray) -> None:
+        """Training histories come only from the ratings `idx` (not the held-out or validation ones)."""
+        self.fit_idx = idx
+        if self.full_history is not None:
+            self.fit_history = self._rows(idx)
+
+    def sample_from(self, idx: np.ndarray) -> None:
+        """Record how often each movie is a positive in the ratings `idx`: the in-batch sampling distribution."""
+        counts = np.bincount(self.data.movie[idx], minlength=len(self.column)).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            self.log_q = np.log(counts / max(counts.sum(), 1)).astype(np.float32)
+
+    def features(self, idx: np.ndarray, training: bool = False, full: bool = False) -> dict[str, np.ndarray]:
+        """The network's feeds (numpy) for the ratings `idx`: see `pair_features`."""
+        return self.pair_features(self.data.user[idx], self.data.movie[idx], training, full)
+
+    def pair_features(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> dict:
+        """The network's seven feeds (numpy) for aligned arrays of user and movie ids, and with history an eighth,
+        `history`: the training histories without the example's own movie (with `full`, every training rating,
+        as evaluation and the saved model read them). In training, the share `cold_start_rate` of user ids is
+        replaced by the unknown user 0."""
+        f = self.data.tables.features(user, movie)
+        if training and self.cold_start_rate:
+            f["user_id"] = np.where(self.rng.random_sample(len(user)) < self.cold_start_rate, 0, f["user_id"])
+        if self.with_history:
+            rows = (self.full_history if full else self.fit_history)[user]
+            f["history"] = history.history_weights(rows, leave_out=movie)
+        return f
+
+    @staticmethod
+    def tensors(f: dict[str, np.ndarray]) -> list:
+        """The feeds `f` as the network's input tensors, in its argument order."""
+        import paddle
+
+        return [paddle.to_tensor(f[n]) for n in FEED_NAMES] + (
+            [paddle.to_tensor(f["history"])] if "history" in f else []
+        )
+
+    def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
+        """The network's input tensors for the ratings `idx` (see `pair_features`; training reads the training
+        histories)."""
+        return self.tensors(self.features(idx, training, full and not training))
+
+    def fused_loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The step on the ratings `idx` (feeds `f`) through `recsys.fused`: returns the loss, or None where
+        the fused step does not apply."""
+        from recsys.fused import in_batch
+
+        if self.objective not in ("rating", "retrieval") or set(f) != set(FEED_NAMES):
+            return None
+        x = self.fused.tensors(f)
+        if x is None:
+            return None
+        if self.objective == "rating":
+            return self.fused.rating(x, self.label[idx])
+        if self.negatives == "in-batch":
+            target, add = in_batch(self.data.movie[idx], self.log_q)
+            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add)
+        if self._catalogue_tensors is None:
+            self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
+        target = self.column[self.data.movie[idx]]
+        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature)
+
+    def step(self, idx: np.ndarray):
+        """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
+        f = None if self.objective == "ranking" else self.features(idx, training=True)
+        loss = self.fused_loss(idx, f) if self.fused is not None and f is not None else None  # it updates too
+        if loss is None:
+            loss = self.loss(idx, f)
+            loss.backward()
+            self.opt.step()
+            self.opt.clear_grad()
+        self._vectors = None
+        return loss
+
+    def loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
+        """The loss of the ratings `idx` (feeds `f`) through the plain layers, recorded by autograd."""
+        import paddle
+
+        from recsys.model import in_batch_softmax_loss, rating_loss, softmax_loss
+
+        if self.objective == "ranking":
+            return self.ranking_loss(idx, self.fit_candidates, self.rng, training=True)
+        x = self.tensors(f)
+        if self.objective == "rating":
+            return rating_loss(self.model(*x), paddle.to_tensor(self.label[idx]))
+        if self.negatives == "full":
+            if self._catalogue_feeds is None:
+                f = self.data.tables.movie_features(self.catalogue)
+                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
+            user, movie = self.model(*x[:4], *self._catalogue_feeds, *x[7:], towers=True)
+            return softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
+        user, movie = self.model(*x, towers=True)
+        return in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
+
+    def ranking_loss(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
+        """The weighted logistic loss of the positives `idx` against `negatives_per_positive` drawn negatives
+        each, scored with the candidates' retrieval scores (`cand`: training or evaluation histories)."""
+        import paddle
+
+        from recsys.model import weighted_logistic_loss
+
+        user, per = self.data.user[idx], self.negatives_per_positive
+        neg = cand.negatives(user, per, self.hard_negatives, rng)
+        cols = np.concatenate([self.column[self.data.movie[idx]], np.maximum(neg, 0)])
+        users = np.concatenate([user, np.repeat(user, per)])
+        pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
+        weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)[:, None]
+        label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)[:, None]
+        x = self.tensors(self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates))
+        logit = self.model(*x, paddle.to_tensor(cand.features(users, cols)))
+        return weighted_logistic_loss(logit, paddle.to_tensor(label), paddle.to_tensor(weight))
+
+    def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """Scores (label space) of the ratings `idx`, in large batches without gradients."""
+        import paddle
+
+        with paddle.no_grad():
+            parts = [self.net(*self.feeds(idx[s : s + batch])).numpy() for s in range(0, len(idx), batch)]
+        return np.concatenate(parts)[:, 0] if parts else np.zeros(0, np.float32)
+
+    def vectors(self, unit: bool = True, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Tower vectors (unit length, or the raw outputs) of every user id, with the histories of every
+        training rating (`full`) or of the training ones, and of the catalogue's movies (catalogue order),
+        computed once per parameter state (an evaluation's cost and top-N metrics share them)."""
+        from recsys.modeldir import tower_outputs
+
+        key = (unit, full)
+        if self._vectors is None:
+            self._vectors = {}
+        if key not in self._vectors:
+            tables = self.data.tables
+            feeds = tables.user_features(np.arange(len(tables.user)))
+            if self.with_history:
+                feeds["history"] = history.history_weights(self.full_history if full else self.fit_history)
+            users = tower_outputs(self.net.user_tower, feeds, unit)
+            self._vectors[key] = users, tower_outputs(self.net.movie_tower, tables.movie_features(self.catalogue), unit)
+        return self._vectors[key]
+
+    def evaluate(self, idx: np.ndarray, full: bool = True) -> dict[str, float]:
+        """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings;
+        ranking: the weighted logistic loss with negatives drawn by a fixed seed (the same every time)."""
+        if self.objective == "rating":
+            return scores(self.predict(idx), self.label[idx, 0])
+        if self.objective == "ranking":
+            import paddle
+
+            rng, cand, total = np.random.RandomState(12345), self.candidates if full else self.fit_candidates, 0.0
+            with paddle.no_grad():
+                for s in range(0, len(idx), 4096):
+                    total += float(self.ranking_loss(idx[s : s + 4096], cand, rng)) * len(idx[s : s + 4096])
+            return {"cost": total / max(len(idx), 1)}
+        users, movies = self.vectors(full=full)
+        total = 0.0
+        for s in range(0, len(idx), 4096):
+            part = idx[s : s + 4096]
+            logits = (users[self.data.user[part]] @ movies.T).astype(np.float64) / self.temperature
+            top = logits.max(axis=1)
+            lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            total += float((lse - logits[np.arange(len(part)), self.column[self.data.movie[part]]]).sum())
+        return {"cost": total / max(len(idx), 1)}
+
+    def top_n(self, data: topn.Interactions, k: int = 10, full: bool = True) -> dict[str, float]:
+        """Full-ranking top-k metrics of the current towers (see `recsys.topn`); a ranking network reorders
+        the retrieval model's candidates (the two stages)."""
+        if self.objective != "ranking":
+            users, movies = self.vectors(full=full)
+            return topn.evaluate(topn.by_score(lambda u: users[u] @ movies.T), data, k)
+        users, movies = self.vectors(unit=False, full=full)
+        cand, params = self.candidates if full else self.fit_candidates, self.params()
+
+        def rank(u, _seen, k):
+            pool = cand.pool[u]
+            rows = np.repeat(u, pool.shape[1])
+            f = cand.features(rows, np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
+            return topn.rerank_pool(pool, stacking.head_scores(params, users[u][:, None], movies[pool], f), k)
+
+        return topn.evaluate(rank, data, k)
+
+    def saved_arrays(self) -> dict[str, np.ndarray]:
+        """What a ranking model dir keeps besides the network: its pair features' item-item weights and the
+        movies' log shares of the ratings, both from every training rating (catalogue order)."""
+        if self.objective != "ranking":
+            return {}
+        return {"item_item": self.item_item, "log_share": self.candidates.log_share}
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        import paddle
+
+        self.net.set_state_dict({k: paddle.to_tensor(v) for k, v in params.items()})
+        self._vectors = None
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state keyed by structured parameter names (stable across processes)."""
+        by_name = {p.name: k for k, p in self.net.state_dict().items()}
+        out = {}
+        for key, value in self.opt.state_dict().items():
+            if hasattr(value, "numpy"):
+                owner = max((n for n in by_name if key.startswith(n + "_")), key=len, default=None)
+                out[key if owner is None else by_name[owner] + "::" + key[len(owner) + 1 :]] = value.numpy()
+        return out
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        import paddle
+
+        params = self.net.state_dict()
+        restored = {}
+        for key, value in state.items():
+            owner, _, rest = key.partition("::")
+            restored[f"{params[owner].name}_{rest}" if rest else key] = paddle.to_tensor(value)
+        if restored:
+            self.opt.set_state_dict(restored)
