@@ -145,7 +145,7 @@ def main() -> None:
         two_rows, _ = evaluate.top_n(md, data, rerank=rr)
         two_n_s = time.perf_counter() - t - top_n_s  # the two-stage ranking alone: the rest is the same as above
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        two_ms = median_ms(lambda u: infer.two_stage(md, rr, 10, 100, u), users)
+        two_ms = median_ms(lambda u: infer.two_stage(md, rr, 10, infer.candidates_for(rr), u), users)
         one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
         t = time.perf_counter()
         for _ in range(5):

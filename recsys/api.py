@@ -112,7 +112,7 @@ async def health(request: Request):
         "rerank": _describe(models.rerank),
         "users": len(models.main.user_ids),
         "movies": len(models.main.movie_ids),
-        "candidates": request.app.state.candidates,
+        "candidates": infer.candidates_for(models.rerank, request.app.state.candidates),
         "reload_interval_s": holder.interval,
         "reload_error": holder.last_error,
     }
@@ -244,7 +244,7 @@ async def page():
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int = 100):
+def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None):
     """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets)."""
     app = FastAPIOffline(
         redoc_url=None,  # ReDoc's bundle fetches its logo from its vendor's site

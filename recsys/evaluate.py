@@ -88,11 +88,13 @@ def top_n(
     relevant: int = 4,
     ease_lambda: float = 500.0,
     rerank: ModelDir | None = None,
-    candidates: int = 100,
+    candidates: int | None = None,
 ) -> tuple[list[dict], int]:
     """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
-    the two stages): precision, recall, ndcg, hr at k, coverage, seconds. Also returns the number of users."""
+    the two stages over `infer.candidates_for(rerank, candidates)` candidates, with their recall): precision,
+    recall, ndcg, hr at k, coverage, seconds. Also returns the number of users."""
     _check_data(md, data)
+    candidates = infer.candidates_for(rerank, candidates)
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
     for baseline in (topn.Popularity(), topn.EASE(ease_lambda)):
@@ -144,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--candidates",
         type=int,
-        default=100,
-        help="with --rerank: retrieval candidates (default: %(default)s; a larger --k widens them to --k)",
+        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
+        "for a rating model; a larger --k widens them to --k)",
     )
     ap.add_argument("--dataset", choices=sorted(movielens.SPLITS), help="default: the model's")
     ap.add_argument("--split", help="default: the model's")
@@ -155,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ease-lambda", type=float, default=500.0, help="EASE's L2 weight (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    if args.k < 1 or args.candidates < 1 or not 1 <= args.relevant <= 5 or not args.ease_lambda > 0:
+    if (
+        args.k < 1
+        or (args.candidates is not None and args.candidates < 1)
+        or not 1 <= args.relevant <= 5
+        or not args.ease_lambda > 0
+    ):
         ap.error("--k must be at least 1, --candidates at least 1, --relevant 1..5 and --ease-lambda positive")
     md = ModelDir.load(args.model_dir)
     rerank = None
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         infer.check_pair(md, rerank)
     data = _data_for(md, args)
     rows = compare(next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None), data)
-    candidates = max(args.candidates, args.k)  # the two stages' rule in infer and serve too
+    candidates = max(infer.candidates_for(rerank, args.candidates), args.k)  # the rule of infer and serve too
     ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates)
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "candidates_recall" in r:
             ceiling = r["candidates_recall"]
-            print(f"recall@{args.candidates} of the retrieval candidates (the second stage's ceiling): {ceiling:.4f}")
+            print(f"recall@{candidates} of the retrieval candidates (the second stage's ceiling): {ceiling:.4f}")
     return 0
 
 

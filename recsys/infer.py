@@ -142,6 +142,19 @@ def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
             )
 
 
+CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
+
+
+def candidates_for(rerank: ModelDir | None, given: int | None = None) -> int:
+    """How many retrieval candidates the second stage reorders: `given`, else the number a ranking model was
+    trained to reorder (its `--candidates`), else `CANDIDATES`."""
+    if given is not None:
+        return given
+    if rerank is not None and rerank.objective == "ranking":
+        return int(rerank.meta["settings"].get("candidates") or CANDIDATES)
+    return CANDIDATES
+
+
 def second_stage_scores(
     md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, histories
 ) -> np.ndarray:
@@ -223,14 +236,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--candidates",
         type=int,
-        default=100,
-        help="with --rerank: retrieval candidates (default: %(default)s; a larger --top-k widens them to --top-k)",
+        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
+        "for a rating model; a larger --top-k widens them to --top-k)",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
         ap.error("--rerank reorders recommendations: give it with --top-k for a user")
-    if args.candidates < 1:
+    if args.candidates is not None and args.candidates < 1:
         ap.error(f"--candidates must be at least 1, got {args.candidates}")
     cold = [args.gender, args.age, args.job]
     if args.top_k is not None and args.top_k < 1:
@@ -317,16 +330,16 @@ def recommend_doc(
     cold=None,
     features: dict | None = None,
     rerank: ModelDir | None = None,
-    candidates: int = 100,
+    candidates: int | None = None,
     rated=(),
 ) -> dict:
     """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it.
     A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended.
-    Two stages reorder the retrieval model's top max(`candidates`, k) movies: a k above `candidates` widens
-    the candidates to k (then the list is the retrieval top k, reordered)."""
+    Two stages reorder the retrieval model's top max(`candidates`, k) movies (`candidates_for`): a k above
+    `candidates` widens the candidates to k (then the list is the retrieval top k, reordered)."""
     person = _person(user_id, features) | ({"rated": [[m, s] for m, s in rated]} if rated else {})
     if rerank is not None:
-        candidates = max(candidates, k)
+        candidates = max(candidates_for(rerank, candidates), k)
         rows = []
         for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold, rated):
             row = {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s}

@@ -13,7 +13,7 @@ import argparse
 from recsys.errors import ArgumentParser, RecsysError, cli
 
 
-def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int = 100):
+def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None):
     """The FastAPI application serving these model dirs (see `recsys.api`)."""
     from recsys import api
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--candidates",
         type=int,
-        default=100,
-        help="with --rerank: retrieval candidates (default: %(default)s; a larger k widens them to k)",
+        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
+        "for a rating model; a larger k widens them to k)",
     )
     ap.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     ap.add_argument("--port", type=int, default=8000, help="default: %(default)s")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         help="info: one line per request; warning: problems only (default: %(default)s)",
     )
     args: argparse.Namespace = ap.parse_args(argv)
-    if not 0 < args.port < 65536 or args.candidates < 1 or args.reload_interval < 0:
+    if not 0 < args.port < 65536 or (args.candidates is not None and args.candidates < 1) or args.reload_interval < 0:
         ap.error("--port must be 1..65535, --candidates at least 1, --reload-interval not negative")
     import uvicorn  # the serve extra: a missing one is a one-line error naming the install command
 

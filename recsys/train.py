@@ -138,7 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--candidates-from", metavar="RETRIEVAL_DIR", help="the retrieval model whose candidates the ranker orders"
     )
     ranking.add_argument(
-        "--candidates", type=int, default=100, help="the retrieval model's top N per user (default: %(default)s)"
+        "--candidates",
+        type=int,
+        default=200,
+        help="the retrieval model's top N per user that the ranker learns to reorder, and reorders at inference "
+        "(default: %(default)s)",
     )
     ranking.add_argument(
         "--negatives-per-positive", type=int, default=4, help="negatives drawn per positive (default: %(default)s)"

@@ -49,8 +49,8 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert "\nretrieval (recommender_system.inference.model.retrieval) " in text  # the whole label
     assert "coloured genres: Drama, " in text  # the most common first genre of the real movies.dat
     assert "chapter model (stars)" in text and "retrieval alone (cosine)" in text and "two stages" in text
-    assert "two-stage: retrieval top 100 -> ranking network" in text and "EASE (lambda 500)" in text
-    assert "recall@100 of the candidates" in text
+    assert "two-stage: retrieval top 200 -> ranking network" in text and "EASE (lambda 500)" in text
+    assert "recall@200 of the candidates" in text
 
 
 def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):

@@ -131,11 +131,13 @@ def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_sta
     doc = _json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
     assert doc["stages"] == ["retrieval", "ranking"]
     r, k = ModelDir.load(retrieval), ModelDir.load(ranking)
-    # the candidates, computed here from the saved vectors: user 1's top 100 unrated movies by cosine
+    # the candidates, computed here from the saved vectors: user 1's top N unrated movies by cosine, N the number
+    # the ranking network was trained to reorder (its --candidates, by default 200)
     movies, _, is_test = r.ratings_of(1)
     cosine = r.catalogue_vectors @ r.arrays["user_vectors"][1]
     cosine[np.isin(r.movie_ids, movies[~is_test])] = -np.inf
-    pool = np.lexsort((r.movie_ids, -cosine))[:100]
+    assert doc["candidates"] == k.meta["settings"]["candidates"] == 200
+    pool = np.lexsort((r.movie_ids, -cosine))[:200]
     # the pair features: the retrieval cosine, the movie's log share, the item-item score of user 1's history
     history = np.flatnonzero(np.isin(r.movie_ids, movies[~is_test]))
     item = k.arrays["item_item"][history][:, pool].sum(axis=0)
@@ -222,7 +224,7 @@ def test_a_short_ranking_training_lifts_ndcg_over_retrieval_alone(u1_two_stage):
     proc = run_cli("recsys.evaluate", "--model-dir", str(retrieval), "--rerank", str(ranking), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"].split(" (")[0]: r for r in json.loads(proc.stdout)["top_n"]["rows"]}
-    two = rows["two-stage: retrieval top 100 -> ranking network"]
+    two = rows["two-stage: retrieval top 200 -> ranking network"]
     assert two["ndcg"] > rows["retrieval"]["ndcg"]
     assert 0 < two["candidates_recall"] <= 1
 
