@@ -67,11 +67,6 @@ def tower_outputs(tower, feeds: dict[str, np.ndarray], unit: bool = True, batch:
     return _unit(out) if unit else out
 
 
-def unit_vectors(tower, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
-    """Unit-length outputs of one tower for these feeds, in batches, without gradients."""
-    return tower_outputs(tower, feeds, True, batch)
-
-
 def tower_vectors(net, tables: Tables, n_jobs: int, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
     (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200].
