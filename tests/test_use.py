@@ -78,8 +78,8 @@ def test_the_readme_use_block_as_written(tmp_path):
             finally:
                 server.terminate()
                 server.wait(30)
-            assert health["model"]["objective"] == "retrieval" and health["rerank"]["objective"] == "rating"
-            assert recs["stages"] == ["retrieval", "rating"] and len(recs["recommendations"]) == 10
+            assert health["model"]["objective"] == "retrieval" and health["rerank"]["objective"] == "ranking"
+            assert recs["stages"] == ["retrieval", "ranking"] and len(recs["recommendations"]) == 10
             continue
         proc = subprocess.run(["bash", "-c", prefix + command], cwd=work, env=env, capture_output=True, text=True,
                               timeout=600)  # fmt: skip
@@ -92,10 +92,13 @@ def test_the_readme_use_block_as_written(tmp_path):
     assert len(top["recommendations"]) == 10 and all(r["genres"] for r in top["recommendations"])
     assert ModelDir.load(work / "recommender_system.inference.model").meta["settings"]["epochs"] == 25
     assert "(F, age 25–34, job 4)" in outputs["python -m recsys.infer --gender F --age 30 --job 4 --top-k 10"]
+    rated = [line for cmd, out in outputs.items() if "--rated 1193:5,661:3" in cmd for line in out.splitlines()]
+    assert "reordered by the ranking network" in rated[0] and len(rated) == 11  # a header and ten movies
+    assert not any(f" {m}  " in line for line in rated[1:] for m in (1193, 661))  # the rated movies are not in it
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=work, capture_output=True,
                             text=True, check=True).stdout.split()  # fmt: skip
     assert status == ["??", ".gitignore"], status
-    models = ["quick.model", "recommender_system.inference.model", "retrieval.model"]
+    models = ["quick.model", "ranking.model", "recommender_system.inference.model", "retrieval.model"]
     assert sorted(p.name for p in work.iterdir()) == [".git", ".gitignore", *models]
     subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "clean", "VENV=.no-venv"], cwd=work, check=True)
     assert sorted(p.name for p in work.iterdir()) == [".git", ".gitignore"]
