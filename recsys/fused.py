@@ -7,15 +7,16 @@ needs, and its `*_grad` appends the closed-form gradient of every parameter it u
 (parameter, gradient):
 
 - `user_tower` / `movie_tower`: a tower's tanh output, each feature through its own table and fc (the text-CNN
-  as in `model.TextCNN`); embedding gradients are the row gradients autograd makes (`embedding_grad`, sparse
-  when the table is);
+  as in `model.TextCNN`, the user's history as in `model.History`); embedding gradients are the row gradients
+  autograd makes (`embedding_grad`, sparse when the table is), the history's movie embeddings' the dense
+  `weights^T @ d`;
 - `cos_mse`: the chapter's head and loss, `mean((5 cos(user, movie) - label)^2)`;
 - `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, the log-Q correction, which `in_batch` gives
   for the batch's distinct movies as candidates).
 
-`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids), runs the movie tower once
-per distinct movie, and hands the gradients to the trainer's optimizer, which updates exactly as after
-`loss.backward()`.
+`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids; the history weights, when
+the network has them, are a float tensor passed alongside), runs the movie tower once per distinct movie, and hands
+the gradients to the trainer's optimizer, which updates exactly as after `loss.backward()`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import paddle
 from paddle import _C_ops as C
 
-from recsys.model import MovieTower, RecommenderNet, TextCNN, UserTower
+from recsys.model import History, MovieTower, RecommenderNet, TextCNN, UserTower
 
 
 def _pad(emb) -> int:
@@ -88,26 +89,38 @@ def _gather_rows(x, rows):
     return C.embedding(rows, x, -1, False)
 
 
-def user_tower(t: UserTower, user_id, gender_id, age_id, job_id):
-    """`UserTower.forward`; returns (output [N, 200], what `user_tower_grad` needs)."""
+def user_tower(t: UserTower, user_id, gender_id, age_id, job_id, history=None):
+    """`UserTower.forward`, with `history` the history part's weights [N, n_movies] (float32) when the tower has
+    one; returns (output [N, 200], what `user_tower_grad` needs)."""
     ids = (user_id, gender_id, age_id, job_id)
     embs = [_lookup(e, i) for e, i in zip((t.user_emb, t.gender_emb, t.age_emb, t.job_emb), ids)]
     fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc)
-    x = C.concat([_fc(fc, e) for fc, e in zip(fcs, embs)], 1)
+    parts = [_fc(fc, e) for fc, e in zip(fcs, embs)]
+    mean = None
+    if t.history is not None:
+        if history is None:
+            raise ValueError("this user tower has a history part: pass its weights")
+        mean = C.matmul(history, t.history.emb, False, False)  # [N, 32]: the mean of the rated movies' embeddings
+        parts.append(_fc(t.history.fc, mean))
+    x = C.concat(parts, 1)
     out = C.tanh(_fc(t.fc, x))
-    return out, (ids, embs, x, out)
+    return out, (ids, embs, history, mean, x, out)
 
 
 def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
-    """The four features' gradients flow transposed ([width, N]), so that splitting them copies nothing."""
-    ids, embs, x, out = saved
+    """The parts' gradients flow transposed ([width, N]), so that splitting them copies nothing."""
+    ids, embs, history, mean, x, out = saved
     tables = (t.user_emb, t.gender_emb, t.age_emb, t.job_emb)
-    fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc)
+    fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc) + (() if t.history is None else (t.history.fc,))
     d_z = C.tanh_grad(out, d_out)
     _output_fc_grad(t.fc, x, d_z, grads)
     d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for fc in fcs], 0)
     for emb, fc, i, e, d in zip(tables, fcs, ids, embs, d_parts):
         _lookup_grad(emb, i, C.transpose(_fc_grad(fc.weight, fc.bias, e, d, grads, transposed=True), [1, 0]), grads)
+    if t.history is not None:
+        fc = t.history.fc
+        d_mean = _fc_grad(fc.weight, fc.bias, mean, d_parts[4], grads, transposed=True)  # [32, N]
+        grads.append((t.history.emb, C.matmul(history, d_mean, True, True)))  # weights^T @ d_mean: [n_movies, 32]
 
 
 def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, window_row):
@@ -200,18 +213,20 @@ def title_windows(title: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
     return padded[rows[:, None], cols[:, None] + np.arange(3)], rows
 
 
-# every parameter the pieces compute with, by its state_dict name
+# every parameter the pieces compute with, by its state_dict name: the chapter's, and the history part's
 _PARAMETERS = frozenset(
     [f"user_tower.{f}_emb.weight" for f in ("user", "gender", "age", "job")]
     + [f"user_tower.{f}.{w}" for f in ("user_fc", "gender_fc", "age_fc", "job_fc", "fc") for w in ("weight", "bias")]
     + [f"movie_tower.{f}.weight" for f in ("movie_emb", "category_emb", "title_cnn.embedding")]
     + [f"movie_tower.{f}.{w}" for f in ("movie_fc", "title_cnn", "fc") for w in ("weight", "bias")]
 )
+_HISTORY = frozenset(["user_tower.history.emb", "user_tower.history.fc.weight", "user_tower.history.fc.bias"])
 
 
 class FusedStep:
-    """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it
-    (`covers` says whether a network is one; anything else trains through the plain layers)."""
+    """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it,
+    with or without the user's history (`covers` says whether a network is one; anything else trains through the
+    plain layers). With history, the steps take the history weights tensor [N, n_movies] as `history`."""
 
     def __init__(self, net: RecommenderNet, opt):
         self.net, self.opt = net, opt
@@ -219,20 +234,26 @@ class FusedStep:
 
     @staticmethod
     def covers(net) -> bool:
-        """Whether `net` is the chapter's network: these classes, and exactly the parameters the pieces use."""
-        return (
+        """Whether `net` is the chapter's network: these classes, and exactly the parameters the pieces use (the
+        chapter's, or those and the history part's)."""
+        if not (
             type(net) is RecommenderNet
             and type(net.user_tower) is UserTower
             and type(net.movie_tower) is MovieTower
             and type(net.movie_tower.title_cnn) is TextCNN
-            and {k for k, _ in net.named_parameters()} == _PARAMETERS
-        )
+        ):
+            return False
+        history = net.user_tower.history
+        names = {k for k, _ in net.named_parameters()}
+        if history is None:
+            return names == _PARAMETERS
+        return type(history) is History and names == _PARAMETERS | _HISTORY
 
     def tensors(self, f: dict[str, np.ndarray]) -> list | None:
         """The ids of the feeds `f` (any of the user and movie parts) as tensors: user_id, gender_id, age_id,
         job_id / movie_id, category_id, its rows, title windows, their rows, then the batch row of each distinct
         movie (the movie tower runs once per distinct movie). One host-to-tensor copy for all. None when a batch
-        has no title word (the plain layers handle it)."""
+        has no title word (the plain layers handle it). The history weights are not ids: see `history`."""
         arrays = [f[k] for k in ("user_id", "gender_id", "age_id", "job_id") if k in f]
         if "movie_id" in f:
             movies, first, inverse = np.unique(f["movie_id"], return_index=True, return_inverse=True)
@@ -246,10 +267,15 @@ class FusedStep:
         parts = C.split(flat, [a.size for a in arrays], 0)
         return [p if a.ndim == 1 else C.reshape(p, list(a.shape)) for p, a in zip(parts, arrays)]
 
-    def forward(self, users: list, movies: list):
-        """Both towers on the tensors of `tensors`; returns (user, movie, saved), the movie tower's rows being
-        the distinct movies (`movies[5]` holds each rating's row)."""
-        u, su = user_tower(self.net.user_tower, *users)
+    @staticmethod
+    def history(f: dict[str, np.ndarray]):
+        """The feeds' history weights [N, n_movies] as a float32 tensor, or None without them."""
+        return paddle.to_tensor(f["history"].astype(np.float32, copy=False)) if "history" in f else None
+
+    def forward(self, users: list, movies: list, history=None):
+        """Both towers on the tensors of `tensors` (and the user tower's `history` weights); returns (user,
+        movie, saved), the movie tower's rows being the distinct movies (`movies[5]` holds each rating's row)."""
+        u, su = user_tower(self.net.user_tower, *users, history)
         m, sm = movie_tower(self.net.movie_tower, *movies[:5])
         return u, m, (su, sm)
 
@@ -270,16 +296,17 @@ class FusedStep:
         self.opt.step()
         self.opt.clear_grad()
 
-    def rating(self, x: list, label: np.ndarray):
-        """The chapter's step on the tensors `x` (from `tensors`) and the labels [N, 1]; returns the loss."""
+    def rating(self, x: list, label: np.ndarray, history=None):
+        """The chapter's step on the tensors `x` (from `tensors`), the labels [N, 1] and the `history` weights
+        tensor (None without); returns the loss."""
         with paddle.no_grad():
-            loss, saved = self.rating_loss(x, paddle.to_tensor(label))
+            loss, saved = self.rating_loss(x, paddle.to_tensor(label), history)
             self.update(self.rating_grads(saved))
         return loss
 
-    def rating_loss(self, x: list, label):
+    def rating_loss(self, x: list, label, history=None):
         """The chapter's loss (0-d tensor) and what `rating_grads` needs; call under `paddle.no_grad()`."""
-        u, m, saved = self.forward(x[:4], x[4:])
+        u, m, saved = self.forward(x[:4], x[4:], history)
         loss, head = cos_mse(u, _gather_rows(m, x[9]), label)  # the movie tower's row of every rating
         return loss, (saved, head, x[9], m.shape[0])
 
@@ -288,12 +315,12 @@ class FusedStep:
         d_u, d_m = cos_mse_grad(head)
         return self.backward(towers, d_u, _scatter_rows(rows, d_m, n_movies))
 
-    def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None):
-        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`; the candidates
-        are the distinct movies of `movies`) with numpy `target` [B] and `add` [B, C] (or None); returns the
-        loss."""
+    def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None, history=None):
+        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`, and the user
+        tower's `history` weights; the candidates are the distinct movies of `movies`) with numpy `target` [B]
+        and `add` [B, C] (or None); returns the loss."""
         with paddle.no_grad():
-            u, m, saved = self.forward(users, movies)
+            u, m, saved = self.forward(users, movies, history)
             add = None if add is None else paddle.to_tensor(add)
             loss, head = softmax_xent(u, m, paddle.to_tensor(target.reshape(-1, 1)), temperature, add)
             self.update(self.backward(saved, *softmax_xent_grad(head)))

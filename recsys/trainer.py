@@ -147,20 +147,22 @@ class Trainer:
         the fused step does not apply."""
         from recsys.fused import in_batch
 
-        if self.objective not in ("rating", "retrieval") or set(f) != set(FEED_NAMES):
+        expected = set(FEED_NAMES) | ({"history"} if self.net.user_tower.history is not None else set())
+        if self.objective not in ("rating", "retrieval") or set(f) != expected:
             return None
         x = self.fused.tensors(f)
         if x is None:
             return None
+        history = self.fused.history(f)
         if self.objective == "rating":
-            return self.fused.rating(x, self.label[idx])
+            return self.fused.rating(x, self.label[idx], history)
         if self.negatives == "in-batch":
             target, add = in_batch(self.data.movie[idx], self.log_q)
-            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add)
+            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add, history)
         if self._catalogue_tensors is None:
             self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
         target = self.column[self.data.movie[idx]]
-        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature)
+        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature, history=history)
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""

@@ -8,8 +8,17 @@ import numpy as np
 import paddle
 import pytest
 
-from recsys import fused, movielens
-from recsys.model import MovieTower, RecommenderNet, UserTower, cos_sim_score, rating_loss, softmax_loss
+from recsys import fused, history, movielens
+from recsys.model import (
+    History,
+    MovieTower,
+    RankingNet,
+    RecommenderNet,
+    UserTower,
+    cos_sim_score,
+    rating_loss,
+    softmax_loss,
+)
 from recsys.trainer import Trainer
 
 N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS = 30, 7, 21, 25, 18, 40
@@ -81,9 +90,18 @@ def _user_feeds(rng, n: int) -> dict[str, np.ndarray]:
             "job_id": rng.randint(0, N_JOBS, n)}  # fmt: skip
 
 
-def _net(seed: int = 0, sparse: bool = True) -> RecommenderNet:
+def _history(rng, n: int) -> np.ndarray:
+    """History weights of n users: random sets of rated movies (row 1 empty, row 2 a single movie), 1/count each."""
+    rows = (rng.random_sample((n, N_MOVIES)) < 0.3).astype(np.float32)
+    rows[1] = 0.0
+    rows[2] = 0.0
+    rows[2, 7] = 1.0
+    return history.history_weights(rows)
+
+
+def _net(seed: int = 0, sparse: bool = True, with_history: bool = False) -> RecommenderNet:
     paddle.seed(seed)
-    net = RecommenderNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS, sparse=sparse)
+    net = RecommenderNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS, sparse=sparse, history=with_history)
     rng = np.random.RandomState(seed)
     with paddle.no_grad():  # non-zero biases, so that their handling is checked too
         for k, p in net.named_parameters():
@@ -96,23 +114,38 @@ def _tensors(step: fused.FusedStep, f: dict) -> list:
     return step.tensors(f)
 
 
+@pytest.mark.parametrize("with_history", [False, True])
 @pytest.mark.parametrize("sparse", [True, False])
-def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse):
+def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse, with_history):
     rng = np.random.RandomState(1)
-    net = _net(1, sparse)
+    net = _net(1, sparse, with_history)
     f = _user_feeds(rng, 16)
+    if with_history:  # rows 0..2 are the unknown user; row 1 has an empty history
+        f["history"] = _history(rng, 16)
     tower = net.user_tower
-    want = tower(*[paddle.to_tensor(f[k]) for k in movielens.FEED_NAMES[:4]])
+    history_tensor = [paddle.to_tensor(f["history"])] if with_history else []
+    want = tower(*[paddle.to_tensor(f[k]) for k in movielens.FEED_NAMES[:4]], *history_tensor)
     d_out = paddle.to_tensor(rng.normal(size=want.shape).astype("float32"))
     want_grads = _autograd(tower, [want], [d_out])
+    step = fused.FusedStep(net, None)
     with paddle.no_grad():
-        got, saved = fused.user_tower(tower, *_tensors(fused.FusedStep(net, None), f))
+        got, saved = fused.user_tower(tower, *_tensors(step, f), step.history(f))
         grads: list = []
         fused.user_tower_grad(tower, saved, d_out, grads)
     _close(got.numpy(), want.numpy())
     _assert_same(_fused_grads(tower, grads), want_grads)
-    assert len(want_grads) == len(tower.parameters())  # every parameter, each feature's own table and fc
+    assert len(want_grads) == len(tower.parameters()) == 14 + 3 * with_history  # every table and fc, the history's
     assert all(g.is_selected_rows() == sparse for p, g in grads if p.shape[0] in (N_USERS, 2, N_AGES, N_JOBS))
+    if with_history:
+        emb = [g for p, g in grads if p is tower.history.emb]
+        assert len(emb) == 1 and not emb[0].is_selected_rows() and emb[0].shape == [N_MOVIES, 32]
+
+
+def test_user_tower_with_history_needs_its_weights():
+    net = _net(1, with_history=True)
+    f = _user_feeds(np.random.RandomState(1), 4)
+    with paddle.no_grad(), pytest.raises(ValueError, match="history"):
+        fused.user_tower(net.user_tower, *_tensors(fused.FusedStep(net, None), f))
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -194,17 +227,29 @@ def test_softmax_xent_value_and_gradients_equal_the_plain_loss(negatives):
 
 def test_covers_only_the_chapter_network():
     assert fused.FusedStep.covers(_net())
+    assert fused.FusedStep.covers(_net(with_history=True))
 
-    class WithHistory(UserTower):
+    class OtherTower(UserTower):
         pass
 
     other = _net()
-    other.user_tower = WithHistory(N_USERS, N_AGES, N_JOBS)
+    other.user_tower = OtherTower(N_USERS, N_AGES, N_JOBS)
     assert not fused.FusedStep.covers(other)
     assert not fused.FusedStep.covers(MovieTower(N_MOVIES, N_CATS, N_WORDS))
+    assert not fused.FusedStep.covers(RankingNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS))
     extra = _net()  # the same classes with one more layer: its parameter is not one the fused step knows
     extra.user_tower.history_fc = paddle.nn.Linear(32, 32)
     assert not fused.FusedStep.covers(extra)
+    extra = _net(with_history=True)  # the history part with one more layer
+    extra.user_tower.history.gate = paddle.nn.Linear(32, 1)
+    assert not fused.FusedStep.covers(extra)
+
+    class OtherHistory(History):
+        pass
+
+    other = _net(with_history=True)
+    other.user_tower.history = OtherHistory(N_MOVIES)
+    assert not fused.FusedStep.covers(other)
 
 
 def _trainers(data, **kw) -> tuple[Trainer, Trainer]:
@@ -220,7 +265,10 @@ def _assert_params_close(a: Trainer, b: Trainer, tol: float = 1e-6) -> None:
         _close(pa[k], pb[k], tol, k)
 
 
-@pytest.mark.parametrize("kw", [{}, {"sparse": False}, {"cold_start_rate": 0.3}])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"sparse": False}, {"cold_start_rate": 0.3}, {"with_history": True}, {"with_history": True, "sparse": False}],
+)
 def test_fused_training_steps_equal_plain_steps(small_dir, kw):
     data = movielens.load(data_dir=small_dir)
     fast, plain = _trainers(data, **kw)
@@ -232,14 +280,17 @@ def test_fused_training_steps_equal_plain_steps(small_dir, kw):
     assert not np.array_equal(fast.params()["user_tower.fc.weight"], Trainer(data).params()["user_tower.fc.weight"])
 
 
+@pytest.mark.parametrize("with_history", [False, True])
 @pytest.mark.parametrize("negatives", ["in-batch", "full"])
-def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives):
+def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives, with_history):
     data = movielens.load(data_dir=small_dir)
     positives = np.flatnonzero(~data.is_test & (data.stars >= 4))
     # plain SGD keeps the comparison at the gradients' precision (Adam divides by their running size)
-    fast, plain = _trainers(data, objective="retrieval", temperature=0.25, negatives=negatives, lr=0.05)
+    kw = {"temperature": 0.25, "negatives": negatives, "lr": 0.05, "with_history": with_history}
+    fast, plain = _trainers(data, objective="retrieval", **kw)
     for t in (fast, plain):
         t.sample_from(positives)
+        t.use_history(np.flatnonzero(~data.is_test))
     order = np.random.RandomState(0).permutation(positives)
     for b in range(4):
         idx = order[b * 128 : (b + 1) * 128]
@@ -248,10 +299,15 @@ def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives):
 
 
 def test_fused_steps_feed_paddles_own_optimizers(small_dir):
-    """Adam (lazy rows) and SGD with L2 update from the fused gradients as from autograd's."""
+    """Adam (lazy rows; with history, its dense movie embeddings) and SGD with L2 update from the fused gradients
+    as from autograd's."""
     data = movielens.load(data_dir=small_dir)
     order = np.random.RandomState(1).permutation(np.flatnonzero(~data.is_test))
-    for kw in ({"optimizer": "adam", "lr": 1e-3}, {"weight_decay": 1e-3}):
+    for kw in (
+        {"optimizer": "adam", "lr": 1e-3},
+        {"weight_decay": 1e-3},
+        {"optimizer": "adam", "lr": 1e-3, "with_history": True},
+    ):
         fast, plain = _trainers(data, **kw)
         for b in range(3):
             idx = order[b * 256 : (b + 1) * 256]
@@ -305,6 +361,40 @@ def test_feeds_or_objectives_it_does_not_know_take_the_plain_layers(small_dir):
     t = Trainer(data)
     idx = np.flatnonzero(~data.is_test)[:64]
     f = t.features(idx)
-    assert t.fused_loss(idx, dict(f, history=np.zeros((64, 3), np.int64))) is None
+    assert t.fused_loss(idx, dict(f, history=np.zeros((64, 3), np.int64))) is None  # no history part to feed
+    h = Trainer(data, with_history=True)
+    assert h.fused is not None
+    assert h.fused_loss(idx, f) is None  # a history network without its history feed
+    assert h.fused_loss(idx, dict(h.features(idx), extra=np.zeros(64))) is None
     t.objective = "ranking"
     assert t.fused_loss(idx, f) is None
+    assert Trainer(data, objective="ranking").fused is None  # the ranking network trains through the plain layers
+
+
+@pytest.mark.parametrize("objective", ["rating", "retrieval"])
+def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
+    """One batch's gradients of every parameter, each to 1e-4 of its own largest entry (float32 sums of terms
+    that cancel, like a bias's, lose more than 1e-6 of the result): the history embeddings' gradients are small
+    (each movie gets a share of its raters' rows), too small for the comparisons of whole steps' parameters to
+    see an error in them."""
+    data = movielens.load(data_dir=small_dir)
+    t = Trainer(data, objective=objective, with_history=True, temperature=0.25)
+    idx = np.flatnonzero(~data.is_test & (data.stars >= 4))[:256]
+    t.sample_from(idx)
+    f = t.features(idx, training=True)
+    want = _autograd(t.net, [t.loss(idx, f)], [paddle.to_tensor(1.0)])
+    step, x, h = t.fused, t.fused.tensors(f), t.fused.history(f)
+    with paddle.no_grad():
+        if objective == "rating":
+            grads = step.rating_grads(step.rating_loss(x, paddle.to_tensor(t.label[idx]), h)[1])
+        else:
+            target, add = fused.in_batch(data.movie[idx], t.log_q)
+            u, m, saved = step.forward(x[:4], x[4:], h)
+            head = fused.softmax_xent(u, m, paddle.to_tensor(target[:, None]), 0.25, paddle.to_tensor(add))[1]
+            grads = step.backward(saved, *fused.softmax_xent_grad(head))
+    got = _fused_grads(t.net, grads)
+    assert sorted(got) == sorted(want) == sorted(k for k, _ in t.net.named_parameters())
+    for k in want:
+        scale = float(np.abs(want[k]).max())
+        assert scale > 0, k
+        _close(got[k] / scale, want[k] / scale, 1e-4, k)
