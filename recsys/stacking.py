@@ -172,8 +172,8 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if retrieval.history:
         feeds["history"] = history_weights(t.fit_history)
     fit_users, movies = retrieval.user_vector(feeds), retrieval.catalogue_vectors
-    rated = _columns(data, t.catalogue, np.flatnonzero(~data.is_test))
-    fit_pool = candidate_pool(fit_users, movies, _columns(data, t.catalogue, fit), args.candidates)
+    rated, fit_history = _columns(data, t.catalogue, np.flatnonzero(~data.is_test)), _columns(data, t.catalogue, fit)
+    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates)
     in_pool = np.zeros_like(rated)  # the ranker learns to order the lists it will see: positives among them
     in_pool[np.repeat(np.arange(len(fit_pool)), fit_pool.shape[1]), fit_pool.ravel()] = True
     in_pool[:, -1] &= (fit_pool == len(movies) - 1).any(axis=1)  # -1 (no candidate) wrote the last column
@@ -181,7 +181,6 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_val = int(round(len(labels) * args.val_ratio))
     carve = np.random.RandomState(args.seed + 1).permutation(labels)
     full_users = retrieval.arrays["user_vectors"]
-    fit_history = _columns(data, t.catalogue, fit)
     fit_weights = ease_weights(fit_history, ITEM_ITEM_LAMBDA)
     t.fit_candidates = Candidates(
         fit_users, movies, fit_history.astype(np.float32) @ fit_weights, log_share(fit_history), rated, fit_pool
