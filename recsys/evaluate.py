@@ -116,12 +116,7 @@ def top_n(
         rows.append({"model": name, **{m: result[m] for m in ("precision", "recall", "ndcg", "hr", "coverage")}})
         rows[-1]["seconds"] = time.perf_counter() - t
     if pools:  # the candidates' recall: the share of relevant test movies the second stage can reach at all
-        users = ranking.eval_users()
-        relevant: dict[int, set[int]] = {u: set() for u in users.tolist()}
-        for u, c in zip(ranking.test_user.tolist(), ranking.test_col.tolist()):
-            relevant[u].add(c)
-        recall = stacking.recall_at(np.concatenate(pools), [relevant[u] for u in users.tolist()])
-        rows[-1]["candidates_recall"] = recall
+        rows[-1]["candidates_recall"] = stacking.recall_at(np.concatenate(pools), ranking.relevant())
     return rows, result["users"]
 
 

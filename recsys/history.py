@@ -51,5 +51,5 @@ def check_rated(movie: int, stars: float, known, scale: tuple[int, int] = (1, 5)
     """One-line error unless `movie` is known and `stars` lies on the data's rating scale."""
     if not known(movie):
         raise RecsysError(f"rated movie {movie} is unknown to the model")
-    if not (scale[0] <= stars <= scale[1]) or stars != stars:
+    if not scale[0] <= stars <= scale[1]:  # NaN fails the comparison too
         raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {scale[0]}..{scale[1]}")

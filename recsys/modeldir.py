@@ -41,7 +41,7 @@ PREFIX = "inference"
 MANIFEST = "manifest.json"
 SCALE = "score = 5 * cos_sim(user, movie), in label space 2*stars - 5 (range -5..5); stars = (score + 5) / 2"
 RETRIEVAL_SCALE = "cosine = cos_sim(user, movie), ranks movies; trained as softmax logits cosine / temperature"
-RANKING_SCALE = "logit of liking the movie, from the towers' product and the retrieval cosine; orders candidates"
+RANKING_SCALE = "logit of liking the movie, from the towers' product and the pair's features; orders candidates"
 SCORES = {"rating": SCALE, "retrieval": RETRIEVAL_SCALE, "ranking": RANKING_SCALE}
 
 
@@ -70,7 +70,7 @@ def tower_outputs(tower, feeds: dict[str, np.ndarray], unit: bool = True, batch:
 def tower_vectors(net, tables: Tables, n_jobs: int, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
     (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200].
-    A network with history reads each user's `history` row (weights, see `recsys.ranking`); the unknown
+    A network with history reads each user's `history` row (weights, see `recsys.history`); the unknown
     user's history is empty. A ranking network's raw outputs are saved as well (`*_outputs`): its head
     reads them, not their cosine."""
     g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))

@@ -51,6 +51,13 @@ class Interactions:
         """Users with at least one relevant test rating, ascending."""
         return np.unique(self.test_user)
 
+    def relevant(self) -> list[set[int]]:
+        """The relevant test columns of each user in `eval_users()` order."""
+        out: dict[int, set[int]] = {u: set() for u in self.eval_users().tolist()}
+        for u, c in zip(self.test_user.tolist(), self.test_col.tolist()):
+            out[u].add(c)
+        return list(out.values())
+
     def train_matrix(self, users: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
         """Binary [len(users), M] matrix of training ratings (all users by id when `users` is None)."""
         rows = np.arange(self.n_users) if users is None else users
@@ -137,14 +144,11 @@ def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int = 1024) -> dic
     """Top-k lists of every evaluation user from `rank_fn(user ids, seen [n, M], k) -> [n, k] columns`
     (see `by_score`), scored against the users' relevant test ratings."""
     users = data.eval_users()
-    relevant: dict[int, set[int]] = {}
-    for u, c in zip(data.test_user.tolist(), data.test_col.tolist()):
-        relevant.setdefault(u, set()).add(c)
     lists = [
         rank_fn(users[s : s + chunk], data.train_matrix(users[s : s + chunk], bool), k)
         for s in range(0, len(users), chunk)
     ]
-    return metrics(np.concatenate(lists), [relevant[u] for u in users.tolist()], k, len(data.catalogue))
+    return metrics(np.concatenate(lists), data.relevant(), k, len(data.catalogue))
 
 
 class Popularity:
