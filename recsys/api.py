@@ -22,7 +22,7 @@ from recsys import infer
 from recsys.errors import RecsysError
 from recsys.live import Holder, Models
 from recsys.modeldir import ModelDir
-from recsys.movielens import AGE_GROUPS, age_index, age_table
+from recsys.movielens import AGE_GROUPS, age_table
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000
@@ -79,10 +79,9 @@ def _check(models: Models, user=None, movie=None, similar_to=None, gender=None, 
     md = models.main
     cold = None
     if gender is not None:
-        n_jobs = md.meta["sizes"]["n_jobs"]
-        if not 0 <= job < n_jobs:
-            raise RecsysError(f"job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {job}")
-        cold = (0 if gender == "M" else 1, age_index(age), job)
+        if not md.chapter_features:
+            raise RecsysError(f"{md.meta['dataset']} has no gender, age and job; give the user's features")
+        cold = infer.chapter_cold(md, gender, age, job)
     for kind, value in (("user", user), ("movie", movie), ("movie", similar_to)):
         if value is None:
             continue
@@ -149,13 +148,16 @@ async def recommend_new(
     return _recommend_new(request, gender, age, job, k)
 
 
-def _recommend_new(request: Request, gender: str, age: int, job: int, k: int, rated=()) -> dict:
+def _recommend_new(request: Request, gender: str, age: int, job: int, k: int, rated=(), given=None) -> dict:
     models = _models(request)
-    cold = _check(models, gender=gender, age=age, job=job)
+    if given is not None:
+        cold = infer.feature_ids(models.main, given)
+    else:
+        cold = _check(models, gender=gender, age=age, job=job)
     for md in (models.main, models.rerank):
         if md is not None:
             infer.check_rated(md, rated)
-    features = infer.new_user(gender, age, job)
+    features = infer.new_user(models.main, gender, age, job, given)
     candidates = request.app.state.candidates
     return infer.recommend_doc(models.main, k, None, cold, features, models.rerank, candidates, rated)
 
@@ -168,6 +170,7 @@ class Who(BaseModel):
     gender: str | None = Field(None, pattern="^[MF]$")
     age: int | None = None
     job: int | None = None
+    features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
     rated: list[list[float]] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
     k: int = Field(10, ge=1, le=MAX_K)
 
@@ -177,15 +180,19 @@ async def recommend_json(request: Request, who: Who):
     """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
     user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
     if who.user_id is not None:
-        if any(v is not None for v in (who.gender, who.age, who.job, who.rated)):
-            raise RecsysError("give user_id, or gender, age, job (and rated), not both")
+        if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
+            raise RecsysError("give user_id, or a new user's features (and rated), not both")
         return await recommend(request, who.user_id, who.k)
-    if None in (who.gender, who.age, who.job):
-        raise RecsysError("give user_id, or all of gender, age and job")
     rated = who.rated or []
     if any(len(pair) != 2 or pair[0] != int(pair[0]) for pair in rated):
         raise RecsysError("rated must be a list of [movie id, stars] pairs")
     pairs = [(int(m), float(s)) for m, s in rated]
+    if not _models(request).main.chapter_features:
+        if any(v is not None for v in (who.gender, who.age, who.job)):
+            raise RecsysError("this data has no gender, age and job: give its user features as features")
+        return _recommend_new(request, None, None, None, who.k, pairs, who.features or {})
+    if None in (who.gender, who.age, who.job) or who.features is not None:
+        raise RecsysError("give user_id, or all of gender, age and job")
     return _recommend_new(request, who.gender, who.age, who.job, who.k, pairs)
 
 
@@ -204,14 +211,19 @@ async def user_history(request: Request, user: int):
     models = _models(request)
     md = models.main
     _check(models, user=user)
-    gender, age, job = (int(x) for x in md.tables.user[user])
-    movies, stars, is_test = md.ratings_of(user)
-    order = np.lexsort((movies, -stars.astype(int)))
+    row = md.user_row(user)
+    movies, stars, is_test = md.ratings_of(row)
+    order = np.lexsort((md.own_movie_ids[movies], -stars))
     rows = [
-        {"movie_id": int(movies[i]), "title": md.title(int(movies[i])), "genres": md.genres(int(movies[i])),
-         "stars": int(stars[i]), "split": "test" if is_test[i] else "train"}
+        {"movie_id": md.own_movie(movies[i]), "title": md.title(int(movies[i])), "genres": md.genres(int(movies[i])),
+         "stars": infer.stars_value(stars[i]), "split": "test" if is_test[i] else "train"}
         for i in order
     ]  # fmt: skip
+    values = [int(x) for x in md.tables.user[row]]
+    if not md.chapter_features:
+        features = {f: md.features[f][v] for f, v in zip(md.features, values)}
+        return {"user_id": user, "features": features, "ratings": rows}
+    gender, age, job = values
     return {
         "user_id": user,
         "gender": "M" if gender == 0 else "F",
@@ -227,16 +239,19 @@ async def movie_details(request: Request, movie: int):
     """A movie's title, genres, and its number of ratings and mean stars in the archive."""
     models = _models(request)
     _check(models, movie=movie)
-    md, n = models.main, int(models.rating_counts[movie])
-    return {"movie_id": movie, "title": md.title(movie), "genres": md.genres(movie), "ratings": n,
-            "mean_stars": float(models.star_sums[movie] / n) if n else None}  # fmt: skip
+    md = models.main
+    row = md.movie_row(movie)
+    n = int(models.rating_counts[row])
+    return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "ratings": n,
+            "mean_stars": float(models.star_sums[row] / n) if n else None}  # fmt: skip
 
 
 @router.get("/api/meta")
 async def choices(request: Request):
     """What the page needs for its forms: users, age buckets (codes and ranges) and jobs."""
     md = _models(request).main
-    return {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
+    out = {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
+    return out | ({} if md.chapter_features else {"features": md.features})
 
 
 @router.get("/", include_in_schema=False)

@@ -11,7 +11,7 @@ from recsys import modeldir
 from recsys.errors import RecsysError
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
-BEFORE = {"objective": "rating", "history": False, "holdout": None}
+BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None}
 # recorded settings that hold for one invocation only: a resumed run takes them from its own command line
 FREE = ("max_batches", "eval_every")
 

@@ -27,6 +27,8 @@ from recsys.trainer import scores
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
     """The saved model's scores (label space) for the ratings `idx`, through `paddle.inference`."""
     out = []
+    if md.history:  # the saved model reads dense history rows: keep a batch of them near 64 MB
+        batch = max(1, min(batch, (1 << 24) // md.meta["sizes"]["n_movies"]))
     for s in range(0, len(idx), batch):
         part = idx[s : s + batch]
         feeds = md.tables.features(data.user[part], data.movie[part])

@@ -89,18 +89,25 @@ def _gather_rows(x, rows):
     return C.embedding(rows, x, -1, False)
 
 
-def user_tower(t: UserTower, user_id, gender_id, age_id, job_id, history=None):
-    """`UserTower.forward`, with `history` the history part's weights [N, n_movies] (float32) when the tower has
-    one; returns (output [N, 200], what `user_tower_grad` needs)."""
-    ids = (user_id, gender_id, age_id, job_id)
-    embs = [_lookup(e, i) for e, i in zip((t.user_emb, t.gender_emb, t.age_emb, t.job_emb), ids)]
-    fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc)
-    parts = [_fc(fc, e) for fc, e in zip(fcs, embs)]
-    mean = None
+def user_tower(t: UserTower, user_id, *ids_and_history):
+    """`UserTower.forward` on the user id and each feature's ids, then, when the tower has a history part, its
+    weights: a float32 tensor [N, n_movies], or the sparse form (movie ids [P], batch row [P], weight [P, 1]).
+    Returns (output [N, 200], what `user_tower_grad` needs)."""
+    ids = (user_id, *ids_and_history[: len(t.features)])
+    tables = t.parts()
+    embs = [_lookup(e, i) for (e, _), i in zip(tables, ids)]
+    parts = [_fc(fc, e) for (_, fc), e in zip(tables, embs)]
+    history = mean = None
     if t.history is not None:
-        if history is None:
+        if len(ids_and_history) <= len(t.features):
             raise ValueError("this user tower has a history part: pass its weights")
-        mean = C.matmul(history, t.history.emb, False, False)  # [N, 32]: the mean of the rated movies' embeddings
+        history = ids_and_history[len(t.features)]
+        if isinstance(history, (tuple, list)):  # the mean of the rated movies' embeddings, row by row
+            h_ids, h_rows, h_w = history
+            picked = C.embedding(h_ids, t.history.emb, -1, False)
+            mean = _scatter_rows(h_rows, C.multiply(picked, C.expand(h_w, picked.shape)), user_id.shape[0])
+        else:
+            mean = C.matmul(history, t.history.emb, False, False)  # [N, 32]
         parts.append(_fc(t.history.fc, mean))
     x = C.concat(parts, 1)
     out = C.tanh(_fc(t.fc, x))
@@ -110,17 +117,22 @@ def user_tower(t: UserTower, user_id, gender_id, age_id, job_id, history=None):
 def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
     """The parts' gradients flow transposed ([width, N]), so that splitting them copies nothing."""
     ids, embs, history, mean, x, out = saved
-    tables = (t.user_emb, t.gender_emb, t.age_emb, t.job_emb)
-    fcs = (t.user_fc, t.gender_fc, t.age_fc, t.job_fc) + (() if t.history is None else (t.history.fc,))
+    tables = t.parts() + ([] if t.history is None else [(None, t.history.fc)])
     d_z = C.tanh_grad(out, d_out)
     _output_fc_grad(t.fc, x, d_z, grads)
-    d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for fc in fcs], 0)
-    for emb, fc, i, e, d in zip(tables, fcs, ids, embs, d_parts):
+    d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for _, fc in tables], 0)
+    for (emb, fc), i, e, d in zip(tables, ids, embs, d_parts):
         _lookup_grad(emb, i, C.transpose(_fc_grad(fc.weight, fc.bias, e, d, grads, transposed=True), [1, 0]), grads)
     if t.history is not None:
         fc = t.history.fc
-        d_mean = _fc_grad(fc.weight, fc.bias, mean, d_parts[4], grads, transposed=True)  # [32, N]
-        grads.append((t.history.emb, C.matmul(history, d_mean, True, True)))  # weights^T @ d_mean: [n_movies, 32]
+        d_mean = _fc_grad(fc.weight, fc.bias, mean, d_parts[-1], grads, transposed=True)  # [32, N]
+        if isinstance(history, (tuple, list)):
+            h_ids, h_rows, h_w = history
+            d_picked = _gather_rows(C.transpose(d_mean, [1, 0]), h_rows)
+            d_picked = C.multiply(d_picked, C.expand(h_w, d_picked.shape))
+            grads.append((t.history.emb, C.embedding_grad(h_ids, t.history.emb, d_picked, -1, t.history.sparse)))
+        else:
+            grads.append((t.history.emb, C.matmul(history, d_mean, True, True)))  # weights^T @ d_mean
 
 
 def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, window_row):
@@ -213,24 +225,30 @@ def title_windows(title: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
     return padded[rows[:, None], cols[:, None] + np.arange(3)], rows
 
 
-# every parameter the pieces compute with, by its state_dict name: the chapter's, and the history part's
-_PARAMETERS = frozenset(
-    [f"user_tower.{f}_emb.weight" for f in ("user", "gender", "age", "job")]
-    + [f"user_tower.{f}.{w}" for f in ("user_fc", "gender_fc", "age_fc", "job_fc", "fc") for w in ("weight", "bias")]
-    + [f"movie_tower.{f}.weight" for f in ("movie_emb", "category_emb", "title_cnn.embedding")]
-    + [f"movie_tower.{f}.{w}" for f in ("movie_fc", "title_cnn", "fc") for w in ("weight", "bias")]
-)
-_HISTORY = frozenset(["user_tower.history.emb", "user_tower.history.fc.weight", "user_tower.history.fc.bias"])
+def _parameters(net) -> frozenset[str]:
+    """Every parameter the pieces compute with, by its state_dict name: the towers' (the user tower's with its
+    features, and its history part when it has one)."""
+    user = ["user", *net.user_tower.features]
+    names = [f"user_tower.{f}_emb.weight" for f in user]
+    names += [f"user_tower.{f}.{w}" for f in [*(f"{f}_fc" for f in user), "fc"] for w in ("weight", "bias")]
+    names += [f"movie_tower.{f}.weight" for f in ("movie_emb", "category_emb", "title_cnn.embedding")]
+    names += [f"movie_tower.{f}.{w}" for f in ("movie_fc", "title_cnn", "fc") for w in ("weight", "bias")]
+    if net.user_tower.history is not None:
+        names += ["user_tower.history.emb", "user_tower.history.fc.weight", "user_tower.history.fc.bias"]
+    return frozenset(names)
 
 
 class FusedStep:
-    """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it,
-    with or without the user's history (`covers` says whether a network is one; anything else trains through the
-    plain layers). With history, the steps take the history weights tensor [N, n_movies] as `history`."""
+    """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it
+    (any user features, with or without the user's history; a movie tower with categories and titles); `covers`
+    says whether a network is one; anything else trains through the plain layers. With history, the steps take
+    the history weights (see `history`) as `history`."""
 
     def __init__(self, net: RecommenderNet, opt):
         self.net, self.opt = net, opt
         self.title_pad = net.movie_tower.title_cnn.pad
+        self.user_keys = ["user_id"] + [f"{f}_id" for f in net.user_tower.features]
+        self.nu = len(self.user_keys)  # the user tower's id inputs come first in `tensors`
 
     @staticmethod
     def covers(net) -> bool:
@@ -241,20 +259,18 @@ class FusedStep:
             and type(net.user_tower) is UserTower
             and type(net.movie_tower) is MovieTower
             and type(net.movie_tower.title_cnn) is TextCNN
+            and net.movie_tower.category_emb is not None
+            and type(net.user_tower.history) in (History, type(None))
         ):
             return False
-        history = net.user_tower.history
-        names = {k for k, _ in net.named_parameters()}
-        if history is None:
-            return names == _PARAMETERS
-        return type(history) is History and names == _PARAMETERS | _HISTORY
+        return {k for k, _ in net.named_parameters()} == _parameters(net)
 
     def tensors(self, f: dict[str, np.ndarray]) -> list | None:
         """The ids of the feeds `f` (any of the user and movie parts) as tensors: user_id, gender_id, age_id,
         job_id / movie_id, category_id, its rows, title windows, their rows, then the batch row of each distinct
         movie (the movie tower runs once per distinct movie). One host-to-tensor copy for all. None when a batch
         has no title word (the plain layers handle it). The history weights are not ids: see `history`."""
-        arrays = [f[k] for k in ("user_id", "gender_id", "age_id", "job_id") if k in f]
+        arrays = [f[k] for k in self.user_keys if k in f]
         if "movie_id" in f:
             movies, first, inverse = np.unique(f["movie_id"], return_index=True, return_inverse=True)
             windows, rows = title_windows(f["movie_title"][first], self.title_pad)
@@ -268,14 +284,21 @@ class FusedStep:
         return [p if a.ndim == 1 else C.reshape(p, list(a.shape)) for p, a in zip(parts, arrays)]
 
     @staticmethod
-    def history(f: dict[str, np.ndarray]):
-        """The feeds' history weights [N, n_movies] as a float32 tensor, or None without them."""
-        return paddle.to_tensor(f["history"].astype(np.float32, copy=False)) if "history" in f else None
+    def history(f: dict):
+        """The feeds' history weights as tensors: dense [N, n_movies] float32, or the sparse form (movie ids,
+        batch rows, weights [P, 1]) from (ids, rows, weights) arrays; None without them."""
+        if "history" not in f:
+            return None
+        h = f["history"]
+        if isinstance(h, tuple):
+            ids, rows, w = h
+            return (paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w.reshape(-1, 1)))
+        return paddle.to_tensor(h.astype(np.float32, copy=False))
 
     def forward(self, users: list, movies: list, history=None):
         """Both towers on the tensors of `tensors` (and the user tower's `history` weights); returns (user,
         movie, saved), the movie tower's rows being the distinct movies (`movies[5]` holds each rating's row)."""
-        u, su = user_tower(self.net.user_tower, *users, history)
+        u, su = user_tower(self.net.user_tower, *users, *([] if history is None else [history]))
         m, sm = movie_tower(self.net.movie_tower, *movies[:5])
         return u, m, (su, sm)
 
@@ -306,9 +329,10 @@ class FusedStep:
 
     def rating_loss(self, x: list, label, history=None):
         """The chapter's loss (0-d tensor) and what `rating_grads` needs; call under `paddle.no_grad()`."""
-        u, m, saved = self.forward(x[:4], x[4:], history)
-        loss, head = cos_mse(u, _gather_rows(m, x[9]), label)  # the movie tower's row of every rating
-        return loss, (saved, head, x[9], m.shape[0])
+        u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
+        rows = x[self.nu + 5]  # the movie tower's row of every rating
+        loss, head = cos_mse(u, _gather_rows(m, rows), label)
+        return loss, (saved, head, rows, m.shape[0])
 
     def rating_grads(self, saved) -> list:
         towers, head, rows, n_movies = saved

@@ -2,11 +2,16 @@
 
 A user's history is the set of movies they rated in the ratings that a model trains on (never a test rating).
 The tower reads it as a row of weights over all movie ids, 1/count at each rated movie, so that one matmul
-with the movie embeddings is their mean; a training example leaves its own movie out. A new user's history
-is the movies they name (`--rated 1193:5,661:3`).
+with the movie embeddings is their mean (the saved inference model's `history` input), or, in training and
+for whole catalogues of users, as the same weights in sparse form (`Histories.sparse`): the rated movies, the
+batch row of each and its weight. A training example leaves its own movie out; with a cap, a user who rated
+more movies than the cap is read through that many of them drawn at random (with replacement) each step. A new
+user's history is the movies they name (`--rated 1193:5,661:3`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +35,71 @@ def history_weights(rows: np.ndarray, leave_out: np.ndarray | None = None) -> np
     return rows / np.maximum(count, 1.0)
 
 
-def parse_rated(text: str, known, scale: tuple[int, int] = (1, 5)) -> list[tuple[int, float]]:
+@dataclass
+class Histories:
+    """Every user's history as sorted movie ids per user row (CSR): `movies[indptr[u]:indptr[u + 1]]`."""
+
+    indptr: np.ndarray  # int64 [n_users + 1]
+    keys: np.ndarray  # int64 user * n_movies + movie, ascending: one per (user, movie)
+    n_movies: int
+
+    @property
+    def movies(self) -> np.ndarray:
+        return self.keys % self.n_movies
+
+    @classmethod
+    def of(cls, n_users: int, n_movies: int, user: np.ndarray, movie: np.ndarray) -> Histories:
+        """The histories of these ratings (a movie rated twice by a user counts once)."""
+        key = np.unique(np.asarray(user, np.int64) * n_movies + np.asarray(movie, np.int64))
+        counts = np.bincount(key // n_movies, minlength=n_users)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), key, n_movies)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def sparse(
+        self, users: np.ndarray, leave_out: np.ndarray | None = None, cap: int = 0, rng=None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The history weights of rows `users` in sparse form: (movie ids [P], batch row of each [P], weight [P]),
+        equal to `dense` (`leave_out` [N] removes each row's own movie). With `cap` > 0, a row whose history is
+        longer is `cap` of its movies drawn with replacement by `rng`, each weighted 1/cap (the mean of a
+        random sample of its history)."""
+        users = np.asarray(users, np.int64)
+        start, count = self.indptr[users], self.counts[users]
+        own = np.full(len(users), -1, np.int64)  # each row's position of its own movie in its history, or -1
+        if leave_out is not None:
+            leave_out = np.asarray(leave_out, np.int64)
+            key = users * self.n_movies + leave_out
+            pos = np.searchsorted(self.keys, key)
+            found = (pos < start + count) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == key)
+            own = np.where(found, pos - start, -1)
+        n = count - (own >= 0)  # each row's history length after leaving its own movie out
+        drawn = (n > cap) if cap else np.zeros(len(users), bool)
+        whole = np.flatnonzero(~drawn)
+        rows = np.repeat(whole, count[whole])
+        offset = np.arange(len(rows)) - np.repeat(np.cumsum(count[whole]) - count[whole], count[whole])
+        keep = offset != own[rows]
+        rows, offset = rows[keep], offset[keep]
+        weight = 1.0 / np.maximum(n[rows], 1)
+        if drawn.any():
+            sampled = np.flatnonzero(drawn)
+            pick = (rng.random_sample((len(sampled), cap)) * n[sampled, None]).astype(np.int64)
+            pick += (own[sampled, None] >= 0) & (pick >= own[sampled, None])  # skip the own movie
+            rows = np.concatenate([rows, np.repeat(sampled, cap)])
+            offset = np.concatenate([offset, pick.ravel()])
+            weight = np.concatenate([weight, np.full(len(sampled) * cap, 1.0 / cap)])
+        return self.keys[start[rows] + offset] % self.n_movies, rows, weight.astype(np.float32)
+
+    def dense(self, users: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
+        """The history weights [N, n_movies] of rows `users` (the saved inference model's input)."""
+        ids, rows, weight = self.sparse(users, leave_out)
+        out = np.zeros((len(users), self.n_movies), np.float32)
+        out[rows, ids] = weight
+        return out
+
+
+def parse_rated(text: str, known, scale: tuple[float, float] = (1, 5)) -> list[tuple[int, float]]:
     """`1193:5,661:3` -> [(1193, 5.0), (661, 3.0)]; one-line errors for a bad pair, an unknown movie
     (`known(movie_id) -> bool`) or a rating outside the data's scale."""
     out = []
@@ -47,9 +116,9 @@ def parse_rated(text: str, known, scale: tuple[int, int] = (1, 5)) -> list[tuple
     return out
 
 
-def check_rated(movie: int, stars: float, known, scale: tuple[int, int] = (1, 5)) -> None:
+def check_rated(movie: int, stars: float, known, scale: tuple[float, float] = (1, 5)) -> None:
     """One-line error unless `movie` is known and `stars` lies on the data's rating scale."""
     if not known(movie):
         raise RecsysError(f"rated movie {movie} is unknown to the model")
     if not scale[0] <= stars <= scale[1]:  # NaN fails the comparison too
-        raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {scale[0]}..{scale[1]}")
+        raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {scale[0]:g}..{scale[1]:g}")

@@ -11,7 +11,9 @@
 Scores live in the chapter's label space `2*stars - 5` (range -5..5); `stars = (score + 5) / 2`.
 A single prediction runs the saved inference model through `paddle.inference`, as the chapter's
 `load_inference_model` did; rankings use the precomputed unit tower vectors (one matrix product).
-A new user is the reserved user id 0 with the given gender, age and job (see `train --cold-start-rate`).
+A new user is the reserved user id 0 with the given gender, age and job (see `train --cold-start-rate`), or, for
+other data, its own user features (`--feature country=DE`, repeatable; features not given are unknown).
+Users and movies are named by the dataset's own ids.
 A retrieval model (`train --objective retrieval`) ranks by cosine and predicts no ratings.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from recsys import history, stacking, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
-from recsys.movielens import AGE_GROUPS, age_index, unknown_user_features
+from recsys.movielens import AGE_GROUPS, age_index
 
 
 def stars(score: float) -> float:
@@ -33,16 +35,21 @@ def stars(score: float) -> float:
     return (float(score) + 5) / 2
 
 
-def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Scores (label space) of one user on several movies through the saved inference model.
+def stars_value(x) -> int | float:
+    """A rating as the data gave it: 4 stays 4, 3.5 stays 3.5."""
+    return int(x) if float(x).is_integer() else float(x)
 
-    `cold` = (gender id, age index, job) scores the unknown user 0 with those features instead."""
+
+def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple | None = None) -> np.ndarray:
+    """Scores (label space) of one user (row) on several movies (rows) through the saved inference model.
+
+    `cold` (feature ids: the chapter's gender id, age index, job) scores the unknown user 0 with them instead."""
     movie_ids = np.asarray(movie_ids, np.int64)
     n = len(movie_ids)
     if cold is None:
         users = md.tables.user_features(np.full(n, user_id, np.int64))
     else:
-        users = unknown_user_features(*(np.full(n, v) for v in cold))
+        users = {k: np.repeat(v, n) for k, v in md.cold_feeds(cold).items()}
     feeds = users | md.tables.movie_features(movie_ids)
     if md.history:
         feeds["history"] = md.history_of(users["user_id"])
@@ -63,14 +70,15 @@ def _scale(md: ModelDir) -> float:
     return 5.0 if md.objective == "rating" else 1.0
 
 
-def _vector(md: ModelDir, user_id: int | None, cold: tuple[int, int, int] | None, rated=(), unit=True) -> np.ndarray:
+def _vector(md: ModelDir, user_id: int | None, cold: tuple | None, rated=(), unit=True) -> np.ndarray:
     """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
     or a new user's saved vector, or, for a new user who named rated movies, computed with that history."""
-    kind = "vectors" if unit else "outputs"
     if rated:
-        feeds = unknown_user_features(*([v] for v in cold)) | {"history": md.history_of([0], rated)}
+        feeds = md.cold_feeds(cold) | {"history": md.history_of([0], rated)}
         return md.user_vector(feeds, unit)[0]
-    return md.arrays[f"user_{kind}"][user_id] if cold is None else md.arrays[f"cold_{kind}"][cold]
+    if cold is None:
+        return md.arrays[f"user_{'vectors' if unit else 'outputs'}"][user_id]
+    return md.cold_vector(cold, unit)
 
 
 def _seen(md: ModelDir, user_id: int | None, rated=()) -> np.ndarray:
@@ -86,10 +94,10 @@ def top_k(md: ModelDir, user_id: int, k: int) -> list[tuple[int, float]]:
     return [(m, _scale(md) * v) for m, v in rank(md, _vector(md, user_id, None), k, _seen(md, user_id))]
 
 
-def top_k_cold(md: ModelDir, gender: int, age: int, job: int, k: int, rated=()) -> list[tuple[int, float]]:
-    """The k best-scored movies for an unknown user with these features (gender id, age index, job) who
-    rated the movies `rated` ((movie id, stars) pairs: their history, with a model that reads one)."""
-    vector = _vector(md, None, (gender, age, job), rated)
+def top_k_cold(md: ModelDir, cold: tuple, k: int, rated=()) -> list[tuple[int, float]]:
+    """The k best-scored movies for an unknown user with these feature ids (the chapter's gender id, age index,
+    job) who rated the movies `rated` ((movie row, stars) pairs: their history, with a model that reads one)."""
+    vector = _vector(md, None, cold, rated)
     return [(m, _scale(md) * v) for m, v in rank(md, vector, k, _seen(md, None, rated))]
 
 
@@ -100,7 +108,7 @@ def check_rated(md: ModelDir, rated) -> None:
             f"{md.path} has no history input (trained with --no-history): rated movies cannot change its list"
         )
     for movie, value in rated:
-        history.check_rated(movie, value, md.has_movie)
+        history.check_rated(movie, value, md.has_movie, md.rating_scale)
 
 
 def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
@@ -220,6 +228,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--age", type=int, help="a new user's age in years, or the chapter's bucket code (1, 18, 25, 35, 45, 50, 56)"
     )
     ap.add_argument("--job", type=int, help="a new user's job id")
+    ap.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a new user's feature, for data with its own user features (users.csv); repeatable",
+    )
     ap.add_argument("--movie", type=int, help="movie id: predict the user's rating of it")
     ap.add_argument("--top-k", type=int, help="recommend the K best movies (or list K similar movies)")
     ap.add_argument("--similar-to", type=int, metavar="MOVIE", help="movies nearest to this movie id")
@@ -246,80 +261,129 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.candidates is not None and args.candidates < 1:
         ap.error(f"--candidates must be at least 1, got {args.candidates}")
     cold = [args.gender, args.age, args.job]
+    new = any(x is not None for x in cold) or bool(args.feature) or args.rated is not None
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
     if args.similar_to is not None:
-        if args.user is not None or any(x is not None for x in cold) or args.movie is not None:
+        if args.user is not None or new or args.movie is not None:
             ap.error("--similar-to takes only --top-k")
         args.top_k = args.top_k or 10
         return args
-    if args.rated is not None and (None in cold or args.top_k is None):
-        ap.error("--rated describes a new user: give it with --gender, --age, --job and --top-k")
-    if any(x is not None for x in cold) and (args.user is not None or None in cold):
-        ap.error("a new user needs all of --gender, --age and --job, and no --user")
-    if (args.user is None and None in cold) or (args.movie is None) == (args.top_k is None):
-        ap.error("give --user (or --gender, --age, --job) and either --movie or --top-k; or --similar-to")
+    if args.rated is not None and args.top_k is None:
+        ap.error("--rated describes a new user: give it with --top-k (and the user's features)")
+    if new and args.user is not None:
+        ap.error("a new user is given by features (--gender, --age, --job or --feature) and --rated, not --user")
+    if args.feature and any(x is not None for x in cold):
+        ap.error("--feature is for data with its own user features; ml-1m and ml-100k take --gender, --age, --job")
+    if (args.user is None and not new) or (args.movie is None) == (args.top_k is None):
+        ap.error("give --user (or a new user's features) and either --movie or --top-k; or --similar-to")
     if args.age is not None and not 1 <= args.age <= 120:
         ap.error(f"--age must be a number of years, 1..120 (or a bucket code: 1, 18, 25, ...), got {args.age}")
     return args
 
 
-def check_ids(md: ModelDir, args) -> tuple[int, int, int] | None:
-    """One-line errors for ids the model does not know; the cold-start feature triple, if any."""
+def check_ids(md: ModelDir, args) -> tuple | None:
+    """One-line errors for ids the model does not know; a new user's feature ids, if any."""
     if args.user is not None and not md.has_user(args.user):
-        raise RecsysError(
-            f"unknown user id {args.user}; the model knows users 1..{max(md.user_ids)} of {md.meta['dataset']}"
-        )
+        raise RecsysError(f"unknown user id {args.user}; {md.meta['dataset']} has no such user")
     for movie in (args.movie, args.similar_to):
         if movie is not None and not md.has_movie(movie):
             raise RecsysError(f"unknown movie id {movie}; {md.meta['dataset']} has no such movie")
-    if args.gender is None:
+    if args.user is not None or args.similar_to is not None:
         return None
-    n_jobs = md.meta["sizes"]["n_jobs"]
-    if not 0 <= args.job < n_jobs:
-        raise RecsysError(f"--job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {args.job}")
-    return (0 if args.gender == "M" else 1, age_index(args.age), args.job)
+    if md.chapter_features:
+        if args.feature or None in (args.gender, args.age, args.job):
+            raise RecsysError(f"a new user of {md.meta['dataset']} needs all of --gender, --age and --job")
+        return chapter_cold(md, args.gender, args.age, args.job, "--")
+    if any(x is not None for x in (args.gender, args.age, args.job)):
+        raise RecsysError(
+            f"{md.meta['dataset']} has no gender, age and job; its user features: "
+            f"{', '.join(md.features) or 'none'} (give them with --feature NAME=VALUE)"
+        )
+    return feature_ids(md, dict(_pair(f) for f in args.feature))
 
 
-def new_user(gender: str, age: int, job: int) -> dict:
-    """A new user's features as the answers show them: the age as given, and its group."""
-    return {"gender": gender, "age": age, "age_group": AGE_GROUPS[age_index(age)], "job": job}
+def chapter_cold(md: ModelDir, gender: str, age: int, job: int, prefix: str = "") -> tuple[int, int, int]:
+    """The chapter's features as ids (gender id, age index, job), checked against the model's data."""
+    n_jobs = len(md.features["job"])
+    if not 0 <= job < n_jobs:
+        raise RecsysError(f"{prefix}job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {job}")
+    return (0 if gender == "M" else 1, age_index(age), job)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise RecsysError(f"--feature takes NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def feature_ids(md: ModelDir, given: dict[str, str]) -> tuple[int, ...]:
+    """A new user's feature values (name -> value as in the data) as ids; a feature not given is unknown."""
+    out = []
+    for name in given:
+        if name not in md.features:
+            known = ", ".join(md.features) or "none"
+            raise RecsysError(f"{md.meta['dataset']} has no user feature {name!r}; its features: {known}")
+    for name, labels in md.features.items():
+        value = str(given.get(name, ""))
+        if value not in labels:
+            shown = ", ".join(v for v in labels[:20] if v) + (" ..." if len(labels) > 20 else "")
+            raise RecsysError(f"{name} {value!r} is not a value of {md.meta['dataset']}'s {name}: {shown}")
+        out.append(labels.index(value))
+    return tuple(out)
+
+
+def new_user(md: ModelDir, gender=None, age=None, job=None, given: dict | None = None) -> dict:
+    """A new user's features as the answers show them: the chapter's age as given, and its group; other
+    data's features as given."""
+    if md.chapter_features:
+        return {"gender": gender, "age": age, "age_group": AGE_GROUPS[age_index(age)], "job": job}
+    return dict(given or {})
 
 
 def _who(user_id: int | None, features: dict | None) -> str:
     if user_id is not None or features is None:
         return f"user id {user_id}"
-    return f"a new user ({features['gender']}, age {features['age_group']}, job {features['job']})"
+    if "age_group" in features:
+        return f"a new user ({features['gender']}, age {features['age_group']}, job {features['job']})"
+    return f"a new user ({', '.join(f'{k}={v}' for k, v in features.items()) or 'no features'})"
 
 
 def _person(user_id: int | None, features: dict | None) -> dict:
     return {"user_id": user_id} if features is None else {"user": features}
 
 
+def _movie(md: ModelDir, row: int, **values) -> dict:
+    """One movie of an answer: its own id, title and genres, and `values`."""
+    return {"movie_id": md.own_movie(row), "title": md.title(row), "genres": md.genres(row)} | values
+
+
 def similar_doc(md: ModelDir, movie_id: int, k: int) -> dict:
-    """`--similar-to` as one JSON-able object."""
-    rows = [
-        {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "cosine": c} for m, c in similar(md, movie_id, k)
-    ]
-    return {"movie_id": movie_id, "title": md.title(movie_id), "similar": rows}
+    """`--similar-to` (the dataset's own movie id) as one JSON-able object."""
+    row = md.movie_row(movie_id)
+    rows = [_movie(md, m, cosine=c) for m, c in similar(md, row, k)]
+    return {"movie_id": movie_id, "title": md.title(row), "genres": md.genres(row), "similar": rows}
 
 
 def predict_doc(md: ModelDir, user_id: int | None, movie_id: int, cold=None, features: dict | None = None) -> dict:
-    """`--movie`: the predicted rating (and the actual one, when the user rated the movie) as one object."""
+    """`--movie`: the predicted rating (and the actual one, when the user rated the movie) as one object; the
+    user and movie by the dataset's own ids."""
     if md.objective != "rating":
         raise RecsysError(
             f"{md.path} is a retrieval model: it ranks movies but predicts no ratings; use a rating model (or --top-k)"
         )
-    score = float(predict(md, user_id or 0, [movie_id], cold)[0])
+    row, user = md.movie_row(movie_id), None if cold is not None else md.user_row(user_id)
+    score = float(predict(md, user or 0, [row], cold)[0])
     out = _person(user_id, features) | {
         "movie_id": movie_id,
-        "title": md.title(movie_id),
+        "title": md.title(row),
         "score": score,
         "stars": stars(score),
     }
     if cold is None:
-        movies, given, _ = md.ratings_of(user_id)
-        out["actual_rating"] = int(given[movies == movie_id][0]) if movie_id in movies else None
+        movies, given, _ = md.ratings_of(user)
+        out["actual_rating"] = stars_value(given[movies == row][0]) if row in movies else None
     return out
 
 
@@ -336,32 +400,31 @@ def recommend_doc(
     """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it.
     A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended.
     Two stages reorder the retrieval model's top max(`candidates`, k) movies (`candidates_for`): a k above
-    `candidates` widens the candidates to k (then the list is the retrieval top k, reordered)."""
-    person = _person(user_id, features) | ({"rated": [[m, s] for m, s in rated]} if rated else {})
+    `candidates` widens the candidates to k (then the list is the retrieval top k, reordered). Users and
+    movies go by the dataset's own ids."""
+    person = _person(user_id, features) | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
+    user = None if cold is not None else md.user_row(user_id)
+    rated = [(md.movie_row(m), s) for m, s in rated]
     if rerank is not None:
         candidates = max(candidates_for(rerank, candidates), k)
         rows = []
-        for m, s, c, r in two_stage(md, rerank, k, candidates, user_id, cold, rated):
-            row = {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s}
-            row |= {"stars": stars(s)} if rerank.objective == "rating" else {}
-            rows.append(row | {"cosine": c, "retrieval_rank": r})
+        for m, s, c, r in two_stage(md, rerank, k, candidates, user, cold, rated):
+            extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
+            rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
         stages = {"stages": ["retrieval", rerank.objective], "candidates": candidates}
         return person | stages | {"recommendations": rows}
-    recs = top_k(md, user_id, k) if cold is None else top_k_cold(md, *cold, k, rated)
+    recs = top_k(md, user, k) if cold is None else top_k_cold(md, cold, k, rated)
     if md.objective == "rating":
-        rows = [
-            {"movie_id": m, "title": md.title(m), "genres": md.genres(m), "score": s, "stars": stars(s)}
-            for m, s in recs
-        ]
+        rows = [_movie(md, m, score=s, stars=stars(s)) for m, s in recs]
     else:
-        rows = [{"movie_id": m, "title": md.title(m), "genres": md.genres(m), "cosine": c} for m, c in recs]
+        rows = [_movie(md, m, cosine=c) for m, c in recs]
     return person | {"stages": [md.objective], "recommendations": rows}
 
 
 def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
     """The text form of a `*_doc` object."""
     if "similar" in doc:
-        head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(md.genres(doc["movie_id"]))}):'
+        head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(doc["genres"])}):'
         return [head] + [
             f"{i:3d}. {r['movie_id']:5d}  cos {r['cosine']:.3f}  {r['title']}  ({'|'.join(r['genres'])})"
             for i, r in enumerate(doc["similar"], 1)
@@ -404,11 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         rerank = ModelDir.load(args.rerank)
         check_pair(md, rerank)
     cold = check_ids(md, args)
-    rated = history.parse_rated(args.rated, md.has_movie) if args.rated is not None else []
+    rated = history.parse_rated(args.rated, md.has_movie, md.rating_scale) if args.rated is not None else []
     for model in (md, rerank):
         if model is not None:
             check_rated(model, rated)
-    features = None if cold is None else new_user(args.gender, args.age, args.job)
+    given = dict(_pair(f) for f in args.feature)
+    features = None if cold is None else new_user(md, args.gender, args.age, args.job, given)
     if args.similar_to is not None:
         doc = similar_doc(md, args.similar_to, args.top_k)
     elif args.movie is not None:

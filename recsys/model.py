@@ -39,39 +39,63 @@ def _linear(n_in: int, n_out: int) -> FC:
 class History(nn.Layer):
     """The user's watch history, as in YouTube's candidate-generation network: the mean of the embeddings
     (32) of the movies they rated, through an fc. Input: [N, n_movies] weights, each row 1/count at the
-    user's rated movies (all zeros for an empty history), so one matmul is the mean."""
+    user's rated movies (all zeros for an empty history), so one matmul is the mean; or the same weights in
+    sparse form, (movie ids [P], batch row [P], weight [P, 1]) (`recsys.history.Histories.sparse`), whose
+    embedding gradient is sparse too when the network's is."""
 
-    def __init__(self, n_movies: int):
+    def __init__(self, n_movies: int, sparse: bool = False):
         super().__init__()
         self.emb = self.create_parameter([n_movies, EMBED], attr=_xavier())
         self.fc = _linear(EMBED, EMBED)
+        self.sparse = sparse
 
-    def forward(self, weights):
+    def forward(self, weights, n: int | None = None):
+        """`n`: the batch's rows, for the sparse form."""
+        if isinstance(weights, (tuple, list)):
+            ids, rows, w = weights
+            picked = F.embedding(ids, self.emb, sparse=self.sparse) * w
+            return self.fc(paddle.index_add(paddle.zeros([n, EMBED], picked.dtype), rows, 0, picked))
         return self.fc(paddle.matmul(weights, self.emb))
 
 
+CHAPTER_FEATURES = ("gender", "age", "job")  # the chapter's user features, in its feed order
+
+
 class UserTower(nn.Layer):
-    """Embeddings of user id (32), gender, age and job (16 each), each through its own fc; concat -> fc 200, tanh.
-    With `n_history` (the number of movie ids), the watch history (`History`) is one more part."""
+    """Embeddings of user id (32) and of each user feature (16; the chapter's gender, age and job), each through
+    its own fc; concat -> fc 200, tanh. `features` maps other data's feature names to their number of values
+    (none: the id alone). With `n_history` (the number of movie ids), the watch history (`History`) is one
+    more part. Inputs: user id, then each feature's ids in `features` order, then the history weights."""
 
-    def __init__(self, n_users: int, n_ages: int, n_jobs: int, sparse: bool = True, n_history: int = 0):
+    def __init__(
+        self, n_users: int, n_ages: int = 0, n_jobs: int = 0, sparse: bool = True, n_history: int = 0, features=None
+    ):
         super().__init__()
+        features = dict(zip(CHAPTER_FEATURES, (2, n_ages, n_jobs))) if features is None else dict(features)
+        self.features = list(features)
         self.user_emb, self.user_fc = _embedding(n_users, EMBED, sparse), _linear(EMBED, EMBED)
-        self.gender_emb, self.gender_fc = _embedding(2, SMALL, sparse), _linear(SMALL, SMALL)
-        self.age_emb, self.age_fc = _embedding(n_ages, SMALL, sparse), _linear(SMALL, SMALL)
-        self.job_emb, self.job_fc = _embedding(n_jobs, SMALL, sparse), _linear(SMALL, SMALL)
-        self.history = History(n_history) if n_history else None
-        self.fc = _linear(EMBED + 3 * SMALL + (EMBED if n_history else 0), HIDDEN)
+        for name, n in features.items():
+            setattr(self, f"{name}_emb", _embedding(n, SMALL, sparse))
+            setattr(self, f"{name}_fc", _linear(SMALL, SMALL))
+        self.history = History(n_history, sparse) if n_history else None
+        self.fc = _linear(EMBED + len(features) * SMALL + (EMBED if n_history else 0), HIDDEN)
 
-    def forward(self, user_id, gender_id, age_id, job_id, history=None):
-        parts = [
-            self.user_fc(self.user_emb(user_id)),
-            self.gender_fc(self.gender_emb(gender_id)),
-            self.age_fc(self.age_emb(age_id)),
-            self.job_fc(self.job_emb(job_id)),
+    @property
+    def n_inputs(self) -> int:
+        """Id inputs: the user id and one per feature (the history weights come after them)."""
+        return 1 + len(self.features)
+
+    def parts(self) -> list[tuple[nn.Embedding, FC]]:
+        """(table, fc) of the user id and of each feature, in input order."""
+        return [(self.user_emb, self.user_fc)] + [
+            (getattr(self, f"{f}_emb"), getattr(self, f"{f}_fc")) for f in self.features
         ]
+
+    def forward(self, user_id, *ids_and_history):
+        ids = (user_id, *ids_and_history[: len(self.features)])
+        parts = [fc(emb(i)) for (emb, fc), i in zip(self.parts(), ids)]
         if self.history is not None:
-            parts.append(self.history(history))
+            parts.append(self.history(ids_and_history[len(self.features)], user_id.shape[0]))
         return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
 
 
@@ -104,21 +128,28 @@ class TextCNN(nn.Layer):
 
 class MovieTower(nn.Layer):
     """Movie id embedding -> fc 32; categories embedded and sum-pooled; title through the text-CNN;
-    concat (96) -> fc 200, tanh."""
+    concat (96) -> fc 200, tanh. Data without genres (`n_categories` 0) or titles (`n_title_words` 0) has
+    no such part, and no such input."""
 
     def __init__(self, n_movies: int, n_categories: int, n_title_words: int, sparse: bool = True):
         super().__init__()
         self.movie_emb, self.movie_fc = _embedding(n_movies, EMBED, sparse), _linear(EMBED, EMBED)
-        self.category_emb = _embedding(n_categories, EMBED, sparse, padded=True)
-        self.title_cnn = TextCNN(n_title_words, sparse)
-        self.fc = _linear(3 * EMBED, HIDDEN)
+        self.category_emb = _embedding(n_categories, EMBED, sparse, padded=True) if n_categories else None
+        self.title_cnn = TextCNN(n_title_words, sparse) if n_title_words else None
+        self.fc = _linear(EMBED * self.n_inputs, HIDDEN)
 
-    def forward(self, movie_id, category_id, movie_title):
-        parts = [
-            self.movie_fc(self.movie_emb(movie_id)),
-            self.category_emb(category_id).sum(axis=1),
-            self.title_cnn(movie_title),
-        ]
+    @property
+    def n_inputs(self) -> int:
+        """The movie id, and the category ids and title word ids where the data has them."""
+        return 1 + (self.category_emb is not None) + (self.title_cnn is not None)
+
+    def forward(self, movie_id, *categories_and_title):
+        rest = list(categories_and_title)
+        parts = [self.movie_fc(self.movie_emb(movie_id))]
+        if self.category_emb is not None:
+            parts.append(self.category_emb(rest.pop(0)).sum(axis=1))
+        if self.title_cnn is not None:
+            parts.append(self.title_cnn(rest.pop(0)))
         return paddle.tanh(self.fc(paddle.concat(parts, axis=-1)))
 
 
@@ -176,22 +207,42 @@ def weighted_logistic_loss(logit, label, weight):
 
 
 class RecommenderNet(nn.Layer):
-    """Both towers and the head; `forward` takes the chapter's seven feeds (and, with `history`, the user's
-    history weights as an eighth) and returns the scaled score (with `towers=True`, the two towers' outputs
-    instead, for the softmax objective)."""
+    """Both towers and the head; `forward` takes the feeds (the chapter's seven: the user tower's, then the
+    movie tower's; with `history`, the user's history weights after them) and returns the scaled score (with
+    `towers=True`, the two towers' outputs instead, for the softmax objective). `user_features` names other
+    data's user features and their sizes (instead of the chapter's `n_ages`, `n_jobs` and two genders)."""
 
     def __init__(
-        self, n_users, n_ages, n_jobs, n_movies, n_categories, n_title_words, sparse: bool = True, history=False
+        self,
+        n_users,
+        n_ages=0,
+        n_jobs=0,
+        n_movies=0,
+        n_categories=0,
+        n_title_words=0,
+        sparse: bool = True,
+        history=False,
+        user_features=None,
     ):
         super().__init__()
-        self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse, n_movies if history else 0)
+        n_history = n_movies if history else 0
+        self.user_tower = UserTower(n_users, n_ages, n_jobs, sparse, n_history, user_features)
         self.movie_tower = MovieTower(n_movies, n_categories, n_title_words, sparse)
 
-    def forward(
-        self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history=None, towers=False
-    ):
-        user = self.user_tower(user_id, gender_id, age_id, job_id, history)
-        movie = self.movie_tower(movie_id, category_id, movie_title)
+    def feed_names(self) -> list[str]:
+        """The network's inputs in order (the chapter's seven for its data), without the history weights."""
+        user = ["user_id"] + [f"{f}_id" for f in self.user_tower.features]
+        movie = ["movie_id"] + ["category_id"] * (self.movie_tower.category_emb is not None)
+        return user + movie + ["movie_title"] * (self.movie_tower.title_cnn is not None)
+
+    def split(self, feeds: tuple) -> tuple[list, list]:
+        """The feeds as (the user tower's inputs, history included; the movie tower's)."""
+        nu, nm = self.user_tower.n_inputs, self.movie_tower.n_inputs
+        return [*feeds[:nu], *feeds[nu + nm :]], list(feeds[nu : nu + nm])
+
+    def forward(self, *feeds, towers=False):
+        users, movies = self.split(feeds)
+        user, movie = self.user_tower(*users), self.movie_tower(*movies)
         return (user, movie) if towers else cos_sim_score(user, movie)
 
 
@@ -229,8 +280,7 @@ class RankingNet(RecommenderNet):
         super().__init__(*sizes, **({"history": True} | options))
         self.head = RankingHead()
 
-    def forward(self, user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history, features):
-        user, movie = super().forward(
-            user_id, gender_id, age_id, job_id, movie_id, category_id, movie_title, history, towers=True
-        )
-        return self.head(user, movie, features)
+    def forward(self, *feeds):
+        """The feeds of `RecommenderNet` (history included), then the pair features [N, 3]."""
+        user, movie = super().forward(*feeds[:-1], towers=True)
+        return self.head(user, movie, feeds[-1])

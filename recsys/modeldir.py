@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from recsys.errors import RecsysError
-from recsys.history import history_rows, history_weights
-from recsys.movielens import FEED_NAMES, MovieLens, Tables, age_table, unknown_user_features
+from recsys.history import Histories, history_weights
+from recsys.movielens import MovieLens, Tables, age_table
 
 FORMAT = 1
 PREFIX = "inference"
@@ -45,47 +45,94 @@ RANKING_SCALE = "logit of liking the movie, from the towers' product and the pai
 SCORES = {"rating": SCALE, "retrieval": RETRIEVAL_SCALE, "ranking": RANKING_SCALE}
 
 
-def training_history(data: MovieLens) -> np.ndarray:
-    """The saved model's history input of every user id: the mean over every training rating (no test one)."""
+def training_history(data: MovieLens) -> Histories:
+    """The saved model's history of every user: every training rating (no test one)."""
     train = ~data.is_test
     n_users, n_movies = data.sizes()["n_users"], data.sizes()["n_movies"]
-    return history_weights(history_rows(n_users, n_movies, data.user[train], data.movie[train]))
+    return Histories.of(n_users, n_movies, data.user[train], data.movie[train])
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def tower_outputs(tower, feeds: dict[str, np.ndarray], unit: bool = True, batch: int = 8192) -> np.ndarray:
-    """Outputs of one tower for these feeds (unit length, or raw), in batches, without gradients."""
+def tower_outputs(
+    tower, feeds: dict[str, np.ndarray], unit: bool = True, batch: int = 8192, histories: Histories | None = None
+) -> np.ndarray:
+    """Outputs of one tower for these feeds (unit length, or raw), in batches, without gradients. With
+    `histories`, the user tower reads each `user_id` row's history (sparse; all of it)."""
     import paddle
+
+    def inputs(s: int) -> list:
+        x = [paddle.to_tensor(v[s : s + batch]) for v in feeds.values()]
+        if histories is not None:
+            ids, rows, w = histories.sparse(feeds["user_id"][s : s + batch])
+            x.append((paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w[:, None])))
+        return x
 
     n = len(next(iter(feeds.values())))
     with paddle.no_grad():
-        parts = [tower(*(paddle.to_tensor(v[s : s + batch]) for v in feeds.values())) for s in range(0, n, batch)]
-        out = np.concatenate([p.numpy() for p in parts]).astype(np.float32)
+        out = np.concatenate([tower(*inputs(s)).numpy() for s in range(0, n, batch)]).astype(np.float32)
     return _unit(out) if unit else out
 
 
-def tower_vectors(net, tables: Tables, n_jobs: int, history: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Unit-length tower outputs: every user id and movie id (absent ids included), and the unknown user
-    (id 0) for every (gender, age index, job) -- the cold-start vectors, shape [2, len(age_table), n_jobs, 200].
-    A network with history reads each user's `history` row (weights, see `recsys.history`); the unknown
+COLD_GRID = 65_536  # new users' vectors are saved for every combination of feature values up to this many
+
+
+def cold_feeds(sizes: list[int], grid: tuple | None = None) -> dict[str, np.ndarray]:
+    """The unknown user's (row 0) feeds for every combination of feature values (`grid` None), in C order over
+    `sizes`, or for one combination `grid`; the feeds are named by position (`f0_id`, ...) in feature order."""
+    if grid is not None:
+        combos = [np.array([v], np.int64) for v in grid]
+    else:
+        combos = [x.ravel() for x in np.meshgrid(*(np.arange(n) for n in sizes), indexing="ij")]
+    n = len(combos[0]) if combos else 1
+    return {"user_id": np.zeros(n, np.int64)} | {f"f{i}_id": c.astype(np.int64) for i, c in enumerate(combos)}
+
+
+def tower_vectors(net, tables: Tables, feature_sizes: list[int], histories: Histories | None = None) -> dict:
+    """Unit-length tower outputs: every user row and movie row (absent ids included), and the unknown user
+    (row 0) with every combination of feature values -- the cold-start vectors, shape [*feature_sizes, 200]
+    (for the chapter's data [2, len(age_table), n_jobs, 200]; saved when there are at most `COLD_GRID`
+    combinations). A network with history reads each user's training ratings (`histories`); the unknown
     user's history is empty. A ranking network's raw outputs are saved as well (`*_outputs`): its head
     reads them, not their cosine."""
-    g, a, j = (x.ravel() for x in np.meshgrid(range(2), range(len(age_table)), range(n_jobs), indexing="ij"))
-    users, cold = tables.user_features(np.arange(len(tables.user))), unknown_user_features(g, a, j)
-    if history is not None:
-        users["history"] = history
-        cold["history"] = np.zeros((len(g), history.shape[1]), np.float32)
+    users = tables.user_features(np.arange(len(tables.user)))
+    grid = int(np.prod(feature_sizes)) <= COLD_GRID
+    cold = cold_feeds(feature_sizes) if grid else None
+    empty = Histories.of(1, 1, np.zeros(0, np.int64), np.zeros(0, np.int64))  # row 0, no movie
     movies = tables.movie_features(np.arange(len(tables.category)))
     out = {}
     for raw in (False, True) if hasattr(net, "head") else (False,):
         name = "outputs" if raw else "vectors"
-        out[f"user_{name}"] = tower_outputs(net.user_tower, users, not raw)
+        out[f"user_{name}"] = tower_outputs(net.user_tower, users, not raw, histories=histories)
         out[f"movie_{name}"] = tower_outputs(net.movie_tower, movies, not raw)
-        out[f"cold_{name}"] = tower_outputs(net.user_tower, cold, not raw).reshape(2, len(age_table), n_jobs, -1)
+        if grid:
+            vectors = tower_outputs(net.user_tower, cold, not raw, histories=histories and empty)
+            out[f"cold_{name}"] = vectors.reshape(*feature_sizes, -1)
     return out
+
+
+def program(net):
+    """The network as the saved inference program: called on one list of feeds (named by their `InputSpec`)."""
+    from paddle import nn
+
+    class Program(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, feeds):
+            return self.net(*feeds)
+
+    return Program()
+
+
+def feature_sizes(sizes: dict) -> list[int]:
+    """The number of values of each user feature, in the tower's order, from a dataset's `sizes()`."""
+    if "user_features" in sizes:
+        return list(sizes["user_features"].values())
+    return [2, sizes["n_ages"], sizes["n_jobs"]]
 
 
 def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
@@ -122,15 +169,14 @@ def save(
     try:
         _remove_stale_temps(path)
         tmp.mkdir(parents=True)
-        specs = [InputSpec([None], "int64", n) for n in FEED_NAMES[:5]]
-        specs += [InputSpec([None, None], "int64", n) for n in FEED_NAMES[5:]]
+        specs = [InputSpec([None] if n.endswith("_id") else [None, None], "int64", n) for n in net.feed_names()]
         history = settings.get("history", False)
         if history:
             specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
         if hasattr(net, "head"):
             specs.append(InputSpec([None, 3], "float32", "ranking_features"))
         net.eval()
-        paddle.jit.save(net, str(tmp / PREFIX), input_spec=specs)
+        paddle.jit.save(program(net), str(tmp / PREFIX), input_spec=[specs])
         net.train()
         params = {k: v.numpy() for k, v in net.state_dict().items()}
         np.savez(tmp / "params.npz", **params)
@@ -139,7 +185,9 @@ def save(
             user_table=data.tables.user,
             movie_category=data.tables.category,
             movie_title=data.tables.title,
-            **tower_vectors(net, data.tables, data.sizes()["n_jobs"], training_history(data) if history else None),
+            **tower_vectors(net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None),
+            user_ids=data.meta.user_ids,
+            movie_ids=data.meta.movie_ids,
             **_ratings_csr(data),
             **(extra or {}),
         )
@@ -156,10 +204,12 @@ def save(
             "score": SCORES[settings.get("objective", "rating")],
             "age_table": age_table,
             "jobs": meta.jobs,
+            "features": meta.features,
+            "rating_scale": [0.5 if (data.stars % 1).any() or data.stars.min(initial=1) < 1 else 1, 5],
             "categories": meta.categories,
             "title_words": meta.title_words,
             "movies": {str(m): [meta.display_title(m), info.categories] for m, info in meta.movies.items()},
-            "users": sorted(meta.users),
+            "users": meta.user_ids[meta.known_users()].tolist(),
             "settings": settings,
             "paddle": paddle.__version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -418,20 +468,88 @@ class ModelDir:
             self.arrays["movie_title"],
             sizes["n_categories"],
             sizes["n_title_words"],
+            tuple(self.features),
         )
 
     @functools.cached_property
     def user_ids(self) -> frozenset[int]:
+        """The dataset's own ids of its users."""
         return frozenset(self.meta["users"])
 
     @functools.cached_property
+    def own_user_ids(self) -> np.ndarray:
+        """Row -> the dataset's own user id (the same numbers for ml-1m and ml-100k)."""
+        return self.arrays.get("user_ids", np.arange(len(self.arrays["user_table"])))
+
+    @functools.cached_property
+    def own_movie_ids(self) -> np.ndarray:
+        """Row -> the dataset's own movie id."""
+        return self.arrays.get("movie_ids", np.arange(len(self.arrays["movie_category"])))
+
+    @functools.cached_property
+    def _rows(self) -> tuple[dict[int, int], dict[int, int]]:
+        users = {int(u): r for r, u in enumerate(self.own_user_ids.tolist()) if r}  # row 0: the unknown user
+        movies = {int(m): r for r, m in enumerate(self.own_movie_ids.tolist()) if str(r) in self.meta["movies"]}
+        return users, movies
+
+    def user_row(self, user_id: int) -> int:
+        """The row of a user known by the dataset's own id (an error when unknown)."""
+        if not self.has_user(user_id):
+            raise RecsysError(f"unknown user id {user_id}; {self.meta['dataset']} has no such user")
+        return self._rows[0][int(user_id)]
+
+    def movie_row(self, movie_id: int) -> int:
+        """The row of a movie known by the dataset's own id (an error when unknown)."""
+        if not self.has_movie(movie_id):
+            raise RecsysError(f"unknown movie id {movie_id}; {self.meta['dataset']} has no such movie")
+        return self._rows[1][int(movie_id)]
+
+    def own_movie(self, row: int) -> int:
+        return int(self.own_movie_ids[row])
+
+    def own_user(self, row: int) -> int:
+        return int(self.own_user_ids[row])
+
+    @property
+    def features(self) -> dict[str, list[str]]:
+        """User feature -> the labels of its values (index = feature id): the chapter's gender, age, job."""
+        from recsys.movielens import AGE_GROUPS
+
+        default = {"gender": ["M", "F"], "age": AGE_GROUPS, "job": self.meta.get("jobs", [])}
+        return self.meta.get("features", default)
+
+    @property
+    def rating_scale(self) -> tuple[float, float]:
+        """The lowest and highest rating of the data (half stars from 0.5, or the chapter's 1..5)."""
+        low, high = self.meta.get("rating_scale", (1, 5))
+        return low, high
+
+    @property
+    def chapter_features(self) -> bool:
+        """Whether the users have the chapter's features (gender, age, job)."""
+        return list(self.features) == ["gender", "age", "job"]
+
+    def cold_feeds(self, values: tuple) -> dict[str, np.ndarray]:
+        """The unknown user's feeds with these feature ids (one per feature, in order), by feed name."""
+        ids = {f"{f}_id": np.array([v], np.int64) for f, v in zip(self.features, values)}
+        return {"user_id": np.zeros(1, np.int64)} | ids
+
+    def cold_vector(self, values: tuple, unit: bool = True) -> np.ndarray:
+        """A new user's tower output from feature ids (saved for every combination, or computed)."""
+        kind = "vectors" if unit else "outputs"
+        if f"cold_{kind}" in self.arrays:
+            return self.arrays[f"cold_{kind}"][tuple(values)]
+        feeds = self.cold_feeds(values) | ({"history": self.history_of([0])} if self.history else {})
+        return self.user_vector(feeds, unit)[0]
+
+    @functools.cached_property
     def movie_ids(self) -> np.ndarray:
-        """Ids of the dataset's movies, ascending."""
+        """Rows of the dataset's movies, ascending (the catalogue; for ml-1m and ml-100k, their ids)."""
         return np.array(sorted(int(m) for m in self.meta["movies"]), np.int64)
 
     @functools.cached_property
     def catalogue_vectors(self) -> np.ndarray:
-        """Unit movie-tower vectors of the dataset's movies, in `movie_ids` order."""
+        """Unit movie-tower vectors of the dataset's movies, in `movie_ids` (catalogue) order."""
         return self.arrays["movie_vectors"][self.movie_ids]
 
     @property
@@ -474,21 +592,25 @@ class ModelDir:
         net.eval()
         return net
 
-    def user_vector(self, feeds: dict[str, np.ndarray], unit: bool = True) -> np.ndarray:
-        """The user tower's output for these feeds (history included), through the rebuilt network."""
-        return tower_outputs(self.network.user_tower, feeds, unit)
+    def user_vector(self, feeds: dict[str, np.ndarray], unit: bool = True, histories=None) -> np.ndarray:
+        """The user tower's output for these feeds (history included, or read from `histories`), through the
+        rebuilt network."""
+        return tower_outputs(self.network.user_tower, feeds, unit, histories=histories)
 
     def has_user(self, user_id: int) -> bool:
+        """Whether the dataset has a user with this own id."""
         return user_id in self.user_ids
 
     def has_movie(self, movie_id: int) -> bool:
-        return str(movie_id) in self.meta["movies"]
+        """Whether the dataset has a movie with this own id."""
+        return int(movie_id) in self._rows[1]
 
-    def title(self, movie_id: int) -> str:
-        return self.meta["movies"][str(movie_id)][0]
+    def title(self, row: int) -> str:
+        """The title of the movie in this row."""
+        return self.meta["movies"][str(row)][0]
 
-    def genres(self, movie_id: int) -> list[str]:
-        return self.meta["movies"][str(movie_id)][1]
+    def genres(self, row: int) -> list[str]:
+        return self.meta["movies"][str(row)][1]
 
     def source(self) -> Path:
         """The archive (zip or folder) the model was trained on; one clear error when it is no longer there."""

@@ -150,7 +150,6 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     `args.candidates_from`: its held-out ratings are the ranker's labels, its training ratings the histories,
     and the ranker's towers start from its towers. Returns the ranker's training, validation (carved from the
     held-out ratings by `args.val_ratio`) and test rating indices."""
-    from recsys.history import history_weights
     from recsys.modeldir import ModelDir
     from recsys.topn import ease_weights
 
@@ -169,9 +168,8 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fit, labels = train_idx[~held[train_idx]], train_idx[held[train_idx]]
     t.use_history(fit)
     feeds = data.tables.user_features(np.arange(data.sizes()["n_users"]))
-    if retrieval.history:
-        feeds["history"] = history_weights(t.fit_history)
-    fit_users, movies = retrieval.user_vector(feeds), retrieval.catalogue_vectors
+    fit_users = retrieval.user_vector(feeds, histories=t.fit_history if retrieval.history else None)
+    movies = retrieval.catalogue_vectors
     rated, fit_history = _columns(data, t.catalogue, np.flatnonzero(~data.is_test)), _columns(data, t.catalogue, fit)
     fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates)
     in_pool = np.zeros_like(rated)  # the ranker learns to order the lists it will see: positives among them

@@ -27,6 +27,7 @@ from recsys.trainer import Trainer
 
 OBJECTIVES = ("rating", "retrieval", "ranking")
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
+HISTORY_CAP = 0  # all of a history
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="feed the user tower the mean embedding of the movies the user rated in training "
         "(default: on for retrieval and ranking, off for rating: the chapter's network)",
+    )
+    ap.add_argument(
+        "--history-cap",
+        type=int,
+        default=HISTORY_CAP,
+        help="with --history: a training example reads at most this many of the user's movies, drawn at random "
+        "each step (0: all of them; the saved model reads all) (default: %(default)s)",
     )
     ap.add_argument(
         "--epochs",
@@ -183,6 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.lr_schedule = "cosine" if adam else "constant"
     if args.history is None:
         args.history = objective != "rating"
+    if args.history_cap < 0:
+        ap.error(f"--history-cap must be 0 (all) or more, got {args.history_cap}")
+    if not args.history:
+        args.history_cap = None
     if objective != "retrieval":
         args.temperature = args.negatives = args.holdout = None
     if objective != "ranking":
@@ -272,6 +284,7 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
         data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
         args.objective, args.temperature, args.negatives, args.history, args.fused,
     )  # fmt: skip
+    t.history_cap = args.history_cap or 0
     if args.objective == "ranking":
         train_idx, val_idx, test_idx = stacking.prepare(t, args, data)
     else:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from recsys import history, stacking, topn
-from recsys.movielens import FEED_NAMES, MovieLens
+from recsys.movielens import MovieLens
 from recsys.optim import make_optimizer
 
 
@@ -87,17 +87,20 @@ class Trainer:
         self._catalogue_tensors = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
         self.with_history = with_history
-        # users x movies 0/1 rows, kept only where something reads them: the histories of evaluation and of the
-        # saved model (every training rating, never a test rating), and what training reads (`use_history`)
+        self.feed_names = self.net.feed_names()
+        self.nu, self.nm = self.net.user_tower.n_inputs, self.net.movie_tower.n_inputs
+        # the users' histories, kept only where something reads them: those of evaluation and of the saved model
+        # (every training rating, never a test rating), and what training reads (`use_history`)
         self.full_history = self.fit_history = None
         if with_history or objective == "ranking":
             self.full_history = self.fit_history = self._rows(np.flatnonzero(~data.is_test))
+        self.history_cap = 0  # > 0: a training example reads at most this many movies of a longer history
         self.fit_candidates = self.candidates = None  # ranking: the retrieval model's candidates (fit, full)
         self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.5
 
-    def _rows(self, idx: np.ndarray) -> np.ndarray:
+    def _rows(self, idx: np.ndarray) -> history.Histories:
         sizes = self.data.sizes()
-        return history.history_rows(sizes["n_users"], sizes["n_movies"], self.data.user[idx], self.data.movie[idx])
+        return history.Histories.of(sizes["n_users"], sizes["n_movies"], self.data.user[idx], self.data.movie[idx])
 
     def use_history(self, idx: np.ndarray) -> None:
         """Training histories come only from the ratings `idx` (not the held-out or validation ones)."""
@@ -116,26 +119,27 @@ class Trainer:
         return self.pair_features(self.data.user[idx], self.data.movie[idx], training, full)
 
     def pair_features(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> dict:
-        """The network's seven feeds (numpy) for aligned arrays of user and movie ids, and with history an eighth,
-        `history`: the training histories without the example's own movie (with `full`, every training rating,
-        as evaluation and the saved model read them). In training, the share `cold_start_rate` of user ids is
-        replaced by the unknown user 0."""
+        """The network's feeds (numpy) for aligned arrays of user and movie ids, and with history one more,
+        `history` (sparse, see `recsys.history.Histories.sparse`): the training histories without the example's
+        own movie (with `full`, every training rating, as evaluation and the saved model read them; in training,
+        at most `history_cap` movies of each). In training, the share `cold_start_rate` of user ids is replaced
+        by the unknown user 0."""
         f = self.data.tables.features(user, movie)
         if training and self.cold_start_rate:
             f["user_id"] = np.where(self.rng.random_sample(len(user)) < self.cold_start_rate, 0, f["user_id"])
         if self.with_history:
-            rows = (self.full_history if full else self.fit_history)[user]
-            f["history"] = history.history_weights(rows, leave_out=movie)
+            cap = self.history_cap if training else 0
+            f["history"] = (self.full_history if full else self.fit_history).sparse(user, movie, cap, self.rng)
         return f
 
-    @staticmethod
-    def tensors(f: dict[str, np.ndarray]) -> list:
+    def tensors(self, f: dict) -> list:
         """The feeds `f` as the network's input tensors, in its argument order."""
         import paddle
 
-        return [paddle.to_tensor(f[n]) for n in FEED_NAMES] + (
-            [paddle.to_tensor(f["history"])] if "history" in f else []
-        )
+        from recsys.fused import FusedStep
+
+        x = [paddle.to_tensor(f[n]) for n in self.feed_names]
+        return x + ([FusedStep.history(f)] if "history" in f else [])
 
     def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
         """The network's input tensors for the ratings `idx` (see `pair_features`; training reads the training
@@ -147,7 +151,7 @@ class Trainer:
         the fused step does not apply."""
         from recsys.fused import in_batch
 
-        expected = set(FEED_NAMES) | ({"history"} if self.net.user_tower.history is not None else set())
+        expected = set(self.feed_names) | ({"history"} if self.net.user_tower.history is not None else set())
         if self.objective not in ("rating", "retrieval") or set(f) != expected:
             return None
         x = self.fused.tensors(f)
@@ -158,11 +162,11 @@ class Trainer:
             return self.fused.rating(x, self.label[idx], history)
         if self.negatives == "in-batch":
             target, add = in_batch(self.data.movie[idx], self.log_q)
-            return self.fused.softmax(x[:4], x[4:], target, self.temperature, add, history)
+            return self.fused.softmax(x[: self.nu], x[self.nu :], target, self.temperature, add, history)
         if self._catalogue_tensors is None:
             self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
         target = self.column[self.data.movie[idx]]
-        return self.fused.softmax(x[:4], self._catalogue_tensors, target, self.temperature, history=history)
+        return self.fused.softmax(x[: self.nu], self._catalogue_tensors, target, self.temperature, history=history)
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
@@ -190,8 +194,9 @@ class Trainer:
         if self.negatives == "full":
             if self._catalogue_feeds is None:
                 f = self.data.tables.movie_features(self.catalogue)
-                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in FEED_NAMES[4:]]
-            user, movie = self.model(*x[:4], *self._catalogue_feeds, *x[7:], towers=True)
+                self._catalogue_feeds = [paddle.to_tensor(f[n]) for n in self.feed_names[self.nu :]]
+            nu, nm = self.nu, self.nm
+            user, movie = self.model(*x[:nu], *self._catalogue_feeds, *x[nu + nm :], towers=True)
             return softmax_loss(user, movie, paddle.to_tensor(self.column[self.data.movie[idx]]), self.temperature)
         user, movie = self.model(*x, towers=True)
         return in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
@@ -234,9 +239,8 @@ class Trainer:
         if key not in self._vectors:
             tables = self.data.tables
             feeds = tables.user_features(np.arange(len(tables.user)))
-            if self.with_history:
-                feeds["history"] = history.history_weights(self.full_history if full else self.fit_history)
-            users = tower_outputs(self.net.user_tower, feeds, unit)
+            histories = (self.full_history if full else self.fit_history) if self.with_history else None
+            users = tower_outputs(self.net.user_tower, feeds, unit, histories=histories)
             self._vectors[key] = users, tower_outputs(self.net.movie_tower, tables.movie_features(self.catalogue), unit)
         return self._vectors[key]
 
