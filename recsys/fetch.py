@@ -44,6 +44,15 @@ ARCHIVES = {
         md5=None,
     ),
 }
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+# the GroupLens CSV releases: <name>.zip holding <name>/ratings.csv and <name>/movies.csv (MD5 published beside it)
+CSV_RELEASES = ("ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m")
+for _name in CSV_RELEASES:
+    ARCHIVES[_name] = Archive(
+        _name, ("ratings.csv", "movies.csv"), (f"{_name}.zip",), (f"{GROUPLENS}/{_name}.zip",), None
+    )
+# your own CSV files: --data-dir DIR holding ratings.csv (and optionally movies.csv, users.csv); never downloaded
+ARCHIVES["csv"] = Archive("csv", ("ratings.csv",), (), (), None)
 
 
 def data_home() -> Path:
@@ -62,6 +71,8 @@ def archive(dataset: str) -> Archive:
 def locate(dataset: str = "ml-1m", data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Path of the dataset's zip or extracted folder in `data_dir` (else the data home); download if absent."""
     arc = archive(dataset)
+    if not arc.urls:
+        return _own_folder(arc, data_dir)
     folder = Path(os.path.abspath(Path(data_dir).expanduser())) if data_dir else data_home()
     if data_dir and not folder.exists():  # a typo: never create it, never download into it
         raise RecsysError(
@@ -75,6 +86,29 @@ def locate(dataset: str = "ml-1m", data_dir: str | os.PathLike | None = None, do
     if not download:
         raise RecsysError(f"no {arc.zip_names[0]} or {arc.name}/ folder in {folder}")
     return fetch(arc, folder / arc.zip_names[0])
+
+
+def _own_folder(arc: Archive, data_dir: str | os.PathLike | None) -> Path:
+    """The folder of a layout that is never downloaded: it must be given, and hold the layout's first file."""
+    if not data_dir:
+        raise RecsysError(f"the {arc.name} layout needs --data-dir DIR, the folder that holds {arc.members[0]}")
+    folder = Path(os.path.abspath(Path(data_dir).expanduser()))
+    if not (folder / arc.members[0]).is_file():
+        raise RecsysError(
+            f"--data-dir {data_dir} has no {arc.members[0]} (the {arc.name} layout reads DIR/{arc.members[0]})"
+        )
+    return folder
+
+
+def has_member(path: Path, dataset: str, member: str) -> bool:
+    """Whether the dataset's zip or folder holds `member`."""
+    if path.is_dir():
+        return (path / member).is_file()
+    try:
+        with zipfile.ZipFile(path) as z:
+            return f"{archive(dataset).name}/{member}" in z.NameToInfo
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError, OSError):
+        return False
 
 
 def read_member(path: Path, dataset: str, member: str) -> bytes:
