@@ -293,7 +293,7 @@ def check_ids(md: ModelDir, args) -> tuple | None:
         return None
     if md.chapter_features:
         if args.feature or None in (args.gender, args.age, args.job):
-            raise RecsysError(f"a new user of {md.meta['dataset']} needs all of --gender, --age and --job")
+            raise RecsysError(f"a new user needs all of --gender, --age and --job for {md.meta['dataset']}")
         return chapter_cold(md, args.gender, args.age, args.job, "--")
     if any(x is not None for x in (args.gender, args.age, args.job)):
         raise RecsysError(

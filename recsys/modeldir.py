@@ -169,7 +169,8 @@ def save(
     try:
         _remove_stale_temps(path)
         tmp.mkdir(parents=True)
-        specs = [InputSpec([None] if n.endswith("_id") else [None, None], "int64", n) for n in net.feed_names()]
+        lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
+        specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
         history = settings.get("history", False)
         if history:
             specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))

@@ -191,10 +191,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.lr_schedule = "cosine" if adam else "constant"
     if args.history is None:
         args.history = objective != "rating"
-    if args.history_cap < 0:
-        ap.error(f"--history-cap must be 0 (all) or more, got {args.history_cap}")
     if not args.history:
         args.history_cap = None
+    elif args.history_cap is None or args.history_cap < 0:  # None: a run recorded before the cap existed
+        if args.history_cap is not None:
+            ap.error(f"--history-cap must be 0 (all) or more, got {args.history_cap}")
+        args.history_cap = 0
     if objective != "retrieval":
         args.temperature = args.negatives = args.holdout = None
     if objective != "ranking":

@@ -34,7 +34,9 @@ def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_di
     train_idx = np.flatnonzero(~data.is_test)
     t.use_history(train_idx)
     idx = train_idx[:64]
-    weights = t.feeds(idx, training=True)[7].numpy()
+    ids, rows, w = (x.numpy() for x in t.feeds(idx, training=True)[7])  # sparse: movie, batch row, weight
+    weights = np.zeros((len(idx), data.sizes()["n_movies"]), np.float32)
+    np.add.at(weights, (rows, ids), w.ravel())
     for row, i in zip(weights, idx):
         u = data.user[i]
         rated = set(data.movie[train_idx][data.user[train_idx] == u].tolist()) - {int(data.movie[i])}
@@ -42,7 +44,7 @@ def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_di
         want[sorted(rated)] = 1 / len(rated)
         np.testing.assert_allclose(row, want, rtol=1e-6)
     test_movies = data.movie[data.is_test & (data.user == data.user[idx[0]])]
-    assert not t.full_history[data.user[idx[0]], test_movies].any()  # evaluation histories: training ratings only
+    assert not t.full_history.dense(data.user[idx[:1]])[0, test_movies].any()  # evaluation histories: training ratings only
 
 
 def _ml100k_with(tmp_path, name: str, member: str, line: str):
