@@ -207,35 +207,31 @@ _FIRST_TS, _LAST_TS = 789_652_009, 1_697_164_147  # the real ml-32m's first and 
 _STARS = np.array([b"0.5", b"1.0", b"1.5", b"2.0", b"2.5", b"3.0", b"3.5", b"4.0", b"4.5", b"5.0"])
 
 
-def _digits(values: np.ndarray) -> np.ndarray:
-    """Decimal digit counts of non-negative integers."""
-    n = np.ones(len(values), np.int64)
-    for p in range(1, 19):
-        n += values >= 10**p
-    return n
-
-
-def csv_bytes(header: str, columns: list[np.ndarray]) -> bytes:
+def csv_bytes(header: str, columns: list[np.ndarray], chunk: int = 1 << 20) -> bytes:
     """CSV text of non-negative integer columns and fixed-width byte-string columns (`S` dtype), built with
-    numpy alone: a header line, then one line per row."""
-    n = len(columns[0])
-    widths = [_digits(c) if c.dtype.kind in "iu" else np.full(n, c.dtype.itemsize, np.int64) for c in columns]
-    ends = np.cumsum(sum(widths) + len(columns))  # each field plus its comma or newline
-    out = np.full(int(ends[-1]) if n else 0, ord(","), np.uint8)
-    out[ends - 1] = ord("\n")
-    at = np.concatenate([[0], ends[:-1]])  # line starts
-    for col, width in zip(columns, widths):
-        if col.dtype.kind in "iu":
-            v = col.astype(np.int64)
-            for p in range(int(width.max()) if n else 0):  # digits from the right
-                has = width > p
-                out[(at + width - 1 - p)[has]] = ord("0") + (v[has] // 10**p) % 10
-        else:
-            chars = np.frombuffer(col.tobytes(), np.uint8).reshape(n, -1)
-            for p in range(chars.shape[1]):
-                out[at + p] = chars[:, p]
-        at = at + width + 1
-    return header.encode() + b"\n" + out.tobytes()
+    numpy alone: a header line, then one line per row (each field written right-aligned into a fixed-width
+    byte matrix, then the integers' leading zeros dropped)."""
+    widths = [len(str(int(c.max()))) if c.dtype.kind in "iu" and len(c) else c.dtype.itemsize for c in columns]
+    parts = [header.encode() + b"\n"]
+    for s in range(0, len(columns[0]), chunk):
+        cols = [c[s : s + chunk] for c in columns]
+        n = len(cols[0])
+        line = np.full((n, sum(widths) + len(widths)), ord(","), np.uint8)
+        keep = np.ones(line.shape, bool)
+        at = 0
+        for col, width in zip(cols, widths):
+            if col.dtype.kind in "iu":
+                v = col.astype(np.int64)
+                for p in range(width):  # digit p from the right
+                    line[:, at + width - 1 - p] = ord("0") + (v // 10**p) % 10
+                    if p:
+                        keep[:, at + width - 1 - p] = v >= 10**p
+            else:
+                line[:, at : at + width] = np.frombuffer(col.tobytes(), np.uint8).reshape(n, width)
+            at += width + 1
+        line[:, -1] = ord("\n")
+        parts.append(line[keep].tobytes())
+    return b"".join(parts)
 
 
 def _csv_movies(rng: np.random.RandomState, n: int, max_id: int) -> tuple[np.ndarray, list[list[int]], bytes]:
@@ -277,20 +273,28 @@ def _per_user(rng: np.random.RandomState, n_ratings: int, n_users: int, high: in
 
 def _pick_movies(rng: np.random.RandomState, counts: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user, movie) index pairs sorted by user then movie: `counts[u]` distinct movies for user u, drawn by
-    popularity `pop` (sampling with replacement, duplicates drawn again)."""
+    popularity `pop` (with replacement; duplicates drawn again, twice as many as missing, extras dropped)."""
     cdf = np.cumsum(pop / pop.sum())
     n_m = len(pop)
     have = np.zeros(0, np.int64)  # sorted keys user * n_m + movie
-    need = counts.copy()
+    need, draws = counts.copy(), counts.copy()
     while need.sum() > 0:
-        user = np.repeat(np.arange(len(counts)), need)
+        user = np.repeat(np.arange(len(counts)), draws)
         movie = np.minimum(np.searchsorted(cdf, rng.random_sample(len(user)), side="right"), n_m - 1)
-        new = np.unique(user * n_m + movie)
+        new = np.sort(user * n_m + movie)
+        new = new[np.concatenate([[True], new[1:] != new[:-1]])]
         if len(have):
             at = np.minimum(np.searchsorted(have, new), len(have) - 1)
             new = new[have[at] != new]
-        have = np.sort(np.concatenate([have, new]), kind="stable")
-        need = counts - np.bincount(have // n_m, minlength=len(counts))
+        got = np.bincount(new // n_m, minlength=len(counts))
+        if (got > need).any():  # keep a random `need[u]` of user u's new movies
+            order = np.lexsort((rng.random_sample(len(new)), new // n_m))
+            first = np.repeat(np.cumsum(got) - got, got)
+            new = np.sort(new[order][np.arange(len(new)) - first < np.repeat(need, got)])
+            got = np.minimum(got, need)
+        have = np.sort(np.concatenate([have, new]), kind="stable")  # a merge of two sorted runs
+        need -= got
+        draws = 2 * need + (need > 0)
     return have // n_m, have % n_m
 
 
