@@ -47,11 +47,12 @@ def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
     return epoch(folder, model, *flags)["seconds"]
 
 
-def load_test(retrieval: Path, ranking: Path, users: list[int], movies: list[int], n: int, clients: int) -> dict:
+def load_test(retrieval: Path, ranking: Path | None, users: list[int], movies: list[int], n: int, clients: int) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval), "--rerank", str(ranking)]
+    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval)]
+    cmd += ["--rerank", str(ranking)] if ranking is not None else []
     server = subprocess.Popen(  # no request log: it would cost time and fill the pipe
         cmd + ["--port", str(port), "--host", "127.0.0.1", "--log-level", "warning"], stdout=subprocess.PIPE
     )

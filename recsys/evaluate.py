@@ -99,8 +99,8 @@ def top_n(
     candidates = infer.candidates_for(rerank, candidates)
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
-    for baseline in (topn.Popularity(), topn.EASE(ease_lambda)):
-        rankers.append((baseline.name, lambda b=baseline: topn.by_score(b.fit(ranking).scores)))
+    for baseline in (topn.Popularity(), topn.EASE(ease_lambda)):  # named once fitted: EASE says when it is capped
+        rankers.append((lambda b=baseline: b.name, lambda b=baseline: b.fit(ranking).ranker()))
     kind = "retrieval" if md.objective == "retrieval" else "chapter model"
     rankers.append((f"{kind} ({md.path.name})", lambda: _tower_ranker(md)))
     pools: list[np.ndarray] = []
@@ -115,6 +115,7 @@ def top_n(
     for name, make in rankers:
         t = time.perf_counter()
         result = topn.evaluate(make(), ranking, k)
+        name = name() if callable(name) else name
         rows.append({"model": name, **{m: result[m] for m in ("precision", "recall", "ndcg", "hr", "coverage")}})
         rows[-1]["seconds"] = time.perf_counter() - t
     if pools:  # the candidates' recall: the share of relevant test movies the second stage can reach at all

@@ -17,6 +17,7 @@ The first four are means over the users with at least one relevant test rating; 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -58,14 +59,30 @@ class Interactions:
             out[u].add(c)
         return list(out.values())
 
+    @cached_property
+    def train_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training ratings as CSR rows by user id: (indptr [n_users + 1], columns), each user's columns
+        in input order. Plain numpy arrays (no scipy)."""
+        order = np.argsort(self.train_user, kind="stable")
+        indptr = np.zeros(self.n_users + 1, np.int64)
+        np.cumsum(np.bincount(self.train_user, minlength=self.n_users), out=indptr[1:])
+        return indptr, self.train_col[order]
+
+    def train_entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row into `users`, catalogue column) of every training rating of the given users."""
+        indptr, cols = self.train_csr
+        start, length = indptr[users], indptr[np.asarray(users) + 1] - indptr[users]
+        row = np.repeat(np.arange(len(length)), length)
+        at = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length) + np.repeat(start, length)
+        return row, cols[at]
+
     def train_matrix(self, users: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
-        """Binary [len(users), M] matrix of training ratings (all users by id when `users` is None)."""
-        rows = np.arange(self.n_users) if users is None else users
-        where = np.full(self.n_users, -1, np.int64)
-        where[rows] = np.arange(len(rows))
-        keep = where[self.train_user] >= 0
+        """Binary [len(users), M] matrix of training ratings (all users by id when `users` is None): dense, so
+        meant for a chunk of users at a time."""
+        rows = np.arange(self.n_users) if users is None else np.asarray(users)
+        row, col = self.train_entries(rows)
         x = np.zeros((len(rows), len(self.catalogue)), dtype)
-        x[where[self.train_user[keep]], self.train_col[keep]] = 1
+        x[row, col] = 1
         return x
 
 
@@ -152,7 +169,7 @@ def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int = 1024) -> dic
 
 
 class Popularity:
-    """Every user gets the catalogue ordered by number of training ratings (ties: smaller movie id)."""
+    """Every user gets the whole catalogue ordered by number of training ratings (ties: smaller movie id)."""
 
     name = "popularity"
 
@@ -163,30 +180,143 @@ class Popularity:
     def scores(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(users), len(self.counts)))
 
+    def ranker(self):
+        """`(user ids, seen, k) -> top-k columns` (see `evaluate`)."""
+        return by_score(self.scores)
+
+
+EASE_MAX_ITEMS = 20_000  # EASE's item-item matrix covers at most this many of the most-rated movies
+_INVERT_IN_PLACE_FROM = 8_192  # larger grams are inverted in place (numpy's inverse holds four copies)
+
+
+def cooccurrence(indptr: np.ndarray, cols: np.ndarray, n_cols: int, dense_from: int | None = None) -> np.ndarray:
+    """X'X [n_cols, n_cols] float64 of the 0/1 rows given as CSR (columns >= 0, distinct within a row): rows
+    with `dense_from` (default: n_cols / 30, where the two cost about the same) or more entries go through
+    matrix products, the others through their pairs' counts."""
+    dense_from = max(32, n_cols // 30) if dense_from is None else dense_from
+    gram = np.zeros((n_cols, n_cols), np.float64)
+    length = np.diff(indptr)
+    heavy, light = np.flatnonzero(length >= dense_from), np.flatnonzero((length > 0) & (length < dense_from))
+    for s in range(0, len(heavy), 256):
+        rows = heavy[s : s + 256]
+        x = np.zeros((len(rows), n_cols), np.float32)
+        for i, r in enumerate(rows):
+            x[i, cols[indptr[r] : indptr[r + 1]]] = 1
+        for c in range(0, n_cols, 4096):  # exact: integer counts below 2**24
+            gram[:, c : c + 4096] += x.T @ x[:, c : c + 4096]
+    flat = gram.reshape(-1)
+    budget, s = 8_000_000, 0  # pairs per step
+    while s < len(light):
+        n_pairs = np.cumsum(length[light[s:]] ** 2)
+        e = s + max(1, int(np.searchsorted(n_pairs, budget, side="right")))
+        rows = light[s:e]
+        lens = length[rows]
+        at = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(indptr[rows], lens)
+        c, rep = cols[at], np.repeat(lens, lens)
+        first = np.repeat(c, rep)  # each entry paired with every entry of its row
+        group = np.repeat(np.cumsum(lens) - lens, lens)  # row start within `c`, per entry
+        second = c[np.arange(int(rep.sum())) - np.repeat(np.cumsum(rep) - rep, rep) + np.repeat(group, rep)]
+        np.add.at(flat, first * n_cols + second, 1.0)
+        s = e
+    return gram
+
+
+def _invert_in_place(a: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Overwrite the symmetric positive definite `a` with minus its inverse (block sweep operator), using
+    O(n * block) memory beside it."""
+    n = len(a)
+    for s in range(0, n, block):
+        k = slice(s, min(n, s + block))
+        d = np.linalg.inv(a[k, k])
+        c = a[:, k] @ d
+        ak = a[k, :].copy()
+        for r in range(0, n, block):
+            a[r : r + block] -= c[r : r + block] @ ak
+        a[:, k] = c
+        a[k, :] = c.T
+        a[k, k] = -d
+    return a
+
+
+def _weights_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's weights from X'X (float64, overwritten): [M, M] float32."""
+    gram[np.diag_indices_from(gram)] += lam
+    if len(gram) < _INVERT_IN_PLACE_FROM:
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)[None, :]
+        b[np.diag_indices_from(b)] = 0.0
+        return b.astype(np.float32)
+    b = _invert_in_place(gram)  # -P: B = -P / diag(P) = b / -diag(b)
+    b /= -np.diag(b).copy()[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    n = len(b)
+    out = b.reshape(-1).view(np.float32)[: n * n]  # float32 rows written over float64 rows already read
+    for s in range(0, n, 1024):
+        out[s * n : min(n, s + 1024) * n] = b[s : s + 1024].astype(np.float32).reshape(-1)
+    return out.reshape(n, n)
+
 
 def ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights for 0/1 rows `x` [U, M] (see `EASE`): [M, M] float32."""
     x = x.astype(np.float32, copy=False)
-    gram = (x.T @ x).astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b.astype(np.float32)
+    return _weights_from_gram((x.T @ x).astype(np.float64), lam)
 
 
 class EASE:
     """Steck (2019): item-item weights B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0, in closed form:
-    P = (X'X + lam I)^-1, B = -P / diag(P) column-wise, diag(B) = 0. X is the binary training matrix."""
+    P = (X'X + lam I)^-1, B = -P / diag(P) column-wise, diag(B) = 0. X is the binary training matrix.
 
-    def __init__(self, lam: float = 500.0):
-        self.lam = lam
+    With more than `max_items` movies, X keeps the `max_items` most-rated (ties: smaller movie id); every
+    other movie ranks after them, by popularity."""
+
+    def __init__(self, lam: float = 500.0, max_items: int = EASE_MAX_ITEMS):
+        self.lam, self.max_items = lam, max_items
         self.name = f"EASE (lambda {lam:g})"
 
     def fit(self, data: Interactions) -> EASE:
-        self.x = data.train_matrix()
-        self.b = ease_weights(self.x, self.lam)
+        self.data = data
+        counts = np.bincount(data.train_col, minlength=len(data.catalogue))
+        m = len(counts)
+        self.keep = np.arange(m)
+        if m > self.max_items:
+            self.keep = np.sort(np.lexsort((np.arange(m), -counts))[: self.max_items])
+            self.name = f"EASE (lambda {self.lam:g}, top {self.max_items:,} movies)"
+        self.rest = np.setdiff1d(np.arange(m), self.keep)
+        self.rest_counts = counts[self.rest].astype(np.float32)
+        column = np.full(m, -1, np.int64)
+        column[self.keep] = np.arange(len(self.keep))
+        indptr, cols = data.train_csr
+        cols = column[cols]
+        kept = cols >= 0
+        owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        self.indptr = np.zeros_like(indptr)
+        np.cumsum(np.bincount(owner[kept], minlength=len(indptr) - 1), out=self.indptr[1:])
+        self.cols = cols[kept]
+        self.b = _weights_from_gram(cooccurrence(self.indptr, self.cols, len(self.keep)), self.lam)
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        return self.x[users] @ self.b
+        """[len(users), kept movies] scores (all movies unless capped), in `keep` order."""
+        if len(self.rest) == 0:
+            return self.data.train_matrix(users) @ self.b
+        out = np.zeros((len(users), len(self.keep)), np.float32)
+        for i, u in enumerate(np.asarray(users).tolist()):  # sparse rows: sum the rated movies' weight rows
+            out[i] = self.b[self.cols[self.indptr[u] : self.indptr[u + 1]]].sum(0)
+        return out
+
+    def ranker(self):
+        """`(user ids, seen, k) -> top-k columns` (see `evaluate`): the kept movies by score, then the rest by
+        popularity."""
+        if len(self.rest) == 0:
+            return by_score(self.scores)
+
+        def rank(users, seen, k):
+            first = top_k_lists(self.scores(users), seen[:, self.keep], k)
+            after = top_k_lists(np.broadcast_to(self.rest_counts, (len(users), len(self.rest))), seen[:, self.rest], k)
+            both = np.concatenate(
+                [np.where(first >= 0, self.keep[first], -1), np.where(after >= 0, self.rest[after], -1)], 1
+            )
+            order = np.argsort(both < 0, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(both, order, 1)
+
+        return rank

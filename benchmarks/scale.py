@@ -1,0 +1,158 @@
+"""Scale numbers on a synthetic archive in GroupLens' ml-32m layout, side by side with their targets:
+
+    python benchmarks/scale.py                          (32,000,204 ratings, 200,948 users, 87,585 movies)
+    python benchmarks/scale.py --ratings 1000000 --users 6000 --movies 10000     (a quick run, same steps)
+    python benchmarks/scale.py --dataset ml-1m --ratings 200000                  (the ml-1m layout)
+
+The archive is written once into $RECSYS_BENCH_DIR (default /tmp/recsys-bench), outside the repository, and
+reused. Every step runs in a child process through the CLIs or the library, with its own data home; peak
+memory is the child's own (`os.wait4`):
+
+1. parsing the archive into its array cache (cold), then loading from the cache;
+2. one epoch of the rating objective (`recsys.train`; samples/s against an ml-1m-size archive) and one of
+   the retrieval objective, with the training run's peak RSS;
+3. `evaluate`'s top-N part for every test user over the whole catalogue (popularity, EASE, the model) and
+   its memory above the loaded model and data;
+4. top-10 for one user, warm (`infer.top_k`), and a load test of `recsys.serve` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import full_size_archive, median_ms, print_table
+from topn_serve import load_test
+
+from recsys import infer, synthetic
+from recsys.modeldir import ModelDir
+
+GB = 2**30
+_LOAD = """
+import json, resource, sys, time
+from recsys import movielens
+t = time.perf_counter()
+d = movielens.load(sys.argv[1], sys.argv[2])
+print(json.dumps({"seconds": time.perf_counter() - t, "ratings": len(d.user), "movies": len(d.meta.movies),
+                  "users": len(d.meta.users)}))
+"""
+_TOP_N = """
+import json, resource, sys, time
+from recsys import evaluate, movielens
+from recsys.modeldir import ModelDir
+md = ModelDir.load(sys.argv[1])
+data = movielens.load(md.meta["dataset"], sys.argv[2], md.meta["split"])
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+t = time.perf_counter()
+rows, users = evaluate.top_n(md, data)
+print(json.dumps({"seconds": time.perf_counter() - t, "loaded": loaded, "users": users, "rows": rows,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def archive(args: argparse.Namespace) -> Path:
+    """The folder holding the synthetic archive, written on first use."""
+    base = Path(os.environ.get("RECSYS_BENCH_DIR") or "/tmp/recsys-bench")
+    if args.dataset == "ml-1m":
+        return full_size_archive(base / f"ml-1m-{args.ratings}", args.ratings)
+    folder = base / f"{args.dataset}-{args.ratings}-{args.users}-{args.movies}"
+    if not (folder / f"{args.dataset}.zip").exists():
+        t = time.perf_counter()
+        synthetic.write_csv(folder, args.dataset, args.ratings, args.users, args.movies, zipped=True)
+        print(f"wrote {folder}/{args.dataset}.zip in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return folder
+
+
+def child(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Run `cmd`: (wall seconds, its peak RSS in bytes, its stdout); its stderr shows up on failure."""
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+        return seconds, usage.ru_maxrss * 1024, out.read()
+
+
+def train(dataset: str, folder: Path, model: Path, env: dict, *flags: str) -> dict:
+    """One epoch through the CLI: its last metrics record plus `wall` seconds and `rss` bytes."""
+    cmd = [sys.executable, "-m", "recsys.train", "--dataset", dataset, "--data-dir", str(folder)]
+    wall, rss, _ = child(cmd + ["--model-dir", str(model), "--epochs", "1", *flags], env)
+    return {**json.loads((model / "metrics.json").read_text())[-1], "wall": wall, "rss": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", choices=["ml-32m", "ml-1m"], default="ml-32m", help="layout (default: %(default)s)")
+    ap.add_argument("--ratings", type=int, help="default: 32,000,204 (ml-32m), 1,000,209 (ml-1m)")
+    ap.add_argument("--users", type=int, default=200_948, help="ml-32m layout (default: %(default)s)")
+    ap.add_argument("--movies", type=int, default=87_585, help="ml-32m layout (default: %(default)s)")
+    ap.add_argument("--max-batches", type=int, default=0, help="cut the training epochs short (0: whole epochs)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the ml-1m-size rating epoch")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    if args.ratings is None:
+        args.ratings = 32_000_204 if args.dataset == "ml-32m" else 1_000_209
+    folder = archive(args)
+    cut = ["--max-batches", str(args.max_batches)] if args.max_batches else []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "RECSYS_DATA_HOME": str(Path(tmp) / "home")}  # no cache shared with other runs
+        for cached in folder.glob("*.recsys-v*.npz"):
+            cached.unlink()
+        load = [sys.executable, "-c", _LOAD, args.dataset, str(folder)]
+        cold_s, cold_rss, out = child(load, env)
+        cold = json.loads(out)
+        warm = json.loads(child(load, env)[2])
+        rating = train(args.dataset, folder, Path(tmp) / "rating", env, *cut)
+        retrieval_dir = Path(tmp) / "retrieval"
+        retrieval = train(args.dataset, folder, retrieval_dir, env, "--objective", "retrieval", *cut)
+        reference = None
+        if args.dataset != "ml-1m" and not args.no_reference:
+            small = full_size_archive(Path(tmp) / "ml-1m")
+            reference = train("ml-1m", small, Path(tmp) / "ml-1m-rating", env, "--max-batches", "1000")
+        top = json.loads(child([sys.executable, "-c", _TOP_N, str(retrieval_dir), str(folder)], env)[2])
+        md = ModelDir.load(retrieval_dir)
+        users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
+        one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
+        served = load_test(retrieval_dir, None, users, [int(m) for m in md.movie_ids], args.requests, args.clients)
+    n = f"{cold['ratings']:,} ratings, {cold['users']:,} users, {cold['movies']:,} movies"
+    ref = f"ml-1m size: {reference['samples_per_s']:,.0f} samples/s" if reference else ""
+    ndcg = ", ".join(f"{r['model'].split(' (')[0]} {r['ndcg']:.3f}" for r in top["rows"])
+    ease = next(r["model"] for r in top["rows"] if r["model"].startswith("EASE"))
+    table = [
+        (f"parse + cache, cold (s): {n}", f"{cold['seconds']:.1f}", f"{cold_s:.1f} with start-up, "
+         f"peak RSS {cold_rss / GB:.1f} GB", "<= 60 s"),
+        ("load from the cache (s)", f"{warm['seconds']:.2f}", "", "<= 3 s"),
+        ("one rating epoch (s)", f"{rating['seconds']:.0f}", f"{rating['samples_per_s']:,.0f} samples/s; {ref}",
+         "<= 360 s"),
+        ("one retrieval epoch (s)", f"{retrieval['seconds']:.0f}",
+         f"{retrieval['seconds'] / rating['seconds']:.2f}x the rating epoch", "<= 2x"),
+        ("training peak RSS, rating / retrieval (GB)", f"{rating['rss'] / GB:.1f} / {retrieval['rss'] / GB:.1f}",
+         "", "<= 6 GB"),
+        (f"top-N evaluate, {top['users']:,} users x {len(md.movie_ids):,} movies (s)", f"{top['seconds']:.0f}",
+         f"NDCG@10 {ndcg}; {ease}", "<= 600 s"),
+        ("top-N evaluate, memory above the loaded model (GB)", f"{(top['peak'] - top['loaded']) / GB:.1f}",
+         f"loaded: {top['loaded'] / GB:.1f} GB", "<= 4 GB"),
+        ("top-10 for one user, warm (ms)", f"{one_ms:.2f}", "", "<= 5 ms"),
+        (f"serve: top-10 latency p50 / p99 (ms), {args.clients} clients",
+         f"{served['top_p50']:.1f} / {served['top_p99']:.1f}",
+         f"all kinds {served['all_p50']:.1f} / {served['all_p99']:.1f}; {served['rps']:,.0f} req/s, "
+         f"{served['errors']} errors of {served['n']}", "p99 <= 25 ms"),
+    ]  # fmt: skip
+    print_table(table)
+
+
+if __name__ == "__main__":
+    main()
