@@ -44,7 +44,7 @@ def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_di
         want[sorted(rated)] = 1 / len(rated)
         np.testing.assert_allclose(row, want, rtol=1e-6)
     test_movies = data.movie[data.is_test & (data.user == data.user[idx[0]])]
-    assert not t.full_history.dense(data.user[idx[:1]])[0, test_movies].any()  # evaluation histories: training ratings only
+    assert not t.full_history.dense(data.user[idx[:1]])[0, test_movies].any()  # evaluation: training ratings only
 
 
 def _ml100k_with(tmp_path, name: str, member: str, line: str):
