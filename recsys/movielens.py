@@ -18,7 +18,7 @@ import numpy as np
 from recsys import fetch
 from recsys.data.common import bad_line, lines
 from recsys.data.dat import JOBS as ML1M_JOBS
-from recsys.data.load import (
+from recsys.data.loader import (
     CACHE_VERSION,
     DATASETS,
     SPLITS,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys import fetch
-from recsys.data.common import Ratings, chapter_title, movies_from
+from recsys.data.common import Ratings, chapter_title
 from recsys.data.schema import Meta, MovieInfo
 from recsys.errors import RecsysError
 
@@ -179,7 +180,7 @@ def parse(source: Path, dataset: str) -> dict[str, dict[str, np.ndarray]]:
     movies = _movies(source, dataset)
     if movies is None:
         movie_ids, movie_rows, _ = _dense(movie.astype(np.int64), np.zeros(0, np.int64))
-        titles, genres = None, None
+        extra, movie_arrays = {"features": features, "titles": None}, {}
     else:
         movie_ids, titles, genres = movies
         at = np.minimum(np.searchsorted(movie_ids, movie), max(len(movie_ids) - 1, 0))
@@ -190,13 +191,15 @@ def parse(source: Path, dataset: str) -> dict[str, dict[str, np.ndarray]]:
                 f"{source}: ratings.csv line {_line_of(data, i)} has movie id {movie[i]}, which movies.csv lacks"
             )
         movie_rows = at + 1
+        extra, movie_arrays = _vocabularies(titles, genres)
+        extra["features"] = features
     del data
-    extra = {"features": features, "titles": titles, "genres": genres}
     meta = {
         "user_ids": np.concatenate([[0], user_ids]).astype(np.int64),
         "movie_ids": np.concatenate([[-1], movie_ids]).astype(np.int64),
         "user_table": user_table,
         "json": np.frombuffer(json.dumps(extra).encode(), np.uint8),
+        **movie_arrays,
     }
     ratings = {"user": user_rows.astype(np.int32), "movie": movie_rows.astype(np.int32), "half": half}
     return {"meta": meta, "ratings": ratings | ({} if timestamp is None else {"timestamp": timestamp})}
@@ -242,6 +245,25 @@ def _movies(source: Path, dataset: str) -> tuple[np.ndarray, list[str], list[lis
     return ids[order], [titles[i] for i in order], [genres[i] for i in order]
 
 
+def _vocabularies(titles: list[str], genres: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Titles (the chapter's rule), categories and title words (sorted), and each movie's category / title
+    word ids as flat arrays with per-movie lengths (what the cache keeps, so a cached load builds no vocabulary)."""
+    titles = [chapter_title(t) for t in titles]
+    genres = [[g for g in (gs or "").split("|") if g and g != NO_GENRE] for gs in genres]
+    categories = sorted({g for gs in genres for g in gs})
+    words = sorted({w.lower() for t in titles for w in t.split()})
+    cat_ids, word_ids = {c: i for i, c in enumerate(categories)}, {w: i for i, w in enumerate(words)}
+    cats = [[cat_ids[g] for g in gs] for gs in genres]
+    title_ids = [[word_ids[w.lower()] for w in t.split()] for t in titles]
+    arrays = {
+        "category_flat": np.fromiter(itertools.chain.from_iterable(cats), np.int64),
+        "category_len": np.array([len(c) for c in cats], np.int64),
+        "title_flat": np.fromiter(itertools.chain.from_iterable(title_ids), np.int64),
+        "title_len": np.array([len(t) for t in title_ids], np.int64),
+    }
+    return {"titles": titles, "categories": categories, "words": words}, arrays
+
+
 def meta_from(dataset: str, arrays) -> Meta:
     """The Meta of `parse`'s `meta` arrays (fresh, or read back from the cache)."""
     extra = json.loads(bytes(arrays["json"]).decode())
@@ -250,10 +272,14 @@ def meta_from(dataset: str, arrays) -> Meta:
         movies = {row: MovieInfo(row, [], f"movie {movie_ids[row]}", [], []) for row in range(1, len(movie_ids))}
         categories, words = [], []
     else:
-        genres = [[g for g in (gs or "").split("|") if g and g != NO_GENRE] for gs in extra["genres"]]
-        raw = [(row, chapter_title(t), gs) for row, (t, gs) in enumerate(zip(extra["titles"], genres), 1)]
-        categories = sorted({g for gs in genres for g in gs})
-        movies, words = movies_from(raw, categories)
+        categories, words = extra["categories"], extra["words"]
+        cat_flat, title_flat = arrays["category_flat"].tolist(), arrays["title_flat"].tolist()
+        cat_end, title_end = np.cumsum(arrays["category_len"]).tolist(), np.cumsum(arrays["title_len"]).tolist()
+        movies, c0, t0 = {}, 0, 0
+        for row, (title, c1, t1) in enumerate(zip(extra["titles"], cat_end, title_end), 1):
+            cs = cat_flat[c0:c1]
+            movies[row] = MovieInfo(row, [categories[c] for c in cs], title, cs, title_flat[t0:t1])
+            c0, t0 = c1, t1
     return Meta(
         dataset,
         {},

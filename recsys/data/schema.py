@@ -8,6 +8,7 @@ Users and movies are addressed by ROW: row 0 is the unknown user / no movie, row
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,9 +207,15 @@ def unknown_user_features(gender_ids, age_ids, job_ids) -> dict[str, np.ndarray]
 
 
 def _pad(rows: list[list[int]], movies: dict[int, MovieInfo], n: int, pad: int) -> np.ndarray:
-    out = np.full((n, max(1, max((len(r) for r in rows), default=0))), pad, np.int64)
-    for mid, r in zip(movies, rows):
-        out[mid, : len(r)] = r
+    """[n, longest] table of the id lists `rows` (of the movies' rows), padded with `pad`."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    out = np.full((n, max(1, int(lengths.max(initial=0)))), pad, np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+    starts = np.cumsum(lengths) - lengths
+    out[
+        np.repeat(np.fromiter(movies, np.int64, len(movies)), lengths),
+        np.arange(len(flat)) - np.repeat(starts, lengths),
+    ] = flat
     return out
 
 

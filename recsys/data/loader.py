@@ -30,7 +30,7 @@ VALIDATION = ":val"  # `--split u1:val`: u1's training ratings alone, split agai
 SPLITS = {name: ("random", "temporal") for name in DATASETS} | {
     "ml-100k": ("random", "temporal", *uitem.SHIPPED_SPLITS)
 }
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _OPTIONAL = {"csv": ("movies.csv", "users.csv")}
 
 
@@ -79,7 +79,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         return False
 
 
-def _cached(dataset: str, source: Path, part: str, need: tuple[str, ...], parse) -> dict[str, np.ndarray]:
+def _cached(dataset: str, source: Path, part: str, need: tuple[str, ...], parse, fits=None) -> dict[str, np.ndarray]:
     """The arrays of `part` from its cache when its key matches, else from `parse()` (which returns every
     part's arrays; all are cached). A damaged cache (bad zip, missing arrays) is rebuilt."""
     key = np.array([*_stamp(dataset, source), CACHE_VERSION], np.int64)
@@ -87,7 +87,9 @@ def _cached(dataset: str, source: Path, part: str, need: tuple[str, ...], parse)
         try:
             with np.load(cache, allow_pickle=False) as z:
                 if np.array_equal(z["key"], key) and all(n in z.files for n in need):
-                    return {n: z[n] for n in z.files if n != "key"}
+                    arrays = {n: z[n] for n in z.files if n != "key"}
+                    if fits is None or fits(arrays):
+                        return arrays
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             pass
     parts = parse()
@@ -132,13 +134,18 @@ def _ratings(dataset: str, source: Path, split: str, meta) -> Ratings:
     module = CHAPTER[dataset]
     part = split if split in uitem.SHIPPED_SPLITS else "random"
 
-    def parse():
+    def parse():  # the chapter's layouts keep one [n, 3] int32 block (user row, movie row, half-stars)
         r = module.read_ratings(source, part, meta)
-        arrays = {"user": r.user, "movie": r.movie, "half": r.half, "timestamp": r.timestamp}
+        arrays = {"rows": np.stack([r.user, r.movie, r.half.astype(np.int32)], 1), "timestamp": r.timestamp}
         return {part: arrays | ({} if r.is_test is None else {"is_test": r.is_test})}
 
-    a = _cached(dataset, source, part, ("user", "movie", "half", "timestamp"), parse)
-    return Ratings(a["user"], a["movie"], a["half"], a["timestamp"], a.get("is_test"))
+    def fits(a):
+        rows, is_test = a["rows"], a.get("is_test")
+        return rows.ndim == 2 and rows.shape[1] == 3 and (is_test is None or is_test.shape == rows[:, 0].shape)
+
+    a = _cached(dataset, source, part, ("rows", "timestamp"), parse, fits)
+    rows, is_test = a["rows"], a.get("is_test")
+    return Ratings(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int8), a["timestamp"], is_test)
 
 
 def split_mask(n: int, rand_seed: int = 0, test_ratio: float = 0.1) -> np.ndarray:
