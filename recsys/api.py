@@ -80,18 +80,29 @@ def _check(models: Models, user=None, movie=None, similar_to=None, gender=None, 
     cold = None
     if gender is not None:
         if not md.chapter_features:
-            raise RecsysError(f"{md.meta['dataset']} has no gender, age and job; give the user's features")
+            raise RecsysError(f"{infer.no_chapter_features(md)}: {_new_user_hint(md)}")
         cold = infer.chapter_cold(md, gender, age, job)
     for kind, value in (("user", user), ("movie", movie), ("movie", similar_to)):
         if value is None:
             continue
         if kind == "user" and not md.has_user(value):
+            ids = md.user_ids
             raise NotFound(
-                f"unknown user id {value}; the model knows users 1..{max(md.user_ids)} of {md.meta['dataset']}"
+                f"unknown user id {value}; {md.meta['dataset']} has no such user "
+                f"({len(ids)} users, ids {min(ids)}..{max(ids)})"
             )
         if kind == "movie" and not md.has_movie(value):
             raise NotFound(f"unknown movie id {value}; {md.meta['dataset']} has no such movie")
     return cold
+
+
+def _new_user_hint(md: ModelDir) -> str:
+    """How a new user of data without the chapter's features asks for recommendations."""
+    if not md.features:
+        return 'POST /api/recommend with {"rated": [[movie id, stars], ...]}'
+    name, values = next(iter(md.features.items()))
+    example = next((v for v in values if v), "")
+    return f'POST /api/recommend with {{"features": {{"{name}": "{example}"}}}}'
 
 
 def _describe(md: ModelDir | None) -> dict | None:
@@ -189,7 +200,8 @@ async def recommend_json(request: Request, who: Who):
     pairs = [(int(m), float(s)) for m, s in rated]
     if not _models(request).main.chapter_features:
         if any(v is not None for v in (who.gender, who.age, who.job)):
-            raise RecsysError("this data has no gender, age and job: give its user features as features")
+            md = _models(request).main
+            raise RecsysError(f"{infer.no_chapter_features(md)}: {_new_user_hint(md)}")
         return _recommend_new(request, None, None, None, who.k, pairs, who.features or {})
     if None in (who.gender, who.age, who.job) or who.features is not None:
         raise RecsysError("give user_id, or all of gender, age and job")
@@ -248,10 +260,12 @@ async def movie_details(request: Request, movie: int):
 
 @router.get("/api/meta")
 async def choices(request: Request):
-    """What the page needs for its forms: users, age buckets (codes and ranges) and jobs."""
+    """What the page needs for its forms: users, and the chapter's age buckets (codes and ranges) and jobs, or
+    the data's own user features (name -> values; "" is unknown)."""
     md = _models(request).main
-    out = {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
-    return out | ({} if md.chapter_features else {"features": md.features})
+    if not md.chapter_features:
+        return {"users": sorted(md.user_ids), "features": md.features}
+    return {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
 
 
 @router.get("/", include_in_schema=False)

@@ -102,13 +102,18 @@ def top_k_cold(md: ModelDir, cold: tuple, k: int, rated=()) -> list[tuple[int, f
 
 
 def check_rated(md: ModelDir, rated) -> None:
-    """One-line error unless the model reads a history and every named movie and rating is valid."""
+    """One-line error unless the model reads a history and every named movie and rating is valid: a known
+    movie, and stars on the data's scale in its steps (half stars from 0.5, else whole stars)."""
     if rated and not md.history:
         raise RecsysError(
-            f"{md.path} has no history input (trained with --no-history): rated movies cannot change its list"
+            f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
         )
+    low, high = md.rating_scale
     for movie, value in rated:
         history.check_rated(movie, value, md.has_movie, md.rating_scale)
+        if not float(value / low).is_integer():
+            steps = f"{low:g}, {2 * low:g}, ..., {high:g}"
+            raise RecsysError(f"rating {value:g} of movie {movie} is not one of the data's ratings {steps}")
 
 
 def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
@@ -296,11 +301,16 @@ def check_ids(md: ModelDir, args) -> tuple | None:
             raise RecsysError(f"a new user needs all of --gender, --age and --job for {md.meta['dataset']}")
         return chapter_cold(md, args.gender, args.age, args.job, "--")
     if any(x is not None for x in (args.gender, args.age, args.job)):
-        raise RecsysError(
-            f"{md.meta['dataset']} has no gender, age and job; its user features: "
-            f"{', '.join(md.features) or 'none'} (give them with --feature NAME=VALUE)"
-        )
+        raise RecsysError(f"{no_chapter_features(md)} (give them with --feature NAME=VALUE)")
     return feature_ids(md, dict(_pair(f) for f in args.feature))
+
+
+def no_chapter_features(md: ModelDir) -> str:
+    """Why a new user of data without the chapter's gender, age and job cannot be given by them."""
+    data = md.meta["dataset"]
+    if not md.features:
+        return f"{data} has no user features (no gender, age or job): a new user is known by the movies they rated"
+    return f"{data} users have the features {', '.join(md.features)}, not the chapter's gender, age and job"
 
 
 def chapter_cold(md: ModelDir, gender: str, age: int, job: int, prefix: str = "") -> tuple[int, int, int]:
@@ -323,7 +333,9 @@ def feature_ids(md: ModelDir, given: dict[str, str]) -> tuple[int, ...]:
     out = []
     for name in given:
         if name not in md.features:
-            known = ", ".join(md.features) or "none"
+            if not md.features:
+                raise RecsysError(f"{md.meta['dataset']} has no user features (got {name!r})")
+            known = ", ".join(md.features)
             raise RecsysError(f"{md.meta['dataset']} has no user feature {name!r}; its features: {known}")
     for name, labels in md.features.items():
         value = str(given.get(name, ""))
@@ -421,12 +433,18 @@ def recommend_doc(
     return person | {"stages": [md.objective], "recommendations": rows}
 
 
+def _id_width(rows: list[dict]) -> int:
+    """The width of the movie id column: the longest id shown, at least 5."""
+    return max([5] + [len(str(r["movie_id"])) for r in rows])
+
+
 def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
     """The text form of a `*_doc` object."""
     if "similar" in doc:
         head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(doc["genres"])}):'
+        w = _id_width(doc["similar"])
         return [head] + [
-            f"{i:3d}. {r['movie_id']:5d}  cos {r['cosine']:.3f}  {r['title']}  ({'|'.join(r['genres'])})"
+            f"{i:3d}. {r['movie_id']:{w}d}  cos {r['cosine']:.3f}  {r['title']}  ({'|'.join(r['genres'])})"
             for i, r in enumerate(doc["similar"], 1)
         ]
     if "recommendations" not in doc:
@@ -448,13 +466,13 @@ def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
         ): f"retrieval top {doc.get('candidates')} reordered by the rating model, score in 2*stars-5",
         ("retrieval", "ranking"): f"retrieval top {doc.get('candidates')} reordered by the ranking network, logit",
     }[tuple(doc["stages"])]
-    lines = [f"Top {len(rows)} movies for {who}{seen} ({how}):"]
+    lines, w = [f"Top {len(rows)} movies for {who}{seen} ({how}):"], _id_width(rows)
     for i, r in enumerate(rows, 1):
         genres = "|".join(r["genres"])
         value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f}"
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
-        lines.append(f"{i:3d}. {r['movie_id']:5d}  {value}  {r['title']}  ({genres}){origin}")
+        lines.append(f"{i:3d}. {r['movie_id']:{w}d}  {value}  {r['title']}  ({genres}){origin}")
     return lines
 
 
