@@ -16,7 +16,7 @@ The first four are means over the users with at least one relevant test rating; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -51,6 +51,15 @@ class Interactions:
     def eval_users(self) -> np.ndarray:
         """Users with at least one relevant test rating, ascending."""
         return np.unique(self.test_user)
+
+    def sample_users(self, n: int, seed: int = 0) -> Interactions:
+        """The same ratings with the relevant test ratings of at most `n` evaluation users, drawn by `seed`
+        (itself when there are no more than `n`): a cheaper estimate of the metrics on a large catalogue."""
+        users = self.eval_users()
+        if len(users) <= n:
+            return self
+        keep = np.isin(self.test_user, np.random.RandomState(seed).choice(users, n, replace=False))
+        return replace(self, test_user=self.test_user[keep], test_col=self.test_col[keep])
 
     def relevant(self) -> list[set[int]]:
         """The relevant test columns of each user in `eval_users()` order."""

@@ -28,6 +28,7 @@ from recsys.trainer import Trainer
 OBJECTIVES = ("rating", "retrieval", "ranking")
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
 HISTORY_CAP = 0  # all of a history
+EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,6 +298,7 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
     ranking = val_ranking = None
     if top_n:  # the positives of each split; the top-N metrics rank against the whole training split
         ranking = topn.Interactions.build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
+        ranking = ranking.sample_users(EVAL_USERS, args.seed)  # `evaluate` ranks for every user
         if len(val_idx):  # validation: ranked against the ratings the model trains on, scored on the slice
             fit = np.zeros(len(data.user), bool)
             fit[val_idx] = fit[t.fit_idx if args.objective == "ranking" else train_idx] = True
@@ -304,7 +306,7 @@ def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Tra
             is_val[val_idx] = True
             val_ranking = topn.Interactions.build(
                 t.catalogue, data.user[fit], data.movie[fit], data.stars[fit], is_val[fit], args.positive
-            )
+            ).sample_users(EVAL_USERS, args.seed)
         train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
         if not len(train_idx) or not len(test_idx):
             which = "training" if not len(train_idx) else "test"

@@ -36,6 +36,9 @@ def scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
+EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
+
+
 class Trainer:
     """The network, its optimizer and the data; one `step` per batch of rating indices.
 
@@ -258,9 +261,11 @@ class Trainer:
                     total += float(self.ranking_loss(idx[s : s + 4096], cand, rng)) * len(idx[s : s + 4096])
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
-        total = 0.0
-        for s in range(0, len(idx), 4096):
-            part = idx[s : s + 4096]
+        if len(idx) > EVAL_RATINGS:  # a seeded sample, the same at every evaluation
+            idx = np.sort(np.random.RandomState(len(idx)).choice(idx, EVAL_RATINGS, replace=False))
+        total, rows = 0.0, max(16, min(4096, (1 << 24) // len(movies)))  # about 128 MB of logits at a time
+        for s in range(0, len(idx), rows):
+            part = idx[s : s + rows]
             logits = (users[self.data.user[part]] @ movies.T).astype(np.float64) / self.temperature
             top = logits.max(axis=1)
             lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
