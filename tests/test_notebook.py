@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+import zipfile
 from pathlib import Path
 
 import nbformat
+import numpy as np
 from nbclient import NotebookClient
+
+from recsys import synthetic
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "recommender_system.ipynb"
 
@@ -64,3 +71,40 @@ def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):
     assert 'Predict Rating of user id 1 on movie "Milk Money" is' in text
     assert images >= 3
     assert "456 test users with a rating of 4+ stars" in text  # u1's evaluation users
+
+
+def test_notebook_runs_on_ml_latest_small(tmp_path, monkeypatch):
+    """A synthetic ml-latest-small zip: half stars, sparse movie ids without the chapter's 783, no user features.
+    The example user and movie come from the data: the user of the first rating line and the last movie they
+    rated in the chapter's test split (seed 0, one draw per line), read here from the files themselves."""
+    data = tmp_path / "data"
+    archive = synthetic.write_csv(data, "ml-latest-small", n_ratings=6000, n_users=120, n_movies=400, seed=5,
+                                  zipped=True)  # fmt: skip
+    with zipfile.ZipFile(archive) as z:
+        ratings = [line.split(",") for line in z.read("ml-latest-small/ratings.csv").decode().splitlines()[1:]]
+        movies = dict(row[:2] for row in csv.reader(io.StringIO(z.read("ml-latest-small/movies.csv").decode())))
+    assert "783" not in movies and len(ratings) == 6000
+    is_test = np.random.RandomState(0).random_sample(len(ratings)) < 0.1
+    first = ratings[int(np.argmin(is_test))]  # the first training line
+    user = ratings[0][0]
+    held_out = [r for r, t in zip(ratings, is_test) if r[0] == user and t]
+    movie, rating = held_out[-1][1], held_out[-1][2]
+    title = re.sub(r"\(\d+\)$", "", movies[movie]).strip()  # the chapter's rule: the trailing (year) goes
+    assert (user, movie, rating, title) == ("1", "6339", "4.5", "Blue World")  # a half star, as the data gave it
+
+    text, images = _execute(
+        tmp_path, monkeypatch, DATASET="ml-latest-small", DATA_DIR=str(data), MAX_BATCHES="40", EVAL_EVERY="20"
+    )
+    n_test = int(is_test.sum())
+    assert f"6,000 ratings: {6000 - n_test:,} train, {n_test:,} test" in text
+    assert f"row 1 is movie id {min(int(m) for m in movies if m != 'movieId')}: <MovieInfo id(1), " in text
+    assert "row 1 is user id 1, user features: none" in text
+    assert "120 users (ids 1..120), 400 movies" in text
+    assert f"User {first[0]} rates Movie {first[1]} with Score [{float(first[2]) * 2 - 5}]" in text
+    assert 'example: user id 1, movie id 6339 "Blue World"' in text
+    assert 'Predict Rating of user id 1 on movie "Blue World" is ' in text
+    assert 'Actual Rating of user id 1 on movie "Blue World" is 4.5.' in text
+    assert " 1. " in text and "10. " in text and "[id " in text  # the top-10 list, with own movie ids
+    assert "two-stage: retrieval top 200 -> ranking network" in text and "test users with a rating of 4+ stars" in text
+    assert images >= 3
+    assert (tmp_path / "model" / "inference.json").exists()
