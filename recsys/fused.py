@@ -91,7 +91,8 @@ def _gather_rows(x, rows):
 
 def user_tower(t: UserTower, user_id, *ids_and_history):
     """`UserTower.forward` on the user id and each feature's ids, then, when the tower has a history part, its
-    weights: a float32 tensor [N, n_movies], or the sparse form (movie ids [P], batch row [P], weight [P, 1]).
+    weights: a float32 tensor [N, n_movies], or the sparse form (`FusedStep.history`: distinct movie ids [U], the
+    position of each entry's movie among them [P], batch row [P], weight [P, 1]).
     Returns (output [N, 200], what `user_tower_grad` needs)."""
     ids = (user_id, *ids_and_history[: len(t.features)])
     tables = t.parts()
@@ -103,8 +104,8 @@ def user_tower(t: UserTower, user_id, *ids_and_history):
             raise ValueError("this user tower has a history part: pass its weights")
         history = ids_and_history[len(t.features)]
         if isinstance(history, (tuple, list)):  # the mean of the rated movies' embeddings, row by row
-            h_ids, h_rows, h_w = history
-            picked = C.embedding(h_ids, t.history.emb, -1, False)
+            distinct, where, h_rows, h_w = history
+            picked = _gather_rows(C.embedding(distinct, t.history.emb, -1, False), where)
             mean = _scatter_rows(h_rows, C.multiply(picked, C.expand(h_w, picked.shape)), user_id.shape[0])
         else:
             mean = C.matmul(history, t.history.emb, False, False)  # [N, 32]
@@ -127,10 +128,11 @@ def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
         fc = t.history.fc
         d_mean = _fc_grad(fc.weight, fc.bias, mean, d_parts[-1], grads, transposed=True)  # [32, N]
         if isinstance(history, (tuple, list)):
-            h_ids, h_rows, h_w = history
+            distinct, where, h_rows, h_w = history
             d_picked = _gather_rows(C.transpose(d_mean, [1, 0]), h_rows)
             d_picked = C.multiply(d_picked, C.expand(h_w, d_picked.shape))
-            grads.append((t.history.emb, C.embedding_grad(h_ids, t.history.emb, d_picked, -1, t.history.sparse)))
+            d_rows = _scatter_rows(where, d_picked, distinct.shape[0])  # one row per movie: a cheaper update
+            grads.append((t.history.emb, C.embedding_grad(distinct, t.history.emb, d_rows, -1, t.history.sparse)))
         else:
             grads.append((t.history.emb, C.matmul(history, d_mean, True, True)))  # weights^T @ d_mean
 
@@ -285,14 +287,16 @@ class FusedStep:
 
     @staticmethod
     def history(f: dict):
-        """The feeds' history weights as tensors: dense [N, n_movies] float32, or the sparse form (movie ids,
-        batch rows, weights [P, 1]) from (ids, rows, weights) arrays; None without them."""
+        """The feeds' history weights as tensors: dense [N, n_movies] float32, or, from the sparse (movie ids,
+        batch rows, weights) arrays, (the distinct movies, each entry's place among them, batch rows, weights
+        [P, 1]); None without them."""
         if "history" not in f:
             return None
         h = f["history"]
         if isinstance(h, tuple):
             ids, rows, w = h
-            return (paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w.reshape(-1, 1)))
+            distinct, where = np.unique(ids, return_inverse=True)
+            return tuple(paddle.to_tensor(a) for a in (distinct, where.ravel(), rows, w.reshape(-1, 1)))
         return paddle.to_tensor(h.astype(np.float32, copy=False))
 
     def forward(self, users: list, movies: list, history=None):

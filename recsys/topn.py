@@ -50,7 +50,7 @@ class Interactions:
 
     def eval_users(self) -> np.ndarray:
         """Users with at least one relevant test rating, ascending."""
-        return np.unique(self.test_user)
+        return np.flatnonzero(np.bincount(self.test_user, minlength=self.n_users))
 
     def sample_users(self, n: int, seed: int = 0) -> Interactions:
         """The same ratings with the relevant test ratings of at most `n` evaluation users, drawn by `seed`

@@ -139,10 +139,11 @@ class Trainer:
         """The feeds `f` as the network's input tensors, in its argument order."""
         import paddle
 
-        from recsys.fused import FusedStep
-
         x = [paddle.to_tensor(f[n]) for n in self.feed_names]
-        return x + ([FusedStep.history(f)] if "history" in f else [])
+        if "history" in f:  # sparse: (movie ids, batch rows, weights [P, 1])
+            ids, rows, w = f["history"]
+            x.append((paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w[:, None])))
+        return x
 
     def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
         """The network's input tensors for the ratings `idx` (see `pair_features`; training reads the training
