@@ -51,7 +51,7 @@ class Histories:
     def of(cls, n_users: int, n_movies: int, user: np.ndarray, movie: np.ndarray) -> Histories:
         """The histories of these ratings (a movie rated twice by a user counts once)."""
         key = np.sort(np.asarray(user, np.int64) * n_movies + np.asarray(movie, np.int64))
-        key = key[np.r_[True, key[1:] != key[:-1]]]  # np.unique, without its slower paths on large arrays
+        key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key  # np.unique, without its slow paths
         counts = np.bincount(key // n_movies, minlength=n_users)
         return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), key, n_movies)
 
