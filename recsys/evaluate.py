@@ -43,9 +43,9 @@ def _check_data(md: ModelDir, data: MovieLens) -> None:
         raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
 
 
-def compare(md: ModelDir | None, data: MovieLens) -> list[dict]:
+def compare(md: ModelDir | None, data: MovieLens, baselines: bool = True) -> list[dict]:
     """One row per predictor on the test split: name, cost, rmse, mae, seconds (fit + predict).
-    `md` is a rating model (or None: the baselines alone)."""
+    `md` is a rating model (or None: the baselines alone); `baselines` False: the model alone."""
     test, train = np.flatnonzero(data.is_test), ~data.is_test
     label = data.label[test, 0]
     rows = []
@@ -53,13 +53,14 @@ def compare(md: ModelDir | None, data: MovieLens) -> list[dict]:
         _check_data(md, data)
         t = time.perf_counter()
         predicted = model_scores(md, data, test)
-        rows.append({"model": f"recsys model ({md.path.name})", **scores(predicted, label)})
+        rows.append({"model": f"recsys model ({md.path.name})", **scores(predicted, label, data.lowest_rating())})
         rows[0]["seconds"] = time.perf_counter() - t
-    for baseline in (GlobalMean(), Biases(), MatrixFactorization()):
+    for baseline in (GlobalMean(), Biases(), MatrixFactorization()) if baselines else ():
         t = time.perf_counter()
         baseline.fit(data.user[train], data.movie[train], data.stars[train])
         stars = baseline.predict(data.user[test], data.movie[test])
-        rows.append({"model": baseline.name, **scores(2 * stars - 5, label), "seconds": time.perf_counter() - t})
+        row = scores(2 * stars - 5, label, data.lowest_rating())
+        rows.append({"model": baseline.name, **row, "seconds": time.perf_counter() - t})
     return rows
 
 
@@ -91,15 +92,19 @@ def top_n(
     ease_lambda: float = 500.0,
     rerank: ModelDir | None = None,
     candidates: int | None = None,
+    ease_items: int = topn.EASE_MAX_ITEMS,
+    baselines: bool = True,
 ) -> tuple[list[dict], int]:
     """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
     the two stages over `infer.candidates_for(rerank, candidates)` candidates, with their recall): precision,
-    recall, ndcg, hr at k, coverage, seconds. Also returns the number of users."""
+    recall, ndcg, hr at k, coverage, seconds. Also returns the number of users. EASE covers the `ease_items`
+    most-rated movies (0: no EASE row); `baselines` False leaves popularity and EASE out."""
     _check_data(md, data)
     candidates = infer.candidates_for(rerank, candidates)
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
-    for baseline in (topn.Popularity(), topn.EASE(ease_lambda)):  # named once fitted: EASE says when it is capped
+    chosen = [topn.Popularity()] + ([topn.EASE(ease_lambda, ease_items)] if ease_items else [])
+    for baseline in chosen if baselines else []:  # named once fitted: EASE says when it is capped
         rankers.append((lambda b=baseline: b.name, lambda b=baseline: b.fit(ranking).ranker()))
     kind = "retrieval" if md.objective == "retrieval" else "chapter model"
     rankers.append((f"{kind} ({md.path.name})", lambda: _tower_ranker(md)))
@@ -153,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10, help="length of the top-N lists (default: %(default)s)")
     ap.add_argument("--relevant", type=int, default=4, help="test ratings of this many stars or more are relevant")
     ap.add_argument("--ease-lambda", type=float, default=500.0, help="EASE's L2 weight (default: %(default)s)")
+    ap.add_argument(
+        "--ease-items",
+        type=int,
+        default=topn.EASE_MAX_ITEMS,
+        help="EASE's item-item matrix covers this many of the most-rated movies, the rest rank after them by "
+        "popularity (0: no EASE row; its cost grows with users x items^2) (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also score the baselines (global mean, biases, ALS; popularity, EASE) (default: on)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if (
@@ -160,17 +178,24 @@ def main(argv: list[str] | None = None) -> int:
         or (args.candidates is not None and args.candidates < 1)
         or not 1 <= args.relevant <= 5
         or not args.ease_lambda > 0
+        or args.ease_items < 0
     ):
-        ap.error("--k must be at least 1, --candidates at least 1, --relevant 1..5 and --ease-lambda positive")
+        ap.error(
+            "--k must be at least 1, --candidates at least 1, --relevant 1..5, --ease-lambda positive and "
+            "--ease-items 0 or more"
+        )
     md = ModelDir.load(args.model_dir)
     rerank = None
     if args.rerank is not None:
         rerank = ModelDir.load(args.rerank)
         infer.check_pair(md, rerank)
     data = _data_for(md, args)
-    rows = compare(next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None), data)
+    rating = next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None)
+    rows = compare(rating, data, args.baselines) if rating is not None or args.baselines else []
     candidates = max(infer.candidates_for(rerank, args.candidates), args.k)  # the rule of infer and serve too
-    ranked, n_users = top_n(md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates)
+    ranked, n_users = top_n(
+        md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates, args.ease_items, args.baselines
+    )
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}
     if args.json:
@@ -179,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{head['dataset']} split {head['split']}: {head['n_train']:,} training, {head['n_test']:,} test ratings")
     width = max(len(r["model"]) for r in rows + ranked)
-    print(f"{'rating':<{width}}  {'test cost':>9}  {'RMSE':>6}  {'MAE':>6}")
+    if rows:
+        print(f"{'rating':<{width}}  {'test cost':>9}  {'RMSE':>6}  {'MAE':>6}")
     for r in rows:
         print(f"{r['model']:<{width}}  {r['cost']:9.4f}  {r['rmse']:6.4f}  {r['mae']:6.4f}")
     k = args.k

@@ -206,7 +206,7 @@ def save(
             "age_table": age_table,
             "jobs": meta.jobs,
             "features": meta.features,
-            "rating_scale": [0.5 if (data.stars % 1).any() or data.stars.min(initial=1) < 1 else 1, 5],
+            "rating_scale": [data.lowest_rating(), 5],
             "categories": meta.categories,
             "title_words": meta.title_words,
             "movies": {str(m): [meta.display_title(m), info.categories] for m, info in meta.movies.items()},

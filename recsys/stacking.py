@@ -145,6 +145,9 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
         )
 
 
+MAX_CELLS = 250_000_000  # users x catalogue cells of the ranking network's tables (ml-1m: 22 million)
+
+
 def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Set up trainer `t` to train a ranking network on the candidates of the retrieval model
     `args.candidates_from`: its held-out ratings are the ranker's labels, its training ratings the histories,
@@ -155,6 +158,13 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     retrieval = ModelDir.load(args.candidates_from)
     check_retrieval(retrieval, data)
+    cells = data.sizes()["n_users"] * len(t.catalogue)
+    if cells > MAX_CELLS:  # the candidates' tables below are users x catalogue matrices
+        raise RecsysError(
+            f"the ranking network's candidate tables are users x movies matrices: {cells:,} cells "
+            f"({cells * 4 / 2**30:.0f} GB each) for {data.meta.dataset}, above the {MAX_CELLS:,} recsys builds; "
+            "rank this data's candidates with the retrieval model alone (or --rerank a rating model)"
+        )
     rs = retrieval.meta["settings"]
     if not rs.get("holdout"):
         raise RecsysError(

@@ -194,7 +194,7 @@ class Popularity:
         return by_score(self.scores)
 
 
-EASE_MAX_ITEMS = 20_000  # EASE's item-item matrix covers at most this many of the most-rated movies
+EASE_MAX_ITEMS = 10_000  # EASE's item-item matrix covers at most this many of the most-rated movies
 _INVERT_IN_PLACE_FROM = 8_192  # larger grams are inverted in place (numpy's inverse holds four copies)
 
 

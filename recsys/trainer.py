@@ -25,9 +25,10 @@ def use_cpu_cores(share: int = 1) -> None:
     paddle.base.core.set_num_threads(max(1, min(4, cores // share)))
 
 
-def scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Chapter-scale cost (mean square error on 2*stars-5) and RMSE / MAE in stars, predictions clipped to 1..5."""
-    stars_pred = np.clip((pred + 5) / 2, 1, 5)
+def scores(pred: np.ndarray, label: np.ndarray, lowest: float = 1.0) -> dict[str, float]:
+    """Chapter-scale cost (mean square error on 2*stars-5) and RMSE / MAE in stars, predictions clipped to the
+    rating scale, `lowest`..5 (half-star data: 0.5..5)."""
+    stars_pred = np.clip((pred + 5) / 2, lowest, 5)
     stars = (label + 5) / 2
     return {
         "cost": float(np.mean((pred - label) ** 2)),
@@ -252,7 +253,7 @@ class Trainer:
         """rating: the chapter's cost, RMSE and MAE; retrieval: the full-softmax cross-entropy of the ratings;
         ranking: the weighted logistic loss with negatives drawn by a fixed seed (the same every time)."""
         if self.objective == "rating":
-            return scores(self.predict(idx), self.label[idx, 0])
+            return scores(self.predict(idx), self.label[idx, 0], self.data.lowest_rating())
         if self.objective == "ranking":
             import paddle
 

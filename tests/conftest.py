@@ -99,3 +99,20 @@ def u1_models(tmp_path_factory) -> tuple[Path, Path]:
     proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "rating"), "--epochs", "1")
     assert proc.returncode == 0, proc.stderr
     return out / "retrieval", out / "rating"
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A loopback HTTP server over a temp folder; yields (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -3,11 +3,8 @@ the download of a CSV release; every expected value below is worked out by hand 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -251,19 +248,6 @@ def test_csv_errors_through_the_cli(tmp_path):
 def test_every_layout_is_known():
     assert set(DATASETS) == {"ml-1m", "ml-100k", "ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m", "csv"}
     assert set(ml.SPLITS) == set(DATASETS) and all("temporal" in s for s in ml.SPLITS.values())
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    """A loopback HTTP server over a temp folder; yields (folder, base URL)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_release_download_checks_the_published_md5(tmp_path, http_dir, monkeypatch):

@@ -185,23 +185,6 @@ def test_no_network_is_one_clear_error_and_leaves_nothing(tmp_path):
     assert list((tmp_path / "empty").glob("*")) == []
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    """A loopback HTTP server over a temp folder; yields (folder, base URL)."""
-    import functools
-    import http.server
-    import threading
-
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_download_with_wrong_md5_leaves_no_file(tmp_path, http_dir, small_dir, monkeypatch):
     root, url = http_dir
     shutil.copy(small_dir / "ml-1m.zip", root / "ml-1m.zip")  # a valid zip, but not the official one

@@ -233,6 +233,10 @@ class MovieLens:
     is_test: np.ndarray  # bool [n]
     timestamp: np.ndarray | None = None  # int64 [n], or None when the data has none
 
+    def lowest_rating(self) -> float:
+        """The bottom of the rating scale: 0.5 for half-star data, else the chapter's 1."""
+        return 0.5 if ((self.stars % 1) != 0).any() or (self.stars < 1).any() else 1.0
+
     @property
     def label(self) -> np.ndarray:
         """The chapter's regression target, `rating * 2 - 5`, as float32 [n, 1]."""
