@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
 from conftest import assert_one_line_error, run_cli
 
-from recsys import synthetic, topn
+from recsys import history, synthetic, topn
 
 HALF_STARS = {f"{s / 2:.1f}" for s in range(1, 11)}
 
@@ -133,3 +134,36 @@ def test_ease_cap_ranks_the_other_movies_after_by_popularity():
     # user 1: movie 1 (the only unseen kept one), then 3 (2 is seen); user 3: kept 0, 1 tie at 0 -> smaller
     # first, then 3; user 4: movie 1, then the others by popularity: 2 (2 ratings), 3 (1 rating)
     np.testing.assert_array_equal(lists, [[1, 3, -1], [0, 1, 3], [1, 2, 3]])
+
+
+def test_sparse_histories_equal_the_dense_weights_and_the_cap_draws_from_the_rest():
+    # user 1 rated movies 2, 3, 5, 7, 9; user 2 rated 3 only; user 0 (unknown) nothing; a repeat counts once
+    user, movie = np.array([1, 1, 1, 1, 1, 2, 1]), np.array([2, 3, 5, 7, 9, 3, 5])
+    h = history.Histories.of(3, 10, user, movie)
+    assert h.indptr.tolist() == [0, 0, 5, 6] and h.movies.tolist() == [2, 3, 5, 7, 9, 3]
+    ids, rows, w = h.sparse(np.array([1, 1, 2, 0]), leave_out=np.array([5, 4, 3, 1]))
+    assert sorted(zip(rows.tolist(), ids.tolist())) == [(0, 2), (0, 3), (0, 7), (0, 9)] + [
+        (1, m) for m in (2, 3, 5, 7, 9)
+    ]  # row 0 leaves its own movie 5 out; row 1's movie 4 is not in the history; row 2's only movie is its own
+    np.testing.assert_allclose(w, [1 / 4] * 4 + [1 / 5] * 5)
+    dense = h.dense(np.array([1, 2]))
+    np.testing.assert_allclose(dense[0], [0, 0, 0.2, 0.2, 0, 0.2, 0, 0.2, 0, 0.2])
+    assert dense[1, 3] == 1.0 and dense[1].sum() == 1.0
+    ids, rows, w = h.sparse(np.array([1] * 200 + [2]), np.array([5] * 200 + [9]), cap=2, rng=np.random.RandomState(0))
+    assert np.bincount(rows).tolist() == [2] * 200 + [1]  # capped rows draw 2; user 2's single movie is whole
+    assert set(ids[rows < 200].tolist()) == {2, 3, 7, 9} and np.all(w[rows < 200] == 0.5)
+    assert ids[rows == 200].tolist() == [3] and w[rows == 200].tolist() == [1.0]
+
+
+def test_evaluate_without_ease_or_baselines(u1_models):
+    model = str(u1_models[0])  # a retrieval model on ml-100k u1
+
+    def names(*flags: str) -> tuple[list[str], list[str]]:
+        proc = run_cli("recsys.evaluate", "--model-dir", model, "--json", *flags)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        return [r["model"] for r in doc["rows"]], [r["model"].split(" (")[0] for r in doc["top_n"]["rows"]]
+
+    assert names("--ease-items", "0")[1] == ["popularity", "retrieval"]
+    assert names("--no-baselines") == ([], ["retrieval"])
+    assert_one_line_error(run_cli("recsys.evaluate", "--model-dir", model, "--ease-items", "-1"), "--ease-items")
