@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import topn_serve
 from common import full_size_archive, median_ms, print_table
 from topn_serve import load_test
 
@@ -128,8 +129,10 @@ def main() -> None:
         top = json.loads(child([sys.executable, "-c", _TOP_N, str(retrieval_dir), str(folder)], env)[2])
         md = ModelDir.load(retrieval_dir)
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
-        served = load_test(retrieval_dir, None, users, [int(m) for m in md.movie_ids], args.requests, args.clients)
+        one_ms = median_ms(lambda u: infer.top_k(md, md.user_row(u), 10), users)
+        movies = [md.own_movie(m) for m in md.movie_ids]
+        new = {} if args.dataset != "ml-1m" else topn_serve.CHAPTER_USER
+        served = load_test(retrieval_dir, None, users, movies, args.requests, args.clients, new)
     n = f"{cold['ratings']:,} ratings, {cold['users']:,} users, {cold['movies']:,} movies"
     ref = f"ml-1m size: {reference['samples_per_s']:,.0f} samples/s" if reference else ""
     ndcg = ", ".join(f"{r['model'].split(' (')[0]} {r['ndcg']:.3f}" for r in top["rows"])

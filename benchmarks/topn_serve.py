@@ -47,7 +47,14 @@ def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
     return epoch(folder, model, *flags)["seconds"]
 
 
-def load_test(retrieval: Path, ranking: Path | None, users: list[int], movies: list[int], n: int, clients: int) -> dict:
+CHAPTER_USER = {"gender": "F", "age": 25, "job": 4}  # a new user's features on the chapter's data
+
+
+def load_test(
+    retrieval: Path, ranking: Path | None, users: list[int], movies: list[int], n: int, clients: int, new=CHAPTER_USER
+) -> dict:
+    """`n` mixed requests from `clients` threads to `recsys.serve` on 127.0.0.1; `new`: a new user's features
+    (data without user features: {})."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -69,7 +76,7 @@ def load_test(retrieval: Path, ranking: Path | None, users: list[int], movies: l
         plan = []
         for _ in range(n):
             kind, u, m = rng.choice(kinds), rng.choice(users), rng.choice(movies)
-            rated = json.dumps({"gender": "F", "age": 25, "job": 4, "rated": [[m, 5], [rng.choice(movies), 4]]})
+            rated = json.dumps({**new, "rated": [[m, 5], [rng.choice(movies), 4]]})
             url = {"top10": f"/api/users/{u}/recommendations?k=10", "similar": f"/api/movies/{m}/similar?k=10",
                    "rated": ("/api/recommend", rated), "movie": f"/api/movies/{m}"}[kind]  # fmt: skip
             plan.append((kind, url))
