@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/topn_serve.py
+	$(PY) benchmarks/scale.py --max-batches 20000
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) *.model .*.lock .*.previous .*.tmp test-artifacts .pytest_cache .ruff_cache \

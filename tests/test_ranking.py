@@ -113,8 +113,9 @@ def u1_two_stage(tmp_path_factory):
     data = str(need_ml100k())
     out = tmp_path_factory.mktemp("u1-ranking")
     flags = [*U1, "--data-dir", data]
+    # every rated movie in each step (no cap): in 8 epochs the history part learns enough to be tested
     proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "retrieval"), "--objective", "retrieval",
-                   "--epochs", "8")  # fmt: skip
+                   "--epochs", "8", "--history-cap", "0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "ranking"), "--objective", "ranking",
                    "--candidates-from", str(out / "retrieval"), "--epochs", "4")  # fmt: skip
