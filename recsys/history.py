@@ -118,8 +118,13 @@ def parse_rated(text: str, known, scale: tuple[float, float] = (1, 5)) -> list[t
 
 
 def check_rated(movie: int, stars: float, known, scale: tuple[float, float] = (1, 5)) -> None:
-    """One-line error unless `movie` is known and `stars` lies on the data's rating scale."""
+    """One-line error unless `movie` is known and `stars` lies on the data's rating scale, in its steps (the
+    lowest rating: half stars from 0.5, else whole stars)."""
+    low, high = scale
     if not known(movie):
         raise RecsysError(f"rated movie {movie} is unknown to the model")
-    if not scale[0] <= stars <= scale[1]:  # NaN fails the comparison too
-        raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {scale[0]:g}..{scale[1]:g}")
+    if not low <= stars <= high:  # NaN fails the comparison too
+        raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {low:g}..{high:g}")
+    if not float(stars / low).is_integer():
+        steps = f"{low:g}, {2 * low:g}, ..., {high:g}"
+        raise RecsysError(f"rating {stars:g} of movie {movie} is not one of the data's ratings {steps}")

@@ -108,12 +108,8 @@ def check_rated(md: ModelDir, rated) -> None:
         raise RecsysError(
             f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
         )
-    low, high = md.rating_scale
     for movie, value in rated:
         history.check_rated(movie, value, md.has_movie, md.rating_scale)
-        if not float(value / low).is_integer():
-            steps = f"{low:g}, {2 * low:g}, ..., {high:g}"
-            raise RecsysError(f"rating {value:g} of movie {movie} is not one of the data's ratings {steps}")
 
 
 def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:

@@ -49,6 +49,12 @@ class History(nn.Layer):
         self.fc = _linear(EMBED, EMBED)
         self.sparse = sparse
 
+    @staticmethod
+    def tensors(sparse: tuple) -> tuple:
+        """The sparse form's tensors from `Histories.sparse`'s (movie ids, batch rows, weights) arrays."""
+        ids, rows, w = sparse
+        return paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w[:, None])
+
     def forward(self, weights, n: int | None = None):
         """`n`: the batch's rows, for the sparse form."""
         if isinstance(weights, (tuple, list)):

@@ -63,11 +63,12 @@ def tower_outputs(
     `histories`, the user tower reads each `user_id` row's history (sparse; all of it)."""
     import paddle
 
+    from recsys.model import History
+
     def inputs(s: int) -> list:
         x = [paddle.to_tensor(v[s : s + batch]) for v in feeds.values()]
         if histories is not None:
-            ids, rows, w = histories.sparse(feeds["user_id"][s : s + batch])
-            x.append((paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w[:, None])))
+            x.append(History.tensors(histories.sparse(feeds["user_id"][s : s + batch])))
         return x
 
     n = len(next(iter(feeds.values())))
@@ -79,13 +80,10 @@ def tower_outputs(
 COLD_GRID = 65_536  # new users' vectors are saved for every combination of feature values up to this many
 
 
-def cold_feeds(sizes: list[int], grid: tuple | None = None) -> dict[str, np.ndarray]:
-    """The unknown user's (row 0) feeds for every combination of feature values (`grid` None), in C order over
-    `sizes`, or for one combination `grid`; the feeds are named by position (`f0_id`, ...) in feature order."""
-    if grid is not None:
-        combos = [np.array([v], np.int64) for v in grid]
-    else:
-        combos = [x.ravel() for x in np.meshgrid(*(np.arange(n) for n in sizes), indexing="ij")]
+def cold_feeds(sizes: list[int]) -> dict[str, np.ndarray]:
+    """The unknown user's (row 0) feeds for every combination of feature values, in C order over `sizes`; the
+    feeds are named by position (`f0_id`, ...) in feature order."""
+    combos = [x.ravel() for x in np.meshgrid(*(np.arange(n) for n in sizes), indexing="ij")]
     n = len(combos[0]) if combos else 1
     return {"user_id": np.zeros(n, np.int64)} | {f"f{i}_id": c.astype(np.int64) for i, c in enumerate(combos)}
 
@@ -100,7 +98,6 @@ def tower_vectors(net, tables: Tables, feature_sizes: list[int], histories: Hist
     users = tables.user_features(np.arange(len(tables.user)))
     grid = int(np.prod(feature_sizes)) <= COLD_GRID
     cold = cold_feeds(feature_sizes) if grid else None
-    empty = Histories.of(1, 1, np.zeros(0, np.int64), np.zeros(0, np.int64))  # row 0, no movie
     movies = tables.movie_features(np.arange(len(tables.category)))
     out = {}
     for raw in (False, True) if hasattr(net, "head") else (False,):
@@ -108,7 +105,7 @@ def tower_vectors(net, tables: Tables, feature_sizes: list[int], histories: Hist
         out[f"user_{name}"] = tower_outputs(net.user_tower, users, not raw, histories=histories)
         out[f"movie_{name}"] = tower_outputs(net.movie_tower, movies, not raw)
         if grid:
-            vectors = tower_outputs(net.user_tower, cold, not raw, histories=histories and empty)
+            vectors = tower_outputs(net.user_tower, cold, not raw, histories=histories)  # row 0 rated nothing
             out[f"cold_{name}"] = vectors.reshape(*feature_sizes, -1)
     return out
 

@@ -140,11 +140,10 @@ class Trainer:
         """The feeds `f` as the network's input tensors, in its argument order."""
         import paddle
 
+        from recsys.model import History
+
         x = [paddle.to_tensor(f[n]) for n in self.feed_names]
-        if "history" in f:  # sparse: (movie ids, batch rows, weights [P, 1])
-            ids, rows, w = f["history"]
-            x.append((paddle.to_tensor(ids), paddle.to_tensor(rows), paddle.to_tensor(w[:, None])))
-        return x
+        return x + ([History.tensors(f["history"])] if "history" in f else [])
 
     def feeds(self, idx: np.ndarray, training: bool = False, full: bool = True) -> list:
         """The network's input tensors for the ratings `idx` (see `pair_features`; training reads the training
