@@ -1,230 +1,354 @@
-"""The fused training step: the chapter's network and losses, forward and backward written out by hand in a
-few large ops, with the same parameters and the same math as `recsys.model`'s layers.
+"""The fused training step: the chapter's network and losses, forward and backward written out by hand in NumPy
+on the parameters' own memory, with the same parameters and the same math as `recsys.model`'s layers.
 
 At the chapter's batch size a step is mostly small kernels and their dispatch: autograd records dozens of small
-ops forward and runs each one's gradient backward. Here each piece computes its output, keeps what its gradient
-needs, and its `*_grad` appends the closed-form gradient of every parameter it used to `grads`, a list of
-(parameter, gradient):
+ops forward and runs each one's gradient backward, and a Paddle op costs 5-15 µs on the CPU before it computes
+anything. NumPy's cost 1-3 µs, and its matmuls run on an optimized BLAS. Each parameter is read and updated in
+place through a zero-copy DLPack view of the Paddle tensor, so the network, its state dict and the saved model
+are Paddle's as before. Each piece computes its output, keeps what its gradient needs, and its `*_grad` appends
+the closed-form gradient of every parameter it used to `grads`, a list of (parameter, gradient); an embedding's
+gradient is `Rows` (its distinct looked-up rows and their summed gradients), a dense parameter's an array:
 
 - `user_tower` / `movie_tower`: a tower's tanh output, each feature through its own table and fc (the text-CNN
-  as in `model.TextCNN`, the user's history as in `model.History`); embedding gradients are the row gradients
-  autograd makes (`embedding_grad`, sparse when the table is), the history's movie embeddings' the dense
-  `weights^T @ d`;
+  as in `model.TextCNN`, the user's history as in `model.History`); padding ids look up zeros, and their row's
+  gradient is Paddle's (none for a dense table; a sparse table's padding row takes it, and never shows it);
 - `cos_mse`: the chapter's head and loss, `mean((5 cos(user, movie) - label)^2)`;
 - `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, the log-Q correction, which `in_batch` gives
   for the batch's distinct movies as candidates).
 
-`FusedStep` builds a batch's tensors from the reader's arrays (one tensor for all ids; the history weights, when
-the network has them, are a float tensor passed alongside), runs the movie tower once per distinct movie, and hands
-the gradients to the trainer's optimizer, which updates exactly as after `loss.backward()`.
+`FusedStep` builds a batch's arrays from the reader's (the movie tower runs once per distinct movie), and
+updates: plain SGD (`recsys.optim.SGD`, the chapter's) in place, any other optimizer from the gradients set on
+the parameters as `loss.backward()` leaves them (sparse row gradients for sparse embeddings). It runs on the
+CPU; elsewhere the trainer takes the plain layers.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-import paddle
-from paddle import _C_ops as C
 
-from recsys.model import History, MovieTower, RecommenderNet, TextCNN, UserTower
-
-
-def _pad(emb) -> int:
-    return -1 if emb._padding_idx is None else emb._padding_idx
+from recsys import kernels
+from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower
 
 
-def _lookup(emb, ids):
-    return C.embedding(ids, emb.weight, _pad(emb), emb._sparse)
+class Param(NamedTuple):
+    """A Paddle parameter and a writable NumPy view of its memory (zero-copy, through DLPack)."""
+
+    p: object
+    w: np.ndarray
 
 
-def _lookup_grad(emb, ids, d_out, grads: list) -> None:
-    grads.append((emb.weight, C.embedding_grad(ids, emb.weight, d_out, _pad(emb), emb._sparse)))
+class Rows(NamedTuple):
+    """A table's gradient as autograd makes it for a sparse embedding (SelectedRows): `values[i]` adds to row
+    `ids[i]`; an id may repeat."""
+
+    ids: np.ndarray
+    values: np.ndarray
 
 
-def _fc(fc, x):
-    return C.addmm(fc.bias, x, fc.weight, 1.0, 1.0)
+class Table(NamedTuple):
+    weight: Param
+    pad: int  # -1: none
+    sparse: bool
 
 
-_ONES: dict = {}
+class FC(NamedTuple):
+    weight: Param
+    bias: Param
 
 
-def _ones(shape: list[int], like):
-    """A ones vector, kept by size (a few hundred bytes each): sums are products with one, faster than Paddle's
-    CPU reductions."""
-    key = (*shape, like.dtype, str(like.place))
-    if key not in _ONES:
-        _ONES[key] = C.full(shape, 1.0, like.dtype, like.place)
-    return _ONES[key]
+class UserPlan(NamedTuple):
+    """A `UserTower`'s parameters: the user id's and each feature's table and fc, the history part's (table, fc)
+    or None, the output fc."""
+
+    tables: list[Table]
+    fcs: list[FC]
+    history: tuple[Table, FC] | None
+    fc: FC
 
 
-def _fc_grad(weight, bias, x, d_out, grads: list, transposed: bool = False):
-    """Gradients of `x @ weight + bias`: the weight's and the bias's go to `grads`; returns the input's.
-    With `transposed`, `d_out` comes as its transpose and the input's gradient is returned transposed too."""
-    if transposed:
-        grads += [
-            (weight, C.matmul(x, d_out, True, True)),
-            (bias, C.matmul(d_out, _ones([x.shape[0]], x), False, False)),
-        ]
-        return C.matmul(weight, d_out, False, False)
-    d_x, d_w = C.matmul_grad(x, weight, d_out, False, False)
-    grads += [(weight, d_w), (bias, C.matmul(_ones([d_out.shape[0]], d_out), d_out, False, False))]
-    return d_x
+class MoviePlan(NamedTuple):
+    """A `MovieTower`'s parameters (the text-CNN's as `words` and `cnn`)."""
+
+    movie: Table
+    movie_fc: FC
+    category: Table
+    words: Table
+    cnn: FC
+    fc: FC
 
 
-def _output_fc_grad(fc, x, d_z, grads: list) -> None:
-    """The weight's and bias's gradients of a tower's output fc (its input's gradient is taken by parts)."""
-    grads += [
-        (fc.weight, C.matmul(x, d_z, True, False)),
-        (fc.bias, C.matmul(_ones([x.shape[0]], x), d_z, False, False)),
-    ]
+def _param(p) -> Param:
+    return Param(p, np.from_dlpack(p.detach()))
 
 
-def _scatter_rows(rows, values, n: int):
-    """[n, D]: row i sums the rows of `values` whose `rows` entry is i: the gradient of a lookup in an [n, D]
-    table (Paddle computes it faster than `index_add`; the table's values are not read)."""
-    table = C.full([n, values.shape[-1]], 0.0, values.dtype, values.place)
-    return C.embedding_grad(rows, table, values, -1, False)
+def _table(emb) -> Table:
+    return Table(_param(emb.weight), -1 if emb._padding_idx is None else emb._padding_idx, emb._sparse)
 
 
-def _gather_rows(x, rows):
-    return C.embedding(rows, x, -1, False)
+def _fc_of(fc) -> FC:
+    return FC(_param(fc.weight), _param(fc.bias))
 
 
-def user_tower(t: UserTower, user_id, *ids_and_history):
+_PLANS: dict[int, tuple] = {}
+
+
+def plan(layer) -> UserPlan | MoviePlan | HeadPlan:
+    """A tower's parameters as `Table`s and `FC`s with their NumPy views, resolved once (Paddle's attribute
+    lookups cost a microsecond each) and again whenever a parameter's buffer moves."""
+    hit = _PLANS.get(id(layer))
+    if hit is not None and hit[0] is layer and all(q.p.data_ptr() == ptr for q, ptr in hit[2]):
+        return hit[1]
+    if isinstance(layer, RankingHead):
+        built = HeadPlan(_param(layer.linear), _fc_of(layer.fc), _fc_of(layer.out))
+    elif isinstance(layer, UserTower):
+        h = layer.history
+        history = None if h is None else (Table(_param(h.emb), -1, h.sparse), _fc_of(h.fc))
+        built = (
+            [_table(e) for e, _ in layer.parts()],
+            [_fc_of(f) for _, f in layer.parts()],
+            history,
+            _fc_of(layer.fc),
+        )
+    else:
+        cnn = layer.title_cnn
+        cnn_fc = FC(_param(cnn.weight), _param(cnn.bias))
+        built = MoviePlan(_table(layer.movie_emb), _fc_of(layer.movie_fc), _table(layer.category_emb),
+                          _table(cnn.embedding), cnn_fc, _fc_of(layer.fc))  # fmt: skip
+    _PLANS[id(layer)] = (layer, built, [(q, q.p.data_ptr()) for q in _flat(built)])
+    return built
+
+
+def _flat(x):
+    if isinstance(x, Param):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for y in x:
+            yield from _flat(y)
+
+
+def _lookup(t: Table, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The lookup of `ids` [*ids.shape, D] (padding looks up zeros), or into `out` [ids.size, D]."""
+    flat = out if out is not None else np.empty((ids.size, t.weight.w.shape[1]), np.float32)
+    kernels.gather(t.weight.w, ids.ravel(), t.pad, flat)
+    return flat.reshape(*ids.shape, -1)
+
+
+def _lookup_grad(t: Table, ids: np.ndarray, d_out: np.ndarray, grads: list) -> None:
+    """The table's gradient of `_lookup(t, ids)` with output gradient `d_out` [*ids.shape, D], as Paddle's:
+    `Rows` for a sparse table (whose gradient does not skip the padding id), else dense (which does)."""
+    ids, d_out = ids.ravel(), np.ascontiguousarray(d_out.reshape(ids.size, -1))
+    if t.sparse:
+        grads.append((t.weight, Rows(ids, d_out)))
+        return
+    if t.pad >= 0:
+        d_out = np.where((ids == t.pad)[:, None], np.float32(0.0), d_out)
+    grads.append((t.weight, kernels.segment_sum(d_out, ids, t.weight.w.shape[0])))
+
+
+def _fc(fc: FC, x: np.ndarray) -> np.ndarray:
+    z = x @ fc.weight.w
+    kernels.add_bias(z, fc.bias.w)
+    return z
+
+
+def _tanh_fc(fc: FC, x: np.ndarray) -> np.ndarray:
+    z = _fc(fc, x)
+    return np.tanh(z, out=z)
+
+
+def _fc_grad(fc: FC, x: np.ndarray, d_z: np.ndarray, d_bias: np.ndarray, grads: list) -> np.ndarray:
+    """Gradients of `z = x @ weight + bias` given d z (and its column sums): the weight's and the bias's go to
+    `grads`; returns the input's."""
+    grads += [(fc.weight, x.T @ d_z), (fc.bias, d_bias)]
+    return d_z @ fc.weight.w.T
+
+
+def _tanh_fc_grad(fc: FC, x: np.ndarray, out: np.ndarray, d_out: np.ndarray, grads: list) -> np.ndarray:
+    """`_fc_grad` of `out = tanh(x @ weight + bias)`."""
+    return _fc_grad(fc, x, *kernels.tanh_grad(out, d_out), grads)
+
+
+def _blocks(fcs: list[FC]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]:
+    """Several fcs as one: the block-diagonal weight, the biases side by side, and each fc's (input start, end,
+    output start, end). `x @ W + b` of their inputs side by side is their outputs side by side."""
+    spans, i0, o0 = [], 0, 0
+    for fc in fcs:
+        i1, o1 = i0 + fc.weight.w.shape[0], o0 + fc.weight.w.shape[1]
+        spans.append((i0, i1, o0, o1))
+        i0, o0 = i1, o1
+    w, b = np.zeros((i0, o0), np.float32), np.empty(o0, np.float32)
+    for fc, (i0, i1, o0, o1) in zip(fcs, spans):
+        w[i0:i1, o0:o1] = fc.weight.w
+        b[o0:o1] = fc.bias.w
+    return w, b, spans
+
+
+def user_tower(t: UserPlan, user_id, *ids_and_history):
     """`UserTower.forward` on the user id and each feature's ids, then, when the tower has a history part, its
-    weights: a float32 tensor [N, n_movies], or the sparse form (`FusedStep.history`: distinct movie ids [U], the
-    position of each entry's movie among them [P], batch row [P], weight [P, 1]).
+    weights: float32 [N, n_movies], or the sparse form (movie ids [P], batch row [P], weight [P]).
+    The parts' fcs run as one: their inputs side by side through the block-diagonal weight of the fcs.
     Returns (output [N, 200], what `user_tower_grad` needs)."""
-    ids = (user_id, *ids_and_history[: len(t.features)])
-    tables = t.parts()
-    embs = [_lookup(e, i) for (e, _), i in zip(tables, ids)]
-    parts = [_fc(fc, e) for (_, fc), e in zip(tables, embs)]
-    history = mean = None
-    if t.history is not None:
-        if len(ids_and_history) <= len(t.features):
+    tables, fcs, hist, out_fc = t
+    ids = (user_id, *ids_and_history[: len(tables) - 1])
+    w, b, spans = _blocks(fcs + ([] if hist is None else [hist[1]]))
+    inputs = np.empty((len(user_id), w.shape[0]), np.float32)  # each part's embedding, side by side
+    for table, i, (i0, i1, _, _) in zip(tables, ids, spans):
+        _lookup(table, i, inputs[:, i0:i1])
+    history = None
+    if hist is not None:
+        if len(ids_and_history) < len(tables):
             raise ValueError("this user tower has a history part: pass its weights")
-        history = ids_and_history[len(t.features)]
+        history, i0 = ids_and_history[len(tables) - 1], spans[-1][0]
         if isinstance(history, (tuple, list)):  # the mean of the rated movies' embeddings, row by row
-            distinct, where, h_rows, h_w = history
-            picked = _gather_rows(C.embedding(distinct, t.history.emb, -1, False), where)
-            mean = _scatter_rows(h_rows, C.multiply(picked, C.expand(h_w, picked.shape)), user_id.shape[0])
+            h_ids, h_rows, h_w = history
+            picked = hist[0].weight.w.take(h_ids, 0) * h_w[:, None]
+            inputs[:, i0:] = kernels.segment_sum(picked, h_rows, len(user_id))
         else:
-            mean = C.matmul(history, t.history.emb, False, False)  # [N, 32]
-        parts.append(_fc(t.history.fc, mean))
-    x = C.concat(parts, 1)
-    out = C.tanh(_fc(t.fc, x))
-    return out, (ids, embs, history, mean, x, out)
+            inputs[:, i0:] = history @ hist[0].weight.w
+    x = inputs @ w
+    kernels.add_bias(x, b)
+    out = _tanh_fc(out_fc, x)
+    return out, (t, ids, history, inputs, w, spans, x, out)
 
 
-def user_tower_grad(t: UserTower, saved, d_out, grads: list) -> None:
-    """The parts' gradients flow transposed ([width, N]), so that splitting them copies nothing."""
-    ids, embs, history, mean, x, out = saved
-    tables = t.parts() + ([] if t.history is None else [(None, t.history.fc)])
-    d_z = C.tanh_grad(out, d_out)
-    _output_fc_grad(t.fc, x, d_z, grads)
-    d_parts = C.split(C.matmul(t.fc.weight, d_z, False, True), [fc.weight.shape[1] for _, fc in tables], 0)
-    for (emb, fc), i, e, d in zip(tables, ids, embs, d_parts):
-        _lookup_grad(emb, i, C.transpose(_fc_grad(fc.weight, fc.bias, e, d, grads, transposed=True), [1, 0]), grads)
-    if t.history is not None:
-        fc = t.history.fc
-        d_mean = _fc_grad(fc.weight, fc.bias, mean, d_parts[-1], grads, transposed=True)  # [32, N]
+def user_tower_grad(saved, d_out: np.ndarray, grads: list) -> None:
+    """The gradients of every parameter `user_tower` used, from its output's `d_out`, to `grads`."""
+    t, ids, history, inputs, w, spans, x, out = saved
+    tables, fcs, hist, out_fc = t
+    d_x = _tanh_fc_grad(out_fc, x, out, d_out, grads)
+    d_w, d_b, d_inputs = inputs.T @ d_x, d_x.sum(0), d_x @ w.T
+    for fc, (i0, i1, o0, o1) in zip(fcs + ([] if hist is None else [hist[1]]), spans):
+        grads += [(fc.weight, d_w[i0:i1, o0:o1]), (fc.bias, d_b[o0:o1])]
+    for table, i, (i0, i1, _, _) in zip(tables, ids, spans):
+        _lookup_grad(table, i, d_inputs[:, i0:i1], grads)
+    if hist is not None:
+        d_mean, table = d_inputs[:, spans[-1][0] :], hist[0]
         if isinstance(history, (tuple, list)):
-            distinct, where, h_rows, h_w = history
-            d_picked = _gather_rows(C.transpose(d_mean, [1, 0]), h_rows)
-            d_picked = C.multiply(d_picked, C.expand(h_w, d_picked.shape))
-            d_rows = _scatter_rows(where, d_picked, distinct.shape[0])  # one row per movie: a cheaper update
-            grads.append((t.history.emb, C.embedding_grad(distinct, t.history.emb, d_rows, -1, t.history.sparse)))
+            h_ids, h_rows, h_w = history
+            d_rows = d_mean.take(h_rows, 0) * h_w[:, None]
+            n = table.weight.w.shape[0]
+            grads.append((table.weight, Rows(h_ids, d_rows) if table.sparse else kernels.segment_sum(d_rows, h_ids, n)))
         else:
-            grads.append((t.history.emb, C.matmul(history, d_mean, True, True)))  # weights^T @ d_mean
+            grads.append((table.weight, history.T @ d_mean))  # weights^T @ d_mean
 
 
-def movie_tower(t: MovieTower, movie_id, category_id, category_row, windows, window_row):
-    """`MovieTower.forward`, with the sample of every category slot (`category_row` [N, C]) and the title given
-    as its words' windows: `windows` [P, 3] (previous, own and next word id, padding outside the title) and
-    `window_row` [P] (the sample of each word). Returns (output [N, 200], saved)."""
-    cnn, n = t.title_cnn, movie_id.shape[0]
-    emb = _lookup(t.movie_emb, movie_id)
-    words = C.reshape(_lookup(cnn.embedding, windows), [-1, 3 * cnn.embedding.weight.shape[1]])
-    hidden = C.tanh(C.addmm(cnn.bias, words, cnn.weight, 1.0, 1.0))
-    categories = _scatter_rows(category_row, _lookup(t.category_emb, category_id), n)  # padding looks up zeros
-    x = C.concat([_fc(t.movie_fc, emb), categories, _scatter_rows(window_row, hidden, n)], 1)
-    out = C.tanh(_fc(t.fc, x))
-    return out, (movie_id, category_id, category_row, windows, window_row, emb, words, hidden, x, out)
+def movie_tower(t: MoviePlan, movie_id, category_id, windows, window_row):
+    """`MovieTower.forward`, with the title given as its words' windows: `windows` [P, 3] (previous, own and
+    next word id, padding outside the title) and `window_row` [P] (each word's sample).
+    Returns (output [N, 200], saved)."""
+    movie, movie_fc, category, words_table, cnn, out_fc = t
+    emb = _lookup(movie, movie_id)
+    words = _lookup(words_table, windows).reshape(len(windows), -1)
+    hidden = _tanh_fc(cnn, words)
+    categories = kernels.bag_sum(category.weight.w, category_id, category.pad)
+    title = kernels.segment_sum(hidden, window_row, len(movie_id))
+    x = np.concatenate([_fc(movie_fc, emb), categories, title], 1)
+    out = _tanh_fc(out_fc, x)
+    return out, (t, movie_id, category_id, windows, window_row, emb, words, hidden, x, out)
 
 
-def movie_tower_grad(t: MovieTower, saved, d_out, grads: list) -> None:
-    movie_id, category_id, category_row, windows, window_row, emb, words, hidden, x, out = saved
-    cnn = t.title_cnn
-    d_z = C.tanh_grad(out, d_out)
-    _output_fc_grad(t.fc, x, d_z, grads)
-    # each part's gradient is d_z @ its weight rows.T, row-major as the lookups' gradients need (a split of the
-    # columns of d_z @ weight.T would copy)
-    ends = np.cumsum([0, t.movie_fc.weight.shape[1], t.category_emb.weight.shape[1], cnn.weight.shape[1]]).tolist()
-    rows = [C.slice(t.fc.weight, [0], [a], [b], [1], []) for a, b in zip(ends, ends[1:])]
-    d_movie, d_cat, d_title = (C.matmul(d_z, w, False, True) for w in rows)
-    _lookup_grad(t.movie_emb, movie_id, _fc_grad(t.movie_fc.weight, t.movie_fc.bias, emb, d_movie, grads), grads)
-    _lookup_grad(t.category_emb, category_id, _gather_rows(d_cat, category_row), grads)
-    d_words = _fc_grad(cnn.weight, cnn.bias, words, C.tanh_grad(hidden, _gather_rows(d_title, window_row)), grads)
-    _lookup_grad(cnn.embedding, windows, C.reshape(d_words, windows.shape + [-1]), grads)
+def movie_tower_grad(saved, d_out: np.ndarray, grads: list) -> None:
+    """The gradients of every parameter `movie_tower` used, from its output's `d_out`, to `grads`."""
+    t, movie_id, category_id, windows, window_row, emb, words, hidden, x, out = saved
+    movie, movie_fc, category, words_table, cnn, out_fc = t
+    d_x = _tanh_fc_grad(out_fc, x, out, d_out, grads)
+    k = movie_fc.weight.w.shape[1]
+    d_movie, d_cat, d_title = d_x[:, :k], d_x[:, k : 2 * k], d_x[:, 2 * k :]
+    _lookup_grad(movie, movie_id, _fc_grad(movie_fc, emb, d_movie, d_movie.sum(0), grads), grads)
+    _lookup_grad(category, category_id, np.repeat(d_cat, category_id.shape[1], axis=0), grads)
+    d_words = _tanh_fc_grad(cnn, words, hidden, d_title.take(window_row, 0), grads)
+    _lookup_grad(words_table, windows, d_words, grads)
 
 
-def _scale_rows(x, r):
-    """x [N, D] times r [N, 1] (through an expanded view: Paddle's broadcast is slower)."""
-    return C.multiply(x, C.expand(r, x.shape))
-
-
-def _row_sum(x):
-    return C.matmul(x, _ones([x.shape[1], 1], x), False, False)
-
-
-def cos_mse(user, movie, label):
-    """The chapter's head and loss: returns (loss, saved); the score is `5 * dot * rsqrt(|u|^2 |m|^2)`."""
-    dot, uu, mm = (_row_sum(C.multiply(a, b)) for a, b in ((user, movie), (user, user), (movie, movie)))
-    r = C.rsqrt(C.multiply(uu, mm))
-    diff = C.subtract(C.multiply(C.scale(dot, 5.0, 0.0, True), r), label)
-    return C.mean_all(C.square(diff)), (user, movie, dot, uu, mm, r, diff)
+def cos_mse(user: np.ndarray, movie: np.ndarray, rows: np.ndarray, label: np.ndarray):
+    """The chapter's head and loss of ratings (`user[i]`, `movie[rows[i]]`): returns (loss, saved); the score is
+    `5 * dot / sqrt(|u|^2 |m|^2)`."""
+    label = np.ascontiguousarray(label.ravel(), np.float32)
+    loss, dot, uu, mm = kernels.cos_mse(user, movie, rows, label)
+    return loss, (user, movie, rows, label, dot, uu, mm)
 
 
 def cos_mse_grad(saved):
-    """(d user, d movie) of `cos_mse`'s loss: with a = 10 (s - label) r / N and b = a * dot,
-    d user = a m - (b / |u|^2) u and d movie = a u - (b / |m|^2) m."""
-    user, movie, dot, uu, mm, r, diff = saved
-    a = C.multiply(C.scale(diff, 10.0 / diff.shape[0], 0.0, True), r)
-    b = C.multiply(a, dot)
-    d_user = C.subtract(_scale_rows(movie, a), _scale_rows(user, C.divide(b, uu)))
-    d_movie = C.subtract(_scale_rows(user, a), _scale_rows(movie, C.divide(b, mm)))
-    return d_user, d_movie
+    """(d user, d movie) of `cos_mse`'s loss, each movie row's summed over its ratings (see `kernels`)."""
+    return kernels.cos_mse_grad(*saved)
 
 
-def softmax_xent(user, movie, target, temperature: float, add=None):
-    """`model.softmax_loss`: mean cross-entropy of `target` [B, 1] on logits `cos(user, movie) / T + add`
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
+
+
+def softmax_xent(user: np.ndarray, movie: np.ndarray, target: np.ndarray, temperature: float, add=None):
+    """`model.softmax_loss`: mean cross-entropy of `target` [B] on logits `cos(user, movie) / T + add`
     (`add` [B, C]: the log-Q correction, see `in_batch`). Returns (loss, saved)."""
-    ru, rm = C.rsqrt(_row_sum(C.multiply(user, user))), C.rsqrt(_row_sum(C.multiply(movie, movie)))
-    un, mn = _scale_rows(user, ru), _scale_rows(movie, rm)
-    logits = C.scale(C.matmul(un, mn, False, True), 1.0 / temperature, 0.0, True)
+    ru, rm = 1.0 / np.sqrt(_row_dot(user, user)), 1.0 / np.sqrt(_row_dot(movie, movie))
+    un, mn = user * ru[:, None], movie * rm[:, None]
+    logits = (un @ mn.T) * np.float32(1.0 / temperature)
     if add is not None:
-        logits = C.add(logits, add)
-    softmax, loss = C.cross_entropy_with_softmax(logits, target, False, True, True, -100, 1)
-    return C.mean_all(loss), (un, mn, ru, rm, softmax, target, temperature)
+        logits += add
+    logits -= logits.max(1, keepdims=True)
+    e = np.exp(logits)
+    total = e.sum(1)
+    rows = np.arange(len(target))
+    loss = np.mean(np.log(total) - logits[rows, target])
+    return loss, (un, mn, ru, rm, e / total[:, None], target, temperature)
 
 
 def softmax_xent_grad(saved):
     """(d user, d movie) of `softmax_xent`'s loss: d logits = (softmax - one_hot) / B, through the logits'
     matmul and the unit rows, d x = r (d x_unit - x_unit <d x_unit, x_unit>)."""
     un, mn, ru, rm, softmax, target, temperature = saved
-    d_loss = C.full([softmax.shape[0], 1], 1.0 / softmax.shape[0], softmax.dtype, softmax.place)
-    d_logits = C.cross_entropy_with_softmax_grad(target, softmax, d_loss, False, True, True, -100, 1)
-    d_un, d_mn = C.matmul_grad(un, mn, C.scale(d_logits, 1.0 / temperature, 0.0, True), False, True)
-    unit = lambda d, x, r: _scale_rows(C.subtract(d, _scale_rows(x, _row_sum(C.multiply(d, x)))), r)  # noqa: E731
+    d_logits = softmax
+    d_logits[np.arange(len(target)), target] -= 1.0
+    d_logits *= np.float32(1.0 / (len(target) * temperature))
+    d_un, d_mn = d_logits @ mn, d_logits.T @ un
+
+    def unit(d, x, r):
+        return (d - x * _row_dot(d, x)[:, None]) * r[:, None]
+
     return unit(d_un, un, ru), unit(d_mn, mn, rm)
+
+
+class HeadPlan(NamedTuple):
+    """A `RankingHead`'s parameters."""
+
+    linear: Param
+    fc: FC
+    out: FC
+
+
+def ranking_xent(h: HeadPlan, user, movie, rows, features, label, weight):
+    """`RankingHead` on pairs (`user[i]`, `movie[rows[i]]`) with their `features` [N, 3], and
+    `model.weighted_logistic_loss` of its logits against `label` [N] weighted by `weight` [N]:
+    returns (loss, saved)."""
+    m = movie.take(rows, 0)
+    inputs = np.concatenate([user * m, features], 1)
+    hidden = _fc(h.fc, inputs)
+    np.maximum(hidden, 0.0, out=hidden)
+    logit = (features @ h.linear.w + _fc(h.out, hidden)).ravel()
+    loss = np.maximum(logit, 0.0) - logit * label + np.log1p(np.exp(-np.abs(logit)))
+    total = weight.sum(dtype=np.float32)
+    return np.float32((loss * weight).sum(dtype=np.float32) / total), (h, user, m, rows, features, inputs, hidden,
+                                                                       logit, label, weight, total)  # fmt: skip
+
+
+def ranking_xent_grad(saved, n_movies: int, grads: list):
+    """(d user, d movie) of `ranking_xent`'s loss (movie rows' summed per row of `movie`), the head's gradients
+    to `grads`: d logit = weight (sigmoid(logit) - label) / sum(weight)."""
+    h, user, m, rows, features, inputs, hidden, logit, label, weight, total = saved
+    d_logit = (weight * (1.0 / (1.0 + np.exp(-logit)) - label) / total)[:, None].astype(np.float32)
+    grads.append((h.linear, features.T @ d_logit))
+    d_hidden = _fc_grad(h.out, hidden, d_logit, d_logit.sum(0), grads)
+    d_hidden *= hidden > 0
+    d_product = _fc_grad(h.fc, inputs, d_hidden, d_hidden.sum(0), grads)[:, : user.shape[1]]
+    return d_product * m, kernels.segment_sum(d_product * user, rows, n_movies)
 
 
 def title_windows(title: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
     """The text-CNN's input for padded titles [N, L]: each real word's window of word ids [P, 3] (padding
     outside the title) and its sample [P], in the order `TextCNN` visits them."""
-    rows, cols = np.nonzero(title != pad)
-    padded = np.full((title.shape[0], title.shape[1] + 2), pad, title.dtype)
-    padded[:, 1:-1] = title
-    return padded[rows[:, None], cols[:, None] + np.arange(3)], rows
+    return kernels.title_windows(np.ascontiguousarray(title, np.int64), pad)
 
 
 def _parameters(net) -> frozenset[str]:
@@ -237,27 +361,28 @@ def _parameters(net) -> frozenset[str]:
     names += [f"movie_tower.{f}.{w}" for f in ("movie_fc", "title_cnn", "fc") for w in ("weight", "bias")]
     if net.user_tower.history is not None:
         names += ["user_tower.history.emb", "user_tower.history.fc.weight", "user_tower.history.fc.bias"]
+    if isinstance(net, RankingNet):
+        names += ["head.linear"] + [f"head.{f}.{w}" for f in ("fc", "out") for w in ("weight", "bias")]
     return frozenset(names)
 
 
 class FusedStep:
-    """Loss and gradients of one batch through the fused pieces, for a `RecommenderNet` as the chapter builds it
-    (any user features, with or without the user's history; a movie tower with categories and titles); `covers`
-    says whether a network is one; anything else trains through the plain layers. With history, the steps take
-    the history weights (see `history`) as `history`."""
+    """Loss, gradients and update of one batch through the fused pieces, for a `RecommenderNet` as the chapter
+    builds it (any user features, with or without the user's history; a movie tower with categories and
+    titles) on the CPU; `covers` says whether a network is one; anything else trains through the plain layers."""
 
     def __init__(self, net: RecommenderNet, opt):
         self.net, self.opt = net, opt
         self.title_pad = net.movie_tower.title_cnn.pad
         self.user_keys = ["user_id"] + [f"{f}_id" for f in net.user_tower.features]
-        self.nu = len(self.user_keys)  # the user tower's id inputs come first in `tensors`
+        self.nu = len(self.user_keys)  # the user tower's id inputs come first in `arrays`
 
     @staticmethod
     def covers(net) -> bool:
-        """Whether `net` is the chapter's network: these classes, and exactly the parameters the pieces use (the
-        chapter's, or those and the history part's)."""
+        """Whether `net` is the chapter's network (or its ranking network) on the CPU: these classes, and exactly
+        the parameters the pieces use (the chapter's, or those and the history part's, and the ranking head's)."""
         if not (
-            type(net) is RecommenderNet
+            (type(net) is RecommenderNet or (type(net) is RankingNet and type(net.head) is RankingHead))
             and type(net.user_tower) is UserTower
             and type(net.movie_tower) is MovieTower
             and type(net.movie_tower.title_cnn) is TextCNN
@@ -265,99 +390,115 @@ class FusedStep:
             and type(net.user_tower.history) in (History, type(None))
         ):
             return False
-        return {k for k, _ in net.named_parameters()} == _parameters(net)
+        params = dict(net.named_parameters())
+        return set(params) == _parameters(net) and all(p.place.is_cpu_place() for p in params.values())
 
-    def tensors(self, f: dict[str, np.ndarray]) -> list | None:
-        """The ids of the feeds `f` (any of the user and movie parts) as tensors: user_id, gender_id, age_id,
-        job_id / movie_id, category_id, its rows, title windows, their rows, then the batch row of each distinct
-        movie (the movie tower runs once per distinct movie). One host-to-tensor copy for all. None when a batch
-        has no title word (the plain layers handle it). The history weights are not ids: see `history`."""
-        arrays = [f[k] for k in self.user_keys if k in f]
+    def arrays(self, f: dict[str, np.ndarray]) -> list:
+        """The inputs of the feeds `f` (any of the user and movie parts): user_id and the user features' ids /
+        the distinct movies, their category ids, title windows and each window's row, then each rating's row
+        among the distinct movies (the movie tower runs once per distinct movie). The history is apart: see
+        `history`."""
+        out = [np.asarray(f[k], np.int64) for k in self.user_keys if k in f]
         if "movie_id" in f:
-            movies, first, inverse = np.unique(f["movie_id"], return_index=True, return_inverse=True)
+            movies, first, inverse = kernels.distinct(np.ascontiguousarray(f["movie_id"], np.int64))
             windows, rows = title_windows(f["movie_title"][first], self.title_pad)
-            if not len(rows):
-                return None
-            category = f["category_id"][first]
-            category_row = np.broadcast_to(np.arange(len(category))[:, None], category.shape)
-            arrays += [movies, category, category_row, windows, rows, inverse.ravel()]
-        flat = paddle.to_tensor(np.concatenate([np.ravel(a) for a in arrays]).astype(np.int64, copy=False))
-        parts = C.split(flat, [a.size for a in arrays], 0)
-        return [p if a.ndim == 1 else C.reshape(p, list(a.shape)) for p, a in zip(parts, arrays)]
+            out += [movies, f["category_id"][first], windows, rows, inverse]
+        return out
 
     @staticmethod
     def history(f: dict):
-        """The feeds' history weights as tensors: dense [N, n_movies] float32, or, from the sparse (movie ids,
-        batch rows, weights) arrays, (the distinct movies, each entry's place among them, batch rows, weights
-        [P, 1]); None without them."""
-        if "history" not in f:
-            return None
-        h = f["history"]
-        if isinstance(h, tuple):
-            ids, rows, w = h
-            distinct, where = np.unique(ids, return_inverse=True)
-            return tuple(paddle.to_tensor(a) for a in (distinct, where.ravel(), rows, w.reshape(-1, 1)))
-        return paddle.to_tensor(h.astype(np.float32, copy=False))
+        """The feeds' history weights: dense [N, n_movies] float32, or the sparse (movie ids, batch rows,
+        weights) arrays; None without them."""
+        h = f.get("history")
+        return h if h is None or isinstance(h, tuple) else h.astype(np.float32, copy=False)
 
     def forward(self, users: list, movies: list, history=None):
-        """Both towers on the tensors of `tensors` (and the user tower's `history` weights); returns (user,
-        movie, saved), the movie tower's rows being the distinct movies (`movies[5]` holds each rating's row)."""
-        u, su = user_tower(self.net.user_tower, *users, *([] if history is None else [history]))
-        m, sm = movie_tower(self.net.movie_tower, *movies[:5])
+        """Both towers on the arrays of `arrays` (and the user tower's `history` weights); returns (user, movie,
+        saved), the movie tower's rows being the distinct movies (`movies[4]` holds each rating's row)."""
+        u, su = user_tower(plan(self.net.user_tower), *users, *([] if history is None else [history]))
+        m, sm = movie_tower(plan(self.net.movie_tower), *movies[:4])
         return u, m, (su, sm)
 
-    def backward(self, saved, d_user, d_movie) -> list:
+    def backward(self, saved, d_user: np.ndarray, d_movie: np.ndarray) -> list:
         """Both towers' (parameter, gradient) pairs, from the gradients of their outputs."""
         grads: list = []
-        user_tower_grad(self.net.user_tower, saved[0], d_user, grads)
-        movie_tower_grad(self.net.movie_tower, saved[1], d_movie, grads)
+        user_tower_grad(saved[0], d_user, grads)
+        movie_tower_grad(saved[1], d_movie, grads)
         return grads
 
     def update(self, grads: list) -> None:
-        """The optimizer's step on `grads`: `recsys.optim.SGD` takes them directly, any other optimizer finds
-        them on the parameters, as `loss.backward()` leaves them."""
-        if hasattr(self.opt, "apply"):
-            return self.opt.apply(grads)
+        """The optimizer's step on `grads`: plain SGD in place, `param -= lr * grad` (row by row for `Rows`);
+        any other optimizer finds them on the parameters, as `loss.backward()` leaves them. Parameters that
+        stop gradients keep their values."""
+        from recsys.optim import SGD
+
+        grads = [(p, g) for p, g in grads if not p.p.stop_gradient]
+        if type(self.opt) is SGD:
+            lr = self.opt.lr
+            for p, g in grads:
+                if isinstance(g, Rows):
+                    kernels.sgd_rows(p.w, g.ids, g.values, lr)
+                else:
+                    np.subtract(p.w, lr * g, out=p.w)
+            return
         for p, g in grads:
-            p._set_grad_ivar(g)
+            p.p._set_grad_ivar(self._paddle_grad(p.p, g))
         self.opt.step()
         self.opt.clear_grad()
 
-    def rating(self, x: list, label: np.ndarray, history=None):
-        """The chapter's step on the tensors `x` (from `tensors`), the labels [N, 1] and the `history` weights
-        tensor (None without); returns the loss."""
-        with paddle.no_grad():
-            loss, saved = self.rating_loss(x, paddle.to_tensor(label), history)
-            self.update(self.rating_grads(saved))
+    @staticmethod
+    def _paddle_grad(p, g):
+        """`g` as a Paddle gradient of `p`."""
+        import paddle
+        from paddle import _C_ops
+
+        if isinstance(g, Rows):  # sparse rows, as the plain layers' sparse lookups give them
+            return _C_ops.embedding_grad(paddle.to_tensor(g.ids), p, paddle.to_tensor(g.values), -1, True)
+        return paddle.to_tensor(np.ascontiguousarray(g, np.float32))
+
+    def rating(self, x: list, label: np.ndarray, history=None) -> np.float32:
+        """The chapter's step on the arrays `x` (from `arrays`), the labels [N, 1] and the `history` weights (None
+        without); returns the loss."""
+        loss, saved = self.rating_loss(x, label, history)
+        self.update(self.rating_grads(saved))
         return loss
 
-    def rating_loss(self, x: list, label, history=None):
-        """The chapter's loss (0-d tensor) and what `rating_grads` needs; call under `paddle.no_grad()`."""
+    def rating_loss(self, x: list, label: np.ndarray, history=None):
+        """The chapter's loss and what `rating_grads` needs."""
         u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
-        rows = x[self.nu + 5]  # the movie tower's row of every rating
-        loss, head = cos_mse(u, _gather_rows(m, rows), label)
-        return loss, (saved, head, rows, m.shape[0])
+        loss, head = cos_mse(u, m, x[self.nu + 4], label)  # x[nu + 4]: the movie tower's row of every rating
+        return loss, (saved, head)
 
     def rating_grads(self, saved) -> list:
-        towers, head, rows, n_movies = saved
-        d_u, d_m = cos_mse_grad(head)
-        return self.backward(towers, d_u, _scatter_rows(rows, d_m, n_movies))
+        towers, head = saved
+        return self.backward(towers, *cos_mse_grad(head))
+
+    def ranking(self, x: list, features: np.ndarray, label: np.ndarray, weight: np.ndarray, history=None):
+        """The ranking network's step on pairs: the arrays `x` (from `arrays`), the pairs' `features` [N, 3],
+        their 0/1 `label` and `weight` [N], the `history` weights; returns the loss."""
+        u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
+        loss, head = ranking_xent(plan(self.net.head), u, m, x[self.nu + 4], features, label, weight)
+        grads: list = []
+        d_u, d_m = ranking_xent_grad(head, len(m), grads)
+        towers = (self.net.user_tower, self.net.movie_tower)
+        if not all(p.stop_gradient for t in towers for p in t.parameters()):  # by default only the head learns
+            grads += self.backward(saved, d_u, d_m)
+        self.update(grads)
+        return loss
 
     def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None, history=None):
-        """The candidate-generation step: `softmax_xent` of the towers' tensors (from `tensors`, and the user
-        tower's `history` weights; the candidates are the distinct movies of `movies`) with numpy `target` [B]
-        and `add` [B, C] (or None); returns the loss."""
-        with paddle.no_grad():
-            u, m, saved = self.forward(users, movies, history)
-            add = None if add is None else paddle.to_tensor(add)
-            loss, head = softmax_xent(u, m, paddle.to_tensor(target.reshape(-1, 1)), temperature, add)
-            self.update(self.backward(saved, *softmax_xent_grad(head)))
+        """The candidate-generation step: `softmax_xent` of the towers' arrays (from `arrays`, and the user
+        tower's `history` weights; the candidates are the distinct movies of `movies`) with `target` [B] and
+        `add` [B, C] (or None); returns the loss."""
+        u, m, saved = self.forward(users, movies, history)
+        loss, head = softmax_xent(u, m, target.ravel(), temperature, add)
+        self.update(self.backward(saved, *softmax_xent_grad(head)))
         return loss
 
 
 def in_batch(movie_ids: np.ndarray, log_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`softmax_xent`'s target and add for `model.in_batch_softmax_loss`, with the batch's distinct movies
-    (sorted, as `FusedStep.tensors` orders them) as the candidates. There every other rating of the batch is a
+    (sorted, as `FusedStep.arrays` orders them) as the candidates. There every other rating of the batch is a
     negative of row i, corrected by log((B-1) q), and the other copies of row i's own movie are masked: a movie
     rated c times is one column here with log c added to its correction, and row i's own movie a column with no
     correction (exp(x) + exp(x) = exp(x + log 2); a copy of the positive contributes nothing)."""

@@ -15,6 +15,7 @@ class SGD:
 
         self.parameters = [p for p in parameters if not p.stop_gradient]
         self._lr = paddle.to_tensor([learning_rate], dtype="float32")
+        self.lr = self._lr.numpy()[0]  # the same float32, for updates outside Paddle (`recsys.fused`)
 
     def step(self) -> None:
         from paddle import _C_ops
@@ -39,6 +40,7 @@ class SGD:
 
     def set_lr(self, value: float) -> None:
         self._lr.fill_(value)
+        self.lr = self._lr.numpy()[0]
 
     def state_dict(self) -> dict:
         return {}

@@ -88,7 +88,7 @@ class Trainer:
         self.column[self.catalogue] = np.arange(len(self.catalogue))
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
-        self._catalogue_tensors = None  # the same for the fused step
+        self._catalogue_arrays = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
         self.with_history = with_history
         self.feed_names = self.net.feed_names()
@@ -154,28 +154,32 @@ class Trainer:
         """The step on the ratings `idx` (feeds `f`) through `recsys.fused`: returns the loss, or None where
         the fused step does not apply."""
         from recsys.fused import in_batch
+        from recsys.model import RankingNet
 
+        if self.objective == "ranking":
+            if not isinstance(self.net, RankingNet):
+                return None
+            f, features, label, weight = self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True)
+            return self.fused.ranking(self.fused.arrays(f), features, label, weight, self.fused.history(f))
         expected = set(self.feed_names) | ({"history"} if self.net.user_tower.history is not None else set())
         if self.objective not in ("rating", "retrieval") or set(f) != expected:
             return None
-        x = self.fused.tensors(f)
-        if x is None:
-            return None
+        x = self.fused.arrays(f)
         history = self.fused.history(f)
         if self.objective == "rating":
             return self.fused.rating(x, self.label[idx], history)
         if self.negatives == "in-batch":
             target, add = in_batch(self.data.movie[idx], self.log_q)
             return self.fused.softmax(x[: self.nu], x[self.nu :], target, self.temperature, add, history)
-        if self._catalogue_tensors is None:
-            self._catalogue_tensors = self.fused.tensors(self.data.tables.movie_features(self.catalogue))
+        if self._catalogue_arrays is None:
+            self._catalogue_arrays = self.fused.arrays(self.data.tables.movie_features(self.catalogue))
         target = self.column[self.data.movie[idx]]
-        return self.fused.softmax(x[: self.nu], self._catalogue_tensors, target, self.temperature, history=history)
+        return self.fused.softmax(x[: self.nu], self._catalogue_arrays, target, self.temperature, history=history)
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
         f = None if self.objective == "ranking" else self.features(idx, training=True)
-        loss = self.fused_loss(idx, f) if self.fused is not None and f is not None else None  # it updates too
+        loss = self.fused_loss(idx, f) if self.fused is not None else None  # it updates too
         if loss is None:
             loss = self.loss(idx, f)
             loss.backward()
@@ -212,16 +216,22 @@ class Trainer:
 
         from recsys.model import weighted_logistic_loss
 
+        f, features, label, weight = self.ranking_pairs(idx, cand, rng, training)
+        logit = self.model(*self.tensors(f), paddle.to_tensor(features))
+        return weighted_logistic_loss(logit, paddle.to_tensor(label[:, None]), paddle.to_tensor(weight[:, None]))
+
+    def ranking_pairs(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
+        """The pairs `ranking_loss` scores: each positive of `idx`, then `negatives_per_positive` negatives drawn
+        for each; returns their feeds, pair features [N, 3], 0/1 labels and weights [N]."""
         user, per = self.data.user[idx], self.negatives_per_positive
         neg = cand.negatives(user, per, self.hard_negatives, rng)
         cols = np.concatenate([self.column[self.data.movie[idx]], np.maximum(neg, 0)])
         users = np.concatenate([user, np.repeat(user, per)])
         pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
-        weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)[:, None]
-        label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)[:, None]
-        x = self.tensors(self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates))
-        logit = self.model(*x, paddle.to_tensor(cand.features(users, cols)))
-        return weighted_logistic_loss(logit, paddle.to_tensor(label), paddle.to_tensor(weight))
+        weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)
+        label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)
+        f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
+        return f, cand.features(users, cols).astype(np.float32, copy=False), label, weight
 
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Scores (label space) of the ratings `idx`, in large batches without gradients."""

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from recsys import fused, history, movielens
+from recsys import fused, history, kernels, movielens
 from recsys.model import (
     History,
     MovieTower,
@@ -47,9 +47,18 @@ def _autograd(layer, outputs, d_outputs) -> dict[str, np.ndarray]:
     return {k: _dense(p._grad_ivar(), p.shape) for k, p in layer.named_parameters() if p._grad_ivar() is not None}
 
 
+def _fused_dense(grad, shape) -> np.ndarray:
+    """A fused gradient as a dense array (`fused.Rows` summed into their rows)."""
+    if not isinstance(grad, fused.Rows):
+        return np.asarray(grad)
+    out = np.zeros(shape, np.float32)
+    np.add.at(out, grad.ids, grad.values)
+    return out
+
+
 def _fused_grads(layer, grads: list) -> dict[str, np.ndarray]:
     names = {id(p): k for k, p in layer.named_parameters()}
-    return {names[id(p)]: _dense(g, p.shape) for p, g in grads}
+    return {names[id(p.p)]: _fused_dense(g, p.p.shape) for p, g in grads}
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -110,10 +119,6 @@ def _net(seed: int = 0, sparse: bool = True, with_history: bool = False) -> Reco
     return net
 
 
-def _tensors(step: fused.FusedStep, f: dict) -> list:
-    return step.tensors(f)
-
-
 @pytest.mark.parametrize("with_history", [False, True])
 @pytest.mark.parametrize("sparse", [True, False])
 def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse, with_history):
@@ -128,24 +133,25 @@ def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse, with_hist
     d_out = paddle.to_tensor(rng.normal(size=want.shape).astype("float32"))
     want_grads = _autograd(tower, [want], [d_out])
     step = fused.FusedStep(net, None)
-    with paddle.no_grad():
-        got, saved = fused.user_tower(tower, *_tensors(step, f), step.history(f))
-        grads: list = []
-        fused.user_tower_grad(tower, saved, d_out, grads)
-    _close(got.numpy(), want.numpy())
+    history_weights = [step.history(f)] if with_history else []
+    got, saved = fused.user_tower(fused.plan(tower), *step.arrays(f), *history_weights)
+    grads: list = []
+    fused.user_tower_grad(saved, d_out.numpy(), grads)
+    _close(got, want.numpy())
     _assert_same(_fused_grads(tower, grads), want_grads)
     assert len(want_grads) == len(tower.parameters()) == 14 + 3 * with_history  # every table and fc, the history's
-    assert all(g.is_selected_rows() == sparse for p, g in grads if p.shape[0] in (N_USERS, 2, N_AGES, N_JOBS))
+    tables = [g for p, g in grads if p.p.shape[0] in (N_USERS, 2, N_AGES, N_JOBS)]
+    assert len(tables) == 4 and all(isinstance(g, fused.Rows) == sparse for g in tables)
     if with_history:
-        emb = [g for p, g in grads if p is tower.history.emb]
-        assert len(emb) == 1 and not emb[0].is_selected_rows() and emb[0].shape == [N_MOVIES, 32]
+        emb = [g for p, g in grads if p.p is tower.history.emb]
+        assert len(emb) == 1 and not isinstance(emb[0], fused.Rows) and emb[0].shape == (N_MOVIES, 32)
 
 
 def test_user_tower_with_history_needs_its_weights():
     net = _net(1, with_history=True)
     f = _user_feeds(np.random.RandomState(1), 4)
-    with paddle.no_grad(), pytest.raises(ValueError, match="history"):
-        fused.user_tower(net.user_tower, *_tensors(fused.FusedStep(net, None), f))
+    with pytest.raises(ValueError, match="history"):
+        fused.user_tower(fused.plan(net.user_tower), *fused.FusedStep(net, None).arrays(f))
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -157,21 +163,43 @@ def test_movie_tower_values_and_gradients_equal_the_plain_tower(sparse):
     want = tower(*[paddle.to_tensor(f[k]) for k in movielens.FEED_NAMES[4:]])
     d_out = paddle.to_tensor(rng.normal(size=want.shape).astype("float32"))
     want_grads = _autograd(tower, [want], [d_out])
-    with paddle.no_grad():
-        x = _tensors(fused.FusedStep(net, None), f)
-        got, saved = fused.movie_tower(tower, *x[:5])  # the distinct movies, in order
-        got = fused._gather_rows(got, x[5])
-        grads: list = []
-        fused.movie_tower_grad(tower, saved, fused._scatter_rows(x[5], d_out, len(np.unique(f["movie_id"]))), grads)
-    _close(got.numpy(), want.numpy())
+    x = fused.FusedStep(net, None).arrays(f)
+    np.testing.assert_array_equal(x[0], np.unique(f["movie_id"]))  # the distinct movies, in order
+    np.testing.assert_array_equal(x[0][x[4]], f["movie_id"])  # and each rating's among them
+    got, saved = fused.movie_tower(fused.plan(tower), *x[:4])
+    grads: list = []
+    fused.movie_tower_grad(saved, kernels.segment_sum(d_out.numpy(), x[4], len(x[0])), grads)
+    _close(got[x[4]], want.numpy())
     _assert_same(_fused_grads(tower, grads), want_grads)
 
 
 def test_title_windows_are_the_text_cnn_windows():
-    title = np.array([[4, 5, 6, 9], [7, 9, 9, 9]])
+    title = np.array([[4, 5, 6, 9], [7, 9, 9, 9], [9, 9, 9, 9], [1, 2, 3, 8]])
     windows, rows = fused.title_windows(title, 9)
-    np.testing.assert_array_equal(windows, [[9, 4, 5], [4, 5, 6], [5, 6, 9], [9, 7, 9]])
-    np.testing.assert_array_equal(rows, [0, 0, 0, 1])
+    want = [[9, 4, 5], [4, 5, 6], [5, 6, 9], [9, 7, 9], [9, 1, 2], [1, 2, 3], [2, 3, 8], [3, 8, 9]]
+    np.testing.assert_array_equal(windows, want)
+    np.testing.assert_array_equal(rows, [0, 0, 0, 1, 3, 3, 3, 3])  # a title of no word has no window
+
+
+def test_kernels_equal_their_numpy_forms():
+    rng = np.random.RandomState(7)
+    ids = rng.randint(0, 6, 40)
+    np.testing.assert_equal(kernels.distinct(ids), np.unique(ids, return_index=True, return_inverse=True))
+    table, values = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(40, 3)).astype(np.float32)
+    want = np.zeros((6, 3), np.float32)
+    np.add.at(want, ids, values)
+    _close(kernels.segment_sum(values, ids, 6), want)
+    got, lr = table.copy(), np.float32(0.5)
+    kernels.sgd_rows(got, ids, values, lr)
+    step = table.copy()
+    for i, v in zip(ids, values):  # Paddle's sparse SGD: each row of the gradient in turn
+        step[i] -= lr * v
+    np.testing.assert_array_equal(got, step)
+    bags = np.array([[0, 5, 5], [5, 5, 5], [2, 2, 1]])  # 5 pads
+    np.testing.assert_allclose(kernels.bag_sum(table, bags, 5), [table[0], np.zeros(3), 2 * table[2] + table[1]])
+    out = np.empty((4, 3), np.float32)
+    kernels.gather(table, np.array([1, 5, 0, 5]), 5, out)
+    np.testing.assert_array_equal(out, [table[1], np.zeros(3), table[0], np.zeros(3)])
 
 
 def _towers(rng, n: int, d: int = 200):
@@ -182,17 +210,18 @@ def _towers(rng, n: int, d: int = 200):
 
 
 def test_cos_mse_value_and_gradients_equal_the_plain_head_and_loss():
+    """Ratings of 64 users on 10 movies (most rated several times): each movie's gradient sums its ratings'."""
     rng = np.random.RandomState(3)
-    u, m = _towers(rng, 64)
-    label = paddle.to_tensor(rng.choice([-3.0, -1.0, 1.0, 3.0, 5.0], (64, 1)).astype("float32"))
-    want = rating_loss(cos_sim_score(u, m), label)
+    u, table = _towers(rng, 64)
+    rows = rng.randint(0, 10, 64)
+    label = rng.choice([-3.0, -1.0, 1.0, 3.0, 5.0], (64, 1)).astype("float32")
+    want = rating_loss(cos_sim_score(u, paddle.gather(table, paddle.to_tensor(rows))), paddle.to_tensor(label))
     want.backward()
-    with paddle.no_grad():
-        got, saved = fused.cos_mse(u, m, label)
-        d_u, d_m = fused.cos_mse_grad(saved)
-    _close(got.numpy(), want.numpy())
-    _close(d_u.numpy(), u.grad.numpy())
-    _close(d_m.numpy(), m.grad.numpy())
+    got, saved = fused.cos_mse(u.numpy(), table.numpy(), rows, label)
+    d_u, d_m = fused.cos_mse_grad(saved)
+    _close(got, want.numpy())
+    _close(d_u, u.grad.numpy())
+    _close(d_m, table.grad.numpy())
 
 
 @pytest.mark.parametrize("negatives", ["in-batch", "full"])
@@ -208,26 +237,26 @@ def test_softmax_xent_value_and_gradients_equal_the_plain_loss(negatives):
         m = paddle.gather(table, paddle.to_tensor(movies))
         want = in_batch_softmax_loss(u, m, movies, log_freq, 0.25)
         target, add = fused.in_batch(movies, log_freq)
-        candidates, extra = paddle.gather(table, paddle.to_tensor(np.unique(movies))), [paddle.to_tensor(add)]
+        candidates, extra = paddle.gather(table, paddle.to_tensor(np.unique(movies))), [add]
     else:
         target = rng.randint(0, 32, 32)
         want = softmax_loss(u, table, paddle.to_tensor(target), 0.25)
         candidates, extra = table, []
     want.backward()
-    with paddle.no_grad():
-        got, saved = fused.softmax_xent(u, candidates, paddle.to_tensor(target[:, None]), 0.25, *extra)
-        d_u, d_m = fused.softmax_xent_grad(saved)
+    got, saved = fused.softmax_xent(u.numpy(), candidates.numpy(), target, 0.25, *extra)
+    d_u, d_m = fused.softmax_xent_grad(saved)
     want_d_m = table.grad.numpy()
     if negatives == "in-batch":
         want_d_m = want_d_m[np.unique(movies)]
-    _close(got.numpy(), want.numpy())
-    _close(d_u.numpy(), u.grad.numpy())
-    _close(d_m.numpy(), want_d_m)
+    _close(got, want.numpy())
+    _close(d_u, u.grad.numpy())
+    _close(d_m, want_d_m)
 
 
 def test_covers_only_the_chapter_network():
     assert fused.FusedStep.covers(_net())
     assert fused.FusedStep.covers(_net(with_history=True))
+    assert fused.FusedStep.covers(RankingNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS))
 
     class OtherTower(UserTower):
         pass
@@ -236,7 +265,9 @@ def test_covers_only_the_chapter_network():
     other.user_tower = OtherTower(N_USERS, N_AGES, N_JOBS)
     assert not fused.FusedStep.covers(other)
     assert not fused.FusedStep.covers(MovieTower(N_MOVIES, N_CATS, N_WORDS))
-    assert not fused.FusedStep.covers(RankingNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS))
+    ranker = RankingNet(N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS)
+    ranker.head.gate = paddle.nn.Linear(3, 1)  # a head with a layer the fused step does not know
+    assert not fused.FusedStep.covers(ranker)
     extra = _net()  # the same classes with one more layer: its parameter is not one the fused step knows
     extra.user_tower.history_fc = paddle.nn.Linear(32, 32)
     assert not fused.FusedStep.covers(extra)
@@ -367,8 +398,7 @@ def test_feeds_or_objectives_it_does_not_know_take_the_plain_layers(small_dir):
     assert h.fused_loss(idx, f) is None  # a history network without its history feed
     assert h.fused_loss(idx, dict(h.features(idx), extra=np.zeros(64))) is None
     t.objective = "ranking"
-    assert t.fused_loss(idx, f) is None
-    assert Trainer(data, objective="ranking").fused is None  # the ranking network trains through the plain layers
+    assert t.fused_loss(idx, f) is None  # the chapter's network has no ranking head
 
 
 @pytest.mark.parametrize("objective", ["rating", "retrieval"])
@@ -383,18 +413,87 @@ def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
     t.sample_from(idx)
     f = t.features(idx, training=True)
     want = _autograd(t.net, [t.loss(idx, f)], [paddle.to_tensor(1.0)])
-    step, x, h = t.fused, t.fused.tensors(f), t.fused.history(f)
-    with paddle.no_grad():
-        if objective == "rating":
-            grads = step.rating_grads(step.rating_loss(x, paddle.to_tensor(t.label[idx]), h)[1])
-        else:
-            target, add = fused.in_batch(data.movie[idx], t.log_q)
-            u, m, saved = step.forward(x[:4], x[4:], h)
-            head = fused.softmax_xent(u, m, paddle.to_tensor(target[:, None]), 0.25, paddle.to_tensor(add))[1]
-            grads = step.backward(saved, *fused.softmax_xent_grad(head))
+    step, x, h = t.fused, t.fused.arrays(f), t.fused.history(f)
+    if objective == "rating":
+        grads = step.rating_grads(step.rating_loss(x, t.label[idx], h)[1])
+    else:
+        target, add = fused.in_batch(data.movie[idx], t.log_q)
+        u, m, saved = step.forward(x[:4], x[4:], h)
+        grads = step.backward(saved, *fused.softmax_xent_grad(fused.softmax_xent(u, m, target, 0.25, add)[1]))
     got = _fused_grads(t.net, grads)
     assert sorted(got) == sorted(want) == sorted(k for k, _ in t.net.named_parameters())
     for k in want:
         scale = float(np.abs(want[k]).max())
         assert scale > 0, k
         _close(got[k] / scale, want[k] / scale, 1e-4, k)
+
+
+def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
+    """The ranking head and its weighted logistic loss on 48 pairs of 12 movies (labels 0/1, weights 0..5, one
+    pair weighing nothing), with a non-zero correction so that every head parameter is checked."""
+    from recsys.model import RankingHead, weighted_logistic_loss
+
+    rng = np.random.RandomState(5)
+    paddle.seed(5)
+    head = RankingHead()
+    with paddle.no_grad():
+        for p in head.parameters():
+            p.set_value(rng.normal(0, 0.5, p.shape).astype("float32"))
+    u, table = _towers(rng, 48)
+    table = table[:12].detach()
+    table.stop_gradient = False
+    rows = rng.randint(0, 12, 48)
+    features = rng.normal(size=(48, 3)).astype("float32")
+    label = (rng.random_sample(48) < 0.3).astype("float32")
+    weight = rng.randint(0, 6, 48).astype("float32")
+    weight[0] = 0.0
+    logit = head(u, paddle.gather(table, paddle.to_tensor(rows)), paddle.to_tensor(features))
+    want = weighted_logistic_loss(logit, paddle.to_tensor(label[:, None]), paddle.to_tensor(weight[:, None]))
+    want.backward()
+    want_grads = {k: _dense(p._grad_ivar(), p.shape) for k, p in head.named_parameters()}
+    got, saved = fused.ranking_xent(fused.plan(head), u.numpy(), table.numpy(), rows, features, label, weight)
+    grads: list = []
+    d_u, d_m = fused.ranking_xent_grad(saved, 12, grads)
+    _close(got, want.numpy())
+    _close(d_u, u.grad.numpy())
+    _close(d_m, table.grad.numpy())
+    _assert_same(_fused_grads(head, grads), want_grads)
+
+
+def _candidates(data, t: Trainer, seed: int = 0):
+    """Stand-in retrieval candidates for a ranking trainer: random unit vectors, scores and shares."""
+    from recsys.stacking import Candidates
+
+    rng = np.random.RandomState(seed)
+    n_users, n_movies = data.sizes()["n_users"], len(t.catalogue)
+    users, movies = (rng.normal(size=(n, 8)).astype(np.float32) for n in (n_users, n_movies))
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    movies /= np.linalg.norm(movies, axis=1, keepdims=True)
+    rated = np.zeros((n_users, n_movies), bool)
+    train = ~data.is_test
+    rated[data.user[train], np.searchsorted(t.catalogue, data.movie[train])] = True
+    pool = np.argsort(-(users @ movies.T), axis=1)[:, :10]
+    scores = rng.normal(size=(n_users, n_movies)).astype(np.float32)
+    share = np.log(rng.dirichlet(np.ones(n_movies))).astype(np.float32)
+    return Candidates(users, movies, scores, share, rated, pool)
+
+
+@pytest.mark.parametrize("train_towers", [False, True])
+def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
+    """The ranking network's steps (by default only the head learns; the towers stay as they are)."""
+    data = movielens.load(data_dir=small_dir)
+    fast, plain = _trainers(data, objective="ranking")
+    for t in (fast, plain):
+        t.fit_candidates = _candidates(data, t)
+        for name, p in t.net.named_parameters():
+            p.stop_gradient = not (train_towers or name.startswith("head."))
+    start = fast.params()
+    order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test & (data.stars >= 4)))
+    for b in range(4):
+        idx = order[b * 64 : (b + 1) * 64]
+        _close(float(fast.step(idx)), float(plain.step(idx)))
+    _assert_params_close(fast, plain)
+    moved = {k for k, v in fast.params().items() if not np.array_equal(v, start[k])}
+    assert {k for k in start if k.startswith("head.")} <= moved
+    towers = {k for k in start if not k.startswith("head.")}
+    assert moved & towers == (towers if train_towers else set())

@@ -1,0 +1,158 @@
+"""The fused step's small loops, compiled by Numba: each is one pass over rows where NumPy would take several
+(or, for rows added into rows chosen by an index that may repeat, `np.add.at`'s element-at-a-time path, 20-50×
+slower). Matmuls and tanh stay NumPy's (BLAS; SIMD). Sums over a row's entries may be taken in SIMD lanes
+(`reassoc`): float32 sums in another order, as any BLAS takes them."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True}
+_SUMS = {**_JIT, "fastmath": {"reassoc"}}
+
+
+@numba.njit(**_JIT)
+def gather(table: np.ndarray, ids: np.ndarray, pad: int, out: np.ndarray) -> None:
+    """`out[i] = table[ids[i]]`, zeros where `ids[i] == pad` (the embedding lookup; `pad` -1: none)."""
+    for i in range(ids.shape[0]):
+        row = ids[i]
+        for j in range(table.shape[1]):
+            out[i, j] = 0.0 if row == pad else table[row, j]
+
+
+@numba.njit(**_JIT)
+def bag_sum(table: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
+    """[N, D]: row i sums `table[ids[i, k]]` over its k, skipping `pad` (the chapter's category pooling)."""
+    out = np.zeros((ids.shape[0], table.shape[1]), table.dtype)
+    for i in range(ids.shape[0]):
+        for k in range(ids.shape[1]):
+            row = ids[i, k]
+            if row != pad:
+                for j in range(table.shape[1]):
+                    out[i, j] += table[row, j]
+    return out
+
+
+@numba.njit(**_JIT)
+def scatter_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """`out[index[i]] += values[i]` for each i in order: out [n, D], index [P], values [P, D]."""
+    for i in range(index.shape[0]):
+        row = index[i]
+        for j in range(values.shape[1]):
+            out[row, j] += values[i, j]
+
+
+@numba.njit(**_JIT)
+def sgd_rows(table: np.ndarray, index: np.ndarray, values: np.ndarray, lr: np.float32) -> None:
+    """`table[index[i]] -= lr * values[i]` for each i in order (an index may repeat): Paddle's `sgd` on a sparse
+    (SelectedRows) gradient."""
+    for i in range(index.shape[0]):
+        row = index[i]
+        for j in range(values.shape[1]):
+            table[row, j] -= lr * values[i, j]
+
+
+@numba.njit(**_JIT)
+def add_bias(z: np.ndarray, bias: np.ndarray) -> None:
+    """`z += bias` row by row, in place."""
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[i, j] += bias[j]
+
+
+@numba.njit(**_JIT)
+def tanh_grad(out: np.ndarray, d_out: np.ndarray):
+    """(d z, d bias) of `out = tanh(z)`, `z = x @ W + bias`: d z = d_out (1 - out^2), d bias its column sums."""
+    d_z = np.empty_like(d_out)
+    d_bias = np.zeros(d_out.shape[1], d_out.dtype)
+    for i in range(d_out.shape[0]):
+        for j in range(d_out.shape[1]):
+            d = d_out[i, j] * (1.0 - out[i, j] * out[i, j])
+            d_z[i, j] = d
+            d_bias[j] += d
+    return d_z, d_bias
+
+
+@numba.njit(**_SUMS)
+def cos_mse(user: np.ndarray, movie: np.ndarray, rows: np.ndarray, label: np.ndarray):
+    """The chapter's head and loss for rating i of `user[i]` and `movie[rows[i]]`: (mean((5 cos - label)^2), and
+    per rating the dot product and both squared norms)."""
+    n = user.shape[0]
+    dot, uu, mm = np.empty(n, user.dtype), np.empty(n, user.dtype), np.empty(n, user.dtype)
+    loss = 0.0
+    for i in range(n):
+        k, um, u2, m2 = rows[i], np.float32(0.0), np.float32(0.0), np.float32(0.0)
+        for j in range(user.shape[1]):
+            um += user[i, j] * movie[k, j]
+            u2 += user[i, j] * user[i, j]
+            m2 += movie[k, j] * movie[k, j]
+        dot[i], uu[i], mm[i] = um, u2, m2
+        diff = np.float32(5.0) * um / np.sqrt(u2 * m2) - label[i]
+        loss += diff * diff
+    return np.float32(loss / n), dot, uu, mm
+
+
+@numba.njit(**_JIT)
+def cos_mse_grad(user, movie, rows, label, dot, uu, mm):
+    """(d user [N, D], d movie [n, D]) of `cos_mse`'s loss, movie rows' gradients summed per row of `movie`:
+    with r = 1 / sqrt(|u|^2 |m|^2), a = 10 (5 dot r - label) r / N and b = a dot,
+    d user = a m - (b / |u|^2) u and d movie = a u - (b / |m|^2) m."""
+    n = user.shape[0]
+    d_user, d_movie = np.empty_like(user), np.zeros_like(movie)
+    for i in range(n):
+        r = np.float32(1.0) / np.sqrt(uu[i] * mm[i])
+        a = np.float32(10.0 / n) * (np.float32(5.0) * dot[i] * r - label[i]) * r
+        bu, bm = a * dot[i] / uu[i], a * dot[i] / mm[i]
+        k = rows[i]
+        for j in range(user.shape[1]):
+            d_user[i, j] = a * movie[k, j] - bu * user[i, j]
+            d_movie[k, j] += a * user[i, j] - bm * movie[k, j]
+    return d_user, d_movie
+
+
+@numba.njit(**_JIT)
+def distinct(ids: np.ndarray):
+    """`np.unique(ids, return_index=True, return_inverse=True)` of a 1-D int array: (sorted distinct ids, where
+    each first occurs, each entry's place among them)."""
+    order = np.argsort(ids, kind="mergesort")
+    inverse = np.empty(len(ids), np.int64)
+    keep = np.empty(len(ids), np.int64)
+    n = 0
+    for i in range(len(ids)):
+        if i == 0 or ids[order[i]] != ids[order[i - 1]]:
+            keep[n] = order[i]
+            n += 1
+        inverse[order[i]] = n - 1
+    first = keep[:n].copy()
+    return ids[first], first, inverse
+
+
+@numba.njit(**_JIT)
+def title_windows(title: np.ndarray, pad: int):
+    """The text-CNN's input for padded titles [N, L]: each real word's window of word ids [P, 3] (the previous,
+    own and next id; padding outside the title) and its title's row [P], title by title, word by word."""
+    n_words = 0
+    for i in range(title.shape[0]):
+        for k in range(title.shape[1]):
+            n_words += title[i, k] != pad
+    windows = np.empty((n_words, 3), title.dtype)
+    rows = np.empty(n_words, np.int64)
+    p = 0
+    for i in range(title.shape[0]):
+        for k in range(title.shape[1]):
+            if title[i, k] != pad:
+                windows[p, 0] = title[i, k - 1] if k > 0 else pad
+                windows[p, 1] = title[i, k]
+                windows[p, 2] = title[i, k + 1] if k + 1 < title.shape[1] else pad
+                rows[p] = i
+                p += 1
+    return windows, rows
+
+
+def segment_sum(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    """[n, D]: row k sums the rows of `values` [P, D] whose `index` is k (the gradient of a lookup in an [n, D]
+    table)."""
+    out = np.zeros((n, values.shape[1]), values.dtype)
+    scatter_add(out, np.ascontiguousarray(index, np.int64), np.ascontiguousarray(values))
+    return out
