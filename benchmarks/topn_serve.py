@@ -4,7 +4,7 @@
 
 1. one epoch of `train --objective retrieval` (in-batch negatives, with history) and one epoch of
    `train --objective ranking` on its candidates, against one epoch of the chapter's rating objective, all
-   through the CLI on the same archive; rating and retrieval also with `--no-fused` (the plain layers' step);
+   through the CLI on the same archive; each also with `--no-fused` (the plain layers' step);
 2. `evaluate`'s top-N part (popularity, EASE, the model; 6,040 users x 3,883 movies, full ranking), and the
    same with the two stages (`--rerank RANKING`);
 3. two-stage top-10 for one user, warm, against the retrieval model's top-10 alone;
@@ -138,8 +138,12 @@ def main() -> None:
             for fused in (True, False)
             for name, flags in (("rating", ()), ("retrieval", ("--objective", "retrieval")))
         }  # fmt: skip
+        for fused in (True, False):
+            runs["ranking", fused] = epoch(folder, ranking if fused else Path(tmp) / "ranking-plain", "--objective",
+                                           "ranking", "--candidates-from", str(retrieval),
+                                           "--fused" if fused else "--no-fused")  # fmt: skip
         rating_s, retrieval_s = runs["rating", True]["seconds"], runs["retrieval", True]["seconds"]
-        ranking_s = epoch(folder, ranking, "--objective", "ranking", "--candidates-from", str(retrieval))["seconds"]
+        ranking_s = runs["ranking", True]["seconds"]
         full_s = epoch_seconds(folder, Path(tmp) / "full", "--objective", "retrieval", "--negatives", "full",
                                "--max-batches", "200")  # fmt: skip
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
@@ -179,7 +183,7 @@ def main() -> None:
            f"{runs[name, False]['seconds']:.1f} (plain layers); training "
            f"{runs[name, True]['samples_per_s']:,.0f} vs {runs[name, False]['samples_per_s']:,.0f} samples/s",
            f"{runs[name, True]['samples_per_s'] / runs[name, False]['samples_per_s']:.2f}x samples/s")
-          for name in ("rating", "retrieval")],
+          for name in ("rating", "retrieval", "ranking")],
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),

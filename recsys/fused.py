@@ -203,8 +203,7 @@ def user_tower(t: UserPlan, user_id, *ids_and_history):
         history, i0 = ids_and_history[len(tables) - 1], spans[-1][0]
         if isinstance(history, (tuple, list)):  # the mean of the rated movies' embeddings, row by row
             h_ids, h_rows, h_w = history
-            picked = hist[0].weight.w.take(h_ids, 0) * h_w[:, None]
-            inputs[:, i0:] = kernels.segment_sum(picked, h_rows, len(user_id))
+            inputs[:, i0:] = kernels.weighted_sum(hist[0].weight.w, h_ids, h_rows, h_w, len(user_id))
         else:
             inputs[:, i0:] = history @ hist[0].weight.w
     x = inputs @ w
@@ -227,7 +226,7 @@ def user_tower_grad(saved, d_out: np.ndarray, grads: list) -> None:
         d_mean, table = d_inputs[:, spans[-1][0] :], hist[0]
         if isinstance(history, (tuple, list)):
             h_ids, h_rows, h_w = history
-            d_rows = d_mean.take(h_rows, 0) * h_w[:, None]
+            d_rows = kernels.scaled_rows(np.ascontiguousarray(d_mean), h_rows, h_w)
             n = table.weight.w.shape[0]
             grads.append((table.weight, Rows(h_ids, d_rows) if table.sparse else kernels.segment_sum(d_rows, h_ids, n)))
         else:
@@ -333,14 +332,18 @@ def ranking_xent(h: HeadPlan, user, movie, rows, features, label, weight):
                                                                        logit, label, weight, total)  # fmt: skip
 
 
-def ranking_xent_grad(saved, n_movies: int, grads: list):
-    """(d user, d movie) of `ranking_xent`'s loss (movie rows' summed per row of `movie`), the head's gradients
-    to `grads`: d logit = weight (sigmoid(logit) - label) / sum(weight)."""
+def ranking_xent_grad(saved, n_movies: int, grads: list, towers: bool = True):
+    """(d user, d movie) of `ranking_xent`'s loss (movie rows' summed per row of `movie`; with `towers` False,
+    None: nothing needs them), the head's gradients to `grads`: d logit = weight (sigmoid(logit) - label) /
+    sum(weight)."""
     h, user, m, rows, features, inputs, hidden, logit, label, weight, total = saved
     d_logit = (weight * (1.0 / (1.0 + np.exp(-logit)) - label) / total)[:, None].astype(np.float32)
     grads.append((h.linear, features.T @ d_logit))
     d_hidden = _fc_grad(h.out, hidden, d_logit, d_logit.sum(0), grads)
     d_hidden *= hidden > 0
+    if not towers:
+        grads += [(h.fc.weight, inputs.T @ d_hidden), (h.fc.bias, d_hidden.sum(0))]
+        return None, None
     d_product = _fc_grad(h.fc, inputs, d_hidden, d_hidden.sum(0), grads)[:, : user.shape[1]]
     return d_product * m, kernels.segment_sum(d_product * user, rows, n_movies)
 
@@ -479,9 +482,10 @@ class FusedStep:
         u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
         loss, head = ranking_xent(plan(self.net.head), u, m, x[self.nu + 4], features, label, weight)
         grads: list = []
-        d_u, d_m = ranking_xent_grad(head, len(m), grads)
-        towers = (self.net.user_tower, self.net.movie_tower)
-        if not all(p.stop_gradient for t in towers for p in t.parameters()):  # by default only the head learns
+        layers = (self.net.user_tower, self.net.movie_tower)
+        towers = not all(p.stop_gradient for t in layers for p in t.parameters())  # by default only the head learns
+        d_u, d_m = ranking_xent_grad(head, len(m), grads, towers)
+        if towers:
             grads += self.backward(saved, d_u, d_m)
         self.update(grads)
         return loss

@@ -35,6 +35,26 @@ def bag_sum(table: np.ndarray, ids: np.ndarray, pad: int) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
+def weighted_sum(table: np.ndarray, ids: np.ndarray, rows: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
+    """[n, D]: row r sums `weight[i] * table[ids[i]]` over the i with `rows[i] == r` (a history's mean)."""
+    out = np.zeros((n, table.shape[1]), table.dtype)
+    for i in range(ids.shape[0]):
+        for j in range(table.shape[1]):
+            out[rows[i], j] += weight[i] * table[ids[i], j]
+    return out
+
+
+@numba.njit(**_JIT)
+def scaled_rows(x: np.ndarray, rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """[P, D]: `weight[i] * x[rows[i]]` (the gradient of `weighted_sum`'s table rows)."""
+    out = np.empty((rows.shape[0], x.shape[1]), x.dtype)
+    for i in range(rows.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = weight[i] * x[rows[i], j]
+    return out
+
+
+@numba.njit(**_JIT)
 def scatter_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
     """`out[index[i]] += values[i]` for each i in order: out [n, D], index [P], values [P, D]."""
     for i in range(index.shape[0]):

@@ -24,13 +24,6 @@ class SGD:
             if p.grad is not None:
                 _C_ops.sgd_(p, self._lr, p.grad, None, False)
 
-    def apply(self, grads) -> None:
-        """The same update from explicit (parameter, gradient) pairs, as a fused step computes them."""
-        from paddle import _C_ops
-
-        for p, g in grads:
-            _C_ops.sgd_(p, self._lr, g, None, False)
-
     def clear_grad(self) -> None:
         for p in self.parameters:
             p.clear_gradient(False)
