@@ -17,9 +17,10 @@ gradient is `Rows` (its distinct looked-up rows and their summed gradients), a d
   for the batch's distinct movies as candidates).
 
 `FusedStep` builds a batch's arrays from the reader's (the movie tower runs once per distinct movie), and
-updates: plain SGD (`recsys.optim.SGD`, the chapter's) in place, any other optimizer from the gradients set on
-the parameters as `loss.backward()` leaves them (sparse row gradients for sparse embeddings). It runs on the
-CPU; elsewhere the trainer takes the plain layers.
+updates in place: plain SGD (`recsys.optim.SGD`, the chapter's) and Adam (lazy rows for sparse tables, on the
+optimizer's own moments, as Paddle's kernels update them); any other optimizer steps on the gradients set on
+the parameters as `loss.backward()` leaves them (sparse row gradients for sparse embeddings). It covers the
+ranking network too (`ranking_xent`). It runs on the CPU; elsewhere the trainer takes the plain layers.
 """
 
 from __future__ import annotations
@@ -379,6 +380,7 @@ class FusedStep:
         self.title_pad = net.movie_tower.title_cnn.pad
         self.user_keys = ["user_id"] + [f"{f}_id" for f in net.user_tower.features]
         self.nu = len(self.user_keys)  # the user tower's id inputs come first in `arrays`
+        self._adam_states: dict = {}
 
     @staticmethod
     def covers(net) -> bool:
@@ -444,10 +446,54 @@ class FusedStep:
                 else:
                     np.subtract(p.w, lr * g, out=p.w)
             return
+        if self._adam(grads):
+            return
         for p, g in grads:
             p.p._set_grad_ivar(self._paddle_grad(p.p, g))
         self.opt.step()
         self.opt.clear_grad()
+
+    def _adam(self, grads: list) -> bool:
+        """Paddle's Adam (`recsys.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
+        `grads` in place, on the optimizer's own moments and beta powers, which its first step creates; False
+        where this does not apply (that step, another optimizer or setting): Paddle's optimizer updates."""
+        import paddle
+
+        opt = self.opt
+        if not (type(opt) is paddle.optimizer.Adam and opt._lazy_mode and not opt._amsgrad):
+            return False
+        if opt._multi_precision or opt._grad_clip is not None or opt.regularization is not None:
+            return False
+        if not all(isinstance(b, float) for b in (opt._beta1, opt._beta2)):
+            return False
+        state = [self._adam_state(p.p) for p, _ in grads]
+        if any(s is None for s in state):
+            return False
+        lr, b1, b2, eps = (np.float32(v) for v in (opt.get_lr(), opt._beta1, opt._beta2, opt._epsilon))
+        for (p, g), (m1, m2, b1_pow, b2_pow) in zip(grads, state):
+            pows, after = (b1_pow.w[0], b2_pow.w[0]), (b1_pow.w[0] * b1, b2_pow.w[0] * b2)
+            if isinstance(g, Rows):  # Paddle's kernel for sparse gradients advances the powers before it reads them
+                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after)
+            else:
+                shape = (-1, p.w.shape[-1])  # biases as one row
+                grad = np.ascontiguousarray(g, np.float32).reshape(shape)
+                kernels.adam(p.w.reshape(shape), grad, m1.w.reshape(shape), m2.w.reshape(shape), lr, b1, b2, eps, *pows)
+            b1_pow.w[0], b2_pow.w[0] = after
+        return True
+
+    def _adam_state(self, p) -> tuple[Param, Param, Param, Param] | None:
+        """The Adam optimizer's (moment1, moment2, beta1 power, beta2 power) of `p`, with NumPy views; None
+        before its first step, or for a parameter with its own learning rate."""
+        hit = self._adam_states.get(id(p))
+        if hit is not None and all(q.p.data_ptr() == ptr for q, ptr in hit[1]):
+            return hit[0]
+        acc, opt = self.opt._accumulators, self.opt
+        names = (opt._moment1_acc_str, opt._moment2_acc_str, opt._beta1_pow_acc_str, opt._beta2_pow_acc_str)
+        if p.optimize_attr.get("learning_rate", 1.0) != 1.0 or not all(p.name in acc.get(n, {}) for n in names):
+            return None
+        state = tuple(Param(acc[n][p.name], np.from_dlpack(acc[n][p.name])) for n in names)
+        self._adam_states[id(p)] = state, [(q, q.p.data_ptr()) for q in state]
+        return state
 
     @staticmethod
     def _paddle_grad(p, g):

@@ -39,8 +39,9 @@ def weighted_sum(table: np.ndarray, ids: np.ndarray, rows: np.ndarray, weight: n
     """[n, D]: row r sums `weight[i] * table[ids[i]]` over the i with `rows[i] == r` (a history's mean)."""
     out = np.zeros((n, table.shape[1]), table.dtype)
     for i in range(ids.shape[0]):
+        r, k, w = rows[i], ids[i], weight[i]
         for j in range(table.shape[1]):
-            out[rows[i], j] += weight[i] * table[ids[i], j]
+            out[r, j] += w * table[k, j]
     return out
 
 
@@ -49,8 +50,9 @@ def scaled_rows(x: np.ndarray, rows: np.ndarray, weight: np.ndarray) -> np.ndarr
     """[P, D]: `weight[i] * x[rows[i]]` (the gradient of `weighted_sum`'s table rows)."""
     out = np.empty((rows.shape[0], x.shape[1]), x.dtype)
     for i in range(rows.shape[0]):
+        r, w = rows[i], weight[i]
         for j in range(x.shape[1]):
-            out[i, j] = weight[i] * x[rows[i], j]
+            out[i, j] = w * x[r, j]
     return out
 
 
@@ -71,6 +73,50 @@ def sgd_rows(table: np.ndarray, index: np.ndarray, values: np.ndarray, lr: np.fl
         row = index[i]
         for j in range(values.shape[1]):
             table[row, j] -= lr * values[i, j]
+
+
+@numba.njit(**_JIT, inline="always")
+def _adam(param, moment1, moment2, i, j, g, lr, b1, b2, eps) -> None:
+    one = np.float32(1.0)
+    m = b1 * moment1[i, j] + (one - b1) * g
+    v = b2 * moment2[i, j] + (one - b2) * g * g
+    moment1[i, j], moment2[i, j] = m, v
+    param[i, j] -= lr * (m / (np.sqrt(v) + eps))
+
+
+@numba.njit(**_JIT)
+def adam(param, grad, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
+    """Paddle's `adam` kernel on a dense gradient, in place on [R, D] float32 arrays: the moments, then
+    `param -= lr_t m / (sqrt(v) + eps_t)` with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t)."""
+    one = np.float32(1.0)
+    lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
+    for i in range(param.shape[0]):
+        for j in range(param.shape[1]):
+            _adam(param, m1, m2, i, j, grad[i, j], lr_t, b1, b2, eps_t)
+
+
+@numba.njit(**_JIT)
+def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
+    """Paddle's lazy `adam` on a sparse gradient (`values[i]` adds to row `ids[i]`): each distinct row's
+    gradient summed, then only those rows' moments and values updated as `adam` does; tables [R, D]. (Paddle's
+    CPU kernel for sparse gradients reads the beta powers after advancing them: pass those.)"""
+    one = np.float32(1.0)
+    lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
+    slot = np.full(table.shape[0], -1, np.int64)  # each row's place among the distinct rows, in first-seen order
+    rows = np.empty(len(ids), np.int64)
+    n = 0
+    for i in range(len(ids)):
+        if slot[ids[i]] < 0:
+            slot[ids[i]], rows[n] = n, ids[i]
+            n += 1
+    sums = np.zeros((n, values.shape[1]), values.dtype)
+    for i in range(len(ids)):
+        k = slot[ids[i]]
+        for j in range(values.shape[1]):
+            sums[k, j] += values[i, j]
+    for k in range(n):
+        for j in range(values.shape[1]):
+            _adam(table, m1, m2, rows[k], j, sums[k, j], lr_t, b1, b2, eps_t)
 
 
 @numba.njit(**_JIT)

@@ -497,3 +497,34 @@ def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     assert {k for k in start if k.startswith("head.")} <= moved
     towers = {k for k in start if not k.startswith("head.")}
     assert moved & towers == (towers if train_towers else set())
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_adam_kernels_equal_paddles_adam(sparse):
+    """Three steps of `kernels.lazy_adam` (rows that repeat; rows absent from a step keep their moments) or
+    `kernels.adam` against `paddle.optimizer.Adam` on the same gradients, from the state its first step made."""
+    rng = np.random.RandomState(6)
+    paddle.seed(6)
+    emb = paddle.nn.Embedding(7, 3, sparse=sparse)
+    opt = paddle.optimizer.Adam(0.01, parameters=emb.parameters(), lazy_mode=sparse)
+    names = ("moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc")
+    for step in range(4):
+        ids = rng.randint(0, 5, 9)  # rows 5 and 6 never get a gradient
+        d = rng.normal(size=(9, 3)).astype("float32")
+        before = emb.weight.numpy().copy()
+        state = [opt._accumulators[n][emb.weight.name].numpy().copy() for n in names] if step else None
+        (emb(paddle.to_tensor(ids)) * paddle.to_tensor(d)).sum().backward()
+        opt.step()
+        opt.clear_grad()
+        if state is None:
+            continue
+        m1, m2, b1_pow, b2_pow = state
+        lr, b1, b2, eps = (np.float32(v) for v in (0.01, 0.9, 0.999, 1e-8))
+        if sparse:
+            kernels.lazy_adam(before, ids, d, m1, m2, lr, b1, b2, eps, b1_pow[0] * b1, b2_pow[0] * b2)
+        else:
+            grad = kernels.segment_sum(d, ids, 7)
+            kernels.adam(before, grad, m1, m2, lr, b1, b2, eps, b1_pow[0], b2_pow[0])
+        _close(before, emb.weight.numpy())
+        _close(m1, opt._accumulators["moment1"][emb.weight.name].numpy())
+        _close(m2, opt._accumulators["moment2"][emb.weight.name].numpy())
