@@ -6,21 +6,20 @@ ops forward and runs each one's gradient backward, and a Paddle op costs 5-15 µ
 anything. NumPy's cost 1-3 µs, and its matmuls run on an optimized BLAS. Each parameter is read and updated in
 place through a zero-copy DLPack view of the Paddle tensor, so the network, its state dict and the saved model
 are Paddle's as before. Each piece computes its output, keeps what its gradient needs, and its `*_grad` appends
-the closed-form gradient of every parameter it used to `grads`, a list of (parameter, gradient); an embedding's
-gradient is `Rows` (its distinct looked-up rows and their summed gradients), a dense parameter's an array:
+the closed-form gradient of every parameter it used to `grads`, a list of (`Param`, gradient); an embedding's
+gradient is `Rows` (its looked-up rows and their gradients, as Paddle's SelectedRows), a dense one an array:
 
 - `user_tower` / `movie_tower`: a tower's tanh output, each feature through its own table and fc (the text-CNN
   as in `model.TextCNN`, the user's history as in `model.History`); padding ids look up zeros, and their row's
   gradient is Paddle's (none for a dense table; a sparse table's padding row takes it, and never shows it);
 - `cos_mse`: the chapter's head and loss, `mean((5 cos(user, movie) - label)^2)`;
 - `softmax_xent`: `model.softmax_loss` (unit rows, logits / T, the log-Q correction, which `in_batch` gives
-  for the batch's distinct movies as candidates).
+  for the batch's distinct movies as candidates);
+- `ranking_xent`: the ranking network's head and `model.weighted_logistic_loss`.
 
 `FusedStep` builds a batch's arrays from the reader's (the movie tower runs once per distinct movie), and
-updates in place: plain SGD (`recsys.optim.SGD`, the chapter's) and Adam (lazy rows for sparse tables, on the
-optimizer's own moments, as Paddle's kernels update them); any other optimizer steps on the gradients set on
-the parameters as `loss.backward()` leaves them (sparse row gradients for sparse embeddings). It covers the
-ranking network too (`ranking_xent`). It runs on the CPU; elsewhere the trainer takes the plain layers.
+updates through `recsys.inplace` (plain SGD and Adam in place, as Paddle's kernels; other optimizers from the
+gradients set on the parameters). It runs on the CPU; elsewhere the trainer takes the plain layers.
 """
 
 from __future__ import annotations
@@ -30,22 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from recsys import kernels
+from recsys.inplace import Param, Rows, Updater
 from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower
-
-
-class Param(NamedTuple):
-    """A Paddle parameter and a writable NumPy view of its memory (zero-copy, through DLPack)."""
-
-    p: object
-    w: np.ndarray
-
-
-class Rows(NamedTuple):
-    """A table's gradient as autograd makes it for a sparse embedding (SelectedRows): `values[i]` adds to row
-    `ids[i]`; an id may repeat."""
-
-    ids: np.ndarray
-    values: np.ndarray
 
 
 class Table(NamedTuple):
@@ -80,16 +65,12 @@ class MoviePlan(NamedTuple):
     fc: FC
 
 
-def _param(p) -> Param:
-    return Param(p, np.from_dlpack(p.detach()))
-
-
 def _table(emb) -> Table:
-    return Table(_param(emb.weight), -1 if emb._padding_idx is None else emb._padding_idx, emb._sparse)
+    return Table(Param.of(emb.weight), -1 if emb._padding_idx is None else emb._padding_idx, emb._sparse)
 
 
 def _fc_of(fc) -> FC:
-    return FC(_param(fc.weight), _param(fc.bias))
+    return FC(Param.of(fc.weight), Param.of(fc.bias))
 
 
 _PLANS: dict[int, tuple] = {}
@@ -102,10 +83,10 @@ def plan(layer) -> UserPlan | MoviePlan | HeadPlan:
     if hit is not None and hit[0] is layer and all(q.p.data_ptr() == ptr for q, ptr in hit[2]):
         return hit[1]
     if isinstance(layer, RankingHead):
-        built = HeadPlan(_param(layer.linear), _fc_of(layer.fc), _fc_of(layer.out))
+        built = HeadPlan(Param.of(layer.linear), _fc_of(layer.fc), _fc_of(layer.out))
     elif isinstance(layer, UserTower):
         h = layer.history
-        history = None if h is None else (Table(_param(h.emb), -1, h.sparse), _fc_of(h.fc))
+        history = None if h is None else (Table(Param.of(h.emb), -1, h.sparse), _fc_of(h.fc))
         built = (
             [_table(e) for e, _ in layer.parts()],
             [_fc_of(f) for _, f in layer.parts()],
@@ -114,7 +95,7 @@ def plan(layer) -> UserPlan | MoviePlan | HeadPlan:
         )
     else:
         cnn = layer.title_cnn
-        cnn_fc = FC(_param(cnn.weight), _param(cnn.bias))
+        cnn_fc = FC(Param.of(cnn.weight), Param.of(cnn.bias))
         built = MoviePlan(_table(layer.movie_emb), _fc_of(layer.movie_fc), _table(layer.category_emb),
                           _table(cnn.embedding), cnn_fc, _fc_of(layer.fc))  # fmt: skip
     _PLANS[id(layer)] = (layer, built, [(q, q.p.data_ptr()) for q in _flat(built)])
@@ -380,7 +361,7 @@ class FusedStep:
         self.title_pad = net.movie_tower.title_cnn.pad
         self.user_keys = ["user_id"] + [f"{f}_id" for f in net.user_tower.features]
         self.nu = len(self.user_keys)  # the user tower's id inputs come first in `arrays`
-        self._adam_states: dict = {}
+        self.updater = Updater(opt)
 
     @staticmethod
     def covers(net) -> bool:
@@ -432,78 +413,8 @@ class FusedStep:
         return grads
 
     def update(self, grads: list) -> None:
-        """The optimizer's step on `grads`: plain SGD in place, `param -= lr * grad` (row by row for `Rows`);
-        any other optimizer finds them on the parameters, as `loss.backward()` leaves them. Parameters that
-        stop gradients keep their values."""
-        from recsys.optim import SGD
-
-        grads = [(p, g) for p, g in grads if not p.p.stop_gradient]
-        if type(self.opt) is SGD:
-            lr = self.opt.lr
-            for p, g in grads:
-                if isinstance(g, Rows):
-                    kernels.sgd_rows(p.w, g.ids, g.values, lr)
-                else:
-                    np.subtract(p.w, lr * g, out=p.w)
-            return
-        if self._adam(grads):
-            return
-        for p, g in grads:
-            p.p._set_grad_ivar(self._paddle_grad(p.p, g))
-        self.opt.step()
-        self.opt.clear_grad()
-
-    def _adam(self, grads: list) -> bool:
-        """Paddle's Adam (`recsys.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
-        `grads` in place, on the optimizer's own moments and beta powers, which its first step creates; False
-        where this does not apply (that step, another optimizer or setting): Paddle's optimizer updates."""
-        import paddle
-
-        opt = self.opt
-        if not (type(opt) is paddle.optimizer.Adam and opt._lazy_mode and not opt._amsgrad):
-            return False
-        if opt._multi_precision or opt._grad_clip is not None or opt.regularization is not None:
-            return False
-        if not all(isinstance(b, float) for b in (opt._beta1, opt._beta2)):
-            return False
-        state = [self._adam_state(p.p) for p, _ in grads]
-        if any(s is None for s in state):
-            return False
-        lr, b1, b2, eps = (np.float32(v) for v in (opt.get_lr(), opt._beta1, opt._beta2, opt._epsilon))
-        for (p, g), (m1, m2, b1_pow, b2_pow) in zip(grads, state):
-            pows, after = (b1_pow.w[0], b2_pow.w[0]), (b1_pow.w[0] * b1, b2_pow.w[0] * b2)
-            if isinstance(g, Rows):  # Paddle's kernel for sparse gradients advances the powers before it reads them
-                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after)
-            else:
-                shape = (-1, p.w.shape[-1])  # biases as one row
-                grad = np.ascontiguousarray(g, np.float32).reshape(shape)
-                kernels.adam(p.w.reshape(shape), grad, m1.w.reshape(shape), m2.w.reshape(shape), lr, b1, b2, eps, *pows)
-            b1_pow.w[0], b2_pow.w[0] = after
-        return True
-
-    def _adam_state(self, p) -> tuple[Param, Param, Param, Param] | None:
-        """The Adam optimizer's (moment1, moment2, beta1 power, beta2 power) of `p`, with NumPy views; None
-        before its first step, or for a parameter with its own learning rate."""
-        hit = self._adam_states.get(id(p))
-        if hit is not None and all(q.p.data_ptr() == ptr for q, ptr in hit[1]):
-            return hit[0]
-        acc, opt = self.opt._accumulators, self.opt
-        names = (opt._moment1_acc_str, opt._moment2_acc_str, opt._beta1_pow_acc_str, opt._beta2_pow_acc_str)
-        if p.optimize_attr.get("learning_rate", 1.0) != 1.0 or not all(p.name in acc.get(n, {}) for n in names):
-            return None
-        state = tuple(Param(acc[n][p.name], np.from_dlpack(acc[n][p.name])) for n in names)
-        self._adam_states[id(p)] = state, [(q, q.p.data_ptr()) for q in state]
-        return state
-
-    @staticmethod
-    def _paddle_grad(p, g):
-        """`g` as a Paddle gradient of `p`."""
-        import paddle
-        from paddle import _C_ops
-
-        if isinstance(g, Rows):  # sparse rows, as the plain layers' sparse lookups give them
-            return _C_ops.embedding_grad(paddle.to_tensor(g.ids), p, paddle.to_tensor(g.values), -1, True)
-        return paddle.to_tensor(np.ascontiguousarray(g, np.float32))
+        """The optimizer's step on `grads` (see `recsys.inplace`)."""
+        self.updater.step(grads)
 
     def rating(self, x: list, label: np.ndarray, history=None) -> np.float32:
         """The chapter's step on the arrays `x` (from `arrays`), the labels [N, 1] and the `history` weights (None

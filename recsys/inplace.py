@@ -1,0 +1,117 @@
+"""Optimizer steps in place, on NumPy views of Paddle parameters: the fused step's (`recsys.fused`) gradients
+applied as Paddle's own kernels apply them, without a Paddle call per parameter.
+
+A dense gradient is an array; an embedding's sparse gradient is `Rows` (as Paddle's SelectedRows: rows that may
+repeat). `Updater.step` runs plain SGD (`recsys.optim.SGD`) and Adam (`recsys.optim.make_optimizer`'s: lazy rows
+for sparse tables) in `recsys.kernels`, on the optimizer's own state, so checkpoints and resumes see Paddle's
+optimizer as after its own steps; any other optimizer, or setting, gets the gradients set on the parameters and
+steps itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from recsys import kernels
+from recsys.optim import SGD
+
+
+class Param(NamedTuple):
+    """A Paddle tensor and a writable NumPy view of its memory (zero-copy, through DLPack)."""
+
+    p: object
+    w: np.ndarray
+
+    @classmethod
+    def of(cls, p) -> Param:
+        return cls(p, np.from_dlpack(p.detach()))
+
+
+class Rows(NamedTuple):
+    """A table's gradient as autograd makes it for a sparse embedding (SelectedRows): `values[i]` adds to row
+    `ids[i]`; an id may repeat."""
+
+    ids: np.ndarray
+    values: np.ndarray
+
+
+class Updater:
+    """The update of `opt`'s parameters from (`Param`, gradient) pairs."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self._adam_states: dict = {}
+
+    def step(self, grads: list) -> None:
+        """The optimizer's step on `grads`: plain SGD in place, `param -= lr * grad` (row by row for `Rows`), Adam
+        in place (`_adam`); any other optimizer finds them on the parameters, as `loss.backward()` leaves them.
+        Parameters that stop gradients keep their values."""
+        grads = [(p, g) for p, g in grads if not p.p.stop_gradient]
+        if type(self.opt) is SGD:
+            lr = self.opt.lr
+            for p, g in grads:
+                if isinstance(g, Rows):
+                    kernels.sgd_rows(p.w, g.ids, g.values, lr)
+                else:
+                    np.subtract(p.w, lr * g, out=p.w)
+            return
+        if self._adam(grads):
+            return
+        for p, g in grads:
+            p.p._set_grad_ivar(self._paddle_grad(p.p, g))
+        self.opt.step()
+        self.opt.clear_grad()
+
+    def _adam(self, grads: list) -> bool:
+        """Paddle's Adam (`recsys.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
+        `grads` in place, on the optimizer's own moments and beta powers, which its first step creates; False
+        where this does not apply (that step, another optimizer or setting): Paddle's optimizer updates."""
+        import paddle
+
+        opt = self.opt
+        if not (type(opt) is paddle.optimizer.Adam and opt._lazy_mode and not opt._amsgrad):
+            return False
+        if opt._multi_precision or opt._grad_clip is not None or opt.regularization is not None:
+            return False
+        if not all(isinstance(b, float) for b in (opt._beta1, opt._beta2)):
+            return False
+        state = [self._adam_state(p.p) for p, _ in grads]
+        if any(s is None for s in state):
+            return False
+        lr, b1, b2, eps = (np.float32(v) for v in (opt.get_lr(), opt._beta1, opt._beta2, opt._epsilon))
+        for (p, g), (m1, m2, b1_pow, b2_pow) in zip(grads, state):
+            pows, after = (b1_pow.w[0], b2_pow.w[0]), (b1_pow.w[0] * b1, b2_pow.w[0] * b2)
+            if isinstance(g, Rows):  # Paddle's kernel for sparse gradients advances the powers before it reads them
+                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after)
+            else:
+                shape = (-1, p.w.shape[-1])  # biases as one row
+                grad = np.ascontiguousarray(g, np.float32).reshape(shape)
+                kernels.adam(p.w.reshape(shape), grad, m1.w.reshape(shape), m2.w.reshape(shape), lr, b1, b2, eps, *pows)
+            b1_pow.w[0], b2_pow.w[0] = after
+        return True
+
+    def _adam_state(self, p) -> tuple[Param, Param, Param, Param] | None:
+        """The Adam optimizer's (moment1, moment2, beta1 power, beta2 power) of `p`, with NumPy views; None
+        before its first step, or for a parameter with its own learning rate."""
+        hit = self._adam_states.get(id(p))
+        if hit is not None and all(q.p.data_ptr() == ptr for q, ptr in hit[1]):
+            return hit[0]
+        acc, opt = self.opt._accumulators, self.opt
+        names = (opt._moment1_acc_str, opt._moment2_acc_str, opt._beta1_pow_acc_str, opt._beta2_pow_acc_str)
+        if p.optimize_attr.get("learning_rate", 1.0) != 1.0 or not all(p.name in acc.get(n, {}) for n in names):
+            return None
+        state = tuple(Param.of(acc[n][p.name]) for n in names)
+        self._adam_states[id(p)] = state, [(q, q.p.data_ptr()) for q in state]
+        return state
+
+    @staticmethod
+    def _paddle_grad(p, g):
+        """`g` as a Paddle gradient of `p`."""
+        import paddle
+        from paddle import _C_ops
+
+        if isinstance(g, Rows):  # sparse rows, as the plain layers' sparse lookups give them
+            return _C_ops.embedding_grad(paddle.to_tensor(g.ids), p, paddle.to_tensor(g.values), -1, True)
+        return paddle.to_tensor(np.ascontiguousarray(g, np.float32))
