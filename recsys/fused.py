@@ -310,15 +310,15 @@ def ranking_xent(h: HeadPlan, user, movie, rows, features, label, weight):
     logit = (features @ h.linear.w + _fc(h.out, hidden)).ravel()
     loss = np.maximum(logit, 0.0) - logit * label + np.log1p(np.exp(-np.abs(logit)))
     total = weight.sum(dtype=np.float32)
-    return np.float32((loss * weight).sum(dtype=np.float32) / total), (h, user, m, rows, features, inputs, hidden,
-                                                                       logit, label, weight, total)  # fmt: skip
+    saved = (h, user, m, rows, len(movie), features, inputs, hidden, logit, label, weight, total)
+    return np.float32((loss * weight).sum(dtype=np.float32) / total), saved
 
 
-def ranking_xent_grad(saved, n_movies: int, grads: list, towers: bool = True):
+def ranking_xent_grad(saved, grads: list, towers: bool = True):
     """(d user, d movie) of `ranking_xent`'s loss (movie rows' summed per row of `movie`; with `towers` False,
     None: nothing needs them), the head's gradients to `grads`: d logit = weight (sigmoid(logit) - label) /
     sum(weight)."""
-    h, user, m, rows, features, inputs, hidden, logit, label, weight, total = saved
+    h, user, m, rows, n_movies, features, inputs, hidden, logit, label, weight, total = saved
     d_logit = (weight * (1.0 / (1.0 + np.exp(-logit)) - label) / total)[:, None].astype(np.float32)
     grads.append((h.linear, features.T @ d_logit))
     d_hidden = _fc_grad(h.out, hidden, d_logit, d_logit.sum(0), grads)
@@ -436,16 +436,21 @@ class FusedStep:
     def ranking(self, x: list, features: np.ndarray, label: np.ndarray, weight: np.ndarray, history=None):
         """The ranking network's step on pairs: the arrays `x` (from `arrays`), the pairs' `features` [N, 3],
         their 0/1 `label` and `weight` [N], the `history` weights; returns the loss."""
-        u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
-        loss, head = ranking_xent(plan(self.net.head), u, m, x[self.nu + 4], features, label, weight)
+        loss, (saved, head) = self.ranking_loss(x, features, label, weight, history)
         grads: list = []
         layers = (self.net.user_tower, self.net.movie_tower)
         towers = not all(p.stop_gradient for t in layers for p in t.parameters())  # by default only the head learns
-        d_u, d_m = ranking_xent_grad(head, len(m), grads, towers)
+        d_u, d_m = ranking_xent_grad(head, grads, towers)
         if towers:
             grads += self.backward(saved, d_u, d_m)
         self.update(grads)
         return loss
+
+    def ranking_loss(self, x: list, features: np.ndarray, label: np.ndarray, weight: np.ndarray, history=None):
+        """The ranking network's loss on pairs (see `ranking`) and what its gradients need."""
+        u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
+        loss, head = ranking_xent(plan(self.net.head), u, m, x[self.nu + 4], features, label, weight)
+        return loss, (saved, head)
 
     def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None, history=None):
         """The candidate-generation step: `softmax_xent` of the towers' arrays (from `arrays`, and the user

@@ -269,7 +269,14 @@ class Trainer:
             rng, cand, total = np.random.RandomState(12345), self.candidates if full else self.fit_candidates, 0.0
             with paddle.no_grad():
                 for s in range(0, len(idx), 4096):
-                    total += float(self.ranking_loss(idx[s : s + 4096], cand, rng)) * len(idx[s : s + 4096])
+                    part = idx[s : s + 4096]
+                    if self.fused is None:
+                        loss = self.ranking_loss(part, cand, rng)
+                    else:  # the same loss, through the fused pieces: far faster on the histories
+                        f, features, label, weight = self.ranking_pairs(part, cand, rng)
+                        x, history = self.fused.arrays(f), self.fused.history(f)
+                        loss = self.fused.ranking_loss(x, features, label, weight, history)[0]
+                    total += float(loss) * len(part)
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
         if len(idx) > EVAL_RATINGS:  # a seeded sample, the same at every evaluation

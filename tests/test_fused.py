@@ -453,7 +453,7 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     want_grads = {k: _dense(p._grad_ivar(), p.shape) for k, p in head.named_parameters()}
     got, saved = fused.ranking_xent(fused.plan(head), u.numpy(), table.numpy(), rows, features, label, weight)
     grads: list = []
-    d_u, d_m = fused.ranking_xent_grad(saved, 12, grads)
+    d_u, d_m = fused.ranking_xent_grad(saved, grads)
     _close(got, want.numpy())
     _close(d_u, u.grad.numpy())
     _close(d_m, table.grad.numpy())
@@ -484,7 +484,7 @@ def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     data = movielens.load(data_dir=small_dir)
     fast, plain = _trainers(data, objective="ranking")
     for t in (fast, plain):
-        t.fit_candidates = _candidates(data, t)
+        t.fit_candidates = t.candidates = _candidates(data, t)
         for name, p in t.net.named_parameters():
             p.stop_gradient = not (train_towers or name.startswith("head."))
     start = fast.params()
@@ -493,6 +493,8 @@ def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
         idx = order[b * 64 : (b + 1) * 64]
         _close(float(fast.step(idx)), float(plain.step(idx)))
     _assert_params_close(fast, plain)
+    test = np.flatnonzero(data.is_test & (data.stars >= 4))  # the evaluation's loss, through the fused pieces too
+    _close(fast.evaluate(test)["cost"], plain.evaluate(test)["cost"])
     moved = {k for k, v in fast.params().items() if not np.array_equal(v, start[k])}
     assert {k for k in start if k.startswith("head.")} <= moved
     towers = {k for k in start if not k.startswith("head.")}
