@@ -66,8 +66,9 @@ class Updater:
 
     def _adam(self, grads: list) -> bool:
         """Paddle's Adam (`recsys.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
-        `grads` in place, on the optimizer's own moments and beta powers, which its first step creates; False
-        where this does not apply (that step, another optimizer or setting): Paddle's optimizer updates."""
+        `grads` in place, on the optimizer's own moments and beta powers (created as its own first step creates
+        them: from a resumed state dict where it has one); False where this does not apply (another optimizer
+        or setting): Paddle's optimizer updates."""
         import paddle
 
         opt = self.opt
@@ -77,6 +78,13 @@ class Updater:
             return False
         if not all(isinstance(b, float) for b in (opt._beta1, opt._beta2)):
             return False
+        new = [p.p for p, _ in grads if p.p.name not in opt._already_create_accumulator]
+        if new:
+            from paddle.base import framework
+            from paddle.base.layer_helper import LayerHelper
+
+            opt.helper = opt.helper or LayerHelper(type(opt).__name__)
+            opt._create_accumulators(framework.default_main_program().global_block(), new)
         state = [self._adam_state(p.p) for p, _ in grads]
         if any(s is None for s in state):
             return False
@@ -93,8 +101,8 @@ class Updater:
         return True
 
     def _adam_state(self, p) -> tuple[Param, Param, Param, Param] | None:
-        """The Adam optimizer's (moment1, moment2, beta1 power, beta2 power) of `p`, with NumPy views; None
-        before its first step, or for a parameter with its own learning rate."""
+        """The Adam optimizer's (moment1, moment2, beta1 power, beta2 power) of `p`, with NumPy views; None for
+        a parameter with its own learning rate."""
         hit = self._adam_states.get(id(p))
         if hit is not None and all(q.p.data_ptr() == ptr for q, ptr in hit[1]):
             return hit[0]
