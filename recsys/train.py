@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fused",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="the fused training step (recsys.fused: same numbers, fewer ops); --no-fused: the plain layers",
+        help="the fused training step on the CPU (recsys.fused: the same numbers, without a Paddle op per layer); "
+        "--no-fused: the plain layers under autograd",
     )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
     recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
