@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from recsys import modeldir
+from recsys import modeldir, modelsave
 from recsys.errors import RecsysError
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
@@ -126,7 +126,7 @@ def save(args, t, data, settings: dict, pr: Progress, best_params, complete: boo
     if best_params is not None:
         t.set_params(best_params)
     try:
-        modeldir.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, pr.checkpointed, t.saved_arrays())
+        modelsave.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, pr.checkpointed, t.saved_arrays())
         pr.checkpointed = pr.checkpointed or complete
     finally:
         if best_params is not None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import evaluate, infer, modeldir, movielens, train
+from recsys import evaluate, infer, modelsave, movielens, train
 from recsys.modeldir import ModelDir
 
 COMMANDS = {
@@ -130,7 +130,7 @@ def test_non_finite_vectors_are_an_error_not_a_ranking(one_epoch, tmp_path):
     arrays["user_vectors"][1] = np.nan
     np.savez(work / "arrays.npz", **arrays)
     (work / "manifest.json").unlink()
-    modeldir.write_manifest(work)  # a consistent dir that holds NaN: the check is on the numbers themselves
+    modelsave.write_manifest(work)  # a consistent dir that holds NaN: the check is on the numbers themselves
     proc = run_cli("recsys.infer", "--model-dir", str(work), "--user", "1", "--top-k", "3")
     assert_one_line_error(proc, "non-finite user_vectors")
 
@@ -200,7 +200,7 @@ def test_a_save_that_runs_out_of_space_keeps_the_previous_model(one_epoch, small
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / f".m.{os.getpid()}.tmp" / "metrics.json"))
 
-    monkeypatch.setattr(modeldir, "write_metrics", full_disk)
+    monkeypatch.setattr(modelsave, "write_metrics", full_disk)
     code = train.main(["--data-dir", str(small_dir), "--model-dir", str(model), "--epochs", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f"error: could not save the model dir {model}: No space left on device")

@@ -1,0 +1,241 @@
+"""Writing a model dir (see `recsys.modeldir` for its files): the network as Paddle's inference program, the
+tables and tower vectors a reader needs without the dataset, the metrics, the manifest written last; a save
+builds a temp dir beside the model dir and swaps it in by rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys.errors import RecsysError
+from recsys.history import Histories
+from recsys.modeldir import COLD_GRID, FORMAT, MANIFEST, PREFIX, SCORES, cold_feeds, sha256_hex, tower_outputs
+from recsys.movielens import MovieLens, Tables, age_table
+
+
+def training_history(data: MovieLens) -> Histories:
+    """The saved model's history of every user: every training rating (no test one)."""
+    train = ~data.is_test
+    n_users, n_movies = data.sizes()["n_users"], data.sizes()["n_movies"]
+    return Histories.of(n_users, n_movies, data.user[train], data.movie[train])
+
+
+def tower_vectors(net, tables: Tables, feature_sizes: list[int], histories: Histories | None = None) -> dict:
+    """Unit-length tower outputs: every user row and movie row (absent ids included), and the unknown user
+    (row 0) with every combination of feature values -- the cold-start vectors, shape [*feature_sizes, 200]
+    (for the chapter's data [2, len(age_table), n_jobs, 200]; saved when there are at most `COLD_GRID`
+    combinations). A network with history reads each user's training ratings (`histories`); the unknown
+    user's history is empty. A ranking network's raw outputs are saved as well (`*_outputs`): its head
+    reads them, not their cosine."""
+    users = tables.user_features(np.arange(len(tables.user)))
+    grid = int(np.prod(feature_sizes)) <= COLD_GRID
+    cold = cold_feeds(feature_sizes) if grid else None
+    movies = tables.movie_features(np.arange(len(tables.category)))
+    out = {}
+    for raw in (False, True) if hasattr(net, "head") else (False,):
+        name = "outputs" if raw else "vectors"
+        out[f"user_{name}"] = tower_outputs(net.user_tower, users, not raw, histories=histories)
+        out[f"movie_{name}"] = tower_outputs(net.movie_tower, movies, not raw)
+        if grid:
+            vectors = tower_outputs(net.user_tower, cold, not raw, histories=histories)  # row 0 rated nothing
+            out[f"cold_{name}"] = vectors.reshape(*feature_sizes, -1)
+    return out
+
+
+def program(net):
+    """The network as the saved inference program: called on one list of feeds (named by their `InputSpec`)."""
+    from paddle import nn
+
+    class Program(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, feeds):
+            return self.net(*feeds)
+
+    return Program()
+
+
+def feature_sizes(sizes: dict) -> list[int]:
+    """The number of values of each user feature, in the tower's order, from a dataset's `sizes()`."""
+    if "user_features" in sizes:
+        return list(sizes["user_features"].values())
+    return [2, sizes["n_ages"], sizes["n_jobs"]]
+
+
+def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
+    order = np.argsort(data.user, kind="stable")
+    counts = np.bincount(data.user, minlength=len(data.tables.user))
+    return {
+        "rated_indptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "rated_movie": data.movie[order].astype(np.int32),
+        "rated_stars": data.stars[order],
+        "rated_is_test": data.is_test[order],
+    }
+
+
+def save(
+    path: str | os.PathLike,
+    net,
+    data: MovieLens,
+    settings: dict,
+    metrics: list[dict],
+    checkpoint: tuple[dict, dict[str, np.ndarray]] | None = None,
+    keep_checkpoint: bool = False,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write the whole model dir into a temp dir beside `path`, then swap it in by rename.
+
+    `checkpoint` is (JSON-able training state, arrays) for `--resume`; it lands atomically with the model.
+    Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir. `extra`
+    arrays are saved in arrays.npz too (a ranking network's feature tables)."""
+    import paddle
+    from paddle.static import InputSpec
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _remove_stale_temps(path)
+        tmp.mkdir(parents=True)
+        lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
+        specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
+        history = settings.get("history", False)
+        if history:
+            specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
+        if hasattr(net, "head"):
+            specs.append(InputSpec([None, 3], "float32", "ranking_features"))
+        net.eval()
+        paddle.jit.save(program(net), str(tmp / PREFIX), input_spec=[specs])
+        net.train()
+        params = {k: v.numpy() for k, v in net.state_dict().items()}
+        np.savez(tmp / "params.npz", **params)
+        np.savez(
+            tmp / "arrays.npz",
+            user_table=data.tables.user,
+            movie_category=data.tables.category,
+            movie_title=data.tables.title,
+            **tower_vectors(net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None),
+            user_ids=data.meta.user_ids,
+            movie_ids=data.meta.movie_ids,
+            **_ratings_csr(data),
+            **(extra or {}),
+        )
+        meta = data.meta
+        doc = {
+            "format": FORMAT,
+            "dataset": meta.dataset,
+            "split": data.split,
+            "source": str(data.source),
+            "sizes": data.sizes(),
+            "feed_names": [spec.name for spec in specs],
+            "objective": settings.get("objective", "rating"),
+            "history": history,
+            "score": SCORES[settings.get("objective", "rating")],
+            "age_table": age_table,
+            "jobs": meta.jobs,
+            "features": meta.features,
+            "rating_scale": [data.lowest_rating(), 5],
+            "categories": meta.categories,
+            "title_words": meta.title_words,
+            "movies": {str(m): [meta.display_title(m), info.categories] for m, info in meta.movies.items()},
+            "users": meta.user_ids[meta.known_users()].tolist(),
+            "settings": settings,
+            "paddle": paddle.__version__,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "manifest": MANIFEST,
+        }
+        (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
+        write_metrics(tmp, metrics)
+        if checkpoint is not None:
+            (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
+            np.savez(tmp / "checkpoint.npz", **checkpoint[1])
+        elif keep_checkpoint:
+            for name in ("checkpoint.json", "checkpoint.npz"):
+                shutil.copy2(path / name, tmp / name)
+        write_manifest(tmp)
+        _swap(tmp, path)
+    except OSError as e:
+        raise RecsysError(
+            f"could not save the model dir {path}: {e.strerror or e} ({e.filename or path.parent}); "
+            f"{path} keeps the last good model"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: the size and SHA-256 of every other file in `folder`, synced to disk."""
+    files = {}
+    for f in sorted(folder.iterdir()):
+        if f.name != MANIFEST and f.is_file():
+            data = f.read_bytes()
+            files[f.name] = {"size": len(data), "sha256": sha256_hex(data)}
+            _fsync(f)
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+    _fsync(folder / MANIFEST)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp dirs of saves that were killed half-way (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _swap(new: Path, path: Path) -> None:
+    """Replace `path` by `new`; at every instant one complete model dir exists (the old one until the last
+    rename). The replaced dir is renamed `.NAME.previous`, then removed: a reader that was opening it just
+    then sees that it moved and opens the new one (`ModelDir.load`). Only a save cut off between its two
+    renames leaves `.NAME.previous`, which readers then use and the next save replaces."""
+    old = path.with_name(f".{path.name}.previous")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # left by a save cut off after its last rename: nobody reads it
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)  # only once `path` is whole again
+
+
+def write_metrics(folder: Path, metrics: list[dict]) -> None:
+    """metrics.json and loss.png (train and test cost against training batches)."""
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if not metrics:
+        return
+    from matplotlib.figure import Figure  # no pyplot: drawing a file must not touch the caller's backend
+
+    steps = [m["step"] for m in metrics]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(steps, [m["train_cost"] for m in metrics], "o-", label="Train cost")
+    ax.plot(steps, [m["test_cost"] for m in metrics], "s-", label="Test cost")
+    ax.set_xlabel("training batches")
+    ax.set_ylabel("mean square error (label = 2*stars-5)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=100)
