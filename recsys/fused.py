@@ -45,12 +45,12 @@ class FC(NamedTuple):
 
 
 class UserPlan(NamedTuple):
-    """A `UserTower`'s parameters: the user id's and each feature's table and fc, the history part's (table, fc)
-    or None, the output fc."""
+    """A `UserTower`'s parameters: the user id's and each feature's table, every part's fc (the history part's
+    last), the history's table (None without), the output fc."""
 
     tables: list[Table]
     fcs: list[FC]
-    history: tuple[Table, FC] | None
+    history: Table | None
     fc: FC
 
 
@@ -85,14 +85,10 @@ def plan(layer) -> UserPlan | MoviePlan | HeadPlan:
     if isinstance(layer, RankingHead):
         built = HeadPlan(Param.of(layer.linear), _fc_of(layer.fc), _fc_of(layer.out))
     elif isinstance(layer, UserTower):
-        h = layer.history
-        history = None if h is None else (Table(Param.of(h.emb), -1, h.sparse), _fc_of(h.fc))
-        built = (
-            [_table(e) for e, _ in layer.parts()],
-            [_fc_of(f) for _, f in layer.parts()],
-            history,
-            _fc_of(layer.fc),
-        )
+        h, parts = layer.history, layer.parts()
+        fcs = [_fc_of(f) for _, f in parts] + ([] if h is None else [_fc_of(h.fc)])
+        history = None if h is None else Table(Param.of(h.emb), -1, h.sparse)
+        built = UserPlan([_table(e) for e, _ in parts], fcs, history, _fc_of(layer.fc))
     else:
         cnn = layer.title_cnn
         cnn_fc = FC(Param.of(cnn.weight), Param.of(cnn.bias))
@@ -174,7 +170,7 @@ def user_tower(t: UserPlan, user_id, *ids_and_history):
     Returns (output [N, 200], what `user_tower_grad` needs)."""
     tables, fcs, hist, out_fc = t
     ids = (user_id, *ids_and_history[: len(tables) - 1])
-    w, b, spans = _blocks(fcs + ([] if hist is None else [hist[1]]))
+    w, b, spans = _blocks(fcs)
     inputs = np.empty((len(user_id), w.shape[0]), np.float32)  # each part's embedding, side by side
     for table, i, (i0, i1, _, _) in zip(tables, ids, spans):
         _lookup(table, i, inputs[:, i0:i1])
@@ -185,9 +181,9 @@ def user_tower(t: UserPlan, user_id, *ids_and_history):
         history, i0 = ids_and_history[len(tables) - 1], spans[-1][0]
         if isinstance(history, (tuple, list)):  # the mean of the rated movies' embeddings, row by row
             h_ids, h_rows, h_w = history
-            inputs[:, i0:] = kernels.weighted_sum(hist[0].weight.w, h_ids, h_rows, h_w, len(user_id))
+            inputs[:, i0:] = kernels.weighted_sum(hist.weight.w, h_ids, h_rows, h_w, len(user_id))
         else:
-            inputs[:, i0:] = history @ hist[0].weight.w
+            inputs[:, i0:] = history @ hist.weight.w
     x = inputs @ w
     kernels.add_bias(x, b)
     out = _tanh_fc(out_fc, x)
@@ -200,12 +196,12 @@ def user_tower_grad(saved, d_out: np.ndarray, grads: list) -> None:
     tables, fcs, hist, out_fc = t
     d_x = _tanh_fc_grad(out_fc, x, out, d_out, grads)
     d_w, d_b, d_inputs = inputs.T @ d_x, d_x.sum(0), d_x @ w.T
-    for fc, (i0, i1, o0, o1) in zip(fcs + ([] if hist is None else [hist[1]]), spans):
+    for fc, (i0, i1, o0, o1) in zip(fcs, spans):
         grads += [(fc.weight, d_w[i0:i1, o0:o1]), (fc.bias, d_b[o0:o1])]
     for table, i, (i0, i1, _, _) in zip(tables, ids, spans):
         _lookup_grad(table, i, d_inputs[:, i0:i1], grads)
     if hist is not None:
-        d_mean, table = d_inputs[:, spans[-1][0] :], hist[0]
+        d_mean, table = d_inputs[:, spans[-1][0] :], hist
         if isinstance(history, (tuple, list)):
             h_ids, h_rows, h_w = history
             d_rows = kernels.scaled_rows(np.ascontiguousarray(d_mean), h_rows, h_w)
@@ -433,10 +429,10 @@ class FusedStep:
         towers, head = saved
         return self.backward(towers, *cos_mse_grad(head))
 
-    def ranking(self, x: list, features: np.ndarray, label: np.ndarray, weight: np.ndarray, history=None):
-        """The ranking network's step on pairs: the arrays `x` (from `arrays`), the pairs' `features` [N, 3],
-        their 0/1 `label` and `weight` [N], the `history` weights; returns the loss."""
-        loss, (saved, head) = self.ranking_loss(x, features, label, weight, history)
+    def ranking(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray):
+        """The ranking network's step on pairs: their feeds `f` (history included), `features` [N, 3], 0/1
+        `label` and `weight` [N] (`Trainer.ranking_pairs`); returns the loss."""
+        loss, (saved, head) = self.ranking_loss(f, features, label, weight)
         grads: list = []
         layers = (self.net.user_tower, self.net.movie_tower)
         towers = not all(p.stop_gradient for t in layers for p in t.parameters())  # by default only the head learns
@@ -446,9 +442,10 @@ class FusedStep:
         self.update(grads)
         return loss
 
-    def ranking_loss(self, x: list, features: np.ndarray, label: np.ndarray, weight: np.ndarray, history=None):
+    def ranking_loss(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray):
         """The ranking network's loss on pairs (see `ranking`) and what its gradients need."""
-        u, m, saved = self.forward(x[: self.nu], x[self.nu :], history)
+        x = self.arrays(f)
+        u, m, saved = self.forward(x[: self.nu], x[self.nu :], self.history(f))
         loss, head = ranking_xent(plan(self.net.head), u, m, x[self.nu + 4], features, label, weight)
         return loss, (saved, head)
 

@@ -29,7 +29,7 @@ class SGD:
             p.clear_gradient(False)
 
     def get_lr(self) -> float:
-        return float(self._lr.numpy()[0])
+        return float(self.lr)
 
     def set_lr(self, value: float) -> None:
         self._lr.fill_(value)

@@ -159,8 +159,7 @@ class Trainer:
         if self.objective == "ranking":
             if not isinstance(self.net, RankingNet):
                 return None
-            f, features, label, weight = self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True)
-            return self.fused.ranking(self.fused.arrays(f), features, label, weight, self.fused.history(f))
+            return self.fused.ranking(*self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True))
         expected = set(self.feed_names) | ({"history"} if self.net.user_tower.history is not None else set())
         if self.objective not in ("rating", "retrieval") or set(f) != expected:
             return None
@@ -177,7 +176,8 @@ class Trainer:
         return self.fused.softmax(x[: self.nu], self._catalogue_arrays, target, self.temperature, history=history)
 
     def step(self, idx: np.ndarray):
-        """One optimizer step on the ratings `idx`; returns the batch's loss as a 0-d tensor."""
+        """One optimizer step on the ratings `idx`; returns the batch's loss (a 0-d tensor, or a NumPy float from
+        the fused step)."""
         f = None if self.objective == "ranking" else self.features(idx, training=True)
         loss = self.fused_loss(idx, f) if self.fused is not None else None  # it updates too
         if loss is None:
@@ -231,7 +231,7 @@ class Trainer:
         weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)
         label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)
         f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
-        return f, cand.features(users, cols).astype(np.float32, copy=False), label, weight
+        return f, cand.features(users, cols), label, weight
 
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Scores (label space) of the ratings `idx`, in large batches without gradients."""
@@ -273,9 +273,7 @@ class Trainer:
                     if self.fused is None:
                         loss = self.ranking_loss(part, cand, rng)
                     else:  # the same loss, through the fused pieces: far faster on the histories
-                        f, features, label, weight = self.ranking_pairs(part, cand, rng)
-                        x, history = self.fused.arrays(f), self.fused.history(f)
-                        loss = self.fused.ranking_loss(x, features, label, weight, history)[0]
+                        loss = self.fused.ranking_loss(*self.ranking_pairs(part, cand, rng))[0]
                     total += float(loss) * len(part)
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
