@@ -9,6 +9,7 @@ import numpy as np
 
 from recsys import modeldir, modelsave
 from recsys.errors import RecsysError
+from recsys.trainer import use_cpu_cores
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
 BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None}
@@ -96,6 +97,8 @@ def restore(args: argparse.Namespace, trainer) -> tuple[Progress, dict[str, np.n
         raise RecsysError(f"--resume: the checkpoint in {args.model_dir} was trained with {', '.join(diff)}")
     trainer.set_params({k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")})
     trainer.set_optimizer_state({k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")})
+    if "threads" in state:  # the math's thread count decides its rounding: compute as the recorded run did
+        trainer.threads = use_cpu_cores(state["threads"])
     rng = state["rng"]
     trainer.rng.set_state((rng[0], arrays["rng_keys"], *rng[1:]))
     if "lr" in state:
@@ -120,6 +123,7 @@ def save(args, t, data, settings: dict, pr: Progress, best_params, complete: boo
             "settings": settings,
             "rng": [rng[0], *map(_plain, rng[2:])],
             "lr": t.opt.get_lr(),
+            "threads": t.threads,
         }
         arrays = {"rng_keys": rng[1], **{f"param/{k}": v for k, v in current.items()}}
         checkpoint = (state, arrays | {f"opt/{k}": v for k, v in t.optimizer_state().items()})

@@ -14,15 +14,22 @@ from recsys.movielens import MovieLens
 from recsys.optim import make_optimizer
 
 
-def use_cpu_cores(share: int = 1) -> None:
-    """Let Paddle's CPU math use this process's cores (at most 4; small matmuls gain nothing beyond), split
-    between `share` processes. Paddle's default is one thread; an OMP_NUM_THREADS set by the user wins."""
+def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
+    """Fix the number of threads of the math under training, and return it: NumPy's BLAS (the fused step and
+    evaluation) gets `threads`, else this process's cores split between `share` processes (at most 4);
+    Paddle's own CPU math gets one. A BLAS matmul's rounding depends on its thread count, so the count never
+    comes from the environment (importing Paddle sets OMP_NUM_THREADS=1, which a child process inherits): a
+    checkpoint records it and `--resume` computes with the same count, bit for bit."""
     import paddle
+    from threadpoolctl import threadpool_limits
 
-    if "OMP_NUM_THREADS" in os.environ or not hasattr(paddle.base.core, "set_num_threads"):
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    paddle.base.core.set_num_threads(max(1, min(4, cores // share)))
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, min(4, cores // share))
+    threadpool_limits(threads, user_api="blas")
+    if hasattr(paddle.base.core, "set_num_threads"):
+        paddle.base.core.set_num_threads(1)
+    return threads
 
 
 def scores(pred: np.ndarray, label: np.ndarray, lowest: float = 1.0) -> dict[str, float]:
@@ -69,7 +76,7 @@ class Trainer:
         from recsys.fused import FusedStep
         from recsys.model import RankingNet, RecommenderNet
 
-        use_cpu_cores(share=world)
+        self.threads = use_cpu_cores(share=world)
         paddle.seed(seed)
         self.data = data
         self.label = data.label
