@@ -21,9 +21,9 @@ import numpy as np
 from common import ROOT
 
 from recsys import movielens, train
-from recsys.baselines import Biases, GlobalMean
 from recsys.modeldir import ModelDir
-from recsys.trainer import scores
+from recsys.rating.baselines import Biases, GlobalMean
+from recsys.rating.metrics import scores
 
 
 def main() -> None:

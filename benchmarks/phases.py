@@ -1,5 +1,5 @@
 """Microseconds per training step in each phase (feeds, forward, backward, update), the plain layers' step
-against the fused step (`recsys.fused`), on the same batches, alternating chunk by chunk.
+against the fused step (`recsys.fused.step`), on the same batches, alternating chunk by chunk.
 
     python benchmarks/phases.py [--data-dir DIR] [--chunks 6] [--chunk 50]      (run by benchmarks/run.py)
 """
@@ -15,7 +15,7 @@ import paddle
 from recsys import movielens
 from recsys.model import rating_loss
 from recsys.movielens import FEED_NAMES
-from recsys.trainer import Trainer
+from recsys.training.trainer import Trainer
 
 PHASES = ("feeds", "forward", "backward", "update")
 

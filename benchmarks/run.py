@@ -28,7 +28,7 @@ from reader import measure as measure_reader
 from recsys import infer, movielens
 from recsys.modeldir import ModelDir
 from recsys.movielens import FEED_NAMES
-from recsys.trainer import Trainer
+from recsys.training.trainer import Trainer
 
 
 def _worker(framework: str, folder: str, first: int, chunks: int, chunk: int, batch: int = 256) -> list[float]:

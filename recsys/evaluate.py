@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from recsys import infer, movielens, stacking, topn
-from recsys.baselines import Biases, GlobalMean, MatrixFactorization
+from recsys import infer, movielens, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
-from recsys.trainer import scores
+from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
+from recsys.rating.metrics import scores
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -124,7 +124,7 @@ def top_n(
         rows.append({"model": name, **{m: result[m] for m in ("precision", "recall", "ndcg", "hr", "coverage")}})
         rows[-1]["seconds"] = time.perf_counter() - t
     if pools:  # the candidates' recall: the share of relevant test movies the second stage can reach at all
-        rows[-1]["candidates_recall"] = stacking.recall_at(np.concatenate(pools), ranking.relevant())
+        rows[-1]["candidates_recall"] = topn.recall_at(np.concatenate(pools), ranking.relevant())
     return rows, result["users"]
 
 

@@ -24,7 +24,8 @@ import json
 
 import numpy as np
 
-from recsys import history, stacking, topn
+from recsys import topn
+from recsys.data import history
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_index
@@ -143,7 +144,7 @@ def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
 
     if rerank.objective == "ranking":
         want = rerank.meta["settings"].get("candidates_params_sha256")
-        if want is None or want != stacking.fingerprint(retrieval):
+        if want is None or want != topn.fingerprint(retrieval):
             raise RecsysError(
                 f"{rerank.path} was trained on the candidates of another retrieval model "
                 f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
@@ -177,9 +178,9 @@ def second_stage_scores(
         return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
     cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
     a = rerank.arrays
-    features = stacking.pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
+    features = topn.pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
     movies = a["movie_outputs"][rerank.movie_ids[cols]]
-    return stacking.head_scores(rerank.head_params, second[:, None, :], movies, features)
+    return topn.head_scores(rerank.head_params, second[:, None, :], movies, features)
 
 
 def two_stage_lists(

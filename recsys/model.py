@@ -40,7 +40,7 @@ class History(nn.Layer):
     """The user's watch history, as in YouTube's candidate-generation network: the mean of the embeddings
     (32) of the movies they rated, through an fc. Input: [N, n_movies] weights, each row 1/count at the
     user's rated movies (all zeros for an empty history), so one matmul is the mean; or the same weights in
-    sparse form, (movie ids [P], batch row [P], weight [P, 1]) (`recsys.history.Histories.sparse`), whose
+    sparse form, (movie ids [P], batch row [P], weight [P, 1]) (`recsys.data.history.Histories.sparse`), whose
     embedding gradient is sparse too when the network's is."""
 
     def __init__(self, n_movies: int, sparse: bool = False):
@@ -261,7 +261,7 @@ RANK_FEATURES = 3  # the retrieval cosine, the movie's log popularity, the item-
 class RankingHead(nn.Layer):
     """The ranking network's top, the logit of "the user will like this movie" (the chapter's weighted
     logistic regression scores it): a linear function of the pair's features (the retrieval model's cosine,
-    the movie's log share of the ratings, the item-item score of the user's history; see `recsys.stacking`)
+    the movie's log share of the ratings, the item-item score of the user's history; see `recsys.training.ranking`)
     plus a correction from [user * movie (200), features (3)] -> fc 64, relu -> fc 1. The linear part starts
     as 4 * cosine (the retrieval logit) and the correction at zero, so an untrained head orders candidates as
     the retrieval model does."""

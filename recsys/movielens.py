@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from recsys import fetch
+from recsys.data import fetch
 from recsys.data.common import bad_line, lines
 from recsys.data.dat import JOBS as ML1M_JOBS
 from recsys.data.loader import (

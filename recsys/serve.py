@@ -14,8 +14,8 @@ from recsys.errors import ArgumentParser, RecsysError, cli
 
 
 def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None):
-    """The FastAPI application serving these model dirs (see `recsys.api`)."""
-    from recsys import api
+    """The FastAPI application serving these model dirs (see `recsys.service.api`)."""
+    from recsys.service import api
 
     return api.create_app(model_dir, rerank, reload_interval, candidates)
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import checkpoint, lock, movielens, stacking, topn
+from recsys import movielens, topn
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.movielens import MovieLens
-from recsys.trainer import Trainer
+from recsys.training import checkpoint, lock
+from recsys.training import ranking as stacking
+from recsys.training.trainer import Trainer
 
 OBJECTIVES = ("rating", "retrieval", "ranking")
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fused",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="the fused training step on the CPU (recsys.fused: the same numbers, without a Paddle op per layer); "
+        help="the fused training step on the CPU (recsys.fused.step: the same numbers, without a Paddle op per layer); "
         "--no-fused: the plain layers under autograd",
     )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")

@@ -1,4 +1,4 @@
-"""The fused step (`recsys.fused`) equals the plain layers under autograd: each piece's values and gradients,
+"""The fused step (`recsys.fused.step`) equals the plain layers under autograd: each piece's values and gradients,
 and whole training steps. "Equal" is to 1e-6 of the array's scale (its largest entry, at least 1): float32
 sums taken in another order differ in their last bits."""
 
@@ -8,7 +8,10 @@ import numpy as np
 import paddle
 import pytest
 
-from recsys import fused, history, kernels, movielens
+from recsys import movielens
+from recsys.data import history
+from recsys.fused import loops as kernels
+from recsys.fused import step as fused
 from recsys.model import (
     History,
     MovieTower,
@@ -19,7 +22,7 @@ from recsys.model import (
     rating_loss,
     softmax_loss,
 )
-from recsys.trainer import Trainer
+from recsys.training.trainer import Trainer
 
 N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS = 30, 7, 21, 25, 18, 40
 
@@ -462,7 +465,7 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
 
 def _candidates(data, t: Trainer, seed: int = 0):
     """Stand-in retrieval candidates for a ranking trainer: random unit vectors, scores and shares."""
-    from recsys.stacking import Candidates
+    from recsys.training.ranking import Candidates
 
     rng = np.random.RandomState(seed)
     n_users, n_movies = data.sizes()["n_users"], len(t.catalogue)

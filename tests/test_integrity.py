@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import evaluate, infer, modelsave, movielens, train
+from recsys import evaluate, infer, movielens, train
 from recsys.modeldir import ModelDir
+from recsys.modeldir import save as modelsave
 
 COMMANDS = {
     "predict": ("infer", ["--user", "1", "--movie", "5"]),

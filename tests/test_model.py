@@ -94,8 +94,8 @@ def test_chapter_sizes_and_shapes():
 
 
 def test_trainer_sgd_equals_paddle_optimizer_sgd():
-    """recsys.optim.SGD (Paddle's sgd kernel without the optimizer's bookkeeping) updates exactly like paddle's."""
-    from recsys.optim import SGD
+    """recsys.fused.optim.SGD (Paddle's sgd kernel without the optimizer's bookkeeping) updates as paddle's does."""
+    from recsys.fused.optim import SGD
 
     rng = np.random.RandomState(4)
     for sparse in (True, False):

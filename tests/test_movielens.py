@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import fetch, synthetic
 from recsys import movielens as ml
+from recsys import synthetic
+from recsys.data import fetch
 from recsys.errors import RecsysError
 
 

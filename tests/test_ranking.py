@@ -10,10 +10,12 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, need_ml100k, run_cli
 
-from recsys import history, movielens, stacking
+from recsys import movielens
+from recsys.data import history
 from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
-from recsys.trainer import Trainer
+from recsys.training.ranking import Candidates
+from recsys.training.trainer import Trainer
 
 U1 = ["--dataset", "ml-100k", "--split", "u1"]
 
@@ -97,7 +99,7 @@ def test_negatives_are_never_rated_in_training():
     rated[0, :49] = True  # user 0 left one movie unrated
     rated[1, :] = True  # user 1 rated everything: no negative exists
     pool = np.argsort(-rng.random_sample((30, 50)), axis=1)[:, :10]
-    cand = stacking.Candidates(np.zeros((30, 4)), np.zeros((50, 4)), np.zeros((30, 50)), np.zeros(50), rated, pool)
+    cand = Candidates(np.zeros((30, 4)), np.zeros((50, 4)), np.zeros((30, 50)), np.zeros(50), rated, pool)
     users = np.repeat(np.arange(30), 20)
     for hard in (0.0, 0.5, 1.0):
         cols = cand.negatives(users, 3, hard, np.random.RandomState(1))

@@ -16,8 +16,8 @@ from conftest import assert_one_line_error, run_cli
 
 from recsys import movielens, train
 from recsys.modeldir import ModelDir
+from recsys.rating.metrics import scores
 from recsys.train import split_indices
-from recsys.trainer import scores
 
 
 def _run(small_dir, model, *flags):

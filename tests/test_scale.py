@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 from conftest import assert_one_line_error, run_cli
 
-from recsys import history, synthetic, topn
+from recsys import synthetic, topn
+from recsys.data import history
 
 HALF_STARS = {f"{s / 2:.1f}" for s in range(1, 11)}
 
@@ -112,7 +113,7 @@ def test_cooccurrence_counts_pairs_and_products_alike():
 def test_large_item_matrices_are_inverted_in_place_with_the_same_weights(monkeypatch):
     data, _ = _random_interactions(3, 90, 40)
     want = topn.EASE(7.0).fit(data).b
-    monkeypatch.setattr(topn, "_INVERT_IN_PLACE_FROM", 10)  # the path taken above 8,192 movies
+    monkeypatch.setattr(topn.baselines, "_INVERT_IN_PLACE_FROM", 10)  # the path taken above 8,192 movies
     got = topn.EASE(7.0).fit(data).b
     assert got.dtype == np.float32 and got.shape == (40, 40)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import fetch
+from recsys.data import fetch
 from recsys.data.common import Ratings, chapter_title
 from recsys.data.schema import Meta, MovieInfo
 from recsys.errors import RecsysError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys import fetch
+from recsys.data import fetch
 from recsys.data.common import Ratings, bad_line, chapter_title, int_rows, lines, movies_from, whole_star_ratings
 from recsys.data.schema import Meta, UserInfo
 from recsys.errors import RecsysError

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys import fetch
-from recsys.data import csvfiles, dat, uitem
+from recsys.data import csvfiles, dat, fetch, uitem
 from recsys.data.common import Ratings
 from recsys.data.schema import MovieLens, Tables
 from recsys.errors import RecsysError

@@ -7,9 +7,10 @@ import math
 
 import numpy as np
 
-from recsys import modeldir, modelsave
+from recsys import modeldir
 from recsys.errors import RecsysError
-from recsys.trainer import use_cpu_cores
+from recsys.modeldir import save as modelsave
+from recsys.training.trainer import use_cpu_cores
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
 BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None}

@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException
 
 from recsys import infer
 from recsys.errors import RecsysError
-from recsys.live import Holder, Models
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_table
+from recsys.service.reload import Holder, Models
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000

@@ -1,4 +1,4 @@
-"""The model dir that `train` writes (`recsys.modelsave`) and `infer` / `evaluate` read; loading it needs no pickle
+"""The model dir that `train` writes (`recsys.modeldir.save`) and `infer` / `evaluate` read; loading it needs no pickle
 and no dataset.
 
 inference.json, inference.pdiparams   paddle.jit.save of the whole network (the chapter's inference model)
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
-from recsys.history import Histories, history_weights
 from recsys.movielens import Tables
 
 FORMAT = 1
@@ -350,7 +350,7 @@ class ModelDir:
 
     @functools.cached_property
     def head_params(self) -> dict[str, np.ndarray]:
-        """A ranking model's head parameters (see `recsys.stacking.head_scores`)."""
+        """A ranking model's head parameters (see `recsys.training.ranking.head_scores`)."""
         return {k: v for k, v in self.params().items() if k.startswith("head.")}
 
     @functools.cached_property

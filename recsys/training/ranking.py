@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.topn.rerank import candidate_pool, fingerprint, log_share
 
 ITEM_ITEM_LAMBDA = 500.0  # the item-item weights' L2 penalty (EASE's, as the baseline in `recsys.topn`)
 
@@ -71,59 +72,11 @@ class Candidates:
         return cols
 
 
-def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
-    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] excluded, in chunks."""
-    from recsys.topn import top_k_lists
-
-    parts = [
-        top_k_lists(user_vectors[s : s + 1024] @ movie_vectors.T, seen[s : s + 1024], n)
-        for s in range(0, len(user_vectors), 1024)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
-
-
-def recall_at(pool: np.ndarray, relevant: list[set[int]]) -> float:
-    """Mean over users with a relevant movie of the share of their relevant movies found in their pool row."""
-    users = [i for i, r in enumerate(relevant) if r]
-    if not users:
-        return float("nan")
-    return float(np.mean([len(relevant[i] & set(pool[i].tolist())) / len(relevant[i]) for i in users]))
-
-
-def log_share(history: np.ndarray) -> np.ndarray:
-    """Each column's log share of the ratings in 0/1 histories [U, M] (add-one smoothed): [M] float32."""
-    counts = history.sum(axis=0).astype(np.float64) + 1.0
-    return np.log(counts / counts.sum()).astype(np.float32)
-
-
-def pair_features(cosine: np.ndarray, share: np.ndarray, weights: np.ndarray, histories, pool: np.ndarray):
-    """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    retrieval cosines [n, N], the movies' log shares [M], the item-item weights [M, M] and each user's
-    history as an array of catalogue columns (`histories`, n of them)."""
-    cols = np.maximum(pool, 0)
-    item = np.stack([weights[h][:, c].sum(axis=0) for h, c in zip(histories, cols)]) if len(pool) else cosine
-    return np.stack([cosine, share[cols], item], axis=-1).astype(np.float32)
-
-
-def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
-    """The ranking head (`model.RankingHead`) in numpy: logits for tower outputs `user` [..., D] and `movie`
-    [..., D] and pair features [..., 3]. Saves running the network over precomputed tower outputs."""
-    x = np.concatenate([np.broadcast_to(user, movie.shape) * movie, features], axis=-1)
-    h = np.maximum(x @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
-    linear = features @ params["head.linear"]
-    return (linear + h @ params["head.out.weight"] + params["head.out.bias"])[..., 0]
-
-
 def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """[U, M] bool over catalogue columns: the movies each user rated in the ratings `idx`."""
     out = np.zeros((data.sizes()["n_users"], len(catalogue)), bool)
     out[data.user[idx], np.searchsorted(catalogue, data.movie[idx])] = True
     return out
-
-
-def fingerprint(md) -> str | None:
-    """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
-    return (md.files.expected or {}).get("params.npz", {}).get("sha256")
 
 
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
@@ -154,7 +107,7 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     and the ranker's towers start from its towers. Returns the ranker's training, validation (carved from the
     held-out ratings by `args.val_ratio`) and test rating indices."""
     from recsys.modeldir import ModelDir
-    from recsys.topn import ease_weights
+    from recsys.topn.baselines import ease_weights
 
     retrieval = ModelDir.load(args.candidates_from)
     check_retrieval(retrieval, data)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys.data.history import Histories
 from recsys.errors import RecsysError
-from recsys.history import Histories
-from recsys.modeldir import COLD_GRID, FORMAT, MANIFEST, PREFIX, SCORES, cold_feeds, sha256_hex, tower_outputs
+from recsys.modeldir.load import COLD_GRID, FORMAT, MANIFEST, PREFIX, SCORES, cold_feeds, sha256_hex, tower_outputs
 from recsys.movielens import MovieLens, Tables, age_table
 
 

@@ -9,9 +9,12 @@ import os
 
 import numpy as np
 
-from recsys import history, stacking, topn
+from recsys import topn
+from recsys.data import history
+from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
-from recsys.optim import make_optimizer
+from recsys.rating.metrics import scores
+from recsys.training.ranking import Candidates
 
 
 def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
@@ -30,18 +33,6 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
     if hasattr(paddle.base.core, "set_num_threads"):
         paddle.base.core.set_num_threads(1)
     return threads
-
-
-def scores(pred: np.ndarray, label: np.ndarray, lowest: float = 1.0) -> dict[str, float]:
-    """Chapter-scale cost (mean square error on 2*stars-5) and RMSE / MAE in stars, predictions clipped to the
-    rating scale, `lowest`..5 (half-star data: 0.5..5)."""
-    stars_pred = np.clip((pred + 5) / 2, lowest, 5)
-    stars = (label + 5) / 2
-    return {
-        "cost": float(np.mean((pred - label) ** 2)),
-        "rmse": float(np.sqrt(np.mean((stars_pred - stars) ** 2))),
-        "mae": float(np.mean(np.abs(stars_pred - stars))),
-    }
 
 
 EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
@@ -73,7 +64,7 @@ class Trainer:
     ):
         import paddle
 
-        from recsys.fused import FusedStep
+        from recsys.fused.step import FusedStep
         from recsys.model import RankingNet, RecommenderNet
 
         self.threads = use_cpu_cores(share=world)
@@ -131,7 +122,7 @@ class Trainer:
 
     def pair_features(self, user: np.ndarray, movie: np.ndarray, training: bool = False, full: bool = False) -> dict:
         """The network's feeds (numpy) for aligned arrays of user and movie ids, and with history one more,
-        `history` (sparse, see `recsys.history.Histories.sparse`): the training histories without the example's
+        `history` (sparse, see `recsys.data.history.Histories.sparse`): the training histories without the example's
         own movie (with `full`, every training rating, as evaluation and the saved model read them; in training,
         at most `history_cap` movies of each). In training, the share `cold_start_rate` of user ids is replaced
         by the unknown user 0."""
@@ -158,9 +149,9 @@ class Trainer:
         return self.tensors(self.features(idx, training, full and not training))
 
     def fused_loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
-        """The step on the ratings `idx` (feeds `f`) through `recsys.fused`: returns the loss, or None where
+        """The step on the ratings `idx` (feeds `f`) through `recsys.fused.step`: returns the loss, or None where
         the fused step does not apply."""
-        from recsys.fused import in_batch
+        from recsys.fused.step import in_batch
         from recsys.model import RankingNet
 
         if self.objective == "ranking":
@@ -216,7 +207,7 @@ class Trainer:
         user, movie = self.model(*x, towers=True)
         return in_batch_softmax_loss(user, movie, self.data.movie[idx], self.log_q, self.temperature)
 
-    def ranking_loss(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
+    def ranking_loss(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
         """The weighted logistic loss of the positives `idx` against `negatives_per_positive` drawn negatives
         each, scored with the candidates' retrieval scores (`cand`: training or evaluation histories)."""
         import paddle
@@ -227,7 +218,7 @@ class Trainer:
         logit = self.model(*self.tensors(f), paddle.to_tensor(features))
         return weighted_logistic_loss(logit, paddle.to_tensor(label[:, None]), paddle.to_tensor(weight[:, None]))
 
-    def ranking_pairs(self, idx: np.ndarray, cand: stacking.Candidates, rng, training: bool = False):
+    def ranking_pairs(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
         """The pairs `ranking_loss` scores: each positive of `idx`, then `negatives_per_positive` negatives drawn
         for each; returns their feeds, pair features [N, 3], 0/1 labels and weights [N]."""
         user, per = self.data.user[idx], self.negatives_per_positive
@@ -308,7 +299,7 @@ class Trainer:
             pool = cand.pool[u]
             rows = np.repeat(u, pool.shape[1])
             f = cand.features(rows, np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
-            return topn.rerank_pool(pool, stacking.head_scores(params, users[u][:, None], movies[pool], f), k)
+            return topn.rerank_pool(pool, topn.head_scores(params, users[u][:, None], movies[pool], f), k)
 
         return topn.evaluate(rank, data, k)
 

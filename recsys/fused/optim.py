@@ -15,7 +15,7 @@ class SGD:
 
         self.parameters = [p for p in parameters if not p.stop_gradient]
         self._lr = paddle.to_tensor([learning_rate], dtype="float32")
-        self.lr = self._lr.numpy()[0]  # the same float32, for updates outside Paddle (`recsys.fused`)
+        self.lr = self._lr.numpy()[0]  # the same float32, for updates outside Paddle (`recsys.fused.step`)
 
     def step(self) -> None:
         from paddle import _C_ops

@@ -18,7 +18,7 @@ gradient is `Rows` (its looked-up rows and their gradients, as Paddle's Selected
 - `ranking_xent`: the ranking network's head and `model.weighted_logistic_loss`.
 
 `FusedStep` builds a batch's arrays from the reader's (the movie tower runs once per distinct movie), and
-updates through `recsys.inplace` (plain SGD and Adam in place, as Paddle's kernels; other optimizers from the
+updates through `recsys.fused.updates` (plain SGD and Adam in place, as Paddle's kernels; other optimizers from the
 gradients set on the parameters). It runs on the CPU; elsewhere the trainer takes the plain layers.
 """
 
@@ -28,8 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from recsys import kernels
-from recsys.inplace import Param, Rows, Updater
+from recsys.fused import loops as kernels
+from recsys.fused.updates import Param, Rows, Updater
 from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower
 
 
@@ -409,7 +409,7 @@ class FusedStep:
         return grads
 
     def update(self, grads: list) -> None:
-        """The optimizer's step on `grads` (see `recsys.inplace`)."""
+        """The optimizer's step on `grads` (see `recsys.fused.updates`)."""
         self.updater.step(grads)
 
     def rating(self, x: list, label: np.ndarray, history=None) -> np.float32:

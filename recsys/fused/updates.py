@@ -1,10 +1,10 @@
-"""Optimizer steps in place, on NumPy views of Paddle parameters: the fused step's (`recsys.fused`) gradients
+"""Optimizer steps in place, on NumPy views of Paddle parameters: the fused step's (`recsys.fused.step`) gradients
 applied as Paddle's own kernels apply them, without a Paddle call per parameter.
 
 A dense gradient is an array; an embedding's sparse gradient is `Rows` (as Paddle's SelectedRows: rows that may
-repeat). `Updater.step` runs plain SGD (`recsys.optim.SGD`) and Adam (`recsys.optim.make_optimizer`'s: lazy rows
-for sparse tables) in `recsys.kernels`, on the optimizer's own state, so checkpoints and resumes see Paddle's
-optimizer as after its own steps; any other optimizer, or setting, gets the gradients set on the parameters and
+repeat). `Updater.step` runs plain SGD (`recsys.fused.optim.SGD`) and Adam
+(`recsys.fused.optim.make_optimizer`'s: lazy rows for sparse tables) in `recsys.fused.loops`, on the optimizer's
+own state, so checkpoints and resumes see Paddle's optimizer as after its own steps; any other optimizer, or setting, gets the gradients set on the parameters and
 steps itself.
 """
 
@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from recsys import kernels
-from recsys.optim import SGD
+from recsys.fused import loops as kernels
+from recsys.fused.optim import SGD
 
 
 class Param(NamedTuple):
@@ -65,7 +65,7 @@ class Updater:
         self.opt.clear_grad()
 
     def _adam(self, grads: list) -> bool:
-        """Paddle's Adam (`recsys.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
+        """Paddle's Adam (`recsys.fused.optim.make_optimizer`'s: no weight decay, lazy rows for sparse tables) on
         `grads` in place, on the optimizer's own moments and beta powers (created as its own first step creates
         them: from a resumed state dict where it has one); False where this does not apply (another optimizer
         or setting): Paddle's optimizer updates."""

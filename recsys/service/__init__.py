@@ -1,0 +1,1 @@
+"""The HTTP service: the API, the model dirs it reloads, the page."""

@@ -1,0 +1,53 @@
+"""Top-N lists over a fixed catalogue: each row's best unseen columns, and candidates reordered by a second
+score. Ties go to the smaller column (the smaller movie id, in catalogue order), so every list is deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.errors import RecsysError
+
+
+def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best unseen columns, best first; ties go to the smaller column.
+
+    scores: [U, M] floats; seen: [U, M] bool (excluded). Rows with fewer than k candidates are padded
+    with -1. A non-finite score is an error, never a ranking."""
+    if not np.isfinite(scores).all():
+        raise RecsysError("the model produced non-finite scores; it cannot rank them (train it again)")
+    s = np.where(seen, -np.inf, scores)
+    n_rows, k = s.shape[0], min(k, s.shape[1])
+    if k == 0:
+        return np.zeros((n_rows, 0), np.int64)
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th best score
+    row, col = np.nonzero(s >= kth)  # the k best and everything tied with the k-th, row-major, columns ascending
+    value = s[row, col]
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    place = np.arange(len(row)) - np.searchsorted(row, row)  # position within its row
+    keep = (place < k) & (value > -np.inf)
+    out = np.full((n_rows, k), -1, np.int64)
+    out[row[keep], place[keep]] = col[keep]
+    return out
+
+
+def rerank(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's candidate columns (-1: none) reordered by `scores` [U, M], best first, then cut to k.
+    Equal scores keep the candidates' order."""
+    return rerank_pool(candidates, np.take_along_axis(scores, np.maximum(candidates, 0), 1), k)
+
+
+def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """`rerank` with the candidates' own scores [U, N] (aligned with `candidates`)."""
+    s = np.array(scores, np.float64)
+    s[candidates < 0] = 0.0
+    if not np.isfinite(s).all():
+        raise RecsysError("the ranking model produced non-finite scores; it cannot rank them (train it again)")
+    s[candidates < 0] = -np.inf
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(candidates, order, 1)
+
+
+def by_score(score_fn):
+    """A ranker from a scorer: `score_fn(user ids) -> [n, M]` becomes `(user ids, seen, k) -> top-k columns`."""
+    return lambda users, seen, k: top_k_lists(score_fn(users), seen, k)

@@ -1,0 +1,46 @@
+"""The second stage's pieces that serving shares with training: a retrieval model's candidate pools, the
+ranking network's pair features and its head in NumPy, and what identifies the retrieval model it reorders."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.topn.lists import top_k_lists
+
+
+def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
+    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] excluded, in chunks."""
+    parts = [
+        top_k_lists(user_vectors[s : s + 1024] @ movie_vectors.T, seen[s : s + 1024], n)
+        for s in range(0, len(user_vectors), 1024)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
+
+
+def log_share(history: np.ndarray) -> np.ndarray:
+    """Each column's log share of the ratings in 0/1 histories [U, M] (add-one smoothed): [M] float32."""
+    counts = history.sum(axis=0).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def pair_features(cosine: np.ndarray, share: np.ndarray, weights: np.ndarray, histories, pool: np.ndarray):
+    """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
+    retrieval cosines [n, N], the movies' log shares [M], the item-item weights [M, M] and each user's
+    history as an array of catalogue columns (`histories`, n of them)."""
+    cols = np.maximum(pool, 0)
+    item = np.stack([weights[h][:, c].sum(axis=0) for h, c in zip(histories, cols)]) if len(pool) else cosine
+    return np.stack([cosine, share[cols], item], axis=-1).astype(np.float32)
+
+
+def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
+    """The ranking head (`model.RankingHead`) in numpy: logits for tower outputs `user` [..., D] and `movie`
+    [..., D] and pair features [..., 3]. Saves running the network over precomputed tower outputs."""
+    x = np.concatenate([np.broadcast_to(user, movie.shape) * movie, features], axis=-1)
+    h = np.maximum(x @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
+    linear = features @ params["head.linear"]
+    return (linear + h @ params["head.out.weight"] + params["head.out.bias"])[..., 0]
+
+
+def fingerprint(md) -> str | None:
+    """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
+    return (md.files.expected or {}).get("params.npz", {}).get("sha256")
