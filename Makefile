@@ -1,9 +1,11 @@
-# `make demo`: install, train the chapter's model, then infer.  `make test`: install, lint, run the tests.
+# `make demo`: install, train the chapter's model, then infer (`DATASET=ml-100k DATA_DIR=...`: other data).
+# `make test`: install, lint, run the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,dev
 DATA_DIR ?=
+DATASET ?= ml-1m
 MODEL_DIR ?= recommender_system.inference.model
 EPOCHS ?= 20
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
@@ -26,7 +28,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) -m recsys.train $(DATA_FLAG) --model-dir $(MODEL_DIR) --epochs $(EPOCHS)
+	$(PY) -m recsys.train --dataset $(DATASET) $(DATA_FLAG) --model-dir $(MODEL_DIR) --epochs $(EPOCHS)
 	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --movie 783
 	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --top-k 10
 
@@ -38,4 +40,4 @@ bench: install
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) *.model .*.lock .*.previous .*.tmp test-artifacts .pytest_cache .ruff_cache \
 		*.egg-info build
-	rm -rf recsys/__pycache__ tests/__pycache__ benchmarks/__pycache__
+	find recsys tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +

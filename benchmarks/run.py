@@ -25,9 +25,10 @@ import numpy as np
 from common import full_size_archive, median_ms, print_table
 from reader import measure as measure_reader
 
-from recsys import infer, movielens
+from recsys import movielens
 from recsys.modeldir import ModelDir
 from recsys.movielens import FEED_NAMES
+from recsys.topn import stages
 from recsys.training.trainer import Trainer
 
 
@@ -119,7 +120,7 @@ def latencies(model: Path, repeat: int = 300) -> dict:
             return net(*[paddle.to_tensor(f[n]) for n in FEED_NAMES]).numpy()
 
     return {
-        "topk_ms": median_ms(lambda u: infer.top_k(md, int(u), 10), users),
+        "topk_ms": median_ms(lambda u: stages.top_k(md, int(u), 10), users),
         "topk_ref_ms": median_ms(full_network_top10, users[:30]),
         "predict_ms": median_ms(lambda u: predictor(md.tables.features(np.array([u]), movies[:1])), users),
         "predict_ref_ms": median_ms(dygraph_one, users),

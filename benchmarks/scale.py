@@ -32,8 +32,9 @@ import topn_serve
 from common import full_size_archive, median_ms, print_table
 from topn_serve import load_test
 
-from recsys import infer, synthetic
+from recsys import synthetic
 from recsys.modeldir import ModelDir
+from recsys.topn import stages
 
 GB = 2**30
 _LOAD = """
@@ -137,7 +138,7 @@ def main() -> None:
         top = json.loads(child([sys.executable, "-c", _TOP_N, str(retrieval_dir), str(folder), ease], env)[2])
         md = ModelDir.load(retrieval_dir)
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        one_ms = median_ms(lambda u: infer.top_k(md, md.user_row(u), 10), users)
+        one_ms = median_ms(lambda u: stages.top_k(md, md.user_row(u), 10), users)
         movies = [md.own_movie(m) for m in md.movie_ids]
         new = {} if args.dataset != "ml-1m" else topn_serve.CHAPTER_USER
         served = load_test(retrieval_dir, None, users, movies, args.requests, args.clients, new)

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from common import full_size_archive, median_ms, print_table
 
-from recsys import evaluate, infer, movielens
+from recsys import evaluate, movielens
 from recsys.modeldir import ModelDir
+from recsys.topn import stages
 
 
 def epoch(folder: Path, model: Path, *flags: str) -> dict:
@@ -157,8 +158,8 @@ def main() -> None:
         two_rows, _ = evaluate.top_n(md, data, rerank=rr)
         two_n_s = time.perf_counter() - t - top_n_s  # the two-stage ranking alone: the rest is the same as above
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        two_ms = median_ms(lambda u: infer.two_stage(md, rr, 10, infer.candidates_for(rr), u), users)
-        one_ms = median_ms(lambda u: infer.top_k(md, u, 10), users)
+        two_ms = median_ms(lambda u: stages.two_stage(md, rr, 10, stages.candidates_for(rr), u), users)
+        one_ms = median_ms(lambda u: stages.top_k(md, u, 10), users)
         t = time.perf_counter()
         for _ in range(5):
             ModelDir.load(rating).params()
@@ -187,7 +188,7 @@ def main() -> None:
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),
-        (f"two-stage evaluate, all users, top {infer.candidates_for(rr)} -> ranking (s)", f"{two_n_s:.1f}",
+        (f"two-stage evaluate, all users, top {stages.candidates_for(rr)} -> ranking (s)", f"{two_n_s:.1f}",
          f"NDCG@10 two-stage {two['ndcg']:.3f}, candidates' recall {two['candidates_recall']:.3f}", "<= 30 s"),
         ("two-stage top-10 for one user, warm (ms)", f"{two_ms:.2f}", f"{one_ms:.2f} (retrieval top-10 alone)",
          "<= 5 ms"),

@@ -22,3 +22,18 @@ _select_mkl_kernels()
 # Paddle's C++ logging and a compiler-cache notice would drown the chapter's own output.
 _os.environ.setdefault("GLOG_minloglevel", "2")
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+__all__ = ["Recommender", "RecsysError", "UnknownId", "__version__"]
+
+
+def __getattr__(name: str):
+    """`recsys.Recommender` and the errors, imported on first use (Paddle only where a model runs)."""
+    if name in ("Recommender", "UnknownId"):
+        from recsys import recommender
+
+        return getattr(recommender, name)
+    if name == "RecsysError":
+        from recsys.errors import RecsysError
+
+        return RecsysError
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -56,7 +56,11 @@ def missing_module(e: ModuleNotFoundError) -> str:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block."""
 
+    raise_errors = False  # True: a bad flag raises RecsysError (a caller from Python), with the same text
+
     def error(self, message: str):
+        if self.raise_errors:
+            raise RecsysError(message)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
     def given(self, argv: list[str] | None = None) -> set[str]:

@@ -16,12 +16,14 @@ import time
 
 import numpy as np
 
-from recsys import infer, movielens, topn
-from recsys.errors import ArgumentParser, RecsysError, cli
+from recsys import movielens, topn
+from recsys.errors import ArgumentParser, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
 from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.rating.metrics import scores
+from recsys.recommender import Recommender, check_data
+from recsys.topn import stages
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -38,11 +40,6 @@ def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 81
     return np.concatenate(out)
 
 
-def _check_data(md: ModelDir, data: MovieLens) -> None:
-    if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
-        raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
-
-
 def compare(md: ModelDir | None, data: MovieLens, baselines: bool = True) -> list[dict]:
     """One row per predictor on the test split: name, cost, rmse, mae, seconds (fit + predict).
     `md` is a rating model (or None: the baselines alone); `baselines` False: the model alone."""
@@ -50,7 +47,7 @@ def compare(md: ModelDir | None, data: MovieLens, baselines: bool = True) -> lis
     label = data.label[test, 0]
     rows = []
     if md is not None:
-        _check_data(md, data)
+        check_data(md, data)
         t = time.perf_counter()
         predicted = model_scores(md, data, test)
         rows.append({"model": f"recsys model ({md.path.name})", **scores(predicted, label, data.lowest_rating())})
@@ -62,26 +59,6 @@ def compare(md: ModelDir | None, data: MovieLens, baselines: bool = True) -> lis
         row = scores(2 * stars - 5, label, data.lowest_rating())
         rows.append({"model": baseline.name, **row, "seconds": time.perf_counter() - t})
     return rows
-
-
-def _tower_ranker(md: ModelDir):
-    """Rank by the model's unit tower vectors: cosine, which orders movies as the model's score does."""
-    users, movies = md.arrays["user_vectors"], md.catalogue_vectors
-    return topn.by_score(lambda u: users[u] @ movies.T)
-
-
-def _two_stage_ranker(md: ModelDir, rerank: ModelDir, candidates: int, pools: list):
-    """The retrieval model's top `candidates`, reordered by the second model (`infer --rerank`'s ranking);
-    each batch's candidate lists are appended to `pools` (for their recall)."""
-    first = md.arrays["user_vectors"]
-    second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
-
-    def rank(users, seen, k):
-        pool, _, best = infer.two_stage_lists(md, rerank, first[users], second[users], seen, k, candidates)
-        pools.append(pool)
-        return best
-
-    return rank
 
 
 def top_n(
@@ -96,26 +73,27 @@ def top_n(
     baselines: bool = True,
 ) -> tuple[list[dict], int]:
     """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
-    the two stages over `infer.candidates_for(rerank, candidates)` candidates, with their recall): precision,
+    the two stages over `stages.candidates_for(rerank, candidates)` candidates, with their recall): precision,
     recall, ndcg, hr at k, coverage, seconds. Also returns the number of users. EASE covers the `ease_items`
     most-rated movies (0: no EASE row); `baselines` False leaves popularity and EASE out."""
-    _check_data(md, data)
-    candidates = infer.candidates_for(rerank, candidates)
+    check_data(md, data)
+    candidates = stages.candidates_for(rerank, candidates)
+    two = Recommender(md, rerank, candidates) if rerank is not None else None
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
     chosen = [topn.Popularity()] + ([topn.EASE(ease_lambda, ease_items)] if ease_items else [])
     for baseline in chosen if baselines else []:  # named once fitted: EASE says when it is capped
         rankers.append((lambda b=baseline: b.name, lambda b=baseline: b.fit(ranking).ranker()))
     kind = "retrieval" if md.objective == "retrieval" else "chapter model"
-    rankers.append((f"{kind} ({md.path.name})", lambda: _tower_ranker(md)))
+    rankers.append((f"{kind} ({md.path.name})", lambda: Recommender(md).ranker()))
     pools: list[np.ndarray] = []
     if rerank is not None:
         second = "ranking network"
         if rerank.objective == "rating":
             second = "chapter model"
-            rankers.append((f"chapter model ({rerank.path.name})", lambda: _tower_ranker(rerank)))
-        two = f"two-stage: retrieval top {candidates} -> {second}"
-        rankers.append((two, lambda: _two_stage_ranker(md, rerank, candidates, pools)))
+            rankers.append((f"chapter model ({rerank.path.name})", lambda: Recommender(rerank).ranker()))
+        name = f"two-stage: retrieval top {candidates} -> {second}"
+        rankers.append((name, lambda: two.ranker(pools)))
     rows = []
     for name, make in rankers:
         t = time.perf_counter()
@@ -173,26 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    if (
-        args.k < 1
-        or (args.candidates is not None and args.candidates < 1)
-        or not 1 <= args.relevant <= 5
-        or not args.ease_lambda > 0
-        or args.ease_items < 0
+    for flag, ok, rule in (
+        ("--k", args.k >= 1, "at least 1"),
+        ("--candidates", args.candidates is None or args.candidates >= 1, "at least 1"),
+        ("--relevant", 1 <= args.relevant <= 5, "1..5"),
+        ("--ease-lambda", args.ease_lambda > 0, "positive"),
+        ("--ease-items", args.ease_items >= 0, "0 or more"),
     ):
-        ap.error(
-            "--k must be at least 1, --candidates at least 1, --relevant 1..5, --ease-lambda positive and "
-            "--ease-items 0 or more"
-        )
-    md = ModelDir.load(args.model_dir)
-    rerank = None
-    if args.rerank is not None:
-        rerank = ModelDir.load(args.rerank)
-        infer.check_pair(md, rerank)
+        if not ok:
+            ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    rec = Recommender.load(args.model_dir, args.rerank, args.candidates)
+    md, rerank, rating = rec.model, rec.rerank, rec.rating_model
     data = _data_for(md, args)
-    rating = next((m for m in (md, rerank) if m is not None and m.objective == "rating"), None)
     rows = compare(rating, data, args.baselines) if rating is not None or args.baselines else []
-    candidates = max(infer.candidates_for(rerank, args.candidates), args.k)  # the rule of infer and serve too
+    candidates = max(rec.candidates, args.k)  # the rule of infer and serve too
     ranked, n_users = top_n(
         md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates, args.ease_items, args.baselines
     )

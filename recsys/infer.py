@@ -21,202 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-import numpy as np
-
-from recsys import topn
 from recsys.data import history
 from recsys.errors import ArgumentParser, RecsysError, cli
-from recsys.modeldir import ModelDir
-from recsys.movielens import AGE_GROUPS, age_index
-
-
-def stars(score: float) -> float:
-    """Label-space score (2*stars-5) to stars."""
-    return (float(score) + 5) / 2
-
-
-def stars_value(x) -> int | float:
-    """A rating as the data gave it: 4 stays 4, 3.5 stays 3.5."""
-    return int(x) if float(x).is_integer() else float(x)
-
-
-def predict(md: ModelDir, user_id: int, movie_ids, cold: tuple | None = None) -> np.ndarray:
-    """Scores (label space) of one user (row) on several movies (rows) through the saved inference model.
-
-    `cold` (feature ids: the chapter's gender id, age index, job) scores the unknown user 0 with them instead."""
-    movie_ids = np.asarray(movie_ids, np.int64)
-    n = len(movie_ids)
-    if cold is None:
-        users = md.tables.user_features(np.full(n, user_id, np.int64))
-    else:
-        users = {k: np.repeat(v, n) for k, v in md.cold_feeds(cold).items()}
-    feeds = users | md.tables.movie_features(movie_ids)
-    if md.history:
-        feeds["history"] = md.history_of(users["user_id"])
-    return md.predictor(feeds)[:, 0]
-
-
-def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
-    """The k movies whose unit movie vectors have the largest dot product with `vector`: (movie id, value).
-    Ties go to the smaller movie id."""
-    values = md.catalogue_vectors @ vector
-    seen = np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))
-    cols = topn.top_k_lists(values[None], seen[None], k)[0]
-    return [(int(md.movie_ids[c]), float(values[c])) for c in cols if c >= 0]
-
-
-def _scale(md: ModelDir) -> float:
-    """Cosine to score: the rating head's 5 * cos (label space); a retrieval model's score is the cosine."""
-    return 5.0 if md.objective == "rating" else 1.0
-
-
-def _vector(md: ModelDir, user_id: int | None, cold: tuple | None, rated=(), unit=True) -> np.ndarray:
-    """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
-    or a new user's saved vector, or, for a new user who named rated movies, computed with that history."""
-    if rated:
-        feeds = md.cold_feeds(cold) | {"history": md.history_of([0], rated)}
-        return md.user_vector(feeds, unit)[0]
-    if cold is None:
-        return md.arrays[f"user_{'vectors' if unit else 'outputs'}"][user_id]
-    return md.cold_vector(cold, unit)
-
-
-def _seen(md: ModelDir, user_id: int | None, rated=()) -> np.ndarray:
-    """Movies the user rated in the training split (for a new user, the movies they named)."""
-    if user_id is None:
-        return np.array([m for m, _ in rated], np.int64)
-    rated, _, is_test = md.ratings_of(user_id)
-    return rated[~is_test]
-
-
-def top_k(md: ModelDir, user_id: int, k: int) -> list[tuple[int, float]]:
-    """The k best-scored movies the user has not rated in the training split: (movie id, score) pairs."""
-    return [(m, _scale(md) * v) for m, v in rank(md, _vector(md, user_id, None), k, _seen(md, user_id))]
-
-
-def top_k_cold(md: ModelDir, cold: tuple, k: int, rated=()) -> list[tuple[int, float]]:
-    """The k best-scored movies for an unknown user with these feature ids (the chapter's gender id, age index,
-    job) who rated the movies `rated` ((movie row, stars) pairs: their history, with a model that reads one)."""
-    vector = _vector(md, None, cold, rated)
-    return [(m, _scale(md) * v) for m, v in rank(md, vector, k, _seen(md, None, rated))]
-
-
-def check_rated(md: ModelDir, rated) -> None:
-    """One-line error unless the model reads a history and every named movie and rating is valid: a known
-    movie, and stars on the data's scale in its steps (half stars from 0.5, else whole stars)."""
-    if rated and not md.history:
-        raise RecsysError(
-            f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
-        )
-    for movie, value in rated:
-        history.check_rated(movie, value, md.has_movie, md.rating_scale)
-
-
-def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
-    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
-    or a ranking model trained on `retrieval`'s candidates."""
-    if retrieval.objective != "retrieval":
-        raise RecsysError(
-            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
-            "(train one with --objective retrieval)"
-        )
-    if rerank.objective == "retrieval":
-        raise RecsysError(
-            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
-        )
-    a, b = retrieval.meta, rerank.meta
-    for key, what in (
-        ("dataset", "dataset"),
-        ("split", "split"),
-        ("sizes", "id ranges"),
-        ("users", "users"),
-        ("movies", "movies"),
-        ("title_words", "title vocabulary"),
-        ("categories", "genres"),
-        ("jobs", "jobs"),
-    ):
-        if a.get(key) != b.get(key):
-            raise RecsysError(
-                f"{retrieval.path} and {rerank.path} disagree on their {what} "
-                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
-            )
-
-    if rerank.objective == "ranking":
-        want = rerank.meta["settings"].get("candidates_params_sha256")
-        if want is None or want != topn.fingerprint(retrieval):
-            raise RecsysError(
-                f"{rerank.path} was trained on the candidates of another retrieval model "
-                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
-                "it is now; give that model, or train the ranking network again on this one"
-            )
-
-
-CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
-
-
-def candidates_for(rerank: ModelDir | None, given: int | None = None) -> int:
-    """How many retrieval candidates the second stage reorders: `given`, else the number a ranking model was
-    trained to reorder (its `--candidates`), else `CANDIDATES`."""
-    if given is not None:
-        return given
-    if rerank is not None and rerank.objective == "ranking":
-        return int(rerank.meta["settings"].get("candidates") or CANDIDATES)
-    return CANDIDATES
-
-
-def second_stage_scores(
-    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, histories
-) -> np.ndarray:
-    """The second stage's scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    users' vectors in the retrieval model (`first` [n, D], unit) and in the second model (`second` [n, D]: a
-    rating model's unit vectors, scored 5 cos in label space; a ranking model's raw outputs, scored by its
-    head from the towers and the pair features, which read each user's history: `histories`, n arrays of
-    catalogue columns)."""
-    cols = np.maximum(pool, 0)
-    if rerank.objective == "rating":
-        return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
-    cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
-    a = rerank.arrays
-    features = topn.pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
-    movies = a["movie_outputs"][rerank.movie_ids[cols]]
-    return topn.head_scores(rerank.head_params, second[:, None, :], movies, features)
-
-
-def two_stage_lists(
-    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, seen: np.ndarray, k: int, candidates: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
-    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
-    and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
-    pool = topn.top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
-    histories = [np.flatnonzero(row) for row in seen] if rerank.objective == "ranking" else None
-    scores = second_stage_scores(md, rerank, first, second, pool, histories)
-    return pool, scores, topn.rerank_pool(pool, scores, k)
-
-
-def two_stage(
-    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user_id: int | None = None, cold=None, rated=()
-) -> list[tuple[int, float, float, int]]:
-    """The retrieval model's top `candidates` unrated movies, reordered by the second model's score:
-    (movie id, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
-    model's label-space score, or a ranking model's logit."""
-    first = _vector(md, user_id, cold, rated)
-    second = _vector(rerank, user_id, cold, rated, unit=rerank.objective != "ranking")
-    seen = np.isin(md.movie_ids, _seen(md, user_id, rated))
-    pool, scores, best = (
-        a[0] for a in two_stage_lists(md, rerank, first[None], second[None], seen[None], k, candidates)
-    )
-    place = {c: i for i, c in enumerate(pool.tolist())}
-    return [
-        (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first), place[c] + 1)
-        for c in best.tolist() if c >= 0
-    ]  # fmt: skip
-
-
-def similar(md: ModelDir, movie_id: int, k: int) -> list[tuple[int, float]]:
-    """The k movies nearest to `movie_id` by the cosine of their movie-tower vectors."""
-    return rank(md, md.arrays["movie_vectors"][movie_id], k, exclude=[movie_id])
+from recsys.recommender import Recommender
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -257,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for a rating model; a larger --top-k widens them to --top-k)",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--dataset", help="the model dir records its data: given, it must be the model's (checked)")
+    ap.add_argument("--split", help="the model dir records its split: given, it must be the model's (checked)")
     args = ap.parse_args(argv)
     if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
         ap.error("--rerank reorders recommendations: give it with --top-k for a user")
@@ -284,40 +95,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_ids(md: ModelDir, args) -> tuple | None:
-    """One-line errors for ids the model does not know; a new user's feature ids, if any."""
-    if args.user is not None and not md.has_user(args.user):
-        raise RecsysError(f"unknown user id {args.user}; {md.meta['dataset']} has no such user")
-    for movie in (args.movie, args.similar_to):
-        if movie is not None and not md.has_movie(movie):
-            raise RecsysError(f"unknown movie id {movie}; {md.meta['dataset']} has no such movie")
-    if args.user is not None or args.similar_to is not None:
-        return None
-    if md.chapter_features:
-        if args.feature or None in (args.gender, args.age, args.job):
-            raise RecsysError(f"a new user needs all of --gender, --age and --job for {md.meta['dataset']}")
-        return chapter_cold(md, args.gender, args.age, args.job, "--")
-    if any(x is not None for x in (args.gender, args.age, args.job)):
-        raise RecsysError(f"{no_chapter_features(md)} (give them with --feature NAME=VALUE)")
-    return feature_ids(md, dict(_pair(f) for f in args.feature))
-
-
-def no_chapter_features(md: ModelDir) -> str:
-    """Why a new user of data without the chapter's gender, age and job cannot be given by them."""
-    data = md.meta["dataset"]
-    if not md.features:
-        return f"{data} has no user features (no gender, age or job): a new user is known by the movies they rated"
-    return f"{data} users have the features {', '.join(md.features)}, not the chapter's gender, age and job"
-
-
-def chapter_cold(md: ModelDir, gender: str, age: int, job: int, prefix: str = "") -> tuple[int, int, int]:
-    """The chapter's features as ids (gender id, age index, job), checked against the model's data."""
-    n_jobs = len(md.features["job"])
-    if not 0 <= job < n_jobs:
-        raise RecsysError(f"{prefix}job must be 0..{n_jobs - 1} for {md.meta['dataset']}, got {job}")
-    return (0 if gender == "M" else 1, age_index(age), job)
-
-
 def _pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -325,109 +102,43 @@ def _pair(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def feature_ids(md: ModelDir, given: dict[str, str]) -> tuple[int, ...]:
-    """A new user's feature values (name -> value as in the data) as ids; a feature not given is unknown."""
-    out = []
-    for name in given:
-        if name not in md.features:
-            if not md.features:
-                raise RecsysError(f"{md.meta['dataset']} has no user features (got {name!r})")
-            known = ", ".join(md.features)
-            raise RecsysError(f"{md.meta['dataset']} has no user feature {name!r}; its features: {known}")
-    for name, labels in md.features.items():
-        value = str(given.get(name, ""))
-        if value not in labels:
-            shown = ", ".join(v for v in labels[:20] if v) + (" ..." if len(labels) > 20 else "")
-            raise RecsysError(f"{name} {value!r} is not a value of {md.meta['dataset']}'s {name}: {shown}")
-        out.append(labels.index(value))
-    return tuple(out)
+def check_recorded(rec: Recommender, args: argparse.Namespace) -> None:
+    """`--dataset` and `--split`, where given, must be what the model dir records (it needs no archive)."""
+    for flag, key in (("--dataset", "dataset"), ("--split", "split")):
+        given, recorded = getattr(args, key), rec.model.meta[key]
+        if given is not None and given != recorded:
+            raise RecsysError(
+                f"{flag} {given}: {rec.model.path} was trained on {rec.model.meta['dataset']} split "
+                f"{rec.model.meta['split']}; a model dir records its data, so infer needs no {flag}"
+            )
 
 
-def new_user(md: ModelDir, gender=None, age=None, job=None, given: dict | None = None) -> dict:
-    """A new user's features as the answers show them: the chapter's age as given, and its group; other
-    data's features as given."""
-    if md.chapter_features:
-        return {"gender": gender, "age": age, "age_group": AGE_GROUPS[age_index(age)], "job": job}
-    return dict(given or {})
+def answer(rec: Recommender, args: argparse.Namespace) -> dict:
+    """The object `--json` prints: one call of the recommender."""
+    if args.similar_to is not None:
+        return rec.similar(args.similar_to, args.top_k)
+    if args.user is not None:
+        return rec.predict(args.user, args.movie) if args.movie is not None else rec.recommend(args.user, args.top_k)
+    chapter = [args.gender, args.age, args.job]
+    if rec.chapter_features and (args.feature or None in chapter):
+        raise RecsysError(f"a new user needs all of --gender, --age and --job for {rec.dataset}")
+    if not rec.chapter_features and any(x is not None for x in chapter):
+        raise RecsysError(f"{rec.no_chapter_features()} (give them with --feature NAME=VALUE)")
+    new = {"gender": args.gender, "age": args.age, "job": args.job, "features": dict(_pair(f) for f in args.feature)}
+    if args.movie is not None:
+        return rec.predict_new(args.movie, **new)
+    rated = history.parse_rated(args.rated, rec.model.has_movie, rec.model.rating_scale) if args.rated else []
+    return rec.recommend_new(args.top_k, rated=rated, **new)
 
 
-def _who(user_id: int | None, features: dict | None) -> str:
-    if user_id is not None or features is None:
-        return f"user id {user_id}"
-    if "age_group" in features:
-        return f"a new user ({features['gender']}, age {features['age_group']}, job {features['job']})"
-    return f"a new user ({', '.join(f'{k}={v}' for k, v in features.items()) or 'no features'})"
-
-
-def _person(user_id: int | None, features: dict | None) -> dict:
-    return {"user_id": user_id} if features is None else {"user": features}
-
-
-def _movie(md: ModelDir, row: int, **values) -> dict:
-    """One movie of an answer: its own id, title and genres, and `values`."""
-    return {"movie_id": md.own_movie(row), "title": md.title(row), "genres": md.genres(row)} | values
-
-
-def similar_doc(md: ModelDir, movie_id: int, k: int) -> dict:
-    """`--similar-to` (the dataset's own movie id) as one JSON-able object."""
-    row = md.movie_row(movie_id)
-    rows = [_movie(md, m, cosine=c) for m, c in similar(md, row, k)]
-    return {"movie_id": movie_id, "title": md.title(row), "genres": md.genres(row), "similar": rows}
-
-
-def predict_doc(md: ModelDir, user_id: int | None, movie_id: int, cold=None, features: dict | None = None) -> dict:
-    """`--movie`: the predicted rating (and the actual one, when the user rated the movie) as one object; the
-    user and movie by the dataset's own ids."""
-    if md.objective != "rating":
-        raise RecsysError(
-            f"{md.path} is a retrieval model: it ranks movies but predicts no ratings; use a rating model (or --top-k)"
-        )
-    row, user = md.movie_row(movie_id), None if cold is not None else md.user_row(user_id)
-    score = float(predict(md, user or 0, [row], cold)[0])
-    out = _person(user_id, features) | {
-        "movie_id": movie_id,
-        "title": md.title(row),
-        "score": score,
-        "stars": stars(score),
-    }
-    if cold is None:
-        movies, given, _ = md.ratings_of(user)
-        out["actual_rating"] = stars_value(given[movies == row][0]) if row in movies else None
-    return out
-
-
-def recommend_doc(
-    md: ModelDir,
-    k: int,
-    user_id: int | None = None,
-    cold=None,
-    features: dict | None = None,
-    rerank: ModelDir | None = None,
-    candidates: int | None = None,
-    rated=(),
-) -> dict:
-    """`--top-k` (one model, or two stages with `rerank`) as one object; each row says which stage ranked it.
-    A new user's `rated` movies ((movie id, stars) pairs) are their history and are not recommended.
-    Two stages reorder the retrieval model's top max(`candidates`, k) movies (`candidates_for`): a k above
-    `candidates` widens the candidates to k (then the list is the retrieval top k, reordered). Users and
-    movies go by the dataset's own ids."""
-    person = _person(user_id, features) | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
-    user = None if cold is not None else md.user_row(user_id)
-    rated = [(md.movie_row(m), s) for m, s in rated]
-    if rerank is not None:
-        candidates = max(candidates_for(rerank, candidates), k)
-        rows = []
-        for m, s, c, r in two_stage(md, rerank, k, candidates, user, cold, rated):
-            extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
-            rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
-        stages = {"stages": ["retrieval", rerank.objective], "candidates": candidates}
-        return person | stages | {"recommendations": rows}
-    recs = top_k(md, user, k) if cold is None else top_k_cold(md, cold, k, rated)
-    if md.objective == "rating":
-        rows = [_movie(md, m, score=s, stars=stars(s)) for m, s in recs]
-    else:
-        rows = [_movie(md, m, cosine=c) for m, c in recs]
-    return person | {"stages": [md.objective], "recommendations": rows}
+def _who(rec: Recommender, doc: dict) -> str:
+    if "user" not in doc:
+        return f"user id {doc.get('user_id')}"
+    user = doc["user"]
+    if "age_group" in user:
+        job = rec.model.meta["jobs"][user["job"]]
+        return f"a new user ({user['gender']}, age {user['age_group']}, job {user['job']}: {job})"
+    return f"a new user ({', '.join(f'{k}={v}' for k, v in user.items()) or 'no features'})"
 
 
 def _id_width(rows: list[dict]) -> int:
@@ -435,7 +146,7 @@ def _id_width(rows: list[dict]) -> int:
     return max([5] + [len(str(r["movie_id"])) for r in rows])
 
 
-def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
+def _lines(doc: dict, who: str, known: bool) -> list[str]:
     """The text form of a `*_doc` object."""
     if "similar" in doc:
         head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(doc["genres"])}):'
@@ -473,28 +184,26 @@ def _lines(md: ModelDir, doc: dict, who: str, known: bool) -> list[str]:
     return lines
 
 
+def _rated_line(rec: Recommender, doc: dict) -> str | None:
+    """A new user's rated movies as the model's data names them (the same ids are other films in other data)."""
+    md = rec.model
+    named = [f"{m} {md.title(md.movie_row(m))} ({s} stars)" for m, s in doc.get("rated", [])]
+    return f"rated, in {rec.dataset}'s ids: {'; '.join(named)}" if named else None
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    md = ModelDir.load(args.model_dir)
-    rerank = None
-    if args.rerank is not None:
-        rerank = ModelDir.load(args.rerank)
-        check_pair(md, rerank)
-    cold = check_ids(md, args)
-    rated = history.parse_rated(args.rated, md.has_movie, md.rating_scale) if args.rated is not None else []
-    for model in (md, rerank):
-        if model is not None:
-            check_rated(model, rated)
-    given = dict(_pair(f) for f in args.feature)
-    features = None if cold is None else new_user(md, args.gender, args.age, args.job, given)
-    if args.similar_to is not None:
-        doc = similar_doc(md, args.similar_to, args.top_k)
-    elif args.movie is not None:
-        doc = predict_doc(md, args.user, args.movie, cold, features)
-    else:
-        doc = recommend_doc(md, args.top_k, args.user, cold, features, rerank, args.candidates, rated)
-    print(json.dumps(doc) if args.json else "\n".join(_lines(md, doc, _who(args.user, features), cold is None)))
+    rec = Recommender.load(args.model_dir, args.rerank, args.candidates)
+    check_recorded(rec, args)
+    doc = answer(rec, args)
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    rated = _rated_line(rec, doc)
+    if rated is not None:  # on stderr: stdout stays the list
+        print(rated, file=sys.stderr)
+    print("\n".join(_lines(doc, _who(rec, doc), "user" not in doc)))
     return 0
 
 

@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         help="info: one line per request; warning: problems only (default: %(default)s)",
     )
     args: argparse.Namespace = ap.parse_args(argv)
-    if not 0 < args.port < 65536 or (args.candidates is not None and args.candidates < 1) or args.reload_interval < 0:
-        ap.error("--port must be 1..65535, --candidates at least 1, --reload-interval not negative")
+    if not 0 < args.port < 65536:
+        ap.error(f"--port must be 1..65535, got {args.port}")
+    if args.candidates is not None and args.candidates < 1:
+        ap.error(f"--candidates must be at least 1, got {args.candidates}")
+    if args.reload_interval < 0:
+        ap.error(f"--reload-interval must not be negative, got {args.reload_interval}")
     import uvicorn  # the serve extra: a missing one is a one-line error naming the install command
 
     app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates)

@@ -5,7 +5,8 @@ invented. Ratings come from a hidden latent-factor model that depends on the sam
 sees (user, gender, age, job, movie, genres), so learning is measurable. Lines are sorted by user, like
 the real `ratings.dat`.
 
-    python -m recsys.synthetic OUT_DIR --ratings 1000209 --meta-dir ../shared/data/ml-1m
+    python -m recsys.synthetic OUT_DIR        ml-1m's size: 1,000,209 ratings, 6,040 invented users, 3,883 movies
+    python -m recsys.synthetic OUT_DIR --ratings 1000209 --meta-dir ../shared/data/ml-1m   the real movies and users
 
 `--layout ml-32m` (or `ml-latest-small`) writes GroupLens' CSV layout instead: `OUT_DIR/ml-32m/ratings.csv`
 and `movies.csv` (or `OUT_DIR/ml-32m.zip` with `--zip`), invented movies with sparse ids, half-star ratings,
@@ -166,6 +167,9 @@ def _fit_total(counts: np.ndarray, total: int, low: int, high: int, rng: np.rand
             raise RecsysError(f"cannot spread {total} ratings over {len(counts)} users ({low}..{high} each)")
         counts[rng.choice(room, min(abs(diff), len(room)), replace=False)] += 1 if diff > 0 else -1
     return counts
+
+
+ML1M_USERS, ML1M_MOVIES = 6_040, 3_883  # the real ml-1m's numbers: the CLI invents as many users and movies
 
 
 def write_ml1m(
@@ -398,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.meta_dir and not Path(args.meta_dir, "movies.dat").is_file():
         raise RecsysError(f"{args.meta_dir} has no movies.dat")
     ratings = 1_000_209 if args.ratings is None else args.ratings
-    print(write_ml1m(args.out_dir, ratings, args.seed, args.meta_dir))
+    if ratings < 1:
+        raise RecsysError(f"--ratings must be at least 1, got {ratings}")
+    print(write_ml1m(args.out_dir, ratings, args.seed, args.meta_dir, ML1M_USERS, ML1M_MOVIES))
     return 0
 
 

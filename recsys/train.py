@@ -11,37 +11,33 @@ its shard of every batch (data parallel).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+from recsys import movielens
+from recsys.errors import ArgumentParser, cli
+from recsys.training import checkpoint
+from recsys.training.loop import check_environment, set_device, split_indices, train
 
-from recsys import movielens, topn
-from recsys.errors import ArgumentParser, RecsysError, cli
-from recsys.movielens import MovieLens
-from recsys.training import checkpoint, lock
-from recsys.training import ranking as stacking
-from recsys.training.trainer import Trainer
+__all__ = ["main", "parse_args", "run", "split_indices", "train"]
 
 OBJECTIVES = ("rating", "retrieval", "ranking")
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
 HISTORY_CAP = 50  # chosen on ml-100k validation: 0.1977 mean NDCG@10 vs 0.1955 with every movie (0)
-EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> argparse.Namespace:
+    """The flags as settings, checked; `raise_errors`: a bad one raises `RecsysError` instead of exiting."""
     ap = ArgumentParser(prog="python -m recsys.train", description=__doc__.split("\n\n")[0])
+    ap.raise_errors = raise_errors
     ap.add_argument("--use-cuda", action="store_true", help="train on the GPU (needs paddlepaddle-gpu)")
     ap.add_argument("--dataset", default="ml-1m", choices=sorted(movielens.SPLITS), help="default: %(default)s")
     ap.add_argument(
         "--split",
         default="random",
-        help="random: the chapter's 10%% rule; ml-100k: also u1..u5, ua, ub; NAME:val: NAME's validation split "
-        "(a tenth of its training ratings as the test set)",
+        help="random: the chapter's 10%% rule; temporal: each user's last tenth by time; ml-100k: also u1..u5, "
+        "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set)",
     )
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
@@ -179,6 +175,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
     )
     args = ap.parse_args(argv)
+
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
+
     if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
         args.candidates_from = str(Path(args.candidates_from).resolve())
     if args.resume:  # the recorded run's settings and data, unless given
@@ -208,24 +209,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.hard_negatives = args.positive_weight = args.train_towers = None
     if objective == "rating":
         args.positive = None  # not part of the chapter's recipe
-    elif not 1 <= args.positive <= 5:
-        ap.error("--positive must be 1..5")
-    if objective == "retrieval" and not (args.temperature > 0 and 0 <= args.holdout < 1):
-        ap.error("--temperature must be positive and --holdout in [0, 1)")
+    else:
+        need(1 <= args.positive <= 5, "--positive", "1..5")
+    if objective == "retrieval":
+        need(args.temperature > 0, "--temperature", "positive")
+        need(0 <= args.holdout < 1, "--holdout", "in [0, 1)")
     if objective == "ranking":
         if args.candidates_from is None:
             ap.error("--objective ranking needs --candidates-from RETRIEVAL_DIR")
-        if args.candidates < 1 or args.negatives_per_positive < 1 or not 0 <= args.hard_negatives <= 1:
-            ap.error("--candidates and --negatives-per-positive must be at least 1, --hard-negatives in [0, 1]")
+        need(args.candidates >= 1, "--candidates", "at least 1")
+        need(args.negatives_per_positive >= 1, "--negatives-per-positive", "at least 1")
+        need(0 <= args.hard_negatives <= 1, "--hard-negatives", "in [0, 1]")
     if args.sparse is None:
         args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
     for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr <= 0 or args.max_batches < 0 or args.eval_every < 0:
-        ap.error("--lr must be positive, --max-batches and --eval-every not negative")
-    if not (0 <= args.val_ratio < 1 and 0 <= args.cold_start_rate < 1) or args.weight_decay < 0 or args.patience < 0:
-        ap.error("--val-ratio and --cold-start-rate must be in [0, 1), --weight-decay and --patience not negative")
+        need(getattr(args, name) >= 1, f"--{name.replace('_', '-')}", "at least 1")
+    need(args.lr > 0, "--lr", "positive")
+    for name in ("max_batches", "eval_every", "weight_decay", "patience"):
+        need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", "0 or more")
+    for name in ("val_ratio", "cold_start_rate"):
+        need(0 <= getattr(args, name) < 1, f"--{name.replace('_', '-')}", "in [0, 1)")
     if args.patience and not args.val_ratio:
         ap.error("--patience needs a validation slice: give --val-ratio")
     if args.optimizer == "adam" and args.weight_decay and args.sparse:
@@ -233,192 +236,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def set_device(use_cuda: bool) -> None:
-    import paddle
-
-    if use_cuda and not paddle.is_compiled_with_cuda():
-        raise RecsysError("this Paddle build has no CUDA; install paddlepaddle-gpu")
-    if use_cuda and paddle.device.cuda.device_count() == 0:
-        raise RecsysError("this Paddle build has CUDA but no GPU is visible")
-    paddle.set_device("gpu" if use_cuda else "cpu")
-
-
-def split_indices(data: MovieLens, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training, validation (carved from the training split, never the test split) and test rating indices."""
-    train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
-    if len(train_idx) == 0 or len(test_idx) == 0:
-        which = "training" if len(train_idx) == 0 else "test"
-        raise RecsysError(f"{data.source}: the {data.split} split leaves no {which} ratings")
-    n_val = int(round(len(train_idx) * val_ratio))
-    carve = np.random.RandomState(seed + 1).permutation(train_idx)
-    return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
-
-
-def check_environment() -> None:
-    """Refuse, before any training, a setting under which the model could not be saved."""
-    if os.environ.get("FLAGS_enable_pir_api", "").strip().lower() in ("0", "false", "off"):
-        raise RecsysError(
-            "FLAGS_enable_pir_api=0 is set: under the legacy IR Paddle cannot save the inference model "
-            "(paddle.jit.save); unset FLAGS_enable_pir_api and train again"
-        )
-
-
-def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) -> tuple[Trainer, list[dict]]:
-    """Run the training loop; save the model dir (with a checkpoint) after every epoch.
-
-    `log` gets the chapter's lines; `on_eval(metrics)`, if given, runs after every evaluation (live plots).
-    Only one process at a time may train into a model dir. Returns the trainer and the metrics."""
-    import paddle.distributed as dist
-
+def run(
+    dataset: str = "ml-1m",
+    split: str = "random",
+    objective: str = "rating",
+    model_dir: str | os.PathLike = "recommender_system.inference.model",
+    data_dir: str | os.PathLike | None = None,
+    log=print,
+    on_eval=None,
+    **flags,
+) -> list[dict]:
+    """Train from Python, as `python -m recsys.train` would with the same flags (`epochs=5` is `--epochs 5`,
+    `history=False` is `--no-history`), with the same checks: a bad value raises one `RecsysError` with the
+    CLI's text. `log` gets the chapter's lines, `on_eval(metrics)` runs after each evaluation (live plots).
+    Returns the metrics, one record per evaluation; the model dir holds the model."""
+    argv = ["--dataset", dataset, "--split", split, "--objective", objective, "--model-dir", str(model_dir)]
+    argv += [] if data_dir is None else ["--data-dir", str(data_dir)]
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + key.replace("_", "-"))
+        elif value is not None:
+            argv += [flag, str(value)]
+    args = parse_args(argv, raise_errors=True)
     check_environment()
-    with lock.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
-        return _train(args, data, log, on_eval)
-
-
-def _train(args: argparse.Namespace, data: MovieLens, log, on_eval) -> tuple[Trainer, list[dict]]:
-    import paddle.distributed as dist
-    from tqdm import tqdm
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if args.batch_size % world:
-        raise RecsysError(f"--batch-size {args.batch_size} must be a multiple of the {world} ranks")
-    lead = rank == 0  # only rank 0 logs, evaluates the test split and writes the model dir
-    if not lead:
-        log, on_eval = (lambda _msg: None), None
-    top_n = args.objective != "rating"
-    t = Trainer(
-        data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate, world,
-        args.objective, args.temperature, args.negatives, args.history, args.fused,
-    )  # fmt: skip
-    t.history_cap = args.history_cap or 0
-    if args.objective == "ranking":
-        train_idx, val_idx, test_idx = stacking.prepare(t, args, data)
-    else:
-        train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
-        held = stacking.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
-        train_idx = train_idx[~held[train_idx]]
-        t.use_history(train_idx)
-    ranking = val_ranking = None
-    if top_n:  # the positives of each split; the top-N metrics rank against the whole training split
-        ranking = topn.Interactions.build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
-        ranking = ranking.sample_users(EVAL_USERS, args.seed)  # `evaluate` ranks for every user
-        if len(val_idx):  # validation: ranked against the ratings the model trains on, scored on the slice
-            fit = np.zeros(len(data.user), bool)
-            fit[val_idx] = fit[t.fit_idx if args.objective == "ranking" else train_idx] = True
-            is_val = np.zeros(len(data.user), bool)
-            is_val[val_idx] = True
-            val_ranking = topn.Interactions.build(
-                t.catalogue, data.user[fit], data.movie[fit], data.stars[fit], is_val[fit], args.positive
-            ).sample_users(EVAL_USERS, args.seed)
-        train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
-        if not len(train_idx) or not len(test_idx):
-            which = "training" if not len(train_idx) else "test"
-            raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
-        t.sample_from(train_idx)
-    skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
-    settings = {k: v for k, v in vars(args).items() if k not in skip}
-    if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
-        settings["candidates_params_sha256"] = t.retrieval_fingerprint
-    pr, best_params = checkpoint.restore(args, t) if args.resume else (checkpoint.Progress(), None)
-    best_params = best_params if len(val_idx) else None
-    if pr.epoch >= args.epochs or (args.patience and pr.epoch - pr.best_epoch >= args.patience):
-        more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
-        log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
-        return t, pr.metrics
-    total = args.max_batches or math.inf
-    start = time.perf_counter() - (pr.metrics[-1]["seconds"] if pr.metrics else 0.0)
-    since = {"cost": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
-
-    def evaluate(epoch: int, batch: int) -> dict:
-        record = {"epoch": epoch, "batch": batch, "step": pr.step}
-        record["train_cost"] = since["cost"] / max(since["n"], 1)
-        if len(val_idx):  # every rank: early stopping must decide alike everywhere
-            record.update({f"val_{k}": v for k, v in t.evaluate(val_idx, full=False).items() if k != "mae"})
-        if lead:
-            record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
-            if top_n:
-                top = t.top_n(ranking)
-                record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
-                if val_ranking is not None:
-                    record["val_ndcg@10"] = t.top_n(val_ranking, full=False)["ndcg"]
-        if not all(math.isfinite(x) for x in record.values()):
-            raise RecsysError(
-                f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
-                f"{args.model_dir} keeps the last good model"
-            )
-        record["samples_per_s"] = since["samples"] * world / max(since["seconds"], 1e-9)
-        record["seconds"] = time.perf_counter() - start
-        pr.metrics.append(record)
-        since.update(cost=0.0, n=0, samples=0, seconds=0.0)
-        if not lead:
-            return record
-        log(f"EpochID {epoch}, BatchID {batch}, Test Loss {record['test_cost']:0.2}  ({_summary(record)})")
-        if on_eval is not None:
-            on_eval(pr.metrics)
-        return record
-
-    per_rank = args.batch_size // world
-    for epoch in range(pr.epoch + 1, args.epochs + 1):
-        if args.lr_schedule == "cosine":
-            t.opt.set_lr(args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs)))
-        order = t.rng.permutation(train_idx)  # the same on every rank (same seed); each takes its share
-        order = order[: len(order) - len(order) % world][rank::world] if world > 1 else order
-        n_batches = min(math.ceil(len(order) / per_rank), total - pr.step)
-        if n_batches <= 0:
-            break
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if lead else True)
-        tick = time.perf_counter()
-        for b in bar:
-            idx = order[b * per_rank : (b + 1) * per_rank]
-            since["cost"] += float(t.step(idx))
-            since["n"] += 1
-            since["samples"] += len(idx)
-            pr.step += 1
-            if lead and args.eval_every and pr.step % args.eval_every == 0 and b + 1 < n_batches:
-                since["seconds"] += time.perf_counter() - tick
-                evaluate(epoch, b + 1)
-                tick = time.perf_counter()
-        bar.close()
-        since["seconds"] += time.perf_counter() - tick
-        record = evaluate(epoch, n_batches)
-        complete = b + 1 == math.ceil(len(order) / per_rank)  # --max-batches may end an epoch early
-        if complete:
-            pr.epoch = epoch
-            if len(val_idx) and record["val_cost"] < pr.best_cost:
-                pr.best_cost, pr.best_epoch, best_params = record["val_cost"], epoch, t.params()
-        stop = pr.step >= total or (args.patience and epoch - pr.best_epoch >= args.patience)
-        if lead:
-            checkpoint.save(args, t, data, settings, pr, best_params, complete)
-        if stop:
-            if args.patience and epoch - pr.best_epoch >= args.patience:
-                log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
-            break
-    if lead:
-        best = best_params is not None
-        rec = [m for m in pr.metrics if m["epoch"] == pr.best_epoch][-1] if best else pr.metrics[-1]
-        log(
-            f"saved {Path(args.model_dir).resolve()}: epoch {rec['epoch']}, batch {rec['batch']}"
-            f"{' (best on validation)' if best else ''}, test cost {rec['test_cost']:.4f}, "
-            f"{_summary(rec, long=True)}; {pr.metrics[-1]['seconds']:.1f} s"
-        )
-    return t, pr.metrics
-
-
-def _summary(record: dict, long: bool = False) -> str:
-    """The evaluation's figures besides the test cost, for the log line."""
-    if long:
-        return (
-            f"NDCG@10 {record['test_ndcg@10']:.4f}"
-            if "test_ndcg@10" in record
-            else f"RMSE {record['test_rmse']:.4f} stars"
-        )
-    val = f", validation {record['val_cost']:.3f}" if "val_cost" in record else ""
-    if "test_ndcg@10" in record:
-        return (
-            f"train {record['train_cost']:.3f}{val}, NDCG@10 {record['test_ndcg@10']:.3f}, "
-            f"Recall@10 {record['test_recall@10']:.3f}"
-        )
-    return f"train {record['train_cost']:.3f}{val}, RMSE {record['test_rmse']:.3f} stars, MAE {record['test_mae']:.3f}"
+    set_device(args.use_cuda)
+    return train(args, movielens.load(args.dataset, args.data_dir, args.split), log, on_eval)[1]
 
 
 @cli

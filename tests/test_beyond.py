@@ -13,10 +13,11 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import infer, movielens
+from recsys import movielens
 from recsys.model import RecommenderNet
 from recsys.modeldir import ModelDir
 from recsys.movielens import FEED_NAMES, age_table
+from recsys.topn import stages
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_similar_movies_are_the_nearest_movie_vectors(cold_model):
     target = int(md.movie_ids[5])
     cos = v @ v[5]
     order = [int(m) for m in md.movie_ids[np.argsort(-cos)] if m != target][:10]
-    got = infer.similar(md, target, 10)
+    got = stages.similar(md, target, 10)
     assert [m for m, _ in got] == order
     np.testing.assert_allclose([c for _, c in got], np.sort(cos)[::-1][1:11], atol=1e-5)
     doc = json.loads(
@@ -64,7 +65,7 @@ def test_cold_start_user_is_user_zero_with_its_features(cold_model):
     assert len(doc["recommendations"]) == 5
     movies = [r["movie_id"] for r in doc["recommendations"]]
     # the same ranking from the saved inference model, scoring user 0 with those features on every movie
-    full = infer.predict(md, 0, md.movie_ids, cold=(1, age_table.index(25), 4))
+    full = stages.predict(md, 0, md.movie_ids, cold=(1, age_table.index(25), 4))
     assert movies == md.movie_ids[np.argsort(-full, kind="stable")][:5].tolist()
     np.testing.assert_allclose([r["score"] for r in doc["recommendations"]], np.sort(full)[::-1][:5], atol=1e-4)
     one = json.loads(run_cli("recsys.infer", *args, "--movie", str(movies[0]), "--json").stdout)
@@ -76,7 +77,7 @@ def test_cold_start_user_is_user_zero_with_its_features(cold_model):
     [
         (["--similar-to", "99999"], "unknown movie id 99999"),
         (["--gender", "F", "--age", "0", "--job", "4", "--top-k", "3"], "--age must be a number of years, 1..120"),
-        (["--gender", "F", "--age", "25", "--job", "99", "--top-k", "3"], "--job must be 0..20"),
+        (["--gender", "F", "--age", "25", "--job", "99", "--top-k", "3"], "job must be 0..20 for ml-1m, got 99"),
         (["--gender", "X", "--age", "25", "--job", "1", "--top-k", "3"], "invalid choice: 'X'"),
         (["--gender", "F", "--top-k", "3"], "a new user needs all of --gender, --age and --job"),
         (["--similar-to", "1", "--user", "1"], "--similar-to takes only --top-k"),

@@ -10,6 +10,7 @@ import pytest
 
 from recsys import movielens
 from recsys.data import history
+from recsys.fused import layers
 from recsys.fused import loops as kernels
 from recsys.fused import step as fused
 from recsys.model import (
@@ -51,8 +52,8 @@ def _autograd(layer, outputs, d_outputs) -> dict[str, np.ndarray]:
 
 
 def _fused_dense(grad, shape) -> np.ndarray:
-    """A fused gradient as a dense array (`fused.Rows` summed into their rows)."""
-    if not isinstance(grad, fused.Rows):
+    """A fused gradient as a dense array (`layers.Rows` summed into their rows)."""
+    if not isinstance(grad, layers.Rows):
         return np.asarray(grad)
     out = np.zeros(shape, np.float32)
     np.add.at(out, grad.ids, grad.values)
@@ -137,24 +138,24 @@ def test_user_tower_values_and_gradients_equal_the_plain_tower(sparse, with_hist
     want_grads = _autograd(tower, [want], [d_out])
     step = fused.FusedStep(net, None)
     history_weights = [step.history(f)] if with_history else []
-    got, saved = fused.user_tower(fused.plan(tower), *step.arrays(f), *history_weights)
+    got, saved = layers.user_tower(layers.plan(tower), *step.arrays(f), *history_weights)
     grads: list = []
-    fused.user_tower_grad(saved, d_out.numpy(), grads)
+    layers.user_tower_grad(saved, d_out.numpy(), grads)
     _close(got, want.numpy())
     _assert_same(_fused_grads(tower, grads), want_grads)
     assert len(want_grads) == len(tower.parameters()) == 14 + 3 * with_history  # every table and fc, the history's
     tables = [g for p, g in grads if p.p.shape[0] in (N_USERS, 2, N_AGES, N_JOBS)]
-    assert len(tables) == 4 and all(isinstance(g, fused.Rows) == sparse for g in tables)
+    assert len(tables) == 4 and all(isinstance(g, layers.Rows) == sparse for g in tables)
     if with_history:
         emb = [g for p, g in grads if p.p is tower.history.emb]
-        assert len(emb) == 1 and not isinstance(emb[0], fused.Rows) and emb[0].shape == (N_MOVIES, 32)
+        assert len(emb) == 1 and not isinstance(emb[0], layers.Rows) and emb[0].shape == (N_MOVIES, 32)
 
 
 def test_user_tower_with_history_needs_its_weights():
     net = _net(1, with_history=True)
     f = _user_feeds(np.random.RandomState(1), 4)
     with pytest.raises(ValueError, match="history"):
-        fused.user_tower(fused.plan(net.user_tower), *fused.FusedStep(net, None).arrays(f))
+        layers.user_tower(layers.plan(net.user_tower), *fused.FusedStep(net, None).arrays(f))
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -169,16 +170,16 @@ def test_movie_tower_values_and_gradients_equal_the_plain_tower(sparse):
     x = fused.FusedStep(net, None).arrays(f)
     np.testing.assert_array_equal(x[0], np.unique(f["movie_id"]))  # the distinct movies, in order
     np.testing.assert_array_equal(x[0][x[4]], f["movie_id"])  # and each rating's among them
-    got, saved = fused.movie_tower(fused.plan(tower), *x[:4])
+    got, saved = layers.movie_tower(layers.plan(tower), *x[:4])
     grads: list = []
-    fused.movie_tower_grad(saved, kernels.segment_sum(d_out.numpy(), x[4], len(x[0])), grads)
+    layers.movie_tower_grad(saved, kernels.segment_sum(d_out.numpy(), x[4], len(x[0])), grads)
     _close(got[x[4]], want.numpy())
     _assert_same(_fused_grads(tower, grads), want_grads)
 
 
 def test_title_windows_are_the_text_cnn_windows():
     title = np.array([[4, 5, 6, 9], [7, 9, 9, 9], [9, 9, 9, 9], [1, 2, 3, 8]])
-    windows, rows = fused.title_windows(title, 9)
+    windows, rows = layers.title_windows(title, 9)
     want = [[9, 4, 5], [4, 5, 6], [5, 6, 9], [9, 7, 9], [9, 1, 2], [1, 2, 3], [2, 3, 8], [3, 8, 9]]
     np.testing.assert_array_equal(windows, want)
     np.testing.assert_array_equal(rows, [0, 0, 0, 1, 3, 3, 3, 3])  # a title of no word has no window
@@ -220,8 +221,8 @@ def test_cos_mse_value_and_gradients_equal_the_plain_head_and_loss():
     label = rng.choice([-3.0, -1.0, 1.0, 3.0, 5.0], (64, 1)).astype("float32")
     want = rating_loss(cos_sim_score(u, paddle.gather(table, paddle.to_tensor(rows))), paddle.to_tensor(label))
     want.backward()
-    got, saved = fused.cos_mse(u.numpy(), table.numpy(), rows, label)
-    d_u, d_m = fused.cos_mse_grad(saved)
+    got, saved = layers.cos_mse(u.numpy(), table.numpy(), rows, label)
+    d_u, d_m = layers.cos_mse_grad(saved)
     _close(got, want.numpy())
     _close(d_u, u.grad.numpy())
     _close(d_m, table.grad.numpy())
@@ -246,8 +247,8 @@ def test_softmax_xent_value_and_gradients_equal_the_plain_loss(negatives):
         want = softmax_loss(u, table, paddle.to_tensor(target), 0.25)
         candidates, extra = table, []
     want.backward()
-    got, saved = fused.softmax_xent(u.numpy(), candidates.numpy(), target, 0.25, *extra)
-    d_u, d_m = fused.softmax_xent_grad(saved)
+    got, saved = layers.softmax_xent(u.numpy(), candidates.numpy(), target, 0.25, *extra)
+    d_u, d_m = layers.softmax_xent_grad(saved)
     want_d_m = table.grad.numpy()
     if negatives == "in-batch":
         want_d_m = want_d_m[np.unique(movies)]
@@ -422,7 +423,7 @@ def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
     else:
         target, add = fused.in_batch(data.movie[idx], t.log_q)
         u, m, saved = step.forward(x[:4], x[4:], h)
-        grads = step.backward(saved, *fused.softmax_xent_grad(fused.softmax_xent(u, m, target, 0.25, add)[1]))
+        grads = step.backward(saved, *layers.softmax_xent_grad(layers.softmax_xent(u, m, target, 0.25, add)[1]))
     got = _fused_grads(t.net, grads)
     assert sorted(got) == sorted(want) == sorted(k for k, _ in t.net.named_parameters())
     for k in want:
@@ -454,9 +455,9 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     want = weighted_logistic_loss(logit, paddle.to_tensor(label[:, None]), paddle.to_tensor(weight[:, None]))
     want.backward()
     want_grads = {k: _dense(p._grad_ivar(), p.shape) for k, p in head.named_parameters()}
-    got, saved = fused.ranking_xent(fused.plan(head), u.numpy(), table.numpy(), rows, features, label, weight)
+    got, saved = layers.ranking_xent(layers.plan(head), u.numpy(), table.numpy(), rows, features, label, weight)
     grads: list = []
-    d_u, d_m = fused.ranking_xent_grad(saved, grads)
+    d_u, d_m = layers.ranking_xent_grad(saved, grads)
     _close(got, want.numpy())
     _close(d_u, u.grad.numpy())
     _close(d_m, table.grad.numpy())

@@ -68,7 +68,7 @@ def test_cosine_schedule_and_l2_penalty(small_dir, tmp_path):
     [
         (["--optimizer", "adam", "--weight-decay", "0.1"], "add --no-sparse"),
         (["--patience", "2"], "--patience needs a validation slice"),
-        (["--val-ratio", "1.5"], "--val-ratio and --cold-start-rate must be in [0, 1)"),
+        (["--val-ratio", "1.5"], "--val-ratio must be in [0, 1), got 1.5"),
     ],
 )
 def test_bad_recipe_flags(small_dir, tmp_path, flags, needle):

@@ -9,10 +9,11 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import infer, movielens, topn, train
+from recsys import movielens, topn, train
 from recsys.errors import RecsysError
 from recsys.model import in_batch_softmax_loss, softmax_loss
 from recsys.modeldir import ModelDir
+from recsys.topn import stages
 
 
 def test_metrics_on_a_hand_computed_ranking():
@@ -119,10 +120,10 @@ def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_
     args = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1", "--json"]
     doc = json.loads(run_cli("recsys.infer", *args, "--top-k", "20", "--candidates", "20").stdout)
     md, rr = ModelDir.load(retrieval), ModelDir.load(rating)
-    first = [m for m, _ in infer.top_k(md, 1, 20)]
+    first = [m for m, _ in stages.top_k(md, 1, 20)]
     got = [r["movie_id"] for r in doc["recommendations"]]
     assert sorted(got) == sorted(first)
-    predicted = infer.predict(rr, 1, np.array(first))  # the rating model's inference model
+    predicted = stages.predict(rr, 1, np.array(first))  # the rating model's inference model
     assert got == [first[i] for i in np.argsort(-predicted, kind="stable")]
     for r in doc["recommendations"]:
         assert first[r["retrieval_rank"] - 1] == r["movie_id"]

@@ -12,9 +12,10 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import infer, movielens, train
+from recsys import movielens, train
 from recsys.model import RecommenderNet
 from recsys.modeldir import ModelDir
+from recsys.topn import stages
 
 
 def _net_from(md: ModelDir) -> RecommenderNet:
@@ -76,9 +77,9 @@ def test_top_k_equals_scoring_every_pair_with_the_full_network(trained):
     user = 7
     rated, _, is_test = md.ratings_of(user)
     movies = np.array(sorted(int(m) for m in md.meta["movies"] if int(m) not in set(rated[~is_test])))
-    full = infer.predict(md, user, movies)
+    full = stages.predict(md, user, movies)
     want = movies[np.argsort(-full, kind="stable")][:10]
-    got = infer.top_k(md, user, 10)
+    got = stages.top_k(md, user, 10)
     assert [m for m, _ in got] == want.tolist()
     np.testing.assert_allclose([s for _, s in got], np.sort(full)[::-1][:10], atol=1e-4)
     assert not set(rated[~is_test]) & {m for m, _ in got}
@@ -96,7 +97,7 @@ def test_infer_cli_top_k_and_json(trained):
         assert set(r) == {"movie_id", "title", "genres", "score", "stars"}
         assert r["genres"] == ModelDir.load(trained).genres(r["movie_id"])  # as the text output shows them
         assert r["stars"] == pytest.approx((r["score"] + 5) / 2)
-    assert [r["movie_id"] for r in doc["recommendations"]] == [m for m, _ in infer.top_k(ModelDir.load(trained), 3, 5)]
+    assert [r["movie_id"] for r in doc["recommendations"]] == [m for m, _ in stages.top_k(ModelDir.load(trained), 3, 5)]
 
 
 def test_chapter_flow_on_real_metadata(real_meta_dir, tmp_path):

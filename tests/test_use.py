@@ -91,7 +91,10 @@ def test_the_readme_use_block_as_written(tmp_path):
     top = json.loads(outputs["python -m recsys.infer --user 1 --top-k 10 --json"])
     assert len(top["recommendations"]) == 10 and all(r["genres"] for r in top["recommendations"])
     assert ModelDir.load(work / "recommender_system.inference.model").meta["settings"]["epochs"] == 25
-    assert "(F, age 25–34, job 4)" in outputs["python -m recsys.infer --gender F --age 30 --job 4 --top-k 10"]
+    assert (
+        "(F, age 25–34, job 4: college/grad student)"
+        in outputs["python -m recsys.infer --gender F --age 30 --job 4 --top-k 10"]
+    )
     rated = [line for cmd, out in outputs.items() if "--rated 1193:5,661:3" in cmd for line in out.splitlines()]
     assert "reordered by the ranking network" in rated[0] and len(rated) == 11  # a header and ten movies
     assert not any(f" {m}  " in line for line in rated[1:] for m in (1193, 661))  # the rated movies are not in it
@@ -249,7 +252,9 @@ def test_ages_in_years_map_to_the_chapters_buckets(trained):
     assert docs["30"]["user"] == {"gender": "F", "age": 30, "age_group": "25–34", "job": 4}
     assert docs["17"]["user"]["age_group"] == "Under 18" and docs["35"]["user"]["age_group"] == "35–44"
     text = run_cli(*base, "--age", "56").stdout
-    assert text.startswith("Top 5 movies for a new user (F, age 56+, job 4) (score in 2*stars-5):"), text
+    assert text.startswith(
+        "Top 5 movies for a new user (F, age 56+, job 4: college/grad student) (score in 2*stars-5):"
+    ), text
 
 
 def test_the_package_builds_without_a_warning(tmp_path):
@@ -266,4 +271,9 @@ def test_the_package_builds_without_a_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with zipfile.ZipFile(tmp_path / "out" / "recsys-0.1.0-py3-none-any.whl") as wheel:
         names = set(wheel.namelist())
-    assert {"recsys/static/index.html", "recsys/api.py", "recsys/serve.py"} <= names
+    assert {
+        "recsys/service/static/index.html",
+        "recsys/service/api.py",
+        "recsys/serve.py",
+        "recsys/recommender.py",
+    } <= names

@@ -4,8 +4,8 @@ applied as Paddle's own kernels apply them, without a Paddle call per parameter.
 A dense gradient is an array; an embedding's sparse gradient is `Rows` (as Paddle's SelectedRows: rows that may
 repeat). `Updater.step` runs plain SGD (`recsys.fused.optim.SGD`) and Adam
 (`recsys.fused.optim.make_optimizer`'s: lazy rows for sparse tables) in `recsys.fused.loops`, on the optimizer's
-own state, so checkpoints and resumes see Paddle's optimizer as after its own steps; any other optimizer, or setting, gets the gradients set on the parameters and
-steps itself.
+own state, so checkpoints and resumes see Paddle's optimizer as after its own steps; any other optimizer, or
+setting, gets the gradients set on the parameters and steps itself.
 """
 
 from __future__ import annotations

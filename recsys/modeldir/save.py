@@ -126,30 +126,7 @@ def save(
             **_ratings_csr(data),
             **(extra or {}),
         )
-        meta = data.meta
-        doc = {
-            "format": FORMAT,
-            "dataset": meta.dataset,
-            "split": data.split,
-            "source": str(data.source),
-            "sizes": data.sizes(),
-            "feed_names": [spec.name for spec in specs],
-            "objective": settings.get("objective", "rating"),
-            "history": history,
-            "score": SCORES[settings.get("objective", "rating")],
-            "age_table": age_table,
-            "jobs": meta.jobs,
-            "features": meta.features,
-            "rating_scale": [data.lowest_rating(), 5],
-            "categories": meta.categories,
-            "title_words": meta.title_words,
-            "movies": {str(m): [meta.display_title(m), info.categories] for m, info in meta.movies.items()},
-            "users": meta.user_ids[meta.known_users()].tolist(),
-            "settings": settings,
-            "paddle": paddle.__version__,
-            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "manifest": MANIFEST,
-        }
+        doc = _meta(data, settings, [spec.name for spec in specs], history)
         (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
         write_metrics(tmp, metrics)
         if checkpoint is not None:
@@ -168,6 +145,36 @@ def save(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _meta(data: MovieLens, settings: dict, feed_names: list[str], history: bool) -> dict:
+    """meta.json: what the model was trained on and with, and everything the answers name."""
+    import paddle
+
+    meta = data.meta
+    return {
+        "format": FORMAT,
+        "dataset": meta.dataset,
+        "split": data.split,
+        "source": str(data.source),
+        "sizes": data.sizes(),
+        "feed_names": feed_names,
+        "objective": settings.get("objective", "rating"),
+        "history": history,
+        "score": SCORES[settings.get("objective", "rating")],
+        "age_table": age_table,
+        "jobs": meta.jobs,
+        "features": meta.features,
+        "rating_scale": [data.lowest_rating(), 5],
+        "categories": meta.categories,
+        "title_words": meta.title_words,
+        "movies": {str(m): [meta.display_title(m), info.categories] for m, info in meta.movies.items()},
+        "users": meta.user_ids[meta.known_users()].tolist(),
+        "settings": settings,
+        "paddle": paddle.__version__,
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "manifest": MANIFEST,
+    }
 
 
 def write_manifest(folder: Path) -> None:

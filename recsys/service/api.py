@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,11 +17,11 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from recsys import infer
 from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_table
-from recsys.service.reload import Holder, Models
+from recsys.recommender import Recommender, UnknownId
+from recsys.service.reload import Holder
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000
@@ -31,16 +30,12 @@ K = Query(10, ge=1, le=MAX_K, description="list length")
 router = APIRouter()
 
 
-class NotFound(RecsysError):
-    """An unknown user or movie: 404."""
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
 
 async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
-    return _error(404 if isinstance(exc, NotFound) else 422, str(exc))
+    return _error(404 if isinstance(exc, UnknownId) else 422, str(exc))
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,39 +65,23 @@ HANDLERS = {
 }
 
 
-def _models(request: Request) -> Models:
+def _rec(request: Request) -> Recommender:
     return request.app.state.holder.current
 
 
-def _check(models: Models, user=None, movie=None, similar_to=None, gender=None, age=None, job=None):
-    """Unknown ids are 404, bad features 422, in the API's own words; returns the cold-start triple."""
-    md = models.main
-    cold = None
-    if gender is not None:
-        if not md.chapter_features:
-            raise RecsysError(f"{infer.no_chapter_features(md)}: {_new_user_hint(md)}")
-        cold = infer.chapter_cold(md, gender, age, job)
-    for kind, value in (("user", user), ("movie", movie), ("movie", similar_to)):
-        if value is None:
-            continue
-        if kind == "user" and not md.has_user(value):
-            ids = md.user_ids
-            raise NotFound(
-                f"unknown user id {value}; {md.meta['dataset']} has no such user "
-                f"({len(ids)} users, ids {min(ids)}..{max(ids)})"
-            )
-        if kind == "movie" and not md.has_movie(value):
-            raise NotFound(f"unknown movie id {value}; {md.meta['dataset']} has no such movie")
-    return cold
-
-
-def _new_user_hint(md: ModelDir) -> str:
+def _new_user_hint(rec: Recommender) -> str:
     """How a new user of data without the chapter's features asks for recommendations."""
-    if not md.features:
+    if not rec.features:
         return 'POST /api/recommend with {"rated": [[movie id, stars], ...]}'
-    name, values = next(iter(md.features.items()))
+    name, values = next(iter(rec.features.items()))
     example = next((v for v in values if v), "")
     return f'POST /api/recommend with {{"features": {{"{name}": "{example}"}}}}'
+
+
+def _chapter_only(rec: Recommender) -> None:
+    """The chapter's gender, age and job asked of data without them: say how this data's new users ask."""
+    if not rec.chapter_features:
+        raise RecsysError(f"{rec.no_chapter_features()}: {_new_user_hint(rec)}")
 
 
 def _describe(md: ModelDir | None) -> dict | None:
@@ -115,14 +94,14 @@ def _describe(md: ModelDir | None) -> dict | None:
 @router.get("/api/health")
 async def health(request: Request):
     """Dataset, objective, training settings and versions of the served model dirs."""
-    models, holder = _models(request), request.app.state.holder
+    rec, holder = _rec(request), request.app.state.holder
     return {
         "status": "ok",
-        "model": _describe(models.main),
-        "rerank": _describe(models.rerank),
-        "users": len(models.main.user_ids),
-        "movies": len(models.main.movie_ids),
-        "candidates": infer.candidates_for(models.rerank, request.app.state.candidates),
+        "model": _describe(rec.model),
+        "rerank": _describe(rec.rerank),
+        "users": len(rec.model.user_ids),
+        "movies": len(rec.model.movie_ids),
+        "candidates": rec.candidates,
         "reload_interval_s": holder.interval,
         "reload_error": holder.last_error,
     }
@@ -131,20 +110,18 @@ async def health(request: Request):
 @router.get("/api/predict")
 async def predict(request: Request, user: int, movie: int):
     """The predicted rating of a user for a movie (and the actual one when rated), as `infer --movie`."""
-    models = _models(request)
-    _check(models, user=user, movie=movie)
-    if models.rating is None:
+    rec = _rec(request)
+    rec.user_row(user), rec.movie_row(movie)
+    if rec.rating_model is None:
         raise RecsysError("no rating model is served: start the server with --rerank RATING_DIR to predict ratings")
-    return infer.predict_doc(models.rating, user, movie)
+    return rec.predict(user, movie)
 
 
 @router.get("/api/users/{user}/recommendations")
 async def recommend(request: Request, user: int, k: int = K):
     """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
     model's top max(candidates, k), reordered by the second model)."""
-    models = _models(request)
-    _check(models, user=user)
-    return infer.recommend_doc(models.main, k, user, rerank=models.rerank, candidates=request.app.state.candidates)
+    return _rec(request).recommend(user, k)
 
 
 @router.get("/api/recommendations")
@@ -156,21 +133,9 @@ async def recommend_new(
     k: int = K,
 ):
     """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`."""
-    return _recommend_new(request, gender, age, job, k)
-
-
-def _recommend_new(request: Request, gender: str, age: int, job: int, k: int, rated=(), given=None) -> dict:
-    models = _models(request)
-    if given is not None:
-        cold = infer.feature_ids(models.main, given)
-    else:
-        cold = _check(models, gender=gender, age=age, job=job)
-    for md in (models.main, models.rerank):
-        if md is not None:
-            infer.check_rated(md, rated)
-    features = infer.new_user(models.main, gender, age, job, given)
-    candidates = request.app.state.candidates
-    return infer.recommend_doc(models.main, k, None, cold, features, models.rerank, candidates, rated)
+    rec = _rec(request)
+    _chapter_only(rec)
+    return rec.recommend_new(k, gender=gender, age=age, job=job)
 
 
 class Who(BaseModel):
@@ -190,82 +155,50 @@ class Who(BaseModel):
 async def recommend_json(request: Request, who: Who):
     """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
     user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
+    rec = _rec(request)
     if who.user_id is not None:
         if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
             raise RecsysError("give user_id, or a new user's features (and rated), not both")
-        return await recommend(request, who.user_id, who.k)
+        return rec.recommend(who.user_id, who.k)
     rated = who.rated or []
     if any(len(pair) != 2 or pair[0] != int(pair[0]) for pair in rated):
         raise RecsysError("rated must be a list of [movie id, stars] pairs")
     pairs = [(int(m), float(s)) for m, s in rated]
-    if not _models(request).main.chapter_features:
-        if any(v is not None for v in (who.gender, who.age, who.job)):
-            md = _models(request).main
-            raise RecsysError(f"{infer.no_chapter_features(md)}: {_new_user_hint(md)}")
-        return _recommend_new(request, None, None, None, who.k, pairs, who.features or {})
-    if None in (who.gender, who.age, who.job) or who.features is not None:
+    chapter = (who.gender, who.age, who.job)
+    if any(v is not None for v in chapter):
+        _chapter_only(rec)
+    if rec.chapter_features and (None in chapter or who.features is not None):
         raise RecsysError("give user_id, or all of gender, age and job")
-    return _recommend_new(request, who.gender, who.age, who.job, who.k, pairs)
+    return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs)
 
 
 @router.get("/api/movies/{movie}/similar")
 async def similar(request: Request, movie: int, k: int = K):
     """The k movies nearest to this one by their movie-tower vectors, as `infer --similar-to`."""
-    models = _models(request)
-    _check(models, similar_to=movie)
-    return infer.similar_doc(models.main, movie, k)
+    return _rec(request).similar(movie, k)
 
 
 @router.get("/api/users/{user}")
 async def user_history(request: Request, user: int):
     """A user's features (age as the bucket code and its range) and every rating in the archive (split:
     train or test), best first."""
-    models = _models(request)
-    md = models.main
-    _check(models, user=user)
-    row = md.user_row(user)
-    movies, stars, is_test = md.ratings_of(row)
-    order = np.lexsort((md.own_movie_ids[movies], -stars))
-    rows = [
-        {"movie_id": md.own_movie(movies[i]), "title": md.title(int(movies[i])), "genres": md.genres(int(movies[i])),
-         "stars": infer.stars_value(stars[i]), "split": "test" if is_test[i] else "train"}
-        for i in order
-    ]  # fmt: skip
-    values = [int(x) for x in md.tables.user[row]]
-    if not md.chapter_features:
-        features = {f: md.features[f][v] for f, v in zip(md.features, values)}
-        return {"user_id": user, "features": features, "ratings": rows}
-    gender, age, job = values
-    return {
-        "user_id": user,
-        "gender": "M" if gender == 0 else "F",
-        "age": age_table[age],
-        "age_group": AGE_GROUPS[age],
-        "job": md.meta["jobs"][job],
-        "ratings": rows,
-    }
+    return _rec(request).user(user)
 
 
 @router.get("/api/movies/{movie}")
 async def movie_details(request: Request, movie: int):
     """A movie's title, genres, and its number of ratings and mean stars in the archive."""
-    models = _models(request)
-    _check(models, movie=movie)
-    md = models.main
-    row = md.movie_row(movie)
-    n = int(models.rating_counts[row])
-    return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "ratings": n,
-            "mean_stars": float(models.star_sums[row] / n) if n else None}  # fmt: skip
+    return _rec(request).movie(movie)
 
 
 @router.get("/api/meta")
 async def choices(request: Request):
     """What the page needs for its forms: users, and the chapter's age buckets (codes and ranges) and jobs, or
     the data's own user features (name -> values; "" is unknown)."""
-    md = _models(request).main
-    if not md.chapter_features:
-        return {"users": sorted(md.user_ids), "features": md.features}
-    return {"users": sorted(md.user_ids), "ages": age_table, "age_groups": AGE_GROUPS, "jobs": md.meta["jobs"]}
+    rec = _rec(request)
+    if not rec.chapter_features:
+        return {"users": rec.users, "features": rec.features}
+    return {"users": rec.users, "ages": age_table, "age_groups": AGE_GROUPS, "jobs": rec.model.meta["jobs"]}
 
 
 @router.get("/", include_in_schema=False)
@@ -281,8 +214,7 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         description="The chapter's recommender: two-stage top-N, ratings, similar movies",
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
     )
-    app.state.holder = Holder(model_dir, rerank, reload_interval)
-    app.state.candidates = candidates
+    app.state.holder = Holder(model_dir, rerank, reload_interval, candidates)
     app.include_router(router)
     for kind, handler in HANDLERS.items():
         app.add_exception_handler(kind, handler)

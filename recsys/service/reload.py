@@ -4,30 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from recsys import infer
 from recsys.errors import RecsysError
-from recsys.modeldir import ModelDir
-
-
-@dataclass(frozen=True)
-class Models:
-    """The model dirs one request is answered by."""
-
-    main: ModelDir
-    rerank: ModelDir | None
-    stamp: tuple
-    rating_counts: np.ndarray  # per movie id: number of ratings in the archive
-    star_sums: np.ndarray  # per movie id: their stars, summed
-
-    @property
-    def rating(self) -> ModelDir | None:
-        """The model that predicts ratings: the main one or the reranker, whichever is a rating model."""
-        return next((m for m in (self.main, self.rerank) if m is not None and m.objective == "rating"), None)
+from recsys.recommender import Recommender
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -39,31 +19,26 @@ def _stamp(path: Path | None) -> tuple:
     return (st.st_ino, os.stat(inner).st_mtime_ns)
 
 
-def load_models(model_dir: str | os.PathLike, rerank: str | os.PathLike | None = None) -> Models:
-    """Load and check the pair, and build the predictor now, before any request needs it."""
-    paths = Path(model_dir), (Path(rerank) if rerank is not None else None)
+def load(paths: tuple[Path, Path | None], candidates: int | None) -> tuple[Recommender, tuple]:
+    """Load and check the pair, and build the predictor now, before any request needs it; with the stamp of
+    what was loaded."""
     try:
         stamp = (_stamp(paths[0]), _stamp(paths[1]))  # before loading: a save after it shows as a change
     except OSError:
         stamp = ()  # ModelDir.load says what is missing
-    main = ModelDir.load(paths[0])
-    second = ModelDir.load(paths[1]) if paths[1] is not None else None
-    if second is not None:
-        infer.check_pair(main, second)
-    a, n = main.arrays, len(main.arrays["movie_vectors"])
-    counts, sums = np.bincount(a["rated_movie"], minlength=n), np.bincount(a["rated_movie"], a["rated_stars"], n)
-    models = Models(main, second, stamp, counts, sums)
-    if models.rating is not None:
-        models.rating.predictor  # noqa: B018 -- created here, off the request path
-    return models
+    rec = Recommender.load(paths[0], paths[1], candidates)
+    if rec.rating_model is not None:
+        rec.rating_model.predictor  # noqa: B018 -- created here, off the request path
+    return rec, stamp
 
 
 class Holder:
-    """The current `Models`, replaced whole by a background thread when a newer save appears."""
+    """The current `Recommender`, replaced whole by a background thread when a newer save appears."""
 
-    def __init__(self, model_dir, rerank=None, interval: float = 2.0):
+    def __init__(self, model_dir, rerank=None, interval: float = 2.0, candidates: int | None = None):
         self.paths = (Path(model_dir), Path(rerank) if rerank is not None else None)
-        self.current = load_models(*self.paths)
+        self.candidates = candidates
+        self.current, self.stamp = load(self.paths, candidates)
         self.last_error: str | None = None
         self.interval = interval
         self._stop = threading.Event()
@@ -75,9 +50,9 @@ class Holder:
         """Load a newer save if there is one; True when the models changed."""
         try:
             stamp = (_stamp(self.paths[0]), _stamp(self.paths[1]))
-            if stamp == self.current.stamp:
+            if stamp == self.stamp:
                 return False
-            self.current = load_models(*self.paths)
+            self.current, self.stamp = load(self.paths, self.candidates)
             self.last_error = None
             return True
         except (OSError, RecsysError) as e:  # mid-swap or damaged: keep serving what we have

@@ -1,0 +1,375 @@
+"""`Recommender`: recommendations from trained model dirs, in the data's own user and movie ids.
+
+    from recsys import Recommender
+    rec = Recommender.load("retrieval.model", rerank="ranking.model")    # or one model dir alone
+    rec.recommend(1, k=10)                                # a known user: the movies they have not rated
+    rec.recommend_new(k=10, gender="F", age=25, job=4, rated=[(1193, 5)])   # a new user
+    rec.similar(783, k=10)                                # nearest movies by their movie-tower vectors
+    rec.predict(1, 783)                                   # a rating model's predicted stars
+    rec.recommend_many([1, 2, 3], k=10)                   # movie ids, one list per user
+
+Answers are plain dicts and lists, the same objects that `infer --json` prints and the service returns; each
+list says which stages ranked it. Bad input raises one `RecsysError` (`UnknownId` for an id the data lacks),
+whose text the CLI prints as its `error:` line. Paddle is imported only where a model runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from recsys.data import history
+from recsys.data.schema import AGE_GROUPS, age_index, age_table
+from recsys.errors import RecsysError
+from recsys.modeldir import ModelDir
+from recsys.topn import Interactions, by_score, evaluate, fingerprint, stages
+
+Path = str | os.PathLike
+
+
+class UnknownId(RecsysError):
+    """A user or movie id that the model's data does not have (the service answers 404)."""
+
+
+def stars(score: float) -> float:
+    """Label-space score (2*stars-5) to stars."""
+    return (float(score) + 5) / 2
+
+
+def stars_value(x) -> int | float:
+    """A rating as the data gave it: 4 stays 4, 3.5 stays 3.5."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
+    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
+    or a ranking model trained on `retrieval`'s candidates."""
+    if retrieval.objective != "retrieval":
+        raise RecsysError(
+            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
+            "(train one with --objective retrieval)"
+        )
+    if rerank.objective == "retrieval":
+        raise RecsysError(
+            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
+        )
+    a, b = retrieval.meta, rerank.meta
+    for key, what in (
+        ("dataset", "dataset"), ("split", "split"), ("sizes", "id ranges"), ("users", "users"), ("movies", "movies"),
+        ("title_words", "title vocabulary"), ("categories", "genres"), ("jobs", "jobs"),
+    ):  # fmt: skip
+        if a.get(key) != b.get(key):
+            raise RecsysError(
+                f"{retrieval.path} and {rerank.path} disagree on their {what} "
+                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
+            )
+    if rerank.objective == "ranking":
+        want = rerank.meta["settings"].get("candidates_params_sha256")
+        if want is None or want != fingerprint(retrieval):
+            raise RecsysError(
+                f"{rerank.path} was trained on the candidates of another retrieval model "
+                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
+                "it is now; give that model, or train the ranking network again on this one"
+            )
+
+
+def check_data(md: ModelDir, data) -> None:
+    """One-line error unless `data` (a `recsys.movielens.load` result) is the data `md` was trained on."""
+    if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
+        raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
+
+
+def _movie(md: ModelDir, row: int, **values) -> dict:
+    """One movie of an answer: its own id, title and genres, and `values`."""
+    return {"movie_id": md.own_movie(row), "title": md.title(row), "genres": md.genres(row)} | values
+
+
+class Recommender:
+    """A model dir, or a retrieval model and its second stage (a ranking network or a rating model), that
+    answers in the data's own ids. `candidates`: how many retrieval candidates the second stage reorders
+    (default: the number a ranking network was trained on, 100 for a rating model)."""
+
+    def __init__(self, model: ModelDir, rerank: ModelDir | None = None, candidates: int | None = None):
+        if rerank is not None:
+            check_pair(model, rerank)
+        if candidates is not None and candidates < 1:
+            raise RecsysError(f"candidates must be at least 1, got {candidates}")
+        self.model, self.rerank, self._candidates = model, rerank, candidates
+
+    @classmethod
+    def load(cls, model_dir: Path, rerank: Path | None = None, candidates: int | None = None) -> Recommender:
+        """Load a model dir (and the second stage's), checking that the two belong together."""
+        return cls(ModelDir.load(model_dir), None if rerank is None else ModelDir.load(rerank), candidates)
+
+    # what it is
+
+    @property
+    def dataset(self) -> str:
+        return self.model.meta["dataset"]
+
+    @property
+    def stages(self) -> list[str]:
+        """The objectives of the models a list goes through, in order: ["retrieval", "ranking"], ["rating"], ..."""
+        return [self.model.objective] + ([self.rerank.objective] if self.rerank is not None else [])
+
+    @property
+    def candidates(self) -> int:
+        """How many retrieval candidates the second stage reorders (a larger k widens them to k)."""
+        return stages.candidates_for(self.rerank, self._candidates)
+
+    @property
+    def rating_model(self) -> ModelDir | None:
+        """The model that predicts ratings: the first or the second, whichever is a rating model."""
+        return next((m for m in (self.model, self.rerank) if m is not None and m.objective == "rating"), None)
+
+    @property
+    def users(self) -> list[int]:
+        """Every known user id, ascending."""
+        return sorted(self.model.user_ids)
+
+    @property
+    def chapter_features(self) -> bool:
+        """True when a new user is given by the chapter's gender, age and job (ml-1m, ml-100k)."""
+        return self.model.chapter_features
+
+    @property
+    def features(self) -> dict[str, list[str]]:
+        """The data's own user features (name -> values; "" is unknown); empty for the chapter's data."""
+        return {} if self.chapter_features else self.model.features
+
+    # checks
+
+    def user_row(self, user: int) -> int:
+        md = self.model
+        if not md.has_user(user):
+            ids = md.user_ids
+            raise UnknownId(
+                f"unknown user id {user}; {self.dataset} has no such user "
+                f"({len(ids)} users, ids {min(ids)}..{max(ids)})"
+            )
+        return md.user_row(user)
+
+    def movie_row(self, movie: int) -> int:
+        if not self.model.has_movie(movie):
+            raise UnknownId(f"unknown movie id {movie}; {self.dataset} has no such movie")
+        return self.model.movie_row(movie)
+
+    def no_chapter_features(self) -> str:
+        """Why a new user of this data cannot be given by the chapter's gender, age and job."""
+        md = self.model
+        if not md.features:
+            return (
+                f"{self.dataset} has no user features (no gender, age or job): "
+                "a new user is known by the movies they rated"
+            )
+        return f"{self.dataset} users have the features {', '.join(md.features)}, not the chapter's gender, age and job"
+
+    def _new_user(self, gender, age, job, features: dict | None) -> tuple[tuple[int, ...], dict]:
+        """A new user's feature ids, and the features as the answers show them."""
+        md = self.model
+        if not md.chapter_features:
+            if any(x is not None for x in (gender, age, job)):
+                raise RecsysError(self.no_chapter_features())
+            given = {str(k): str(v) for k, v in (features or {}).items()}
+            return self._feature_ids(given), given
+        if features:
+            raise RecsysError(f"{self.dataset} takes a new user's gender, age and job, not features")
+        if None in (gender, age, job):
+            raise RecsysError(f"a new user needs all of gender, age and job for {self.dataset}")
+        if gender not in ("M", "F"):
+            raise RecsysError(f"gender must be M or F, got {gender!r}")
+        if isinstance(age, bool) or not isinstance(age, int | np.integer) or not 1 <= age <= 120:
+            raise RecsysError(f"age must be a number of years, 1..120 (or a bucket code: 1, 18, 25, ...), got {age!r}")
+        n_jobs = len(md.features["job"])
+        if isinstance(job, bool) or not isinstance(job, int | np.integer) or not 0 <= job < n_jobs:
+            raise RecsysError(f"job must be 0..{n_jobs - 1} for {self.dataset}, got {job!r}")
+        shown = {"gender": gender, "age": int(age), "age_group": AGE_GROUPS[age_index(age)], "job": int(job)}
+        return (0 if gender == "M" else 1, age_index(age), int(job)), shown
+
+    def _feature_ids(self, given: dict[str, str]) -> tuple[int, ...]:
+        """A new user's feature values (name -> value as in the data) as ids; a feature not given is unknown."""
+        md = self.model
+        for name in given:
+            if name not in md.features:
+                if not md.features:
+                    raise RecsysError(f"{self.dataset} has no user features (got {name!r})")
+                raise RecsysError(
+                    f"{self.dataset} has no user feature {name!r}; its features: {', '.join(md.features)}"
+                )
+        out = []
+        for name, labels in md.features.items():
+            value = given.get(name, "")
+            if value not in labels:
+                shown = ", ".join(v for v in labels[:20] if v) + (" ..." if len(labels) > 20 else "")
+                raise RecsysError(f"{name} {value!r} is not a value of {self.dataset}'s {name}: {shown}")
+            out.append(labels.index(value))
+        return tuple(out)
+
+    def _rated_rows(self, rated) -> list[tuple[int, float]]:
+        """A new user's rated movies ((movie id, stars) pairs), checked by every model, as (row, stars)."""
+        rated = [(m, s) for m, s in rated]
+        for md in (self.model, self.rerank):
+            if md is not None and rated and not md.history:
+                raise RecsysError(
+                    f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
+                )
+        for movie, value in rated:
+            history.check_rated(movie, value, self.model.has_movie, self.model.rating_scale)
+        return [(self.model.movie_row(m), float(s)) for m, s in rated]
+
+    @staticmethod
+    def _k(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise RecsysError(f"k must be a whole number, at least 1, got {k!r}")
+        return int(k)
+
+    # answers
+
+    def recommend(self, user: int, k: int = 10) -> dict:
+        """The k best movies a known user has not rated in the training split."""
+        return {"user_id": user} | self._lists(self._k(k), self.user_row(user))
+
+    def recommend_new(
+        self,
+        k: int = 10,
+        *,
+        gender: str | None = None,
+        age: int | None = None,
+        job: int | None = None,
+        features: dict[str, str] | None = None,
+        rated: Sequence[tuple[int, float]] = (),
+    ) -> dict:
+        """The k best movies for a new user: the chapter's `gender` ("M"/"F"), `age` (years) and `job`, or the
+        data's own `features` (name -> value; one not given is unknown); `rated`, (movie id, stars) pairs, is
+        their history (with a model that reads one) and is never recommended back."""
+        k = self._k(k)
+        cold, shown = self._new_user(gender, age, job, features)
+        rows = self._rated_rows(rated)
+        person = {"user": shown} | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
+        return person | self._lists(k, None, cold, rows)
+
+    def _lists(self, k: int, user: int | None, cold=None, rated=()) -> dict:
+        md, rerank = self.model, self.rerank
+        if rerank is None:
+            recs = stages.top_k(md, user, k, cold, rated)
+            if md.objective == "rating":
+                rows = [_movie(md, m, score=s, stars=stars(s)) for m, s in recs]
+            else:
+                rows = [_movie(md, m, cosine=c) for m, c in recs]
+            return {"stages": self.stages, "recommendations": rows}
+        candidates = max(self.candidates, k)
+        rows = []
+        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated):
+            extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
+            rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
+        return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
+
+    def recommend_many(self, users: Sequence[int], k: int = 10) -> list[list[int]]:
+        """`recommend` for many known users at once: each one's k movie ids, best first."""
+        k, rows = self._k(k), np.array([self.user_row(u) for u in users], np.int64)
+        md = self.model
+        seen = np.zeros((len(rows), len(md.movie_ids)), bool)
+        for i, row in enumerate(rows):
+            seen[i] = np.isin(md.movie_ids, stages.seen(md, int(row)))
+        lists = np.concatenate(
+            [self.ranker()(rows[s : s + 1024], seen[s : s + 1024], k) for s in range(0, len(rows), 1024)]
+        )
+        return [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in lists.reshape(len(rows), -1)]
+
+    def ranker(self, pools: list | None = None):
+        """The batch form: `(user rows, seen [n, M] catalogue columns, k) -> [n, k] catalogue columns` (-1: none),
+        as `recsys.topn.evaluate` takes it. With two stages, each batch's candidates are appended to `pools`."""
+        md, rerank = self.model, self.rerank
+        if rerank is None:
+            users, movies = md.arrays["user_vectors"], md.catalogue_vectors
+            return by_score(lambda u: users[u] @ movies.T)
+        first = md.arrays["user_vectors"]
+        second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
+
+        def rank(users, seen, k):
+            pool, _, best = stages.two_stage_lists(
+                md, rerank, first[users], second[users], seen, k, max(self.candidates, k)
+            )
+            if pools is not None:
+                pools.append(pool)
+            return best
+
+        return rank
+
+    def evaluate(self, data, k: int = 10, relevant: int = 4) -> dict[str, float]:
+        """Top-k metrics over every test user of `data` (a `recsys.movielens.load` result, the model's data):
+        precision, recall, ndcg, hr at k, catalogue coverage and the number of users (see `recsys.topn`)."""
+        md = self.model
+        check_data(md, data)
+        ranking = Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
+        return evaluate(self.ranker(), ranking, self._k(k))
+
+    def similar(self, movie: int, k: int = 10) -> dict:
+        """The k movies nearest to `movie` by the cosine of their movie-tower vectors."""
+        md, row, k = self.model, self.movie_row(movie), self._k(k)
+        rows = [_movie(md, m, cosine=c) for m, c in stages.similar(md, row, k)]
+        return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "similar": rows}
+
+    def predict(self, user: int, movie: int) -> dict:
+        """A rating model's predicted rating of a known user for a movie (and the actual one, when rated)."""
+        md = self.rating_model
+        if md is None:
+            raise RecsysError(
+                f"{self.model.path} is a retrieval model: it ranks movies but predicts no ratings; use a rating model "
+                "(or --top-k)"
+            )
+        user_row, row = self.user_row(user), self.movie_row(movie)
+        score = float(stages.predict(md, user_row, [row])[0])
+        movies, given, _ = md.ratings_of(user_row)
+        actual = stars_value(given[movies == row][0]) if row in movies else None
+        return {"user_id": user, "movie_id": movie, "title": md.title(row), "score": score, "stars": stars(score)} | {
+            "actual_rating": actual
+        }
+
+    def predict_new(
+        self, movie: int, *, gender=None, age=None, job=None, features: dict[str, str] | None = None
+    ) -> dict:
+        """A rating model's predicted rating of a new user (see `recommend_new`) for a movie."""
+        md = self.rating_model
+        if md is None:
+            self.predict(0, movie)  # the same error
+        cold, shown = self._new_user(gender, age, job, features)
+        row = self.movie_row(movie)
+        score = float(stages.predict(md, 0, [row], cold)[0])
+        return {"user": shown, "movie_id": movie, "title": md.title(row), "score": score, "stars": stars(score)}
+
+    def user(self, user: int) -> dict:
+        """A known user's features (the chapter's: age as its bucket code and range) and every rating in the
+        archive (split: train or test), best first."""
+        md, row = self.model, self.user_row(user)
+        movies, given, is_test = md.ratings_of(row)
+        order = np.lexsort((md.own_movie_ids[movies], -given))
+        ratings = [
+            _movie(md, int(movies[i]), stars=stars_value(given[i]), split="test" if is_test[i] else "train")
+            for i in order
+        ]
+        values = [int(x) for x in md.tables.user[row]]
+        if not md.chapter_features:
+            return {"user_id": user, "features": {f: md.features[f][v] for f, v in zip(md.features, values)}} | {
+                "ratings": ratings
+            }
+        gender, age, job = values
+        return {"user_id": user, "gender": "MF"[gender], "age": age_table[age], "age_group": AGE_GROUPS[age],
+                "job": md.meta["jobs"][job], "ratings": ratings}  # fmt: skip
+
+    def movie(self, movie: int) -> dict:
+        """A movie's title, genres, and its number of ratings and mean stars in the archive."""
+        md, row = self.model, self.movie_row(movie)
+        counts, sums = self._movie_stats
+        n = int(counts[row])
+        mean = float(sums[row] / n) if n else None
+        return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "ratings": n, "mean_stars": mean}
+
+    @functools.cached_property
+    def _movie_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per movie row: the number of its ratings in the archive, and their stars summed."""
+        a, n = self.model.arrays, len(self.model.arrays["movie_vectors"])
+        return np.bincount(a["rated_movie"], minlength=n), np.bincount(a["rated_movie"], a["rated_stars"], n)

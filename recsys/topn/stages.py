@@ -1,0 +1,137 @@
+"""The two stages over model dirs: a user's vectors, the first stage's top-k by cosine, the second stage's scores
+of the first stage's candidates. Everything here speaks in rows (the model dir's user and movie indices); the
+data's own ids are `recsys.Recommender`'s."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.modeldir import ModelDir
+from recsys.topn.lists import rerank_pool, top_k_lists
+from recsys.topn.rerank import head_scores, pair_features
+
+CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
+
+
+def candidates_for(rerank: ModelDir | None, given: int | None = None) -> int:
+    """How many retrieval candidates the second stage reorders: `given`, else the number a ranking model was
+    trained to reorder (its `--candidates`), else `CANDIDATES`."""
+    if given is not None:
+        return given
+    if rerank is not None and rerank.objective == "ranking":
+        return int(rerank.meta["settings"].get("candidates") or CANDIDATES)
+    return CANDIDATES
+
+
+def predict(md: ModelDir, user: int, movies, cold: tuple | None = None) -> np.ndarray:
+    """Scores (label space) of one user (row) on several movies (rows) through the saved inference model.
+    `cold` (feature ids: the chapter's gender id, age index, job) scores the unknown user 0 with them instead."""
+    movies = np.asarray(movies, np.int64)
+    n = len(movies)
+    if cold is None:
+        users = md.tables.user_features(np.full(n, user, np.int64))
+    else:
+        users = {k: np.repeat(v, n) for k, v in md.cold_feeds(cold).items()}
+    feeds = users | md.tables.movie_features(movies)
+    if md.history:
+        feeds["history"] = md.history_of(users["user_id"])
+    return md.predictor(feeds)[:, 0]
+
+
+def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
+    """The k movies (rows) whose unit movie vectors have the largest dot product with `vector`: (row, value).
+    Ties go to the smaller movie id."""
+    values = md.catalogue_vectors @ vector
+    seen = np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))
+    cols = top_k_lists(values[None], seen[None], k)[0]
+    return [(int(md.movie_ids[c]), float(values[c])) for c in cols if c >= 0]
+
+
+def scale(md: ModelDir) -> float:
+    """Cosine to score: the rating head's 5 * cos (label space); a retrieval model's score is the cosine."""
+    return 5.0 if md.objective == "rating" else 1.0
+
+
+def vector(md: ModelDir, user: int | None, cold: tuple | None, rated=(), unit: bool = True) -> np.ndarray:
+    """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
+    (row) or a new user's saved vector, or, for a new user who named rated movies ((row, stars) pairs),
+    computed with that history."""
+    if rated:
+        feeds = md.cold_feeds(cold) | {"history": md.history_of([0], rated)}
+        return md.user_vector(feeds, unit)[0]
+    if cold is None:
+        return md.arrays[f"user_{'vectors' if unit else 'outputs'}"][user]
+    return md.cold_vector(cold, unit)
+
+
+def seen(md: ModelDir, user: int | None, rated=()) -> np.ndarray:
+    """Movie rows the user rated in the training split (for a new user, the movies they named)."""
+    if user is None:
+        return np.array([m for m, _ in rated], np.int64)
+    movies, _, is_test = md.ratings_of(user)
+    return movies[~is_test]
+
+
+def top_k(md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=()) -> list[tuple[int, float]]:
+    """The k best-scored movies (rows) the user has not rated in the training split, or, for a new user with
+    feature ids `cold`, has not named in `rated`: (row, score) pairs."""
+    values = rank(md, vector(md, user, cold, rated), k, seen(md, user, rated))
+    return [(m, scale(md) * v) for m, v in values]
+
+
+def second_stage_scores(
+    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, histories
+) -> np.ndarray:
+    """The second stage's scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the
+    users' vectors in the retrieval model (`first` [n, D], unit) and in the second model (`second` [n, D]: a
+    rating model's unit vectors, scored 5 cos in label space; a ranking model's raw outputs, scored by its
+    head from the towers and the pair features, which read each user's history: `histories`, n arrays of
+    catalogue columns)."""
+    cols = np.maximum(pool, 0)
+    if rerank.objective == "rating":
+        return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
+    cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
+    a = rerank.arrays
+    features = pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
+    movies = a["movie_outputs"][rerank.movie_ids[cols]]
+    return head_scores(rerank.head_params, second[:, None, :], movies, features)
+
+
+def two_stage_lists(
+    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, seen: np.ndarray, k: int, candidates: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
+    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
+    and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
+    pool = top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
+    histories = [np.flatnonzero(row) for row in seen] if rerank.objective == "ranking" else None
+    scores = second_stage_scores(md, rerank, first, second, pool, histories)
+    return pool, scores, rerank_pool(pool, scores, k)
+
+
+def user_vectors(md: ModelDir, rerank: ModelDir, user: int | None, cold=None, rated=()) -> tuple:
+    """One user's vectors in each of the two models, [1, D] each (see `second_stage_scores`)."""
+    first = vector(md, user, cold, rated)
+    second = vector(rerank, user, cold, rated, unit=rerank.objective != "ranking")
+    return first[None], second[None]
+
+
+def two_stage(
+    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user: int | None = None, cold=None, rated=()
+) -> list[tuple[int, float, float, int]]:
+    """The retrieval model's top `candidates` unrated movies, reordered by the second model's score:
+    (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
+    model's label-space score, or a ranking model's logit."""
+    first, second = user_vectors(md, rerank, user, cold, rated)
+    mask = np.isin(md.movie_ids, seen(md, user, rated))[None]
+    pool, scores, best = (a[0] for a in two_stage_lists(md, rerank, first, second, mask, k, candidates))
+    place = {c: i for i, c in enumerate(pool.tolist())}
+    return [
+        (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first[0]), place[c] + 1)
+        for c in best.tolist() if c >= 0
+    ]  # fmt: skip
+
+
+def similar(md: ModelDir, movie: int, k: int) -> list[tuple[int, float]]:
+    """The k movies (rows) nearest to the movie row `movie` by the cosine of their movie-tower vectors."""
+    return rank(md, md.arrays["movie_vectors"][movie], k, exclude=[movie])

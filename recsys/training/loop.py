@@ -1,0 +1,245 @@
+"""The training loop: splits, epochs, evaluation, the model dir saved after every epoch, `--resume`.
+
+`train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recsys import topn
+from recsys.errors import RecsysError
+from recsys.movielens import MovieLens
+from recsys.training import checkpoint, lock, ranking
+from recsys.training.trainer import Trainer
+
+# what the evaluation lines' figures are, said once before the first of them
+LEGEND = {
+    "rating": "Test Loss: the chapter's cost, mean square error in label space 2*stars-5 on the test ratings; "
+    "RMSE and MAE: the same predictions in stars",
+    "retrieval": "Test Loss: softmax cross-entropy of each liked test movie against the catalogue (lower is better); "
+    "NDCG@10 and Recall@10: the top-10 lists against the liked test movies (higher is better)",
+    "ranking": "Test Loss: the weighted logistic loss of liked test movies against sampled negatives; NDCG@10: the "
+    "reordered top-10 lists (higher is better; the loss can rise while the lists improve)",
+}
+EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
+
+
+def set_device(use_cuda: bool) -> None:
+    import paddle
+
+    if use_cuda and not paddle.is_compiled_with_cuda():
+        raise RecsysError("this Paddle build has no CUDA; install paddlepaddle-gpu")
+    if use_cuda and paddle.device.cuda.device_count() == 0:
+        raise RecsysError("this Paddle build has CUDA but no GPU is visible")
+    paddle.set_device("gpu" if use_cuda else "cpu")
+
+
+def split_indices(data: MovieLens, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training, validation (carved from the training split, never the test split) and test rating indices."""
+    train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        which = "training" if len(train_idx) == 0 else "test"
+        raise RecsysError(f"{data.source}: the {data.split} split leaves no {which} ratings")
+    n_val = int(round(len(train_idx) * val_ratio))
+    carve = np.random.RandomState(seed + 1).permutation(train_idx)
+    return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
+
+
+def check_environment() -> None:
+    """Refuse, before any training, a setting under which the model could not be saved."""
+    if os.environ.get("FLAGS_enable_pir_api", "").strip().lower() in ("0", "false", "off"):
+        raise RecsysError(
+            "FLAGS_enable_pir_api=0 is set: under the legacy IR Paddle cannot save the inference model "
+            "(paddle.jit.save); unset FLAGS_enable_pir_api and train again"
+        )
+
+
+def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) -> tuple[Trainer, list[dict]]:
+    """Run the training loop; save the model dir (with a checkpoint) after every epoch.
+
+    `log` gets the chapter's lines; `on_eval(metrics)`, if given, runs after every evaluation (live plots).
+    Only one process at a time may train into a model dir. Returns the trainer and the metrics."""
+    import paddle.distributed as dist
+
+    check_environment()
+    with lock.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+        return Run(args, data, log, on_eval).run()
+
+
+class Run:
+    """One invocation of the loop: the trainer, its splits and progress, and what each epoch ends with."""
+
+    def __init__(self, args: argparse.Namespace, data: MovieLens, log, on_eval):
+        import paddle.distributed as dist
+
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        if args.batch_size % self.world:
+            raise RecsysError(f"--batch-size {args.batch_size} must be a multiple of the {self.world} ranks")
+        self.lead = self.rank == 0  # only rank 0 logs, evaluates the test split and writes the model dir
+        self.args, self.data = args, data
+        self.log, self.on_eval = (log, on_eval) if self.lead else ((lambda _msg: None), None)
+        self.top_n = args.objective != "rating"
+        self.t = Trainer(
+            data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate,
+            self.world, args.objective, args.temperature, args.negatives, args.history, args.fused,
+        )  # fmt: skip
+        self.t.history_cap = args.history_cap or 0
+        self.ranking = self.val_ranking = None
+        self.splits()
+        skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
+        self.settings = {k: v for k, v in vars(args).items() if k not in skip}
+        if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
+            self.settings["candidates_params_sha256"] = self.t.retrieval_fingerprint
+        self.pr, best = checkpoint.restore(args, self.t) if args.resume else (checkpoint.Progress(), None)
+        self.best_params = best if len(self.val_idx) else None
+        self.start = time.perf_counter() - (self.pr.metrics[-1]["seconds"] if self.pr.metrics else 0.0)
+        self.since = {"cost": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
+
+    def splits(self) -> None:
+        """The training, validation and test ratings, and with a top-N objective the users' positives."""
+        args, data, t = self.args, self.data, self.t
+        if args.objective == "ranking":
+            train_idx, val_idx, test_idx = ranking.prepare(t, args, data)
+        else:
+            train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
+            held = ranking.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
+            train_idx = train_idx[~held[train_idx]]
+            t.use_history(train_idx)
+        if self.top_n:  # the positives of each split; the top-N metrics rank against the whole training split
+            build = topn.Interactions.build
+            self.ranking = build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
+            self.ranking = self.ranking.sample_users(EVAL_USERS, args.seed)  # `evaluate` ranks for every user
+            if len(val_idx):  # validation: ranked against the ratings the model trains on, scored on the slice
+                fit = np.zeros(len(data.user), bool)
+                fit[val_idx] = fit[t.fit_idx if args.objective == "ranking" else train_idx] = True
+                is_val = np.zeros(len(data.user), bool)
+                is_val[val_idx] = True
+                self.val_ranking = build(
+                    t.catalogue, data.user[fit], data.movie[fit], data.stars[fit], is_val[fit], args.positive
+                ).sample_users(EVAL_USERS, args.seed)
+            train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
+            if not len(train_idx) or not len(test_idx):
+                which = "training" if not len(train_idx) else "test"
+                raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
+            t.sample_from(train_idx)
+        self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
+
+    def finished(self) -> bool:
+        args, pr = self.args, self.pr
+        return pr.epoch >= args.epochs or bool(args.patience and pr.epoch - pr.best_epoch >= args.patience)
+
+    def run(self) -> tuple[Trainer, list[dict]]:
+        args, pr = self.args, self.pr
+        if self.finished():
+            more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
+            self.log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
+            return self.t, pr.metrics
+        self.log(LEGEND[args.objective])
+        for epoch in range(pr.epoch + 1, args.epochs + 1):
+            if not self.epoch(epoch):
+                break
+        if self.lead:
+            best = self.best_params is not None
+            rec = [m for m in pr.metrics if m["epoch"] == pr.best_epoch][-1] if best else pr.metrics[-1]
+            self.log(
+                f"saved {Path(args.model_dir).resolve()}: epoch {rec['epoch']}, batch {rec['batch']}"
+                f"{' (best on validation)' if best else ''}, test cost {rec['test_cost']:.4f}, "
+                f"{_summary(rec, long=True)}; {pr.metrics[-1]['seconds']:.1f} s"
+            )
+        return self.t, pr.metrics
+
+    def epoch(self, epoch: int) -> bool:
+        """One pass over the training ratings, its evaluation and save; False when training stops here."""
+        from tqdm import tqdm
+
+        args, t, pr, since, world = self.args, self.t, self.pr, self.since, self.world
+        if args.lr_schedule == "cosine":
+            t.opt.set_lr(args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs)))
+        order = t.rng.permutation(self.train_idx)  # the same on every rank (same seed); each takes its share
+        order = order[: len(order) - len(order) % world][self.rank :: world] if world > 1 else order
+        per_rank, total = args.batch_size // world, args.max_batches or math.inf
+        n_batches = min(math.ceil(len(order) / per_rank), total - pr.step)
+        if n_batches <= 0:
+            return False
+        bar = tqdm(
+            range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if self.lead else True
+        )
+        tick = time.perf_counter()
+        for b in bar:
+            idx = order[b * per_rank : (b + 1) * per_rank]
+            since["cost"] += float(t.step(idx))
+            since["n"] += 1
+            since["samples"] += len(idx)
+            pr.step += 1
+            if self.lead and args.eval_every and pr.step % args.eval_every == 0 and b + 1 < n_batches:
+                since["seconds"] += time.perf_counter() - tick
+                self.evaluate(epoch, b + 1)
+                tick = time.perf_counter()
+        bar.close()
+        since["seconds"] += time.perf_counter() - tick
+        record = self.evaluate(epoch, n_batches)
+        complete = n_batches == math.ceil(len(order) / per_rank)  # --max-batches may end an epoch early
+        if complete:
+            pr.epoch = epoch
+            if len(self.val_idx) and record["val_cost"] < pr.best_cost:
+                pr.best_cost, pr.best_epoch, self.best_params = record["val_cost"], epoch, t.params()
+        patience = bool(args.patience and epoch - pr.best_epoch >= args.patience)
+        if self.lead:
+            checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete)
+        if patience:
+            self.log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
+        return not (pr.step >= total or patience)
+
+    def evaluate(self, epoch: int, batch: int) -> dict:
+        """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank."""
+        t, pr, since = self.t, self.pr, self.since
+        record = {"epoch": epoch, "batch": batch, "step": pr.step}
+        record["train_cost"] = since["cost"] / max(since["n"], 1)
+        if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
+            record.update({f"val_{k}": v for k, v in t.evaluate(self.val_idx, full=False).items() if k != "mae"})
+        if self.lead:
+            record.update({f"test_{k}": v for k, v in t.evaluate(self.test_idx).items()})
+            if self.top_n:
+                top = t.top_n(self.ranking)
+                record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
+                if self.val_ranking is not None:
+                    record["val_ndcg@10"] = t.top_n(self.val_ranking, full=False)["ndcg"]
+        if not all(math.isfinite(x) for x in record.values()):
+            raise RecsysError(
+                f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
+                f"{self.args.model_dir} keeps the last good model"
+            )
+        record["samples_per_s"] = since["samples"] * self.world / max(since["seconds"], 1e-9)
+        record["seconds"] = time.perf_counter() - self.start
+        pr.metrics.append(record)
+        since.update(cost=0.0, n=0, samples=0, seconds=0.0)
+        if self.lead:
+            self.log(f"EpochID {epoch}, BatchID {batch}, Test Loss {record['test_cost']:0.2}  ({_summary(record)})")
+            if self.on_eval is not None:
+                self.on_eval(pr.metrics)
+        return record
+
+
+def _summary(record: dict, long: bool = False) -> str:
+    """The evaluation's figures besides the test cost, for the log line."""
+    if long:
+        return (
+            f"NDCG@10 {record['test_ndcg@10']:.4f}"
+            if "test_ndcg@10" in record
+            else f"RMSE {record['test_rmse']:.4f} stars"
+        )
+    val = f", validation {record['val_cost']:.3f}" if "val_cost" in record else ""
+    if "test_ndcg@10" in record:
+        return (
+            f"train {record['train_cost']:.3f}{val}, NDCG@10 {record['test_ndcg@10']:.3f}, "
+            f"Recall@10 {record['test_recall@10']:.3f}"
+        )
+    return f"train {record['train_cost']:.3f}{val}, RMSE {record['test_rmse']:.3f} stars, MAE {record['test_mae']:.3f}"

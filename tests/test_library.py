@@ -1,0 +1,251 @@
+"""recsys as a library: `Recommender` answers what the CLI prints and the service returns, `train.run` trains
+with the CLI's checks, and the package's layout keeps its layers (no cycles, nothing imports a CLI)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+from fastapi.testclient import TestClient
+
+from recsys import Recommender, RecsysError, UnknownId, movielens, train
+from recsys.service.api import create_app
+
+QUIET = {"log": lambda _msg: None}
+
+
+@pytest.fixture(scope="module")
+def two_stage(small_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A retrieval model and a ranking network on its candidates, trained from Python."""
+    out = tmp_path_factory.mktemp("library")
+    train.run(data_dir=small_dir, objective="retrieval", model_dir=out / "retrieval", epochs=2, **QUIET)
+    train.run(data_dir=small_dir, objective="ranking", model_dir=out / "ranking", epochs=1,
+              candidates_from=out / "retrieval", **QUIET)  # fmt: skip
+    return out / "retrieval", out / "ranking"
+
+
+def _cli(*args: str) -> dict:
+    proc = run_cli("recsys.infer", *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _pairs(trained, two_stage):
+    retrieval, ranking = two_stage
+    return {
+        "rating": (trained, None),
+        "retrieval": (retrieval, None),
+        "two stages": (retrieval, ranking),
+        "retrieval + rating": (retrieval, trained),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rating", "retrieval", "two stages", "retrieval + rating"])
+def test_recommender_lists_are_the_cli_and_the_service_lists(trained, two_stage, kind):
+    model, rerank = _pairs(trained, two_stage)[kind]
+    rec = Recommender.load(model, rerank)
+    flags = ["--model-dir", str(model)] + ([] if rerank is None else ["--rerank", str(rerank)])
+    reads_history = rec.model.history
+    rated = [(5, 5.0), (17, 3.0)] if reads_history and (rerank is None or rec.rerank.history) else []
+    with TestClient(create_app(model, rerank, reload_interval=0)) as c:
+        doc = rec.recommend(1, k=10)
+        assert doc["stages"] == [s for s in kind.replace("two stages", "retrieval ranking").replace("+", "").split()]
+        assert doc == _cli(*flags, "--user", "1", "--top-k", "10")
+        assert doc == c.get("/api/users/1/recommendations?k=10").json()
+        assert rec.recommend_many([1, 2, 1], k=10)[0] == [r["movie_id"] for r in doc["recommendations"]]
+        assert rec.recommend_many([2], k=10)[0] == [r["movie_id"] for r in rec.recommend(2, 10)["recommendations"]]
+
+        new = rec.recommend_new(k=7, gender="F", age=30, job=4, rated=rated)
+        text = ",".join(f"{m}:{s:g}" for m, s in rated)
+        assert new == _cli(*flags, "--gender", "F", "--age", "30", "--job", "4", "--top-k", "7",
+                           *(["--rated", text] if rated else []))  # fmt: skip
+        body = {"gender": "F", "age": 30, "job": 4, "k": 7} | ({"rated": [list(p) for p in rated]} if rated else {})
+        assert new == c.post("/api/recommend", json=body).json()
+        assert not {m for m, _ in rated} & {r["movie_id"] for r in new["recommendations"]}
+
+        if rerank is None:
+            similar = rec.similar(17, k=5)
+            assert similar == _cli(*flags, "--similar-to", "17", "--top-k", "5")
+            assert similar == c.get("/api/movies/17/similar?k=5").json()
+        if rec.rating_model is not None:
+            one = rec.predict(1, 17)
+            assert one == c.get("/api/predict?user=1&movie=17").json()
+            if rerank is None:
+                assert one == _cli(*flags, "--user", "1", "--movie", "17")
+
+
+def test_one_stage_lists_are_the_best_cosines_outside_the_training_ratings(two_stage):
+    """By hand: the retrieval model's list is its unit vectors' products, best first, rated movies left out."""
+    rec = Recommender.load(two_stage[0])
+    md, row = rec.model, rec.user_row(3)
+    movies, _, is_test = md.ratings_of(row)
+    values = md.catalogue_vectors @ md.arrays["user_vectors"][row]
+    values[np.isin(md.movie_ids, movies[~is_test])] = -np.inf
+    best = np.lexsort((md.movie_ids, -values))[:10]  # ties: the smaller movie id
+    doc = rec.recommend(3, k=10)
+    assert [r["movie_id"] for r in doc["recommendations"]] == [md.own_movie(int(md.movie_ids[c])) for c in best]
+    assert [r["cosine"] for r in doc["recommendations"]] == pytest.approx(values[best].tolist(), abs=1e-6)
+
+
+def test_evaluate_from_python_is_the_cli_table(two_stage, small_dir):
+    rec = Recommender.load(*two_stage)
+    got = rec.evaluate(movielens.load(data_dir=small_dir), k=10)
+    proc = run_cli("recsys.evaluate", "--model-dir", str(two_stage[0]), "--rerank", str(two_stage[1]),
+                   "--no-baselines", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["top_n"]["rows"][-1]
+    assert row["model"].startswith("two-stage") and got["ndcg"] == pytest.approx(row["ndcg"], abs=1e-12)
+    assert got["recall"] == pytest.approx(row["recall"], abs=1e-12) and 0 < got["users"] <= 600
+
+
+def _error_line(*args: str) -> str:
+    proc = run_cli("recsys.infer", *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_input_raises_one_error_with_the_text_the_cli_prints(trained, two_stage):
+    retrieval, ranking = (str(p) for p in two_stage)
+    rating = Recommender.load(trained)
+    stages = Recommender.load(retrieval, ranking)
+    cases = [
+        (lambda: rating.recommend(99999, 3), UnknownId, [str(trained), "--user", "99999", "--top-k", "3"]),
+        (lambda: rating.similar(99999, 3), UnknownId, [str(trained), "--similar-to", "99999"]),
+        (lambda: rating.predict(1, 99999), UnknownId, [str(trained), "--user", "1", "--movie", "99999"]),
+        (lambda: rating.recommend_new(3, gender="F", age=25, job=99), RecsysError,
+         [str(trained), "--gender", "F", "--age", "25", "--job", "99", "--top-k", "3"]),
+        (lambda: rating.recommend_new(3, gender="F", age=25, job=4, rated=[(5, 4)]), RecsysError,
+         [str(trained), "--gender", "F", "--age", "25", "--job", "4", "--rated", "5:4", "--top-k", "3"]),
+        (lambda: stages.recommend_new(3, gender="F", age=25, job=4, rated=[(5, 4.5)]), RecsysError,
+         [retrieval, "--rerank", ranking, "--gender", "F", "--age", "25", "--job", "4", "--rated", "5:4.5",
+          "--top-k", "3"]),
+        (lambda: Recommender.load(retrieval).predict(1, 5), RecsysError, [retrieval, "--user", "1", "--movie", "5"]),
+        (lambda: Recommender.load(retrieval, rerank=retrieval), RecsysError,
+         [retrieval, "--rerank", retrieval, "--user", "1", "--top-k", "3"]),
+        (lambda: Recommender.load(trained, rerank=ranking), RecsysError,
+         [str(trained), "--rerank", ranking, "--user", "1", "--top-k", "3"]),
+    ]  # fmt: skip
+    for call, kind, args in cases:
+        with pytest.raises(kind) as e:
+            call()
+        assert _error_line("--model-dir", *args) == f"error: {e.value}"
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(RecsysError, match="k must be a whole number"):
+            stages.recommend(1, k=bad)
+    with pytest.raises(RecsysError, match="candidates must be at least 1"):
+        Recommender.load(retrieval, ranking, candidates=0)
+
+
+def test_training_from_python_checks_what_the_cli_checks(small_dir, tmp_path):
+    for flags, argv in (
+        ({"lr": -1}, ["--lr", "-1"]),
+        ({"objective": "ranking"}, ["--objective", "ranking"]),
+        ({"val_ratio": 1.5}, ["--val-ratio", "1.5"]),
+        ({"epochs": "x"}, ["--epochs", "x"]),
+    ):
+        with pytest.raises(RecsysError) as e:
+            train.run(data_dir=small_dir, model_dir=tmp_path / "m", **flags, **QUIET)
+        proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(tmp_path / "m"), *argv)
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == f"error: {e.value} (see python -m recsys.train --help)"
+    assert not (tmp_path / "m").exists()
+
+
+# the package's layers, lowest first: a module imports only its own layer's modules or lower ones
+LAYERS = [
+    ["recsys", "recsys.errors"],
+    ["recsys.data"],
+    ["recsys.movielens"],
+    ["recsys.model", "recsys.synthetic"],
+    ["recsys.fused"],
+    ["recsys.modeldir"],
+    ["recsys.rating", "recsys.topn"],
+    ["recsys.training"],
+    ["recsys.recommender"],
+    ["recsys.service"],
+    ["recsys.train", "recsys.infer", "recsys.evaluate", "recsys.serve"],
+]
+CLIS = set(LAYERS[-1])
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / "recsys").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules) -> set[str]:
+    """Every recsys module that `name` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def _layer(module: str) -> int:
+    return max(i for i, group in enumerate(LAYERS) for g in group if module == g or module.startswith(g + "."))
+
+
+def test_layers_no_cycles_and_no_module_imports_a_cli():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    for name, deps in graph.items():
+        if name == "recsys":  # the package's lazy exports
+            assert deps <= {"recsys.recommender", "recsys.errors"}, deps
+            continue
+        assert name in CLIS or not deps & CLIS, (name, deps & CLIS)
+        upward = {d for d in deps if _layer(d) > _layer(name)}
+        assert not upward, (name, upward)
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in graph[node]:
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [dep])}"
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state and name != "recsys":
+            visit(name, [name])
+
+
+def test_no_long_files_and_no_long_functions():
+    """At most ~450 lines a module and ~80 a function, except a parser's flat list of arguments."""
+    for path in _modules().values():
+        text = path.read_text()
+        assert len(text.splitlines()) <= 460, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                calls = [s for s in node.body if isinstance(s, ast.Expr) and "add_argument" in ast.unparse(s)]
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 85 or len(calls) >= 10, (path, node.name, length)
+
+
+def test_the_readme_python_block_as_written(tmp_path):
+    """The README's "Python" section, run as written in an empty folder."""
+    section = (ROOT / "README.md").read_text().split("\n## Python\n", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'stages': ['retrieval', 'ranking']" in proc.stdout and "'ndcg': " in proc.stdout
+    assert "'actual_rating'" in proc.stdout and (tmp_path / "ranking.model" / "manifest.json").exists()
+
+
+def test_the_readme_says_what_the_suite_needs():
+    readme, conftest = (ROOT / "README.md").read_text(), (ROOT / "tests" / "conftest.py").read_text()
+    assert "RECSYS_SHARED_DATA" in readme and "(set RECSYS_SHARED_DATA)" in conftest
+    assert "`make demo DATASET=ml-100k DATA_DIR=DIR`" in readme and "takes about" in readme
