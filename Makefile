@@ -40,4 +40,4 @@ bench: install
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) *.model .*.lock .*.previous .*.tmp test-artifacts .pytest_cache .ruff_cache \
 		*.egg-info build
-	find recsys tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf recsys/__pycache__ recsys/*/__pycache__ tests/__pycache__ benchmarks/__pycache__

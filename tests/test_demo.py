@@ -31,6 +31,7 @@ def test_make_demo_on_the_default_synthetic_archive(tmp_path):
     assert made.returncode == 0, made.stderr
     out = _make_demo(tmp_path, f"DATA_DIR={tmp_path / 'data'}")
     assert "EpochID 1, BatchID 3517, Test Loss" in out  # 1,000,209 ratings, a tenth held out, batches of 256
+    assert "Test Loss: the chapter's cost, mean square error in label space 2*stars-5 on the test ratings" in out
     assert 'Predict Rating of user id 1 on movie "' in out and "Top 10 movies for user id 1" in out
 
 

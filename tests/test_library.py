@@ -25,9 +25,18 @@ def two_stage(small_dir, tmp_path_factory) -> tuple[Path, Path]:
     """A retrieval model and a ranking network on its candidates, trained from Python."""
     out = tmp_path_factory.mktemp("library")
     train.run(data_dir=small_dir, objective="retrieval", model_dir=out / "retrieval", epochs=2, **QUIET)
+    lines: list[str] = []
     train.run(data_dir=small_dir, objective="ranking", model_dir=out / "ranking", epochs=1,
-              candidates_from=out / "retrieval", **QUIET)  # fmt: skip
+              candidates_from=out / "retrieval", log=lines.append)  # fmt: skip
+    (out / "ranking.log").write_text("\n".join(lines))
     return out / "retrieval", out / "ranking"
+
+
+def test_training_says_what_its_test_loss_is(two_stage):
+    """The ranking network's Test Loss can rise while its lists improve: its log says so before the first line."""
+    lines = (two_stage[1].parent / "ranking.log").read_text().splitlines()
+    assert lines[0].startswith("Test Loss: the weighted logistic loss") and "the loss can rise" in lines[0]
+    assert lines[1].startswith("EpochID 1, BatchID ") and "NDCG@10" in lines[1]
 
 
 def _cli(*args: str) -> dict:
