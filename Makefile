@@ -33,6 +33,7 @@ demo: install
 	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --top-k 10
 
 bench: install
+	$(PY) -m pytest -q -m slow
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/topn_serve.py
 	$(PY) benchmarks/scale.py --max-batches 20000

@@ -267,17 +267,16 @@ class Recommender:
             rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
         return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
 
-    def recommend_many(self, users: Sequence[int], k: int = 10) -> list[list[int]]:
-        """`recommend` for many known users at once: each one's k movie ids, best first."""
+    def recommend_many(self, users: Sequence[int], k: int = 10, chunk: int = 1024) -> list[list[int]]:
+        """`recommend` for many known users at once: each one's k movie ids, best first (a chunk of users at a
+        time, so memory stays chunk x catalogue)."""
         k, rows = self._k(k), np.array([self.user_row(u) for u in users], np.int64)
-        md = self.model
-        seen = np.zeros((len(rows), len(md.movie_ids)), bool)
-        for i, row in enumerate(rows):
-            seen[i] = np.isin(md.movie_ids, stages.seen(md, int(row)))
-        lists = np.concatenate(
-            [self.ranker()(rows[s : s + 1024], seen[s : s + 1024], k) for s in range(0, len(rows), 1024)]
-        )
-        return [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in lists.reshape(len(rows), -1)]
+        md, rank, out = self.model, self.ranker(), []
+        for s in range(0, len(rows), chunk):
+            part = rows[s : s + chunk]
+            seen = np.stack([np.isin(md.movie_ids, stages.seen(md, int(r))) for r in part])
+            out += [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in rank(part, seen, k)]
+        return out
 
     def ranker(self, pools: list | None = None):
         """The batch form: `(user rows, seen [n, M] catalogue columns, k) -> [n, k] catalogue columns` (-1: none),

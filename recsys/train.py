@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recsys import movielens
 from recsys.errors import ArgumentParser, cli
+from recsys.topn import neighbours
 from recsys.training import checkpoint
 from recsys.training.loop import check_environment, set_device, split_indices, train
 
@@ -169,6 +170,13 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         help="train the towers (copied from the retrieval model) with the head; default: only the head learns",
     )
     ranking.add_argument(
+        "--item-neighbours",
+        type=int,
+        default=neighbours.K,
+        help="the pair feature's item-item model (sparse EASE) keeps this many weights into each movie, those of "
+        "largest magnitude (default: %(default)s)",
+    )
+    ranking.add_argument(
         "--positive-weight",
         choices=("stars", "one"),
         default="stars",
@@ -206,7 +214,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         args.temperature = args.negatives = args.holdout = None
     if objective != "ranking":
         args.candidates_from = args.candidates = args.negatives_per_positive = None
-        args.hard_negatives = args.positive_weight = args.train_towers = None
+        args.hard_negatives = args.positive_weight = args.train_towers = args.item_neighbours = None
     if objective == "rating":
         args.positive = None  # not part of the chapter's recipe
     else:
@@ -220,6 +228,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         need(args.candidates >= 1, "--candidates", "at least 1")
         need(args.negatives_per_positive >= 1, "--negatives-per-positive", "at least 1")
         need(0 <= args.hard_negatives <= 1, "--hard-negatives", "in [0, 1]")
+        need(args.item_neighbours >= 1, "--item-neighbours", "at least 1")
     if args.sparse is None:
         args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
     for name in ("epochs", "batch_size"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
         cwd=cwd,
         timeout=900,
     )
+
+
+def infer_json(*args: str) -> dict:
+    """`python -m recsys.infer ... --json`, which must succeed, as its object."""
+    proc = run_cli("recsys.infer", *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

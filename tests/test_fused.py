@@ -466,20 +466,23 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
 
 def _candidates(data, t: Trainer, seed: int = 0):
     """Stand-in retrieval candidates for a ranking trainer: random unit vectors, scores and shares."""
-    from recsys.training.ranking import Candidates
+    import scipy.sparse as sp
+
+    from recsys.topn import neighbours
+    from recsys.training.ranking import Candidates, rating_keys
 
     rng = np.random.RandomState(seed)
     n_users, n_movies = data.sizes()["n_users"], len(t.catalogue)
     users, movies = (rng.normal(size=(n, 8)).astype(np.float32) for n in (n_users, n_movies))
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     movies /= np.linalg.norm(movies, axis=1, keepdims=True)
-    rated = np.zeros((n_users, n_movies), bool)
     train = ~data.is_test
-    rated[data.user[train], np.searchsorted(t.catalogue, data.movie[train])] = True
+    user, col = data.user[train], np.searchsorted(t.catalogue, data.movie[train])
+    history = neighbours.history_matrix(n_users, n_movies, user, col)
+    weights = sp.random(n_movies, n_movies, density=0.1, format="csr", dtype=np.float32, random_state=seed)
     pool = np.argsort(-(users @ movies.T), axis=1)[:, :10]
-    scores = rng.normal(size=(n_users, n_movies)).astype(np.float32)
     share = np.log(rng.dirichlet(np.ones(n_movies))).astype(np.float32)
-    return Candidates(users, movies, scores, share, rated, pool)
+    return Candidates(users, movies, history, weights, share, rating_keys(user, col, n_movies), pool)
 
 
 @pytest.mark.parametrize("train_towers", [False, True])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, infer_json, run_cli
 from fastapi.testclient import TestClient
 
 from recsys import Recommender, RecsysError, UnknownId, movielens, train
@@ -39,12 +39,6 @@ def test_training_says_what_its_test_loss_is(two_stage):
     assert lines[1].startswith("EpochID 1, BatchID ") and "NDCG@10" in lines[1]
 
 
-def _cli(*args: str) -> dict:
-    proc = run_cli("recsys.infer", *args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def _pairs(trained, two_stage):
     retrieval, ranking = two_stage
     return {
@@ -65,14 +59,14 @@ def test_recommender_lists_are_the_cli_and_the_service_lists(trained, two_stage,
     with TestClient(create_app(model, rerank, reload_interval=0)) as c:
         doc = rec.recommend(1, k=10)
         assert doc["stages"] == [s for s in kind.replace("two stages", "retrieval ranking").replace("+", "").split()]
-        assert doc == _cli(*flags, "--user", "1", "--top-k", "10")
+        assert doc == infer_json(*flags, "--user", "1", "--top-k", "10")
         assert doc == c.get("/api/users/1/recommendations?k=10").json()
         assert rec.recommend_many([1, 2, 1], k=10)[0] == [r["movie_id"] for r in doc["recommendations"]]
         assert rec.recommend_many([2], k=10)[0] == [r["movie_id"] for r in rec.recommend(2, 10)["recommendations"]]
 
         new = rec.recommend_new(k=7, gender="F", age=30, job=4, rated=rated)
         text = ",".join(f"{m}:{s:g}" for m, s in rated)
-        assert new == _cli(*flags, "--gender", "F", "--age", "30", "--job", "4", "--top-k", "7",
+        assert new == infer_json(*flags, "--gender", "F", "--age", "30", "--job", "4", "--top-k", "7",
                            *(["--rated", text] if rated else []))  # fmt: skip
         body = {"gender": "F", "age": 30, "job": 4, "k": 7} | ({"rated": [list(p) for p in rated]} if rated else {})
         assert new == c.post("/api/recommend", json=body).json()
@@ -80,13 +74,13 @@ def test_recommender_lists_are_the_cli_and_the_service_lists(trained, two_stage,
 
         if rerank is None:
             similar = rec.similar(17, k=5)
-            assert similar == _cli(*flags, "--similar-to", "17", "--top-k", "5")
+            assert similar == infer_json(*flags, "--similar-to", "17", "--top-k", "5")
             assert similar == c.get("/api/movies/17/similar?k=5").json()
         if rec.rating_model is not None:
             one = rec.predict(1, 17)
             assert one == c.get("/api/predict?user=1&movie=17").json()
             if rerank is None:
-                assert one == _cli(*flags, "--user", "1", "--movie", "17")
+                assert one == infer_json(*flags, "--user", "1", "--movie", "17")
 
 
 def test_one_stage_lists_are_the_best_cosines_outside_the_training_ratings(two_stage):

@@ -8,13 +8,14 @@ import zipfile
 import numpy as np
 import paddle
 import pytest
-from conftest import assert_one_line_error, need_ml100k, run_cli
+import scipy.sparse as sp
+from conftest import assert_one_line_error, infer_json, need_ml100k, run_cli
 
 from recsys import movielens
 from recsys.data import history
 from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
-from recsys.training.ranking import Candidates
+from recsys.training.ranking import Candidates, rating_keys
 from recsys.training.trainer import Trainer
 
 U1 = ["--dataset", "ml-100k", "--split", "u1"]
@@ -99,7 +100,10 @@ def test_negatives_are_never_rated_in_training():
     rated[0, :49] = True  # user 0 left one movie unrated
     rated[1, :] = True  # user 1 rated everything: no negative exists
     pool = np.argsort(-rng.random_sample((30, 50)), axis=1)[:, :10]
-    cand = Candidates(np.zeros((30, 4)), np.zeros((50, 4)), np.zeros((30, 50)), np.zeros(50), rated, pool)
+    none = sp.csr_matrix((30, 50), dtype=np.float32)
+    user, col = np.nonzero(rated)
+    cand = Candidates(np.zeros((30, 4)), np.zeros((50, 4)), none, sp.csr_matrix((50, 50), dtype=np.float32),
+                      np.zeros(50), rating_keys(user, col, 50), pool)  # fmt: skip
     users = np.repeat(np.arange(30), 20)
     for hard in (0.0, 0.5, 1.0):
         cols = cand.negatives(users, 3, hard, np.random.RandomState(1))
@@ -125,15 +129,9 @@ def u1_two_stage(tmp_path_factory):
     return out / "retrieval", out / "ranking"
 
 
-def _json(*args: str) -> dict:
-    proc = run_cli("recsys.infer", *args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_stage):
     retrieval, ranking = u1_two_stage
-    doc = _json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    doc = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
     assert doc["stages"] == ["retrieval", "ranking"]
     r, k = ModelDir.load(retrieval), ModelDir.load(ranking)
     # the candidates, computed here from the saved vectors: user 1's top N unrated movies by cosine, N the number
@@ -145,7 +143,7 @@ def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_sta
     pool = np.lexsort((r.movie_ids, -cosine))[:200]
     # the pair features: the retrieval cosine, the movie's log share, the item-item score of user 1's history
     history = np.flatnonzero(np.isin(r.movie_ids, movies[~is_test]))
-    item = k.arrays["item_item"][history][:, pool].sum(axis=0)
+    item = np.asarray(k.item_item[history][:, pool].sum(axis=0)).ravel()  # the movies' sparse neighbour weights
     features = np.stack([cosine[pool], k.arrays["log_share"][pool], item], axis=1)
     # the ranking network's head, written out: features @ linear + fc(relu(fc([u * m, features])))
     p = k.params()
@@ -164,9 +162,9 @@ def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_sta
 def test_rated_movies_move_a_new_users_list_towards_their_neighbours(u1_two_stage):
     retrieval, _ = u1_two_stage
     new = ["--model-dir", str(retrieval), "--gender", "F", "--age", "25", "--job", "4", "--top-k", "20"]
-    plain = [r["movie_id"] for r in _json(*new)["recommendations"]]
+    plain = [r["movie_id"] for r in infer_json(*new)["recommendations"]]
     rated = [1, 71, 95]  # Toy Story, The Lion King, Aladdin
-    doc = _json(*new, "--rated", ",".join(f"{m}:5" for m in rated))
+    doc = infer_json(*new, "--rated", ",".join(f"{m}:5" for m in rated))
     given = [r["movie_id"] for r in doc["recommendations"]]
     assert doc["rated"] == [[m, 5.0] for m in rated]
     assert not set(given) & set(rated)  # what the user rated is not recommended back
@@ -244,10 +242,12 @@ def test_the_service_serves_two_stages_and_a_new_users_rated_movies(u1_two_stage
     pair = ["--model-dir", str(retrieval), "--rerank", str(ranking)]
     with TestClient(create_app(retrieval, ranking, reload_interval=0)) as client:
         got = client.get("/api/users/1/recommendations?k=10").json()
-        assert got == _json(*pair, "--user", "1", "--top-k", "10")
+        assert got == infer_json(*pair, "--user", "1", "--top-k", "10")
         who = {"gender": "F", "age": 25, "job": 4, "k": 10, "rated": [[1, 5], [71, 4]]}
         got = client.post("/api/recommend", json=who).json()
-        assert got == _json(*pair, "--gender", "F", "--age", "25", "--job", "4", "--top-k", "10", "--rated", "1:5,71:4")
+        assert got == infer_json(
+            *pair, "--gender", "F", "--age", "25", "--job", "4", "--top-k", "10", "--rated", "1:5,71:4"
+        )
         for rated, needle in (([[99999, 4]], "unknown"), ([[1, 7]], "outside the data's scale")):
             bad = client.post("/api/recommend", json=who | {"rated": rated})
             assert 400 <= bad.status_code < 500 and needle in bad.json()["error"]

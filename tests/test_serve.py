@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, infer_json, run_cli
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -31,24 +31,18 @@ def client(u1_models):
         yield c
 
 
-def _cli_json(*args: str) -> dict:
-    proc = run_cli("recsys.infer", *args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_every_endpoint_answers_as_the_cli(client, u1_models):
     retrieval, rating = u1_models
     pair = ["--model-dir", str(retrieval), "--rerank", str(rating)]
-    assert client.get("/api/users/1/recommendations?k=10").json() == _cli_json(*pair, "--user", "1", "--top-k", "10")
+    assert client.get("/api/users/1/recommendations?k=10").json() == infer_json(*pair, "--user", "1", "--top-k", "10")
     new = client.get("/api/recommendations", params={"gender": "F", "age": 25, "job": 4, "k": 5}).json()
-    assert new == _cli_json(*pair, "--gender", "F", "--age", "25", "--job", "4", "--top-k", "5")
+    assert new == infer_json(*pair, "--gender", "F", "--age", "25", "--job", "4", "--top-k", "5")
     assert client.post("/api/recommend", json={"user_id": 1, "k": 10}).json()["recommendations"] == (
         client.get("/api/users/1/recommendations").json()["recommendations"])  # fmt: skip
     similar = client.get("/api/movies/50/similar?k=7").json()
-    assert similar == _cli_json("--model-dir", str(retrieval), "--similar-to", "50", "--top-k", "7")
+    assert similar == infer_json("--model-dir", str(retrieval), "--similar-to", "50", "--top-k", "7")
     predicted = client.get("/api/predict?user=1&movie=20").json()
-    assert predicted == _cli_json("--model-dir", str(rating), "--user", "1", "--movie", "20")
+    assert predicted == infer_json("--model-dir", str(rating), "--user", "1", "--movie", "20")
     assert predicted["actual_rating"] == 4  # u1.base: user 1 gave movie 20 four stars
     history = client.get("/api/users/1").json()
     assert history["gender"] == "M" and history["age"] == 18 and history["job"] == "technician"
@@ -119,10 +113,10 @@ def test_ages_in_years_and_the_two_stage_rule_for_large_k(client, u1_models):
     retrieval, rating = u1_models
     pair = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1"]
     wide = client.get("/api/users/1/recommendations?k=200").json()
-    assert wide == _cli_json(*pair, "--top-k", "200") and wide["candidates"] == 200
+    assert wide == infer_json(*pair, "--top-k", "200") and wide["candidates"] == 200
     assert sorted(r["retrieval_rank"] for r in wide["recommendations"]) == list(range(1, 201))
     narrow = client.get("/api/users/1/recommendations?k=5").json()
-    assert narrow == _cli_json(*pair, "--top-k", "5") and narrow["candidates"] == 100
+    assert narrow == infer_json(*pair, "--top-k", "5") and narrow["candidates"] == 100
 
 
 def test_the_server_logs_one_line_per_request_at_the_level_given(u1_models):
@@ -244,7 +238,7 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
         return driver.find_element(By.ID, "history-title").text
 
     def want(*who: str) -> list[str]:
-        return [r["title"] for r in _cli_json(*pair, *who, "--top-k", "10")["recommendations"]]
+        return [r["title"] for r in infer_json(*pair, *who, "--top-k", "10")["recommendations"]]
 
     def all_local() -> list[str]:
         names = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")

@@ -33,6 +33,7 @@ import numpy as np
 
 from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
+from recsys.modeldir.predictor import Predictor
 from recsys.movielens import Tables
 
 FORMAT = 1
@@ -350,8 +351,19 @@ class ModelDir:
 
     @functools.cached_property
     def head_params(self) -> dict[str, np.ndarray]:
-        """A ranking model's head parameters (see `recsys.training.ranking.head_scores`)."""
+        """A ranking model's head parameters (see `recsys.topn.rerank.head_scores`)."""
         return {k: v for k, v in self.params().items() if k.startswith("head.")}
+
+    @functools.cached_property
+    def item_item(self):
+        """A ranking model's sparse item-item weights [M, M] (`recsys.topn.neighbours`; a model saved with the
+        dense EASE weights of earlier versions gives those)."""
+        import scipy.sparse as sp
+
+        a, n = self.arrays, len(self.movie_ids)
+        if "item_item" in a:
+            return sp.csr_matrix(a["item_item"])
+        return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
 
     @functools.cached_property
     def network(self):
@@ -432,29 +444,3 @@ class ModelDir:
                 raise damaged(
                     self.path, model, f"Paddle cannot load it: {str(e).strip().splitlines()[0][:120]}"
                 ) from None
-
-
-class Predictor:
-    """The saved inference model run through `paddle.inference`, fed by the chapter's feed names."""
-
-    def __init__(self, model: Path, params: Path, threads: int = 1, name: str = "the model dir"):
-        from paddle import inference
-
-        self.name = name
-        config = inference.Config(str(model), str(params))
-        config.disable_gpu()
-        config.disable_mkldnn()  # Paddle 3.3's oneDNN kernels miscompute the text-CNN window (tests compare to dygraph)
-        config.disable_glog_info()
-        config.set_cpu_math_library_num_threads(threads)
-        self._predictor = inference.create_predictor(config)
-        self._inputs = {n: self._predictor.get_input_handle(n) for n in self._predictor.get_input_names()}
-        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        for name, handle in self._inputs.items():
-            handle.copy_from_cpu(np.ascontiguousarray(feeds[name]))
-        self._predictor.run()
-        out = self._output.copy_to_cpu()
-        if not np.isfinite(out).all():  # a wrong answer that looks like an answer: refuse it
-            raise RecsysError(f"the model in {self.name} produced a non-finite score; train it again")
-        return out

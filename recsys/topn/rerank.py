@@ -4,32 +4,41 @@ ranking network's pair features and its head in NumPy, and what identifies the r
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
+from recsys.topn import neighbours
 from recsys.topn.lists import top_k_lists
 
 
-def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:
-    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] excluded, in chunks."""
+def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, chunk: int = 1024) -> np.ndarray:
+    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] (bool, or sparse 0/1) excluded,
+    a chunk of users at a time (only a chunk's rows are ever dense)."""
+    dense = (lambda s: seen[s : s + chunk].toarray() > 0) if sp.issparse(seen) else (lambda s: seen[s : s + chunk])
     parts = [
-        top_k_lists(user_vectors[s : s + 1024] @ movie_vectors.T, seen[s : s + 1024], n)
-        for s in range(0, len(user_vectors), 1024)
+        top_k_lists(user_vectors[s : s + chunk] @ movie_vectors.T, dense(s), n)
+        for s in range(0, len(user_vectors), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
 
 
-def log_share(history: np.ndarray) -> np.ndarray:
-    """Each column's log share of the ratings in 0/1 histories [U, M] (add-one smoothed): [M] float32."""
-    counts = history.sum(axis=0).astype(np.float64) + 1.0
+def log_share(history) -> np.ndarray:
+    """Each column's log share of the ratings in 0/1 histories [U, M] (dense or sparse; add-one smoothed):
+    [M] float32."""
+    counts = np.asarray(history.sum(axis=0), np.float64).ravel() + 1.0
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def pair_features(cosine: np.ndarray, share: np.ndarray, weights: np.ndarray, histories, pool: np.ndarray):
+def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, histories, pool: np.ndarray):
     """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    retrieval cosines [n, N], the movies' log shares [M], the item-item weights [M, M] and each user's
-    history as an array of catalogue columns (`histories`, n of them)."""
+    retrieval cosines [n, N], the movies' log shares [M], the sparse item-item weights [M, M]
+    (`recsys.topn.neighbours`) and each user's history as an array of catalogue columns (`histories`, n)."""
     cols = np.maximum(pool, 0)
-    item = np.stack([weights[h][:, c].sum(axis=0) for h, c in zip(histories, cols)]) if len(pool) else cosine
-    return np.stack([cosine, share[cols], item], axis=-1).astype(np.float32)
+    n, n_cols = pool.shape[0], weights.shape[0]
+    rows = np.repeat(np.arange(n), [len(h) for h in histories]) if n else np.zeros(0, np.int64)
+    flat = np.concatenate(list(histories)) if n else np.zeros(0, np.int64)
+    history = neighbours.history_matrix(n, n_cols, rows, flat.astype(np.int64))
+    item = neighbours.scores(history, weights, np.repeat(np.arange(n), pool.shape[1]), cols.ravel())
+    return np.stack([cosine, share[cols], item.reshape(cols.shape)], axis=-1).astype(np.float32)
 
 
 def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):

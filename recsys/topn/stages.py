@@ -92,7 +92,7 @@ def second_stage_scores(
         return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
     cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
     a = rerank.arrays
-    features = pair_features(cosine, a["log_share"], a["item_item"], histories, pool)
+    features = pair_features(cosine, a["log_share"], rerank.item_item, histories, pool)
     movies = a["movie_outputs"][rerank.movie_ids[cols]]
     return head_scores(rerank.head_params, second[:, None, :], movies, features)
 

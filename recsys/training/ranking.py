@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsys.errors import RecsysError
+from recsys.topn import neighbours
 from recsys.topn.rerank import candidate_pool, fingerprint, log_share
-
-ITEM_ITEM_LAMBDA = 500.0  # the item-item weights' L2 penalty (EASE's, as the baseline in `recsys.topn`)
 
 
 def holdout_mask(n: int, train_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -34,14 +34,17 @@ class Candidates:
     """What the ranking network reads, per user: the retrieval model's top candidates and the pair features.
 
     `user_vectors` [U, D] and `movie_vectors` [M, D] (catalogue order) are the retrieval model's unit vectors
-    as computed from the users' histories; `item_scores` [U, M] the item-item score of each user's history
-    for every movie and `log_share` [M] each movie's log share of the ratings (both from those histories);
-    `rated` [U, M] is every training rating (the held-out ones too), which no negative may be; `pool` [U, N]
-    holds each user's top-N catalogue columns among the movies outside their history (-1: none)."""
+    as computed from the users' histories; `history` [U, M] (sparse 0/1) those histories, whose item-item score
+    of a movie is their product with its column of the sparse neighbour weights `item_item` [M, M]
+    (`recsys.topn.neighbours`); `log_share` [M] each movie's log share of the ratings (from the same histories);
+    `rated` the sorted keys `user * M + column` of every training rating (the held-out ones too), which no
+    negative may be; `pool` [U, N] each user's top-N catalogue columns outside their history (-1: none). Nothing
+    here is a users x movies array."""
 
     user_vectors: np.ndarray
     movie_vectors: np.ndarray
-    item_scores: np.ndarray
+    history: sp.csr_matrix
+    item_item: sp.csr_matrix
     log_share: np.ndarray
     rated: np.ndarray
     pool: np.ndarray
@@ -50,33 +53,48 @@ class Candidates:
         """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval
         model's cosine, the movie's log share of the ratings, the item-item score of the user's history."""
         cosine = np.einsum("nd,nd->n", self.user_vectors[user], self.movie_vectors[col])
-        return np.stack([cosine, self.log_share[col], self.item_scores[user, col]], axis=1).astype(np.float32)
+        item = neighbours.scores(self.history, self.item_item, user, col)
+        return np.stack([cosine, self.log_share[col], item], axis=1).astype(np.float32)
+
+    def is_rated(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """[n] bool: the user rated the column's movie in training."""
+        return contains(self.rated, user.astype(np.int64) * len(self.movie_vectors) + col)
 
     def negatives(self, user: np.ndarray, per: int, hard: float, rng: np.random.RandomState) -> np.ndarray:
         """`per` negative catalogue columns for each user in `user` ([len(user) * per], user-major): a share
         `hard` from the user's candidates, the rest uniform over the catalogue; never a movie the user rated in
         training. A draw that lands on a rated movie is drawn again (uniformly); -1 where none was found."""
         users = np.repeat(user, per)
-        n_cols = self.rated.shape[1]
+        n_cols = len(self.movie_vectors)
         cols = rng.randint(n_cols, size=len(users))
         from_pool = rng.random_sample(len(users)) < hard
         if from_pool.any():
             pick = self.pool[users[from_pool], rng.randint(self.pool.shape[1], size=int(from_pool.sum()))]
             cols[from_pool] = np.where(pick >= 0, pick, cols[from_pool])
         for _ in range(8):
-            bad = self.rated[users, cols]
+            bad = self.is_rated(users, cols)
             if not bad.any():
                 break
             cols[bad] = rng.randint(n_cols, size=int(bad.sum()))
-        cols[self.rated[users, cols]] = -1
+        cols[self.is_rated(users, cols)] = -1
         return cols
 
 
-def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """[U, M] bool over catalogue columns: the movies each user rated in the ratings `idx`."""
-    out = np.zeros((data.sizes()["n_users"], len(catalogue)), bool)
-    out[data.user[idx], np.searchsorted(catalogue, data.movie[idx])] = True
-    return out
+def rating_keys(user: np.ndarray, col: np.ndarray, n_cols: int) -> np.ndarray:
+    """The sorted, distinct keys `user * n_cols + col` of these ratings (what `contains` looks up)."""
+    return np.unique(user.astype(np.int64) * n_cols + col)
+
+
+def contains(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """[n] bool: each query key is among the sorted `keys`."""
+    at = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
+    return keys[at] == query if len(keys) else np.zeros(len(query), bool)
+
+
+def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> sp.csr_matrix:
+    """[U, M] sparse 0/1 over catalogue columns: the movies each user rated in the ratings `idx`."""
+    cols = np.searchsorted(catalogue, data.movie[idx])
+    return neighbours.history_matrix(data.sizes()["n_users"], len(catalogue), data.user[idx], cols)
 
 
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
@@ -98,26 +116,15 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
         )
 
 
-MAX_CELLS = 250_000_000  # users x catalogue cells of the ranking network's tables (ml-1m: 22 million)
-
-
 def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Set up trainer `t` to train a ranking network on the candidates of the retrieval model
     `args.candidates_from`: its held-out ratings are the ranker's labels, its training ratings the histories,
     and the ranker's towers start from its towers. Returns the ranker's training, validation (carved from the
     held-out ratings by `args.val_ratio`) and test rating indices."""
     from recsys.modeldir import ModelDir
-    from recsys.topn.baselines import ease_weights
 
     retrieval = ModelDir.load(args.candidates_from)
     check_retrieval(retrieval, data)
-    cells = data.sizes()["n_users"] * len(t.catalogue)
-    if cells > MAX_CELLS:  # the candidates' tables below are users x catalogue matrices
-        raise RecsysError(
-            f"the ranking network's candidate tables are users x movies matrices: {cells:,} cells "
-            f"({cells * 4 / 2**30:.0f} GB each) for {data.meta.dataset}, above the {MAX_CELLS:,} recsys builds; "
-            "rank this data's candidates with the retrieval model alone (or --rerank a rating model)"
-        )
     rs = retrieval.meta["settings"]
     if not rs.get("holdout"):
         raise RecsysError(
@@ -132,24 +139,32 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t.use_history(fit)
     feeds = data.tables.user_features(np.arange(data.sizes()["n_users"]))
     fit_users = retrieval.user_vector(feeds, histories=t.fit_history if retrieval.history else None)
-    movies = retrieval.catalogue_vectors
-    rated, fit_history = _columns(data, t.catalogue, np.flatnonzero(~data.is_test)), _columns(data, t.catalogue, fit)
+    movies, n_cols = retrieval.catalogue_vectors, len(t.catalogue)
+    trained = np.flatnonzero(~data.is_test)
+    rated, fit_history = _columns(data, t.catalogue, trained), _columns(data, t.catalogue, fit)
+    rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
     fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates)
-    in_pool = np.zeros_like(rated)  # the ranker learns to order the lists it will see: positives among them
-    in_pool[np.repeat(np.arange(len(fit_pool)), fit_pool.shape[1]), fit_pool.ravel()] = True
-    in_pool[:, -1] &= (fit_pool == len(movies) - 1).any(axis=1)  # -1 (no candidate) wrote the last column
-    labels = labels[in_pool[data.user[labels], np.searchsorted(t.catalogue, data.movie[labels])]]
+    # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
+    rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
+    in_pool = np.unique((rows * n_cols + fit_pool.ravel())[fit_pool.ravel() >= 0])
+    keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(t.catalogue, data.movie[labels])
+    labels = labels[contains(in_pool, keys)]
     n_val = int(round(len(labels) * args.val_ratio))
     carve = np.random.RandomState(args.seed + 1).permutation(labels)
-    full_users = retrieval.arrays["user_vectors"]
-    fit_weights = ease_weights(fit_history, ITEM_ITEM_LAMBDA)
+    n_neighbours = args.item_neighbours
     t.fit_candidates = Candidates(
-        fit_users, movies, fit_history.astype(np.float32) @ fit_weights, log_share(fit_history), rated, fit_pool
+        fit_users,
+        movies,
+        fit_history,
+        neighbours.fit(fit_history, n_neighbours),
+        log_share(fit_history),
+        rated_keys,
+        fit_pool,
     )
-    t.item_item = ease_weights(rated, ITEM_ITEM_LAMBDA)  # what the saved model scores with: every training rating
-    full_pool = candidate_pool(full_users, movies, rated, args.candidates)
+    t.item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
+    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates)
     t.candidates = Candidates(
-        full_users, movies, rated.astype(np.float32) @ t.item_item, log_share(rated), rated, full_pool
+        retrieval.arrays["user_vectors"], movies, rated, t.item_item, log_share(rated), rated_keys, full_pool
     )
     t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
     t.positive_weight = args.positive_weight

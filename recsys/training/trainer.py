@@ -308,7 +308,11 @@ class Trainer:
         movies' log shares of the ratings, both from every training rating (catalogue order)."""
         if self.objective != "ranking":
             return {}
-        return {"item_item": self.item_item, "log_share": self.candidates.log_share}
+        w = self.item_item
+        return {
+            "item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
+            "log_share": self.candidates.log_share,
+        }  # fmt: skip
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
