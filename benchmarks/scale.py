@@ -13,7 +13,7 @@ memory is the child's own (`os.wait4`):
    the retrieval objective, with the training run's peak RSS;
 3. `evaluate`'s top-N part for every test user over the whole catalogue (popularity, EASE, the model) and
    its memory above the loaded model and data;
-4. top-10 for one user, warm (`infer.top_k`), and a load test of `recsys.serve` on 127.0.0.1.
+4. top-10 for one user, warm (`recsys.topn.stages.top_k`), and a load test of `recsys.serve` on 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -251,4 +251,4 @@ def test_the_readme_python_block_as_written(tmp_path):
 def test_the_readme_says_what_the_suite_needs():
     readme, conftest = (ROOT / "README.md").read_text(), (ROOT / "tests" / "conftest.py").read_text()
     assert "RECSYS_SHARED_DATA" in readme and "(set RECSYS_SHARED_DATA)" in conftest
-    assert "`make demo DATASET=ml-100k DATA_DIR=DIR`" in readme and "takes about" in readme
+    assert "`make demo DATASET=ml-100k DATA_DIR=DIR`" in readme and "minutes on 2 cores" in readme
