@@ -28,16 +28,13 @@ def log_share(history) -> np.ndarray:
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, histories, pool: np.ndarray):
+def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, seen: np.ndarray, pool: np.ndarray):
     """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
     retrieval cosines [n, N], the movies' log shares [M], the sparse item-item weights [M, M]
-    (`recsys.topn.neighbours`) and each user's history as an array of catalogue columns (`histories`, n)."""
+    (`recsys.topn.neighbours`) and the users' histories as catalogue columns `seen` [n, M] (bool)."""
     cols = np.maximum(pool, 0)
-    n, n_cols = pool.shape[0], weights.shape[0]
-    rows = np.repeat(np.arange(n), [len(h) for h in histories]) if n else np.zeros(0, np.int64)
-    flat = np.concatenate(list(histories)) if n else np.zeros(0, np.int64)
-    history = neighbours.history_matrix(n, n_cols, rows, flat.astype(np.int64))
-    item = neighbours.scores(history, weights, np.repeat(np.arange(n), pool.shape[1]), cols.ravel())
+    history = sp.csr_matrix(seen, dtype=np.float32)
+    item = neighbours.scores(history, weights, np.repeat(np.arange(len(pool)), pool.shape[1]), cols.ravel())
     return np.stack([cosine, share[cols], item.reshape(cols.shape)], axis=-1).astype(np.float32)
 
 

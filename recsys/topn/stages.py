@@ -80,19 +80,19 @@ def top_k(md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rat
 
 
 def second_stage_scores(
-    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, histories
+    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, seen: np.ndarray
 ) -> np.ndarray:
     """The second stage's scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the
     users' vectors in the retrieval model (`first` [n, D], unit) and in the second model (`second` [n, D]: a
     rating model's unit vectors, scored 5 cos in label space; a ranking model's raw outputs, scored by its
-    head from the towers and the pair features, which read each user's history: `histories`, n arrays of
+    head from the towers and the pair features, which read each user's history: `seen` [n, M], their
     catalogue columns)."""
     cols = np.maximum(pool, 0)
     if rerank.objective == "rating":
         return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
     cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
     a = rerank.arrays
-    features = pair_features(cosine, a["log_share"], rerank.item_item, histories, pool)
+    features = pair_features(cosine, a["log_share"], rerank.item_item, seen, pool)
     movies = a["movie_outputs"][rerank.movie_ids[cols]]
     return head_scores(rerank.head_params, second[:, None, :], movies, features)
 
@@ -104,8 +104,7 @@ def two_stage_lists(
     their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
     and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
     pool = top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
-    histories = [np.flatnonzero(row) for row in seen] if rerank.objective == "ranking" else None
-    scores = second_stage_scores(md, rerank, first, second, pool, histories)
+    scores = second_stage_scores(md, rerank, first, second, pool, seen)
     return pool, scores, rerank_pool(pool, scores, k)
 
 
