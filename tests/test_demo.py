@@ -81,6 +81,8 @@ def test_a_new_users_rated_movies_are_named_with_their_titles(small_dir, tmp_pat
         ("recsys.train", ["--objective", "retrieval", "--holdout", "1"], "--holdout must be in [0, 1), got 1.0"),
         ("recsys.train", ["--objective", "ranking", "--candidates-from", "x", "--hard-negatives", "2"],
          "--hard-negatives must be in [0, 1], got 2.0"),
+        ("recsys.train", ["--objective", "ranking", "--candidates-from", "x", "--item-neighbours", "0"],
+         "--item-neighbours must be at least 1, got 0"),
     ],
 )  # fmt: skip
 def test_a_flag_error_names_the_flag_and_its_value(module, args, needle):
