@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import socket
 import subprocess
@@ -51,18 +52,34 @@ def epoch_seconds(folder: Path, model: Path, *flags: str) -> float:
 CHAPTER_USER = {"gender": "F", "age": 25, "job": 4}  # a new user's features on the chapter's data
 
 
+MIXED = ["top10"] * 5 + ["similar"] * 2 + ["rated"] * 2 + ["movie"]
+
+
 def load_test(
-    retrieval: Path, ranking: Path | None, users: list[int], movies: list[int], n: int, clients: int, new=CHAPTER_USER
+    retrieval: Path,
+    ranking: Path | None,
+    users: list[int],
+    movies: list[int],
+    n: int,
+    clients: int,
+    new=CHAPTER_USER,
+    kinds: list[str] = MIXED,
+    flags: tuple[str, ...] = ("--log-level", "warning"),
+    env: dict | None = None,
 ) -> dict:
-    """`n` mixed requests from `clients` threads to `recsys.serve` on 127.0.0.1; `new`: a new user's features
-    (data without user features: {})."""
+    """`n` requests of `kinds` (drawn evenly) from `clients` threads to `recsys.serve FLAGS` on 127.0.0.1;
+    `new`: a new user's features (data without user features: {}). By default without the request log; `env`:
+    the server's environment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(retrieval)]
     cmd += ["--rerank", str(ranking)] if ranking is not None else []
-    server = subprocess.Popen(  # no request log: it would cost time and fill the pipe
-        cmd + ["--port", str(port), "--host", "127.0.0.1", "--log-level", "warning"], stdout=subprocess.PIPE
+    server = subprocess.Popen(
+        cmd + ["--port", str(port), "--host", "127.0.0.1", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         server.stdout.readline()
@@ -73,7 +90,6 @@ def load_test(
             except OSError:
                 time.sleep(0.05)
         rng = random.Random(0)
-        kinds = ["top10"] * 5 + ["similar"] * 2 + ["rated"] * 2 + ["movie"]
         plan = []
         for _ in range(n):
             kind, u, m = rng.choice(kinds), rng.choice(users), rng.choice(movies)
@@ -114,11 +130,13 @@ def load_test(
         wall = time.perf_counter() - t
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        _, _, usage = os.wait4(server.pid, 0)  # its peak memory too
+        server.returncode = 0
     top = np.array([d for k, d, _ in results if k == "top10"]) * 1e3
     every = np.array([d for _, d, _ in results]) * 1e3
     return {
-        "n": len(results), "errors": sum(s != 200 for _, _, s in results), "rps": len(results) / wall,
+        "n": len(results), "rss": usage.ru_maxrss * 1024, "errors": sum(s != 200 for _, _, s in results),
+        "rps": len(results) / wall,
         "top_p50": np.percentile(top, 50), "top_p99": np.percentile(top, 99),
         "all_p50": np.percentile(every, 50), "all_p99": np.percentile(every, 99),
     }  # fmt: skip

@@ -71,27 +71,29 @@ def top_n(
     candidates: int | None = None,
     ease_items: int = topn.EASE_MAX_ITEMS,
     baselines: bool = True,
+    search: str = "auto",
 ) -> tuple[list[dict], int]:
     """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
     the two stages over `stages.candidates_for(rerank, candidates)` candidates, with their recall): precision,
     recall, ndcg, hr at k, coverage, seconds. Also returns the number of users. EASE covers the `ease_items`
-    most-rated movies (0: no EASE row); `baselines` False leaves popularity and EASE out."""
+    most-rated movies (0: no EASE row); `baselines` False leaves popularity and EASE out. `search`: the first
+    stage's (see `Recommender`)."""
     check_data(md, data)
     candidates = stages.candidates_for(rerank, candidates)
-    two = Recommender(md, rerank, candidates) if rerank is not None else None
+    two = Recommender(md, rerank, candidates, search) if rerank is not None else None
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
     chosen = [topn.Popularity()] + ([topn.EASE(ease_lambda, ease_items)] if ease_items else [])
     for baseline in chosen if baselines else []:  # named once fitted: EASE says when it is capped
         rankers.append((lambda b=baseline: b.name, lambda b=baseline: b.fit(ranking).ranker()))
     kind = "retrieval" if md.objective == "retrieval" else "chapter model"
-    rankers.append((f"{kind} ({md.path.name})", lambda: Recommender(md).ranker()))
+    rankers.append((f"{kind} ({md.path.name})", lambda: Recommender(md, search=search).ranker()))
     pools: list[np.ndarray] = []
     if rerank is not None:
         second = "ranking network"
         if rerank.objective == "rating":
             second = "chapter model"
-            rankers.append((f"chapter model ({rerank.path.name})", lambda: Recommender(rerank).ranker()))
+            rankers.append((f"chapter model ({rerank.path.name})", lambda: Recommender(rerank, search=search).ranker()))
         name = f"two-stage: retrieval top {candidates} -> {second}"
         rankers.append((name, lambda: two.ranker(pools)))
     rows = []
@@ -149,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also score the baselines (global mean, biases, ALS; popularity, EASE) (default: on)",
     )
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="find the first stage's top movies by exact search over the whole catalogue, not through the model "
+        "dir's faiss index (the default from 20,000 movies on)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     for flag, ok, rule in (
@@ -160,13 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not ok:
             ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
-    rec = Recommender.load(args.model_dir, args.rerank, args.candidates)
+    search = "exact" if args.exact else "auto"
+    rec = Recommender.load(args.model_dir, args.rerank, args.candidates, search)
     md, rerank, rating = rec.model, rec.rerank, rec.rating_model
     data = _data_for(md, args)
     rows = compare(rating, data, args.baselines) if rating is not None or args.baselines else []
     candidates = max(rec.candidates, args.k)  # the rule of infer and serve too
     ranked, n_users = top_n(
-        md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates, args.ease_items, args.baselines
+        md, data, args.k, args.relevant, args.ease_lambda, rerank, candidates, args.ease_items, args.baselines, search
     )
     n_test = int(data.is_test.sum())
     head = {"dataset": data.meta.dataset, "split": data.split, "n_train": len(data.user) - n_test, "n_test": n_test}

@@ -25,7 +25,7 @@ from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, by_score, evaluate, fingerprint, stages
+from recsys.topn import Interactions, evaluate, fingerprint, nearest, stages
 
 Path = str | os.PathLike
 
@@ -90,19 +90,26 @@ def _movie(md: ModelDir, row: int, **values) -> dict:
 class Recommender:
     """A model dir, or a retrieval model and its second stage (a ranking network or a rating model), that
     answers in the data's own ids. `candidates`: how many retrieval candidates the second stage reorders
-    (default: the number a ranking network was trained on, 100 for a rating model)."""
+    (default: the number a ranking network was trained on, 100 for a rating model). `search`: how the first
+    stage finds a user's top movies: "exact" over the whole catalogue, "faiss" through the model dir's index,
+    or "auto", the index from `recsys.modeldir.index.SAVED_FROM` movies on (see `recsys.topn.nearest`)."""
 
-    def __init__(self, model: ModelDir, rerank: ModelDir | None = None, candidates: int | None = None):
+    def __init__(
+        self, model: ModelDir, rerank: ModelDir | None = None, candidates: int | None = None, search: str = "auto"
+    ):
         if rerank is not None:
             check_pair(model, rerank)
         if candidates is not None and candidates < 1:
             raise RecsysError(f"candidates must be at least 1, got {candidates}")
-        self.model, self.rerank, self._candidates = model, rerank, candidates
+        nearest.uses_index(search, len(model.movie_ids))  # checks `search`
+        self.model, self.rerank, self._candidates, self.search = model, rerank, candidates, search
 
     @classmethod
-    def load(cls, model_dir: Path, rerank: Path | None = None, candidates: int | None = None) -> Recommender:
+    def load(
+        cls, model_dir: Path, rerank: Path | None = None, candidates: int | None = None, search: str = "auto"
+    ) -> Recommender:
         """Load a model dir (and the second stage's), checking that the two belong together."""
-        return cls(ModelDir.load(model_dir), None if rerank is None else ModelDir.load(rerank), candidates)
+        return cls(ModelDir.load(model_dir), None if rerank is None else ModelDir.load(rerank), candidates, search)
 
     # what it is
 
@@ -254,7 +261,7 @@ class Recommender:
     def _lists(self, k: int, user: int | None, cold=None, rated=()) -> dict:
         md, rerank = self.model, self.rerank
         if rerank is None:
-            recs = stages.top_k(md, user, k, cold, rated)
+            recs = stages.top_k(md, user, k, cold, rated, self.search)
             if md.objective == "rating":
                 rows = [_movie(md, m, score=s, stars=stars(s)) for m, s in recs]
             else:
@@ -262,7 +269,7 @@ class Recommender:
             return {"stages": self.stages, "recommendations": rows}
         candidates = max(self.candidates, k)
         rows = []
-        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated):
+        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated, self.search):
             extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
             rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
         return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
@@ -283,14 +290,14 @@ class Recommender:
         as `recsys.topn.evaluate` takes it. With two stages, each batch's candidates are appended to `pools`."""
         md, rerank = self.model, self.rerank
         if rerank is None:
-            users, movies = md.arrays["user_vectors"], md.catalogue_vectors
-            return by_score(lambda u: users[u] @ movies.T)
+            users, movies, ix = md.arrays["user_vectors"], md.catalogue_vectors, stages.movie_index(md, self.search)
+            return lambda u, seen, k: nearest.top_k(ix, movies, users[u], seen, k)[0]
         first = md.arrays["user_vectors"]
         second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
 
         def rank(users, seen, k):
             pool, _, best = stages.two_stage_lists(
-                md, rerank, first[users], second[users], seen, k, max(self.candidates, k)
+                md, rerank, first[users], second[users], seen, k, max(self.candidates, k), self.search
             )
             if pools is not None:
                 pools.append(pool)
@@ -309,7 +316,7 @@ class Recommender:
     def similar(self, movie: int, k: int = 10) -> dict:
         """The k movies nearest to `movie` by the cosine of their movie-tower vectors."""
         md, row, k = self.model, self.movie_row(movie), self._k(k)
-        rows = [_movie(md, m, cosine=c) for m, c in stages.similar(md, row, k)]
+        rows = [_movie(md, m, cosine=c) for m, c in stages.similar(md, row, k, self.search)]
         return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "similar": rows}
 
     def predict(self, user: int, movie: int) -> dict:

@@ -9,15 +9,29 @@ pair of model dirs from start to end. Needs the `serve` extra: `pip install -e "
 from __future__ import annotations
 
 import argparse
+import sys
 
 from recsys.errors import ArgumentParser, RecsysError, cli
 
 
-def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None):
+def create_app(
+    model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None, search: str = "auto"
+):
     """The FastAPI application serving these model dirs (see `recsys.service.api`)."""
     from recsys.service import api
 
-    return api.create_app(model_dir, rerank, reload_interval, candidates)
+    return api.create_app(model_dir, rerank, reload_interval, candidates, search)
+
+
+def one_thread_per_request() -> None:
+    """A request's products are small: BLAS and faiss threads only contend with each other (and with the next
+    request) on them, so the server computes each request on one thread (a two-stage top-10 for one user takes
+    about a third of the time that way on 2 cores: `benchmarks/scale.py`)."""
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(1)
 
 
 @cli
@@ -32,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
         "for a rating model; a larger k widens them to k)",
+    )
+    ap.add_argument(
+        "--exact",
+        action="store_true",
+        help="find the first stage's top movies by exact search over the whole catalogue, not through the model "
+        "dir's faiss index (the default from 20,000 movies on)",
     )
     ap.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     ap.add_argument("--port", type=int, default=8000, help="default: %(default)s")
@@ -53,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--reload-interval must not be negative, got {args.reload_interval}")
     import uvicorn  # the serve extra: a missing one is a one-line error naming the install command
 
-    app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates)
+    search = "exact" if args.exact else "auto"
+    app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates, search)
+    one_thread_per_request()
     print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

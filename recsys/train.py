@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recsys import movielens
 from recsys.errors import ArgumentParser, cli
+from recsys.modeldir import index
 from recsys.topn import neighbours
 from recsys.training import checkpoint
 from recsys.training.loop import check_environment, set_device, split_indices, train
@@ -177,6 +178,12 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         "largest magnitude (default: %(default)s)",
     )
     ranking.add_argument(
+        "--exact",
+        action="store_true",
+        help="find the candidates by exact search over the whole catalogue, not through the retrieval model's "
+        f"faiss index (its default from {index.SAVED_FROM:,} movies on)",
+    )
+    ranking.add_argument(
         "--positive-weight",
         choices=("stars", "one"),
         default="stars",
@@ -214,7 +221,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         args.temperature = args.negatives = args.holdout = None
     if objective != "ranking":
         args.candidates_from = args.candidates = args.negatives_per_positive = None
-        args.hard_negatives = args.positive_weight = args.train_towers = args.item_neighbours = None
+        args.hard_negatives = args.positive_weight = args.train_towers = args.item_neighbours = args.exact = None
     if objective == "rating":
         args.positive = None  # not part of the chapter's recipe
     else:

@@ -469,7 +469,8 @@ def _candidates(data, t: Trainer, seed: int = 0):
     import scipy.sparse as sp
 
     from recsys.topn import neighbours
-    from recsys.training.ranking import Candidates, rating_keys
+    from recsys.topn.lists import rating_keys
+    from recsys.training.ranking import Candidates
 
     rng = np.random.RandomState(seed)
     n_users, n_movies = data.sizes()["n_users"], len(t.catalogue)

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.topn import neighbours
-from recsys.training.ranking import contains, rating_keys
+from recsys.topn.lists import contains, rating_keys
 
 
 def _histories(seed: int, n_users: int = 40, n_movies: int = 12) -> tuple[np.ndarray, sp.csr_matrix]:

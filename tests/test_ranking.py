@@ -15,7 +15,8 @@ from recsys import movielens
 from recsys.data import history
 from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
-from recsys.training.ranking import Candidates, rating_keys
+from recsys.topn.lists import rating_keys
+from recsys.training.ranking import Candidates
 from recsys.training.trainer import Trainer
 
 U1 = ["--dataset", "ml-100k", "--split", "u1"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
+from recsys.modeldir import index
 from recsys.modeldir.predictor import Predictor
 from recsys.movielens import Tables
 
@@ -327,6 +328,19 @@ class ModelDir:
         """Unit movie-tower vectors of the dataset's movies, in `movie_ids` (catalogue) order."""
         return self.arrays["movie_vectors"][self.movie_ids]
 
+    @functools.cached_property
+    def movie_index(self):
+        """The faiss index of `catalogue_vectors` (`recsys.modeldir.index`): the saved one, else built now."""
+        if not self.meta.get("index"):
+            return index.build(self.catalogue_vectors)
+        try:
+            ix = index.from_bytes(self.files.read(index.FILE))
+        except ValueError as e:
+            raise damaged(self.path, index.FILE, f"unreadable: {e}") from None
+        if (ix.ntotal, ix.d) != self.catalogue_vectors.shape:
+            raise damaged(self.path, index.FILE, f"{ix.ntotal} x {ix.d} vectors, not the catalogue's")
+        return ix
+
     @property
     def objective(self) -> str:
         """ "rating" (the chapter's regression), "retrieval" (the candidate-generation softmax) or "ranking"."""
@@ -356,14 +370,14 @@ class ModelDir:
 
     @functools.cached_property
     def item_item(self):
-        """A ranking model's sparse item-item weights [M, M] (`recsys.topn.neighbours`; a model saved with the
-        dense EASE weights of earlier versions gives those)."""
+        """A ranking model's sparse item-item weights [M, M], by column (`recsys.topn.neighbours`; a model saved
+        with the dense EASE weights of earlier versions gives those)."""
         import scipy.sparse as sp
 
         a, n = self.arrays, len(self.movie_ids)
         if "item_item" in a:
-            return sp.csr_matrix(a["item_item"])
-        return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
+            return sp.csc_matrix(a["item_item"])
+        return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n)).tocsc()
 
     @functools.cached_property
     def network(self):

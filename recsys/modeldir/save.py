@@ -14,6 +14,7 @@ import numpy as np
 
 from recsys.data.history import Histories
 from recsys.errors import RecsysError
+from recsys.modeldir import index
 from recsys.modeldir.load import COLD_GRID, FORMAT, MANIFEST, PREFIX, SCORES, cold_feeds, sha256_hex, tower_outputs
 from recsys.movielens import MovieLens, Tables, age_table
 
@@ -115,18 +116,23 @@ def save(
         net.train()
         params = {k: v.numpy() for k, v in net.state_dict().items()}
         np.savez(tmp / "params.npz", **params)
+        vectors = tower_vectors(
+            net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
+        )
+        catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
+        indexed = _write_index(tmp, vectors["movie_vectors"][catalogue], settings)
         np.savez(
             tmp / "arrays.npz",
             user_table=data.tables.user,
             movie_category=data.tables.category,
             movie_title=data.tables.title,
-            **tower_vectors(net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None),
+            **vectors,
             user_ids=data.meta.user_ids,
             movie_ids=data.meta.movie_ids,
             **_ratings_csr(data),
             **(extra or {}),
         )
-        doc = _meta(data, settings, [spec.name for spec in specs], history)
+        doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
         (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
         write_metrics(tmp, metrics)
         if checkpoint is not None:
@@ -145,6 +151,17 @@ def save(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _write_index(folder: Path, catalogue_vectors: np.ndarray, settings: dict) -> dict | None:
+    """The first stage's faiss index of the catalogue vectors, saved from `index.SAVED_FROM` movies on (a
+    ranking model needs none): what meta.json says of it, None when none was saved."""
+    if settings.get("objective") == "ranking" or len(catalogue_vectors) < index.SAVED_FROM:
+        return None
+    t = time.perf_counter()
+    (folder / index.FILE).write_bytes(index.to_bytes(index.build(catalogue_vectors)))
+    return {"file": index.FILE, "kind": index.KIND, "ef_construction": index.EF_CONSTRUCTION,
+            "movies": len(catalogue_vectors), "build_seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
 
 
 def _meta(data: MovieLens, settings: dict, feed_names: list[str], history: bool) -> dict:

@@ -206,7 +206,9 @@ async def page():
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None):
+def create_app(
+    model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None, search: str = "auto"
+):
     """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets)."""
     app = FastAPIOffline(
         redoc_url=None,  # ReDoc's bundle fetches its logo from its vendor's site
@@ -214,7 +216,7 @@ def create_app(model_dir, rerank=None, reload_interval: float = 2.0, candidates:
         description="The chapter's recommender: two-stage top-N, ratings, similar movies",
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
     )
-    app.state.holder = Holder(model_dir, rerank, reload_interval, candidates)
+    app.state.holder = Holder(model_dir, rerank, reload_interval, candidates, search)
     app.include_router(router)
     for kind, handler in HANDLERS.items():
         app.add_exception_handler(kind, handler)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 from recsys.recommender import Recommender
+from recsys.topn import stages
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -19,26 +20,27 @@ def _stamp(path: Path | None) -> tuple:
     return (st.st_ino, os.stat(inner).st_mtime_ns)
 
 
-def load(paths: tuple[Path, Path | None], candidates: int | None) -> tuple[Recommender, tuple]:
-    """Load and check the pair, and build the predictor now, before any request needs it; with the stamp of
-    what was loaded."""
+def load(paths: tuple[Path, Path | None], candidates: int | None, search: str) -> tuple[Recommender, tuple]:
+    """Load and check the pair, and build the predictor and read the index now, before any request needs
+    them; with the stamp of what was loaded."""
     try:
         stamp = (_stamp(paths[0]), _stamp(paths[1]))  # before loading: a save after it shows as a change
     except OSError:
         stamp = ()  # ModelDir.load says what is missing
-    rec = Recommender.load(paths[0], paths[1], candidates)
+    rec = Recommender.load(paths[0], paths[1], candidates, search)
     if rec.rating_model is not None:
         rec.rating_model.predictor  # noqa: B018 -- created here, off the request path
+    stages.movie_index(rec.model, search)
     return rec, stamp
 
 
 class Holder:
     """The current `Recommender`, replaced whole by a background thread when a newer save appears."""
 
-    def __init__(self, model_dir, rerank=None, interval: float = 2.0, candidates: int | None = None):
+    def __init__(self, model_dir, rerank=None, interval: float = 2.0, candidates: int | None = None, search="auto"):
         self.paths = (Path(model_dir), Path(rerank) if rerank is not None else None)
-        self.candidates = candidates
-        self.current, self.stamp = load(self.paths, candidates)
+        self.candidates, self.search = candidates, search
+        self.current, self.stamp = load(self.paths, candidates, search)
         self.last_error: str | None = None
         self.interval = interval
         self._stop = threading.Event()
@@ -52,7 +54,7 @@ class Holder:
             stamp = (_stamp(self.paths[0]), _stamp(self.paths[1]))
             if stamp == self.stamp:
                 return False
-            self.current, self.stamp = load(self.paths, self.candidates)
+            self.current, self.stamp = load(self.paths, self.candidates, self.search)
             self.last_error = None
             return True
         except (OSError, RecsysError) as e:  # mid-swap or damaged: keep serving what we have

@@ -51,3 +51,14 @@ def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarra
 def by_score(score_fn):
     """A ranker from a scorer: `score_fn(user ids) -> [n, M]` becomes `(user ids, seen, k) -> top-k columns`."""
     return lambda users, seen, k: top_k_lists(score_fn(users), seen, k)
+
+
+def rating_keys(user: np.ndarray, col: np.ndarray, n_cols: int) -> np.ndarray:
+    """The sorted, distinct keys `user * n_cols + col` of these ratings (what `contains` looks up)."""
+    return np.unique(user.astype(np.int64) * n_cols + col)
+
+
+def contains(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """[n] bool: each query key is among the sorted `keys`."""
+    at = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
+    return keys[at] == query if len(keys) else np.zeros(len(query), bool)

@@ -18,6 +18,7 @@ from recsys.topn.baselines import EASE_MAX_ITEMS, _weights_from_gram, cooccurren
 
 K = 300  # weights per movie: chosen on the ml-100k folds' validation splits (README, "Choosing the defaults")
 LAMBDA = 500.0  # EASE's L2 weight, as the baseline's
+DENSE_PRODUCT = 1 << 22  # `scores` multiplies out at most this many (user, movie) cells at once
 
 
 def history_matrix(n_users: int, n_cols: int, user: np.ndarray, col: np.ndarray) -> sp.csr_matrix:
@@ -60,11 +61,16 @@ def _strongest_per_column(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return row[place < k], col[place < k]
 
 
-def scores(history: sp.csr_matrix, weights: sp.csr_matrix, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def scores(history: sp.csr_matrix, weights, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The item-item score of aligned (user, column) pairs: the user's history dotted with the column's
-    weights. [n] float32."""
+    weights (CSR, or CSC: faster, the columns are sliced). [n] float32."""
     if len(users) == 0:
         return np.zeros(0, np.float32)
     distinct, row = np.unique(users, return_inverse=True)
+    if weights.format == "csc":  # only the columns asked for, and their product dense when it is small
+        wanted, col = np.unique(cols, return_inverse=True)
+        if len(distinct) * len(wanted) <= DENSE_PRODUCT:
+            product = (history[distinct] @ weights[:, wanted]).toarray()
+            return product[row, col].astype(np.float32)
     product = (history[distinct] @ weights).tocsr()  # [distinct users, M], sparse
     return np.asarray(product[row, cols], np.float32).ravel()

@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn import neighbours
-from recsys.topn.lists import top_k_lists
+from recsys.topn import nearest, neighbours
 
 
-def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, chunk: int = 1024) -> np.ndarray:
+def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, chunk: int = 1024):
     """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] (bool, or sparse 0/1) excluded,
-    a chunk of users at a time (only a chunk's rows are ever dense)."""
-    dense = (lambda s: seen[s : s + chunk].toarray() > 0) if sp.issparse(seen) else (lambda s: seen[s : s + chunk])
+    a chunk of users at a time (only a chunk's rows are ever dense), through the faiss index `ix` when given
+    (`recsys.topn.nearest`)."""
     parts = [
-        top_k_lists(user_vectors[s : s + chunk] @ movie_vectors.T, dense(s), n)
+        nearest.top_k(ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
         for s in range(0, len(user_vectors), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from recsys.modeldir import ModelDir
-from recsys.topn.lists import rerank_pool, top_k_lists
+from recsys.topn import nearest
+from recsys.topn.lists import rerank_pool
 from recsys.topn.rerank import head_scores, pair_features
 
 CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
@@ -38,13 +39,18 @@ def predict(md: ModelDir, user: int, movies, cold: tuple | None = None) -> np.nd
     return md.predictor(feeds)[:, 0]
 
 
-def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=()) -> list[tuple[int, float]]:
+def movie_index(md: ModelDir, search: str = "auto"):
+    """The faiss index that `search` ("auto", "exact", "faiss"; see `recsys.topn.nearest`) finds a first
+    stage's top movies with, or None for exact search."""
+    return md.movie_index if nearest.uses_index(search, len(md.movie_ids)) else None
+
+
+def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto") -> list[tuple[int, float]]:
     """The k movies (rows) whose unit movie vectors have the largest dot product with `vector`: (row, value).
     Ties go to the smaller movie id."""
-    values = md.catalogue_vectors @ vector
     seen = np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))
-    cols = top_k_lists(values[None], seen[None], k)[0]
-    return [(int(md.movie_ids[c]), float(values[c])) for c in cols if c >= 0]
+    cols, values = nearest.top_k(movie_index(md, search), md.catalogue_vectors, vector[None], seen[None], k)
+    return [(int(md.movie_ids[c]), float(v)) for c, v in zip(cols[0], values[0]) if c >= 0]
 
 
 def scale(md: ModelDir) -> float:
@@ -72,10 +78,12 @@ def seen(md: ModelDir, user: int | None, rated=()) -> np.ndarray:
     return movies[~is_test]
 
 
-def top_k(md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=()) -> list[tuple[int, float]]:
+def top_k(
+    md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=(), search: str = "auto"
+) -> list[tuple[int, float]]:
     """The k best-scored movies (rows) the user has not rated in the training split, or, for a new user with
     feature ids `cold`, has not named in `rated`: (row, score) pairs."""
-    values = rank(md, vector(md, user, cold, rated), k, seen(md, user, rated))
+    values = rank(md, vector(md, user, cold, rated), k, seen(md, user, rated), search)
     return [(m, scale(md) * v) for m, v in values]
 
 
@@ -98,12 +106,12 @@ def second_stage_scores(
 
 
 def two_stage_lists(
-    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, seen: np.ndarray, k: int, candidates: int
+    md: ModelDir, rerank: ModelDir, first, second, seen: np.ndarray, k: int, candidates: int, search: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
     their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
     and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
-    pool = top_k_lists(first @ md.catalogue_vectors.T, seen, candidates)
+    pool = nearest.top_k(movie_index(md, search), md.catalogue_vectors, first, seen, candidates)[0]
     scores = second_stage_scores(md, rerank, first, second, pool, seen)
     return pool, scores, rerank_pool(pool, scores, k)
 
@@ -116,14 +124,21 @@ def user_vectors(md: ModelDir, rerank: ModelDir, user: int | None, cold=None, ra
 
 
 def two_stage(
-    md: ModelDir, rerank: ModelDir, k: int, candidates: int, user: int | None = None, cold=None, rated=()
+    md: ModelDir,
+    rerank: ModelDir,
+    k: int,
+    candidates: int,
+    user: int | None = None,
+    cold=None,
+    rated=(),
+    search: str = "auto",
 ) -> list[tuple[int, float, float, int]]:
     """The retrieval model's top `candidates` unrated movies, reordered by the second model's score:
     (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
     model's label-space score, or a ranking model's logit."""
     first, second = user_vectors(md, rerank, user, cold, rated)
     mask = np.isin(md.movie_ids, seen(md, user, rated))[None]
-    pool, scores, best = (a[0] for a in two_stage_lists(md, rerank, first, second, mask, k, candidates))
+    pool, scores, best = (a[0] for a in two_stage_lists(md, rerank, first, second, mask, k, candidates, search))
     place = {c: i for i, c in enumerate(pool.tolist())}
     return [
         (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first[0]), place[c] + 1)
@@ -131,6 +146,6 @@ def two_stage(
     ]  # fmt: skip
 
 
-def similar(md: ModelDir, movie: int, k: int) -> list[tuple[int, float]]:
+def similar(md: ModelDir, movie: int, k: int, search: str = "auto") -> list[tuple[int, float]]:
     """The k movies (rows) nearest to the movie row `movie` by the cosine of their movie-tower vectors."""
-    return rank(md, md.arrays["movie_vectors"][movie], k, exclude=[movie])
+    return rank(md, md.arrays["movie_vectors"][movie], k, [movie], search)

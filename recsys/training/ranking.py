@@ -17,7 +17,9 @@ import scipy.sparse as sp
 
 from recsys.errors import RecsysError
 from recsys.topn import neighbours
+from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import candidate_pool, fingerprint, log_share
+from recsys.topn.stages import movie_index
 
 
 def holdout_mask(n: int, train_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -44,7 +46,7 @@ class Candidates:
     user_vectors: np.ndarray
     movie_vectors: np.ndarray
     history: sp.csr_matrix
-    item_item: sp.csr_matrix
+    item_item: sp.csc_matrix
     log_share: np.ndarray
     rated: np.ndarray
     pool: np.ndarray
@@ -78,17 +80,6 @@ class Candidates:
             cols[bad] = rng.randint(n_cols, size=int(bad.sum()))
         cols[self.is_rated(users, cols)] = -1
         return cols
-
-
-def rating_keys(user: np.ndarray, col: np.ndarray, n_cols: int) -> np.ndarray:
-    """The sorted, distinct keys `user * n_cols + col` of these ratings (what `contains` looks up)."""
-    return np.unique(user.astype(np.int64) * n_cols + col)
-
-
-def contains(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """[n] bool: each query key is among the sorted `keys`."""
-    at = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
-    return keys[at] == query if len(keys) else np.zeros(len(query), bool)
 
 
 def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> sp.csr_matrix:
@@ -143,7 +134,8 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     trained = np.flatnonzero(~data.is_test)
     rated, fit_history = _columns(data, t.catalogue, trained), _columns(data, t.catalogue, fit)
     rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
-    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates)
+    ix = movie_index(retrieval, "exact" if getattr(args, "exact", False) else "auto")
+    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
     rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
     in_pool = np.unique((rows * n_cols + fit_pool.ravel())[fit_pool.ravel() >= 0])
@@ -156,15 +148,15 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fit_users,
         movies,
         fit_history,
-        neighbours.fit(fit_history, n_neighbours),
+        neighbours.fit(fit_history, n_neighbours).tocsc(),
         log_share(fit_history),
         rated_keys,
         fit_pool,
     )
     t.item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
-    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates)
+    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates, ix)
     t.candidates = Candidates(
-        retrieval.arrays["user_vectors"], movies, rated, t.item_item, log_share(rated), rated_keys, full_pool
+        retrieval.arrays["user_vectors"], movies, rated, t.item_item.tocsc(), log_share(rated), rated_keys, full_pool
     )
     t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
     t.positive_weight = args.positive_weight

@@ -1,0 +1,78 @@
+"""A user's nearest movies by inner product: exact (NumPy over the whole catalogue, the reference) or through
+a faiss HNSW index of the unit catalogue vectors (faiss-cpu: the maintained nearest-neighbour library).
+
+The index is asked for k + the number of movies a user rated, the rated ones are dropped, and a row that
+still has fewer than k is answered exactly, so a list is never short and never holds a rated movie. Lists
+break ties by the smaller column either way. The settings were chosen by `benchmarks/faiss_index.py` (recall@200
+against exact search, and the time per user)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.errors import RecsysError
+from recsys.modeldir import index
+from recsys.topn.lists import contains, top_k_lists
+
+EF_SEARCH = 512  # the least breadth of a search (raised to the number of movies asked for)
+SEARCHES = ("auto", "exact", "faiss")
+
+
+def uses_index(search: str, n_movies: int) -> bool:
+    """Whether `search` ("auto", "exact" or "faiss") goes through the index for a catalogue of `n_movies`."""
+    if search not in SEARCHES:
+        raise RecsysError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    return search == "faiss" or (search == "auto" and n_movies >= index.SAVED_FROM)
+
+
+def top_k(
+    ix, vectors: np.ndarray, queries: np.ndarray, seen, k: int, ef_search: int = EF_SEARCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best columns outside its `seen` ones (bool [n, M], or sparse 0/1), best first, and
+    their inner products: ([n, k] columns, -1 where the catalogue has fewer; [n, k] values). Through the
+    faiss index `ix` (`recsys.modeldir.index`) when given, else exact over `vectors` [M, D]."""
+    if ix is None:
+        scores = queries @ vectors.T
+        cols = top_k_lists(scores, seen.toarray() > 0 if sp.issparse(seen) else seen, k)
+        return cols, np.where(cols >= 0, np.take_along_axis(scores, np.maximum(cols, 0), 1), 0.0)
+    seen = sp.csr_matrix(seen, dtype=bool)
+    seen.sort_indices()
+    n, m, k = len(queries), len(vectors), min(k, len(vectors))
+    cols = np.full((n, k), -1, np.int64)
+    ask = 1 << np.ceil(np.log2(np.maximum(k + np.diff(seen.indptr), 1))).astype(np.int64)  # rows share a power of 2
+    exact = ask * 4 > m  # asking for a quarter of the catalogue: cheaper over all of it
+    for size in np.unique(ask[~exact]):
+        rows = np.flatnonzero((ask == size) & ~exact)
+        cols[rows], short = _searched(ix, queries[rows], seen[rows], int(size), k, ef_search)
+        exact[rows[short]] = True
+    if exact.any():
+        rows = np.flatnonzero(exact)
+        cols[rows] = top_k(None, vectors, queries[rows], seen[rows], k)[0]
+    values = np.einsum("nd,nkd->nk", queries, vectors[np.maximum(cols, 0)])
+    return cols, np.where(cols >= 0, values, 0.0)
+
+
+def _searched(ix, queries: np.ndarray, seen: sp.csr_matrix, ask: int, k: int, ef: int) -> tuple:
+    """The index's `ask` nearest of each query, seen columns dropped, the first k kept in (value, column)
+    order: ([n, k] columns, [n] bool rows left with fewer than k)."""
+    params = index.faiss().SearchParametersHNSW(efSearch=max(ef, ask))
+    values, labels = ix.search(np.ascontiguousarray(queries, np.float32), ask, params=params)
+    rows = np.repeat(np.arange(len(queries)), ask)
+    keep = labels.ravel() >= 0
+    keep[keep] = ~_is_seen(seen, rows[keep], labels.ravel()[keep])
+    rows, col, value = rows[keep], labels.ravel()[keep], values.ravel()[keep]
+    order = np.lexsort((col, -value, rows))
+    rows, col = rows[order], col[order]
+    place = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    first = place < k
+    out = np.full((len(queries), k), -1, np.int64)
+    out[rows[first], place[first]] = col[first]
+    return out, np.bincount(rows[first], minlength=len(queries)) < k
+
+
+def _is_seen(seen: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """[n] bool: column `cols[i]` is among row `rows[i]`'s seen columns (sorted indices)."""
+    m = seen.shape[1]
+    keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * m + seen.indices
+    return contains(keys, rows.astype(np.int64) * m + cols)
