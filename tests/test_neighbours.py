@@ -61,7 +61,14 @@ def test_pair_scores_are_the_history_dotted_with_the_column():
     weights = neighbours.fit(history, k=4, lam=5.0)
     users, cols = np.array([0, 7, 7, 39, 0]), np.array([1, 2, 11, 0, 1])
     want = (x.astype(np.float64) @ weights.toarray())[users, cols]
-    np.testing.assert_allclose(neighbours.scores(history, weights, users, cols), want, rtol=1e-5, atol=1e-6)
+    for w in (weights, weights.tocsc()):  # by row, or by column (as a loaded model and the trainer hold them)
+        np.testing.assert_allclose(neighbours.scores(history, w, users, cols), want, rtol=1e-5, atol=1e-6)
+    small = neighbours.DENSE_PRODUCT
+    try:  # past the dense product's size the columns' product stays sparse: the same scores
+        neighbours.DENSE_PRODUCT = 1
+        np.testing.assert_allclose(neighbours.scores(history, weights.tocsc(), users, cols), want, rtol=1e-5, atol=1e-6)
+    finally:
+        neighbours.DENSE_PRODUCT = small
 
 
 def test_rated_keys_answer_what_a_dense_table_would():
