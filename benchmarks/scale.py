@@ -42,11 +42,12 @@ from recsys.serve import one_thread_per_request
 GB = 2**30
 _LOAD = """
 import json, resource, sys, time
+import numpy as np
 from recsys import movielens
 t = time.perf_counter()
 d = movielens.load(sys.argv[1], sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t, "ratings": len(d.user), "movies": len(d.meta.movies),
-                  "users": len(d.meta.users)}))
+                  "users": len(np.unique(d.user))}))
 """
 _TOP_N = """
 import json, resource, sys, time
@@ -184,9 +185,10 @@ def main() -> None:
         (f"one retrieval epoch, training (s), {how}", f"{retrieval['epoch']:.0f}",
          f"{retrieval['epoch'] / rating['epoch']:.2f}x the rating epoch; "
          f"{retrieval['samples_per_s']:,.0f} samples/s", "<= 2x"),
-        (f"one ranking epoch, training (s), {how}", f"{ranking['epoch']:.0f}",
-         f"{ranking['epoch'] / rating['epoch']:.2f}x the rating epoch; {ranking['wall']:.0f} s wall with its "
-         "candidates and item-item model", "<= 3x"),
+        ("one ranking epoch, with its evaluation (s), measured", f"{ranking['seconds']:.0f}",
+         f"{ranking['seconds'] / rating['epoch']:.2f}x the rating epoch; before it, "
+         f"{ranking['wall'] - ranking['seconds']:.0f} s to load, find the candidates and fit the item-item model",
+         "<= 3x"),
         ("training peak RSS, rating / retrieval / ranking (GB)",
          f"{rating['rss'] / GB:.1f} / {retrieval['rss'] / GB:.1f} / {ranking['rss'] / GB:.1f}", "",
          "<= 6 / 6 / 8 GB"),

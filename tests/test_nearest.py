@@ -18,7 +18,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_index_lists_equal_exact_lists_and_skip_every_rated_movie():
+@pytest.mark.parametrize("dense_seen", [nearest.DENSE_SEEN, 1])  # rated movies from a dense table, or by keys
+def test_index_lists_equal_exact_lists_and_skip_every_rated_movie(monkeypatch, dense_seen):
+    monkeypatch.setattr(nearest, "DENSE_SEEN", dense_seen)
     rng = np.random.RandomState(0)
     vectors, queries = _unit(rng.randn(5000, 16)), _unit(rng.randn(6, 16))
     seen = np.zeros((6, 5000), bool)

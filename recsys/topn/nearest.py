@@ -17,6 +17,7 @@ from recsys.topn.lists import contains, top_k_lists
 
 EF_SEARCH = 512  # the least breadth of a search (raised to the number of movies asked for)
 SEARCHES = ("auto", "exact", "faiss")
+DENSE_SEEN = 1 << 27  # a batch's seen columns are looked up in a dense [n, M] table up to this many cells
 
 
 def uses_index(search: str, n_movies: int) -> bool:
@@ -58,21 +59,17 @@ def _searched(ix, queries: np.ndarray, seen: sp.csr_matrix, ask: int, k: int, ef
     order: ([n, k] columns, [n] bool rows left with fewer than k)."""
     params = index.faiss().SearchParametersHNSW(efSearch=max(ef, ask))
     values, labels = ix.search(np.ascontiguousarray(queries, np.float32), ask, params=params)
-    rows = np.repeat(np.arange(len(queries)), ask)
-    keep = labels.ravel() >= 0
-    keep[keep] = ~_is_seen(seen, rows[keep], labels.ravel()[keep])
-    rows, col, value = rows[keep], labels.ravel()[keep], values.ravel()[keep]
-    order = np.lexsort((col, -value, rows))
-    rows, col = rows[order], col[order]
-    place = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    first = place < k
-    out = np.full((len(queries), k), -1, np.int64)
-    out[rows[first], place[first]] = col[first]
-    return out, np.bincount(rows[first], minlength=len(queries)) < k
+    bad = (labels < 0) | _is_seen(seen, labels)
+    order = np.lexsort((labels, -np.where(bad, -np.inf, values)))[:, :k]  # each row: best first, then smaller
+    good = np.take_along_axis(~bad, order, 1)
+    return np.where(good, np.take_along_axis(labels, order, 1), -1), good.sum(axis=1) < k
 
 
-def _is_seen(seen: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """[n] bool: column `cols[i]` is among row `rows[i]`'s seen columns (sorted indices)."""
-    m = seen.shape[1]
-    keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * m + seen.indices
-    return contains(keys, rows.astype(np.int64) * m + cols)
+def _is_seen(seen: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
+    """[n, L] bool: label `labels[i, j]` (-1: none) is among row i's seen columns (sorted indices)."""
+    n, m = seen.shape
+    cols = np.maximum(labels, 0)
+    if n * m <= DENSE_SEEN:
+        return np.take_along_axis(seen.toarray(), cols, 1)
+    keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(seen.indptr)) * m + seen.indices
+    return contains(keys, (np.arange(n, dtype=np.int64)[:, None] * m + cols).ravel()).reshape(labels.shape)

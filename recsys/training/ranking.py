@@ -137,8 +137,9 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ix = movie_index(retrieval, "exact" if getattr(args, "exact", False) else "auto")
     fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
+    sorted_pool = np.sort(fit_pool, axis=1).ravel()  # a row's candidates are distinct: its keys, ascending
     rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
-    in_pool = np.unique((rows * n_cols + fit_pool.ravel())[fit_pool.ravel() >= 0])
+    in_pool = (rows * n_cols + sorted_pool)[sorted_pool >= 0]
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(t.catalogue, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     n_val = int(round(len(labels) * args.val_ratio))

@@ -36,6 +36,7 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
 
 
 EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
+EVAL_CELLS = 1 << 31  # ... and at most this many ratings x movies (24,519 ratings at ml-32m's 87,585 movies)
 
 
 class Trainer:
@@ -275,8 +276,9 @@ class Trainer:
                     total += float(loss) * len(part)
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
-        if len(idx) > EVAL_RATINGS:  # a seeded sample, the same at every evaluation
-            idx = np.sort(np.random.RandomState(len(idx)).choice(idx, EVAL_RATINGS, replace=False))
+        n = min(EVAL_RATINGS, EVAL_CELLS // len(movies))
+        if len(idx) > n:  # a seeded sample, the same at every evaluation
+            idx = np.sort(np.random.RandomState(len(idx)).choice(idx, n, replace=False))
         total, rows = 0.0, max(16, min(4096, (1 << 24) // len(movies)))  # about 128 MB of logits at a time
         for s in range(0, len(idx), rows):
             part = idx[s : s + rows]
