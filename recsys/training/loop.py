@@ -193,14 +193,16 @@ class Run:
                 pr.best_cost, pr.best_epoch, self.best_params = record["val_cost"], epoch, t.params()
         patience = bool(args.patience and epoch - pr.best_epoch >= args.patience)
         if self.lead:
+            tick = time.perf_counter()
             checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete)
+            record["save_seconds"] = time.perf_counter() - tick  # on disk with the next save
         if patience:
             self.log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
         return not (pr.step >= total or patience)
 
     def evaluate(self, epoch: int, batch: int) -> dict:
         """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank."""
-        t, pr, since = self.t, self.pr, self.since
+        t, pr, since, tick = self.t, self.pr, self.since, time.perf_counter()
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
         record["train_cost"] = since["cost"] / max(since["n"], 1)
         if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
@@ -218,6 +220,7 @@ class Run:
                 f"{self.args.model_dir} keeps the last good model"
             )
         record["samples_per_s"] = since["samples"] * self.world / max(since["seconds"], 1e-9)
+        record["step_seconds"], record["eval_seconds"] = since["seconds"], time.perf_counter() - tick
         record["seconds"] = time.perf_counter() - self.start
         pr.metrics.append(record)
         since.update(cost=0.0, n=0, samples=0, seconds=0.0)

@@ -1,0 +1,139 @@
+"""Time to quality beside the recommenders a user would pick instead, in one run:
+
+    python benchmarks/peers.py [--folds u1 u2 u3 u4 u5] [--ml1m-ratings 1000209 | --no-ml1m]   (in `make bench`)
+
+On each ml-100k fold (from ../shared/data) and on a full-size synthetic ml-1m archive: NDCG@10 and Recall@10
+by `evaluate`'s protocol (full ranking, relevant = test ratings of 4 stars or more, training movies excluded)
+beside the wall time of the fit, for popularity, EASE (λ 500), `implicit`'s ALS (an optional bench dependency:
+`pip install implicit`; its factors and regularization chosen on a seeded tenth of the training split), recsys
+retrieval alone and the recsys two stages (each trained with its defaults through `recsys.train.run`). For each
+objective (the chapter's rating objective too), the share of its training time spent in steps, end-of-epoch
+evaluation and saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from common import META, full_size_archive
+
+from recsys import Recommender, movielens, topn, train
+from recsys.topn.lists import by_score
+
+ALS_GRID = [(f, r) for f in (32, 64, 128) for r in (0.01, 0.1, 1.0)]  # (factors, regularization)
+
+
+def interactions(data, catalogue: np.ndarray, rows: np.ndarray, is_test: np.ndarray) -> topn.Interactions:
+    return topn.Interactions.build(catalogue, data.user[rows], data.movie[rows], data.stars[rows], is_test)
+
+
+def als_fit(ranking: topn.Interactions, factors: int, regularization: float):
+    """implicit's ALS on the training ratings as ones: the ranker of its factors."""
+    import threadpoolctl
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    x = sp.csr_matrix(
+        (np.ones(len(ranking.train_user), np.float32), (ranking.train_user, ranking.train_col)),
+        shape=(ranking.n_users, len(ranking.catalogue)),
+    )
+    model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=15, random_state=0)
+    with threadpoolctl.threadpool_limits(1, "blas"):  # implicit's own advice: its threads, not BLAS's
+        model.fit(x, show_progress=False)
+    users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    return by_score(lambda u: users[u] @ items.T)
+
+
+def als(data, catalogue: np.ndarray, ranking: topn.Interactions) -> tuple[dict, float, str]:
+    """ALS with the grid's best setting on a validation tenth of the training split, refitted on all of it."""
+    train_rows = np.flatnonzero(~data.is_test)
+    is_val = np.zeros(len(train_rows), bool)
+    is_val[np.random.RandomState(0).permutation(len(train_rows))[: len(train_rows) // 10]] = True
+    val = interactions(data, catalogue, train_rows, is_val)
+    scores = {s: topn.evaluate(als_fit(val, *s), val, 10)["ndcg"] for s in ALS_GRID}
+    best = max(ALS_GRID, key=lambda s: (scores[s], -s[0]))
+    t = time.perf_counter()
+    ranker = als_fit(ranking, *best)
+    fit = time.perf_counter() - t
+    return topn.evaluate(ranker, ranking, 10), fit, f"factors {best[0]}, regularization {best[1]}"
+
+
+def shares(metrics: list[dict]) -> str:
+    """Where a training run's time went: its steps, end-of-epoch evaluations and saves, as shares of its wall."""
+    total = metrics[-1]["seconds"] + metrics[-1].get("save_seconds", 0.0)
+    parts = {k: sum(m.get(f"{k}_seconds", 0.0) for m in metrics) for k in ("step", "eval", "save")}
+    other = total - sum(parts.values())
+    return (f"{total:.0f} s: steps {parts['step'] / total:.0%}, evaluation {parts['eval'] / total:.0%}, "
+            f"saving {parts['save'] / total:.0%}, the rest {other / total:.0%}")  # fmt: skip
+
+
+def recsys_rows(dataset: str, split: str, folder: Path, data, tmp: Path) -> list[tuple[str, dict, float]]:
+    """recsys retrieval alone and the two stages, trained with their defaults: (name, metrics, fit seconds). Also
+    prints where each objective's training time went (the chapter's rating objective too)."""
+    where = {"dataset": dataset, "split": split, "data_dir": folder, "log": lambda _line: None}
+    retrieval, ranking = tmp / f"{dataset}-{split}-retrieval", tmp / f"{dataset}-{split}-ranking"
+    runs = {"rating": train.run(objective="rating", model_dir=tmp / f"{dataset}-{split}-rating", **where)}
+    t = time.perf_counter()
+    runs["retrieval"] = train.run(objective="retrieval", model_dir=retrieval, **where)
+    first = time.perf_counter() - t
+    runs["ranking"] = train.run(objective="ranking", model_dir=ranking, candidates_from=retrieval, **where)
+    both = time.perf_counter() - t
+    for objective, metrics in runs.items():
+        print(f"  {dataset} {split} {objective} training, {len(metrics)} evaluations, {shares(metrics)}")
+    return [
+        ("recsys retrieval", Recommender.load(retrieval).evaluate(data), first),
+        ("recsys two stages", Recommender.load(retrieval, ranking).evaluate(data), both),
+    ]
+
+
+def table(dataset: str, split: str, folder: Path, tmp: Path) -> dict[str, tuple[float, float, float]]:
+    """Every row of one dataset, printed; returns name -> (ndcg, recall, fit seconds)."""
+    data = movielens.load(dataset, folder, split)
+    catalogue = np.array(sorted(data.meta.movies), np.int64)
+    ranking = interactions(data, catalogue, np.arange(len(data.user)), data.is_test)
+    rows = []
+    for name, model in (("popularity", topn.Popularity()), ("EASE λ 500", topn.EASE(500.0))):
+        t = time.perf_counter()
+        fitted = model.fit(ranking)
+        fit = time.perf_counter() - t
+        rows.append((name, topn.evaluate(fitted.ranker(), ranking, 10), fit))
+    try:
+        metrics, fit, chosen = als(data, catalogue, ranking)
+        rows.append((f"ALS (implicit; {chosen})", metrics, fit))
+    except ImportError:
+        print("ALS left out: pip install implicit")
+    rows += recsys_rows(dataset, split, folder, data, tmp)
+    print(f"\n{dataset} {split}: {len(data.user):,} ratings, {len(catalogue):,} movies, NDCG@10 / Recall@10 / fit")
+    width = max(len(r[0]) for r in rows)
+    for name, m, fit in rows:
+        print(f"  {name:{width}}  {m['ndcg']:.4f}  {m['recall']:.4f}  {fit:8.1f} s")
+    return {name.split(" (")[0]: (m["ndcg"], m["recall"], fit) for name, m, fit in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folds", nargs="*", default=["u1", "u2", "u3", "u4", "u5"])
+    ap.add_argument("--ml1m-ratings", type=int, default=1_000_209)
+    ap.add_argument("--no-ml1m", action="store_true")
+    args = ap.parse_args()
+    shared = META.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        folds = [table("ml-100k", fold, shared, Path(tmp)) for fold in args.folds]
+        if folds:
+            print(f"\nml-100k, mean of {len(folds)} folds: NDCG@10 / Recall@10 / fit")
+            for name in folds[0]:
+                ndcg, recall, fit = (np.mean([f[name][i] for f in folds]) for i in range(3))
+                wins = sum(f[name][0] >= f["ALS"][0] for f in folds) if "ALS" in folds[0] else None
+                beside = f"  (>= ALS on {wins} of {len(folds)} folds)" if wins is not None else ""
+                print(f"  {name:20}  {ndcg:.4f}  {recall:.4f}  {fit:8.1f} s{beside}")
+        if not args.no_ml1m:
+            folder = full_size_archive(Path(tmp) / "ml-1m", args.ml1m_ratings)
+            table("ml-1m", "random", folder, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
