@@ -5,7 +5,7 @@
 On each ml-100k fold (from ../shared/data) and on a full-size synthetic ml-1m archive: NDCG@10 and Recall@10
 by `evaluate`'s protocol (full ranking, relevant = test ratings of 4 stars or more, training movies excluded)
 beside the wall time of the fit, for popularity, EASE (λ 500), `implicit`'s ALS (an optional bench dependency:
-`pip install implicit`; its factors and regularization chosen on a seeded tenth of the training split), recsys
+`pip install implicit`; its factors, regularization and alpha chosen on a seeded tenth of the training split), recsys
 retrieval alone and the recsys two stages (each trained with its defaults through `recsys.train.run`). For each
 objective (the chapter's rating objective too), the share of its training time spent in steps, end-of-epoch
 evaluation and saving.
@@ -25,15 +25,15 @@ from common import META, full_size_archive
 from recsys import Recommender, movielens, topn, train
 from recsys.topn.lists import by_score
 
-ALS_GRID = [(f, r) for f in (32, 64, 128) for r in (0.01, 0.1, 1.0)]  # (factors, regularization)
+ALS_GRID = [(f, r, a) for f in (32, 64, 128) for r in (0.1, 1.0, 3.0, 10.0, 30.0) for a in (1.0, 10.0)]
 
 
 def interactions(data, catalogue: np.ndarray, rows: np.ndarray, is_test: np.ndarray) -> topn.Interactions:
     return topn.Interactions.build(catalogue, data.user[rows], data.movie[rows], data.stars[rows], is_test)
 
 
-def als_fit(ranking: topn.Interactions, factors: int, regularization: float):
-    """implicit's ALS on the training ratings as ones: the ranker of its factors."""
+def als_fit(ranking: topn.Interactions, factors: int, regularization: float, alpha: float):
+    """implicit's ALS on the training ratings as ones (confidence 1 + alpha): the ranker of its factors."""
     import threadpoolctl
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -41,7 +41,9 @@ def als_fit(ranking: topn.Interactions, factors: int, regularization: float):
         (np.ones(len(ranking.train_user), np.float32), (ranking.train_user, ranking.train_col)),
         shape=(ranking.n_users, len(ranking.catalogue)),
     )
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=15, random_state=0)
+    model = AlternatingLeastSquares(
+        factors=factors, regularization=regularization, alpha=alpha, iterations=15, random_state=0
+    )
     with threadpoolctl.threadpool_limits(1, "blas"):  # implicit's own advice: its threads, not BLAS's
         model.fit(x, show_progress=False)
     users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
@@ -59,7 +61,7 @@ def als(data, catalogue: np.ndarray, ranking: topn.Interactions) -> tuple[dict, 
     t = time.perf_counter()
     ranker = als_fit(ranking, *best)
     fit = time.perf_counter() - t
-    return topn.evaluate(ranker, ranking, 10), fit, f"factors {best[0]}, regularization {best[1]}"
+    return topn.evaluate(ranker, ranking, 10), fit, f"factors {best[0]}, regularization {best[1]}, alpha {best[2]}"
 
 
 def shares(metrics: list[dict]) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,13 @@ def tower_vectors(net, tables: Tables, feature_sizes: list[int], histories: Hist
     return out
 
 
-def program(net):
-    """The network as the saved inference program: called on one list of feeds (named by their `InputSpec`)."""
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> its program, traced once
+
+
+def program(net, specs: list):
+    """The network as the saved inference program: called on one list of feeds (named by their `InputSpec`).
+    The same object for the same network, so that `paddle.jit.save` translates it once per training run and
+    every later save writes only the current parameters through it."""
     from paddle import nn
 
     class Program(nn.Layer):
@@ -60,7 +66,11 @@ def program(net):
         def forward(self, feeds):
             return self.net(*feeds)
 
-    return Program()
+    if net not in _PROGRAMS:
+        import paddle
+
+        _PROGRAMS[net] = paddle.jit.to_static(Program(), input_spec=[specs], full_graph=True)
+    return _PROGRAMS[net]
 
 
 def feature_sizes(sizes: dict) -> list[int]:
@@ -112,7 +122,7 @@ def save(
         if hasattr(net, "head"):
             specs.append(InputSpec([None, 3], "float32", "ranking_features"))
         net.eval()
-        paddle.jit.save(program(net), str(tmp / PREFIX), input_spec=[specs])
+        paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
         net.train()
         params = {k: v.numpy() for k, v in net.state_dict().items()}
         np.savez(tmp / "params.npz", **params)
