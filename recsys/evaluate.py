@@ -23,7 +23,7 @@ from recsys.movielens import MovieLens
 from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.rating.metrics import scores
 from recsys.recommender import Recommender, check_data
-from recsys.topn import stages
+from recsys.topn import nearest, stages
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -151,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also score the baselines (global mean, biases, ALS; popularity, EASE) (default: on)",
     )
-    ap.add_argument(
-        "--exact",
-        action="store_true",
-        help="find the first stage's top movies by exact search over the whole catalogue, not through the model "
-        "dir's faiss index (the default from 20,000 movies on)",
-    )
+    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     for flag, ok, rule in (
@@ -168,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not ok:
             ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
-    search = "exact" if args.exact else "auto"
+    search = nearest.search_for(args.exact)
     rec = Recommender.load(args.model_dir, args.rerank, args.candidates, search)
     md, rerank, rating = rec.model, rec.rerank, rec.rating_model
     data = _data_for(md, args)

@@ -26,6 +26,7 @@ import sys
 from recsys.data import history
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.recommender import Recommender
+from recsys.topn import nearest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,12 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
         "for a rating model; a larger --top-k widens them to --top-k)",
     )
-    ap.add_argument(
-        "--exact",
-        action="store_true",
-        help="find the first stage's top movies by exact search over the whole catalogue, not through the model "
-        "dir's faiss index (the default from 20,000 movies on)",
-    )
+    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dataset", help="the model dir records its data: given, it must be the model's (checked)")
     ap.add_argument("--split", help="the model dir records its split: given, it must be the model's (checked)")
@@ -200,7 +196,7 @@ def _rated_line(rec: Recommender, doc: dict) -> str | None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rec = Recommender.load(args.model_dir, args.rerank, args.candidates, "exact" if args.exact else "auto")
+    rec = Recommender.load(args.model_dir, args.rerank, args.candidates, nearest.search_for(args.exact))
     check_recorded(rec, args)
     doc = answer(rec, args)
     if args.json:

@@ -101,7 +101,7 @@ class Recommender:
             check_pair(model, rerank)
         if candidates is not None and candidates < 1:
             raise RecsysError(f"candidates must be at least 1, got {candidates}")
-        nearest.uses_index(search, len(model.movie_ids))  # checks `search`
+        nearest.check_search(search)
         self.model, self.rerank, self._candidates, self.search = model, rerank, candidates, search
 
     @classmethod

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from recsys.errors import ArgumentParser, RecsysError, cli
+from recsys.topn import nearest
 
 
 def create_app(
@@ -47,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
         "for a rating model; a larger k widens them to k)",
     )
-    ap.add_argument(
-        "--exact",
-        action="store_true",
-        help="find the first stage's top movies by exact search over the whole catalogue, not through the model "
-        "dir's faiss index (the default from 20,000 movies on)",
-    )
+    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
     ap.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     ap.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     ap.add_argument(
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--reload-interval must not be negative, got {args.reload_interval}")
     import uvicorn  # the serve extra: a missing one is a one-line error naming the install command
 
-    search = "exact" if args.exact else "auto"
+    search = nearest.search_for(args.exact)
     app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates, search)
     one_thread_per_request()
     print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)

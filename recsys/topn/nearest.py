@@ -17,13 +17,27 @@ from recsys.topn.lists import contains, top_k_lists
 
 EF_SEARCH = 512  # the least breadth of a search (raised to the number of movies asked for)
 SEARCHES = ("auto", "exact", "faiss")
+EXACT_HELP = (  # the CLIs' --exact
+    "find the first stage's top movies by exact search over the whole catalogue, not through the model dir's "
+    f"faiss index (the default from {index.SAVED_FROM:,} movies on)"
+)
 DENSE_SEEN = 1 << 27  # a batch's seen columns are looked up in a dense [n, M] table up to this many cells
+
+
+def search_for(exact: bool) -> str:
+    """The search a CLI's `--exact` asks for."""
+    return "exact" if exact else "auto"
+
+
+def check_search(search: str) -> None:
+    """One-line error unless `search` is "auto", "exact" or "faiss"."""
+    if search not in SEARCHES:
+        raise RecsysError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
 
 
 def uses_index(search: str, n_movies: int) -> bool:
     """Whether `search` ("auto", "exact" or "faiss") goes through the index for a catalogue of `n_movies`."""
-    if search not in SEARCHES:
-        raise RecsysError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    check_search(search)
     return search == "faiss" or (search == "auto" and n_movies >= index.SAVED_FROM)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.errors import RecsysError
-from recsys.topn import neighbours
+from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import candidate_pool, fingerprint, log_share
 from recsys.topn.stages import movie_index
@@ -134,7 +134,7 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     trained = np.flatnonzero(~data.is_test)
     rated, fit_history = _columns(data, t.catalogue, trained), _columns(data, t.catalogue, fit)
     rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
-    ix = movie_index(retrieval, "exact" if getattr(args, "exact", False) else "auto")
+    ix = movie_index(retrieval, nearest.search_for(args.exact))
     fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
     sorted_pool = np.sort(fit_pool, axis=1).ravel()  # a row's candidates are distinct: its keys, ascending
