@@ -36,7 +36,7 @@ bench: install
 	$(PY) -m pytest -q -m slow
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/topn_serve.py
-	$(PY) -m pip install -q -e ".[bench]" && $(PY) benchmarks/peers.py
+	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/scale.py --max-batches 20000
 
 clean:

@@ -26,8 +26,8 @@ def create_app(
 
 def one_thread_per_request() -> None:
     """A request's products are small: BLAS and faiss threads only contend with each other (and with the next
-    request) on them, so the server computes each request on one thread (a two-stage top-10 for one user takes
-    about a third of the time that way on 2 cores: `benchmarks/scale.py`)."""
+    request) on them, so the server computes each request on one thread (`benchmarks/scale.py` prints a
+    two-stage top-10 for one user both ways)."""
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(1, user_api="blas")
