@@ -37,6 +37,7 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/topn_serve.py
 	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/ratings_in.py
 	$(PY) benchmarks/scale.py --max-batches 20000
 
 clean:

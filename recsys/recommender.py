@@ -174,6 +174,15 @@ class Recommender:
             )
         return f"{self.dataset} users have the features {', '.join(md.features)}, not the chapter's gender, age and job"
 
+    def new_user(
+        self, gender: str | None = None, age: int | None = None, job: int | None = None, features: dict | None = None
+    ) -> dict:
+        """A new user's features, checked, as `recommend_new` takes them back (`**` them into it)."""
+        self._new_user(gender, age, job, features)
+        if self.chapter_features:
+            return {"gender": gender, "age": int(age), "job": int(job)}
+        return {"features": {str(k): str(v) for k, v in (features or {}).items()}}
+
     def _new_user(self, gender, age, job, features: dict | None) -> tuple[tuple[int, ...], dict]:
         """A new user's feature ids, and the features as the answers show them."""
         md = self.model
@@ -215,11 +224,18 @@ class Recommender:
             out.append(labels.index(value))
         return tuple(out)
 
-    def _rated_rows(self, rated) -> list[tuple[int, float]]:
-        """A new user's rated movies ((movie id, stars) pairs), checked by every model, as (row, stars)."""
+    @property
+    def reads_history(self) -> bool:
+        """Whether every model a list goes through reads the user's history, so that a new rating changes the
+        list at once (otherwise only after retraining)."""
+        return all(md.history for md in (self.model, self.rerank) if md is not None)
+
+    def _rated_rows(self, rated, strict: bool = True) -> list[tuple[int, float]]:
+        """Rated movies ((movie id, stars) pairs), checked, as (row, stars); `strict`: refuse them unless every
+        model reads history."""
         rated = [(m, s) for m, s in rated]
         for md in (self.model, self.rerank):
-            if md is not None and rated and not md.history:
+            if strict and md is not None and rated and not md.history:
                 raise RecsysError(
                     f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
                 )
@@ -235,9 +251,11 @@ class Recommender:
 
     # answers
 
-    def recommend(self, user: int, k: int = 10) -> dict:
-        """The k best movies a known user has not rated in the training split."""
-        return {"user_id": user} | self._lists(self._k(k), self.user_row(user))
+    def recommend(self, user: int, k: int = 10, rated: Sequence[tuple[int, float]] = ()) -> dict:
+        """The k best movies a known user has not rated in the training split. `rated`: (movie id, stars) the
+        user gave since (a ratings store's): never listed, and, with models that read history, part of it."""
+        k, row = self._k(k), self.user_row(user)
+        return {"user_id": user} | self._lists(k, row, rated=self._rated_rows(rated, strict=False))
 
     def recommend_new(
         self,
@@ -248,13 +266,15 @@ class Recommender:
         job: int | None = None,
         features: dict[str, str] | None = None,
         rated: Sequence[tuple[int, float]] = (),
+        strict: bool = True,
     ) -> dict:
         """The k best movies for a new user: the chapter's `gender` ("M"/"F"), `age` (years) and `job`, or the
         data's own `features` (name -> value; one not given is unknown); `rated`, (movie id, stars) pairs, is
-        their history (with a model that reads one) and is never recommended back."""
+        their history (with a model that reads one) and is never recommended back. `strict`: refuse `rated`
+        unless every model reads history (else those movies are only left out of the list)."""
         k = self._k(k)
         cold, shown = self._new_user(gender, age, job, features)
-        rows = self._rated_rows(rated)
+        rows = self._rated_rows(rated, strict)
         person = {"user": shown} | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
         return person | self._lists(k, None, cold, rows)
 

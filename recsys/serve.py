@@ -9,19 +9,45 @@ pair of model dirs from start to end. Needs the `serve` extra: `pip install -e "
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.topn import nearest
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "RECSYS_WRITE_TOKEN"
+
 
 def create_app(
-    model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None, search: str = "auto"
+    model_dir,
+    rerank=None,
+    reload_interval: float = 2.0,
+    candidates: int | None = None,
+    search: str = "auto",
+    ratings_db=None,
+    write_token: str | None = None,
 ):
-    """The FastAPI application serving these model dirs (see `recsys.service.api`)."""
+    """The FastAPI application serving these model dirs (see `recsys.service.api`); with `ratings_db`, it
+    takes ratings from clients that send `write_token` (see `recsys.service.feedback`)."""
     from recsys.service import api
 
-    return api.create_app(model_dir, rerank, reload_interval, candidates, search)
+    return api.create_app(model_dir, rerank, reload_interval, candidates, search, ratings_db, write_token)
+
+
+def write_token(token_file: str | None) -> str | None:
+    """The write token: the file's first line, else $RECSYS_WRITE_TOKEN, else None (writes are off)."""
+    if token_file is not None:
+        try:
+            token = open(token_file, encoding="utf-8").read().strip()  # noqa: SIM115 -- closed at once
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise RecsysError(f"cannot read --write-token-file {token_file}: {why}") from None
+        if not token or any(c.isspace() for c in token):
+            raise RecsysError(f"--write-token-file {token_file} must hold one token, without blanks")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token or None
 
 
 def one_thread_per_request() -> None:
@@ -55,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         "--reload-interval", type=float, default=2.0, help="seconds between looks for a newer save (0: never)"
     )
     ap.add_argument(
+        "--ratings-db",
+        metavar="PATH",
+        help="take ratings and new users (POST /api/ratings, /api/users) into this SQLite file (made if missing)",
+    )
+    ap.add_argument(
+        "--write-token-file",
+        metavar="FILE",
+        help=f"the token that writes must send as Authorization: Bearer TOKEN (default: ${TOKEN_ENV}; "
+        "none: writes answer 403)",
+    )
+    ap.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -67,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--candidates must be at least 1, got {args.candidates}")
     if args.reload_interval < 0:
         ap.error(f"--reload-interval must not be negative, got {args.reload_interval}")
+    token = write_token(args.write_token_file)
+    if args.ratings_db is not None and token is None and args.host not in LOOPBACK:
+        ap.error(f"--ratings-db on --host {args.host} needs a write token (--write-token-file FILE or ${TOKEN_ENV})")
     import uvicorn  # the serve extra: a missing one is a one-line error naming the install command
 
     search = nearest.search_for(args.exact)
-    app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates, search)
+    app = create_app(args.model_dir, args.rerank, args.reload_interval, args.candidates, search, args.ratings_db, token)
     one_thread_per_request()
     print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     try:

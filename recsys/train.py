@@ -3,8 +3,9 @@
 The chapter's recipe by default: SGD, learning rate 0.2, batch 256, 20 passes, sparse embedding updates,
 mean square error on `rating*2-5`. `--objective retrieval` trains the same two towers as the chapter's
 candidate-generation network instead: a softmax over the catalogue of each liked movie (Adam, 1e-3).
-Batches come straight from the reader's arrays. The model dir is written after every epoch, with a
-checkpoint that `--resume` continues from. Under `python -m paddle.distributed.launch` each rank trains on
+Batches come straight from the reader's arrays. The model dir is written at epoch ends (the first, the
+last, and those between while saving stays within 5% of the run's time), with a checkpoint that `--resume`
+continues from. Under `python -m paddle.distributed.launch` each rank trains on
 its shard of every batch (data parallel).
 """
 
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from recsys import movielens
-from recsys.errors import ArgumentParser, cli
+from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
 from recsys.topn import neighbours
 from recsys.training import checkpoint
@@ -83,11 +84,23 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     )
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --model-dir")
     ap.add_argument(
+        "--save-every-epoch",
+        action="store_true",
+        help="save the model dir after every epoch (default: the first, the last, and those between while saving "
+        "stays within 5%% of the run's time)",
+    )
+    ap.add_argument(
         "--fused",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the fused training step on the CPU (recsys.fused.step: the same numbers, without a Paddle op per layer); "
         "--no-fused: the plain layers under autograd",
+    )
+    ap.add_argument(
+        "--ratings-db",
+        metavar="PATH",
+        help="also train on the ratings (and new users) that `serve --ratings-db PATH` stored; the model dir "
+        "records the rows read (the largest seq and a hash); the test split is never touched",
     )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
     recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
@@ -197,6 +210,9 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
 
     if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
         args.candidates_from = str(Path(args.candidates_from).resolve())
+    if args.ratings_db is not None:
+        args.ratings_db = str(Path(args.ratings_db).resolve())
+    args.ratings_db_read = None  # set by `load_data`; a resumed run reads the rows its record names
     if args.resume:  # the recorded run's settings and data, unless given
         checkpoint.resume_settings(args, ap.given(argv), log=lambda msg: print(msg, file=sys.stderr))
     objective = args.objective
@@ -252,6 +268,36 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     return args
 
 
+def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
+    """The dataset and split of these settings, with the ratings database's rows in its training split when
+    `--ratings-db` is given (a resumed run reads exactly the rows its record names, or refuses)."""
+    from recsys.data import store
+
+    data = movielens.load(args.dataset, args.data_dir, args.split)
+    if args.ratings_db is None:
+        return data
+    db = store.RatingsStore(args.ratings_db, data.meta.dataset, create=False)
+    try:
+        recorded = getattr(args, "ratings_db_read", None)
+        snap = db.snapshot(None if recorded is None else recorded["high_water"])
+    finally:
+        db.close()
+    if recorded is not None and snap.sha256 != recorded["sha256"]:
+        raise RecsysError(
+            f"--resume: the ratings database {args.ratings_db} no longer holds the rows this run read (up to seq "
+            f"{recorded['high_water']}: re-rated since); train a new --model-dir"
+        )
+    args.ratings_db_read = snap.record(args.ratings_db)
+    data, added = store.with_stored(data, snap)
+    if log is not None:
+        log(
+            f"{args.ratings_db}: {added['ratings']} stored ratings (up to seq {snap.high_water}) and "
+            f"{added['new_users']} new users added to the training split; {added['replaced']} archive ratings "
+            f"replaced by newer ones, {added['left_out_test']} left out (their movie is in the user's test ratings)"
+        )
+    return data
+
+
 def run(
     dataset: str = "ml-1m",
     split: str = "random",
@@ -279,7 +325,7 @@ def run(
     args = parse_args(argv, raise_errors=True)
     check_environment()
     set_device(args.use_cuda)
-    return train(args, movielens.load(args.dataset, args.data_dir, args.split), log, on_eval)[1]
+    return train(args, load_data(args), log, on_eval)[1]
 
 
 @cli
@@ -292,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     set_device(args.use_cuda)
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         dist.init_parallel_env()
-    data = movielens.load(args.dataset, args.data_dir, args.split)
+    data = load_data(args, tqdm.write if dist.get_rank() == 0 else None)
     n_test = int(data.is_test.sum())
     if dist.get_rank() == 0:
         tqdm.write(

@@ -168,7 +168,7 @@ def test_one_trainer_per_model_dir_and_a_dead_ones_lock_is_taken(small_dir, tmp_
 
 def test_readers_never_fail_or_mix_two_saves_while_training_saves(small_dir, tmp_path):
     model = tmp_path / "m"
-    flags = ["--data-dir", str(small_dir), "--model-dir", str(model), "--batch-size", "8192"]
+    flags = ["--data-dir", str(small_dir), "--model-dir", str(model), "--batch-size", "8192", "--save-every-epoch"]
     assert run_cli("recsys.train", *flags, "--epochs", "1").returncode == 0
     trainer = subprocess.Popen([sys.executable, "-m", "recsys.train", *flags, "--epochs", "200"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

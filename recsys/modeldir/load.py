@@ -34,7 +34,7 @@ import numpy as np
 from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
 from recsys.modeldir import index
-from recsys.modeldir.predictor import Predictor
+from recsys.modeldir.predictor import Predictor, dynamic_mode
 from recsys.movielens import Tables
 
 FORMAT = 1
@@ -393,8 +393,8 @@ class ModelDir:
         return net
 
     def user_vector(self, feeds: dict[str, np.ndarray], unit: bool = True, histories=None) -> np.ndarray:
-        """The user tower's output for these feeds (history included, or read from `histories`), through the
-        rebuilt network."""
+        """The user tower's output for these feeds (history included, or read from `histories`), rebuilt."""
+        dynamic_mode()
         return tower_outputs(self.network.user_tower, feeds, unit, histories=histories)
 
     def has_user(self, user_id: int) -> bool:

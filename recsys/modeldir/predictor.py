@@ -9,6 +9,15 @@ import numpy as np
 from recsys.errors import RecsysError
 
 
+def dynamic_mode() -> None:
+    """Run this thread's Paddle calls in dynamic mode: Paddle's mode is per thread, and a server's worker thread
+    can start in static mode (the rebuilt network then fails to load its parameters)."""
+    import paddle
+
+    if not paddle.in_dynamic_mode():
+        paddle.disable_static()
+
+
 class Predictor:
     """The saved inference model run through `paddle.inference`, fed by the chapter's feed names."""
 

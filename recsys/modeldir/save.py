@@ -100,12 +100,14 @@ def save(
     checkpoint: tuple[dict, dict[str, np.ndarray]] | None = None,
     keep_checkpoint: bool = False,
     extra: dict[str, np.ndarray] | None = None,
+    plot: bool = True,
 ) -> Path:
     """Write the whole model dir into a temp dir beside `path`, then swap it in by rename.
 
     `checkpoint` is (JSON-able training state, arrays) for `--resume`; it lands atomically with the model.
     Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir. `extra`
-    arrays are saved in arrays.npz too (a ranking network's feature tables)."""
+    arrays are saved in arrays.npz too (a ranking network's feature tables). `plot`: draw loss.png (a training
+    run draws it in its last save only: drawing takes longer than the rest of a small model's save)."""
     import paddle
     from paddle.static import InputSpec
 
@@ -144,7 +146,7 @@ def save(
         )
         doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
         (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
-        write_metrics(tmp, metrics)
+        write_metrics(tmp, metrics, plot)
         if checkpoint is not None:
             (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
             np.savez(tmp / "checkpoint.npz", **checkpoint[1])
@@ -255,10 +257,10 @@ def _swap(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)  # only once `path` is whole again
 
 
-def write_metrics(folder: Path, metrics: list[dict]) -> None:
-    """metrics.json and loss.png (train and test cost against training batches)."""
+def write_metrics(folder: Path, metrics: list[dict], plot: bool = True) -> None:
+    """metrics.json and, with `plot`, loss.png (train and test cost against training batches)."""
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if not metrics:
+    if not metrics or not plot:
         return
     from matplotlib.figure import Figure  # no pyplot: drawing a file must not touch the caller's backend
 

@@ -17,10 +17,13 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from recsys.data.store import RatingsStore
 from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_table
 from recsys.recommender import Recommender, UnknownId
+from recsys.service import feedback
+from recsys.service.feedback import Refused
 from recsys.service.reload import Holder
 
 STATIC = Path(__file__).with_name("static")
@@ -35,6 +38,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
+    if isinstance(exc, Refused):
+        response = _error(exc.status, str(exc))
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     return _error(404 if isinstance(exc, UnknownId) else 422, str(exc))
 
 
@@ -117,11 +125,13 @@ async def predict(request: Request, user: int, movie: int):
     return rec.predict(user, movie)
 
 
-@router.get("/api/users/{user}/recommendations")
+@router.get("/api/users/{user}/recommendations", responses={404: feedback.RESPONSES[404]})
 async def recommend(request: Request, user: int, k: int = K):
     """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
-    model's top max(candidates, k), reordered by the second model)."""
-    return _rec(request).recommend(user, k)
+    model's top max(candidates, k), reordered by the second model). With a ratings database, the user's
+    stored ratings are never listed and, with models that read history, are part of it; a user made by
+    `POST /api/users` is answered too."""
+    return feedback.recommend(request, user, k)
 
 
 @router.get("/api/recommendations")
@@ -207,9 +217,16 @@ async def page():
 
 
 def create_app(
-    model_dir, rerank=None, reload_interval: float = 2.0, candidates: int | None = None, search: str = "auto"
+    model_dir,
+    rerank=None,
+    reload_interval: float = 2.0,
+    candidates: int | None = None,
+    search: str = "auto",
+    ratings_db=None,
+    write_token: str | None = None,
 ):
-    """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets)."""
+    """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets); with
+    `ratings_db` (a path) it takes ratings and new users from clients that send `write_token`."""
     app = FastAPIOffline(
         redoc_url=None,  # ReDoc's bundle fetches its logo from its vendor's site
         title="recsys",
@@ -217,7 +234,10 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
     )
     app.state.holder = Holder(model_dir, rerank, reload_interval, candidates, search)
+    store = None if ratings_db is None else RatingsStore(ratings_db, app.state.holder.current.dataset)
+    app.state.writes = feedback.Writes(store, write_token)
     app.include_router(router)
+    app.include_router(feedback.router)
     for kind, handler in HANDLERS.items():
         app.add_exception_handler(kind, handler)
     return app

@@ -21,8 +21,8 @@ def _stamp(path: Path | None) -> tuple:
 
 
 def load(paths: tuple[Path, Path | None], candidates: int | None, search: str) -> tuple[Recommender, tuple]:
-    """Load and check the pair, and build the predictor and read the index now, before any request needs
-    them; with the stamp of what was loaded."""
+    """Load and check the pair, and build the predictor, the history models' networks and read the index now,
+    before any request needs them; with the stamp of what was loaded."""
     try:
         stamp = (_stamp(paths[0]), _stamp(paths[1]))  # before loading: a save after it shows as a change
     except OSError:
@@ -30,6 +30,9 @@ def load(paths: tuple[Path, Path | None], candidates: int | None, search: str) -
     rec = Recommender.load(paths[0], paths[1], candidates, search)
     if rec.rating_model is not None:
         rec.rating_model.predictor  # noqa: B018 -- created here, off the request path
+    for md in (rec.model, rec.rerank):
+        if md is not None and md.history:  # rated movies (a new user's, or stored ones) go through the tower
+            md.network  # noqa: B018 -- built here: a second or more that would stall the requests behind it
     stages.movie_index(rec.model, search)
     return rec, stamp
 

@@ -60,22 +60,23 @@ def scale(md: ModelDir) -> float:
 
 def vector(md: ModelDir, user: int | None, cold: tuple | None, rated=(), unit: bool = True) -> np.ndarray:
     """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
-    (row) or a new user's saved vector, or, for a new user who named rated movies ((row, stars) pairs),
-    computed with that history."""
-    if rated:
-        feeds = md.cold_feeds(cold) | {"history": md.history_of([0], rated)}
-        return md.user_vector(feeds, unit)[0]
+    (row) or a new user's saved vector, or, for a user with rated movies beyond the training split ((row,
+    stars) pairs: a new user's, or a known user's stored ratings), computed with that history."""
+    if rated and md.history:
+        user_feeds = md.cold_feeds(cold) if user is None else md.tables.user_features(np.array([user], np.int64))
+        return md.user_vector(user_feeds | {"history": md.history_of(user_feeds["user_id"], rated)}, unit)[0]
     if cold is None:
         return md.arrays[f"user_{'vectors' if unit else 'outputs'}"][user]
     return md.cold_vector(cold, unit)
 
 
 def seen(md: ModelDir, user: int | None, rated=()) -> np.ndarray:
-    """Movie rows the user rated in the training split (for a new user, the movies they named)."""
+    """Movie rows the user rated in the training split, and those in `rated` ((row, stars) pairs)."""
+    named = np.array([m for m, _ in rated], np.int64)
     if user is None:
-        return np.array([m for m, _ in rated], np.int64)
+        return named
     movies, _, is_test = md.ratings_of(user)
-    return movies[~is_test]
+    return np.union1d(movies[~is_test], named) if len(named) else movies[~is_test]
 
 
 def top_k(

@@ -15,7 +15,7 @@ from recsys.training.trainer import use_cpu_cores
 # what a setting was before it existed: a run recorded before it resumes as it was trained
 BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None}
 # recorded settings that hold for one invocation only: a resumed run takes them from its own command line
-FREE = ("max_batches", "eval_every")
+FREE = ("max_batches", "eval_every", "save_every_epoch")
 
 
 def _flag(key: str) -> str:
@@ -107,10 +107,11 @@ def restore(args: argparse.Namespace, trainer) -> tuple[Progress, dict[str, np.n
     return Progress(state), (md.params() if args.val_ratio else None)
 
 
-def save(args, t, data, settings: dict, pr: Progress, best_params, complete: bool) -> None:
+def save(args, t, data, settings: dict, pr: Progress, best_params, complete: bool, last: bool = True) -> None:
     """The model dir: the best-on-validation parameters when there is a validation slice, else the current
     ones. Its checkpoint is always the state at the end of the last complete epoch: this one, or, when
-    --max-batches cut the epoch short, the one already on disk."""
+    --max-batches cut the epoch short, the one already on disk. `last`: the run's last save, which draws
+    loss.png."""
     current = t.params()
     checkpoint = None
     if complete:
@@ -131,7 +132,8 @@ def save(args, t, data, settings: dict, pr: Progress, best_params, complete: boo
     if best_params is not None:
         t.set_params(best_params)
     try:
-        modelsave.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, pr.checkpointed, t.saved_arrays())
+        extra = t.saved_arrays()
+        modelsave.save(args.model_dir, t.net, data, settings, pr.metrics, checkpoint, pr.checkpointed, extra, last)
         pr.checkpointed = pr.checkpointed or complete
     finally:
         if best_params is not None:

@@ -1,4 +1,9 @@
-"""The training loop: splits, epochs, evaluation, the model dir saved after every epoch, `--resume`.
+"""The training loop: splits, epochs, evaluation, the model dir saved at epoch ends, `--resume`.
+
+The model dir is saved after the first epoch, after every later one while saving has taken at most
+`SAVE_SHARE` of the run's time (every one with `--save-every-epoch`), and always after the last: a killed
+run leaves the last saved epoch's whole dir (and `--resume` continues from it). The cost curves (loss.png)
+are drawn in the last save.
 
 `train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
 """
@@ -29,6 +34,7 @@ LEGEND = {
     "ranking": "Test Loss: the weighted logistic loss of liked test movies against sampled negatives; NDCG@10: the "
     "reordered top-10 lists (higher is better; the loss can rise while the lists improve)",
 }
+SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 
 
@@ -63,7 +69,7 @@ def check_environment() -> None:
 
 
 def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) -> tuple[Trainer, list[dict]]:
-    """Run the training loop; save the model dir (with a checkpoint) after every epoch.
+    """Run the training loop; save the model dir (with a checkpoint) at epoch ends (see the module's text).
 
     `log` gets the chapter's lines; `on_eval(metrics)`, if given, runs after every evaluation (live plots).
     Only one process at a time may train into a model dir. Returns the trainer and the metrics."""
@@ -102,6 +108,7 @@ class Run:
         self.best_params = best if len(self.val_idx) else None
         self.start = time.perf_counter() - (self.pr.metrics[-1]["seconds"] if self.pr.metrics else 0.0)
         self.since = {"cost": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
+        self.saving = 0.0  # seconds this invocation spent saving
 
     def splits(self) -> None:
         """The training, validation and test ratings, and with a top-N objective the users' positives."""
@@ -192,13 +199,16 @@ class Run:
             if len(self.val_idx) and record["val_cost"] < pr.best_cost:
                 pr.best_cost, pr.best_epoch, self.best_params = record["val_cost"], epoch, t.params()
         patience = bool(args.patience and epoch - pr.best_epoch >= args.patience)
-        if self.lead:
+        last = pr.step >= total or patience or epoch == args.epochs
+        budget = self.saving <= SAVE_SHARE * (time.perf_counter() - self.start)
+        if self.lead and (last or args.save_every_epoch or budget):
             tick = time.perf_counter()
-            checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete)
+            checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete, last)
             record["save_seconds"] = time.perf_counter() - tick  # on disk with the next save
+            self.saving += record["save_seconds"]
         if patience:
             self.log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
-        return not (pr.step >= total or patience)
+        return not last
 
     def evaluate(self, epoch: int, batch: int) -> dict:
         """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank."""

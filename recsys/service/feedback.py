@@ -1,0 +1,172 @@
+"""Ratings in: new users and their ratings into the ratings database, and lists that read them at once.
+
+Writes need the server's token (`Authorization: Bearer TOKEN`), compared in constant time and never logged.
+A server without a ratings database or without a token answers writes with 403 and how to enable them.
+A stored rating enters the user's history at the next request when every served model reads history
+(retrieval, ranking); with the chapter's rating model it is only left out of the lists, and they change
+after retraining (`python -m recsys.train --ratings-db PATH`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from recsys.data.history import check_rated
+from recsys.data.store import RatingsStore
+from recsys.errors import RecsysError
+from recsys.recommender import Recommender
+
+MAX_ID = 2**63 - 1
+HOW = "start serve with --ratings-db PATH and a token (--write-token-file FILE, or RECSYS_WRITE_TOKEN)"
+
+router = APIRouter()
+
+
+class Refused(RecsysError):
+    """A write that this server does not take: `status` 401 (no or wrong token) or 403 (writes are off)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Writes:
+    """The server's ratings database (or None) and write token (or None)."""
+
+    def __init__(self, store: RatingsStore | None, token: str | None):
+        self.store, self.token = store, token
+
+    def authorize(self, request: Request) -> RatingsStore:
+        """The store, for a request that carries the token; else `Refused`."""
+        if self.store is None:
+            raise Refused(403, f"this server takes no ratings: {HOW}")
+        if self.token is None:
+            raise Refused(403, f"writes are off: this server has no write token; {HOW}")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Refused(401, "writes need the header Authorization: Bearer TOKEN")
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise Refused(401, "wrong write token")
+        return self.store
+
+
+def _writes(request: Request) -> Writes:
+    return request.app.state.writes
+
+
+def _rec(request: Request) -> Recommender:
+    return request.app.state.holder.current
+
+
+def stored_ratings(request: Request, user: int) -> list[tuple[int, float]]:
+    """The user's stored (movie id, rating) pairs; none without a ratings database."""
+    store = _writes(request).store
+    return [] if store is None else [(m, r) for m, r, _seq, _at in store.ratings_of(user)]
+
+
+def stored_user(request: Request, user: int) -> dict | None:
+    """A user the ratings database made (their features, as `Recommender.recommend_new` takes them), or None."""
+    store = _writes(request).store
+    return None if store is None or not 0 < user <= MAX_ID else store.user(user)
+
+
+def check_user(request: Request, rec: Recommender, user: int) -> dict | None:
+    """None for a user of the model's data, the features of a stored new user; `UnknownId` otherwise."""
+    if 0 < user <= MAX_ID and rec.model.has_user(user):
+        return None
+    features = stored_user(request, user)
+    if features is None:
+        rec.user_row(user)  # raises, naming the data's users
+    return features
+
+
+def recommend(request: Request, user: int, k: int) -> dict:
+    """A user's list with their stored ratings: a known user's, or a stored new user's."""
+    rec = _rec(request)
+    features = check_user(request, rec, user)
+    rated = stored_ratings(request, user)
+    if features is None:
+        return rec.recommend(user, k, rated)
+    return {"user_id": user} | rec.recommend_new(k, **features, rated=rated, strict=False)
+
+
+def list_effect(rec: Recommender) -> str:
+    if rec.reads_history:
+        return "now: the list reads the user's stored ratings from the next request on"
+    return "after retraining: the served model reads no history, so the movie is only left out of the list until then"
+
+
+class Rating(BaseModel):
+    """A user's rating of a movie, in the data's own ids and on its scale."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_id: int = Field(ge=1, le=MAX_ID)
+    movie_id: int = Field(ge=1, le=MAX_ID)
+    rating: float = Field(description="on the data's scale (ml-100k, ml-1m: 1..5 whole stars)")
+
+
+class NewUser(BaseModel):
+    """A new user: the chapter's gender, age and job, or the data's own features."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    gender: str | None = Field(None, pattern="^[MF]$")
+    age: int | None = Field(None, ge=1, le=120, description="age in years, or the bucket code")
+    job: int | None = Field(None, ge=0)
+    features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
+
+
+RESPONSES = {
+    401: {"description": "no or wrong write token"},
+    403: {"description": "this server takes no writes (no ratings database or no token)"},
+    404: {"description": "unknown user or movie"},
+    415: {"description": "the body is not sent as application/json"},
+    422: {"description": "a value off the data's scale, a malformed or extra field"},
+}
+
+
+@router.post("/api/ratings", status_code=201, responses=RESPONSES)
+def rate(request: Request, rating: Rating):
+    """Store a rating (`Authorization: Bearer TOKEN`). The latest rating of a (user, movie) pair counts: a
+    re-rating replaces it. Answered once the row is on disk."""
+    store = _writes(request).authorize(request)
+    rec = _rec(request)
+    check_user(request, rec, rating.user_id)
+    rec.movie_row(rating.movie_id)
+    if not math.isfinite(rating.rating):
+        raise RecsysError(f"rating must be a number on the data's scale, got {rating.rating}")
+    check_rated(rating.movie_id, rating.rating, rec.model.has_movie, rec.model.rating_scale)
+    seq, replaced = store.rate(rating.user_id, rating.movie_id, rating.rating)
+    return {"user_id": rating.user_id, "movie_id": rating.movie_id, "rating": rating.rating, "seq": seq,
+            "replaced": replaced, "list_changes": list_effect(rec)}  # fmt: skip
+
+
+@router.post("/api/users", status_code=201, responses=RESPONSES)
+def new_user(request: Request, who: NewUser):
+    """Make a new user (`Authorization: Bearer TOKEN`) with the data's features; answers their new id, with
+    which they rate through `POST /api/ratings`."""
+    store = _writes(request).authorize(request)
+    rec = _rec(request)
+    features = rec.new_user(who.gender, who.age, who.job, who.features)
+    user = store.add_user(features, int(max(rec.model.user_ids)))
+    return {"user_id": user} | features
+
+
+@router.get("/api/users/{user}/ratings", responses={404: RESPONSES[404]})
+def ratings(request: Request, user: int):
+    """The ratings stored for a user through `POST /api/ratings`, oldest first (none without a database)."""
+    rec = _rec(request)
+    features = check_user(request, rec, user)
+    store = _writes(request).store
+    rows = [] if store is None else store.ratings_of(user)
+    return {
+        "user_id": user,
+        "new_user": features is not None,
+        "ratings": [
+            {"movie_id": m, "title": rec.movie(m)["title"], "rating": r, "seq": q, "at": at} for m, r, q, at in rows
+        ],  # fmt: skip
+        "list_changes": list_effect(rec),
+    }

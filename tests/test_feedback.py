@@ -1,0 +1,304 @@
+"""Ratings through the service into the ratings database: tokens, bad input, lists that change at once, a
+server killed mid-load, two servers on one file, and retraining that reads the database."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, infer_json, need_ml100k, run_cli
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from recsys.modeldir import ModelDir  # noqa: E402
+from recsys.serve import create_app  # noqa: E402
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def served(u1_models, tmp_path):
+    """A retrieval model served with a fresh ratings database and a write token: (client, database path)."""
+    db = tmp_path / "ratings.db"
+    with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as c:
+        yield c, db
+
+
+def _ids(answer: dict) -> list[int]:
+    return [m["movie_id"] for m in answer["recommendations"]]
+
+
+def test_a_stored_rating_changes_the_next_list_of_a_history_model(served, u1_models):
+    c, db = served
+    before = c.get("/api/users/1/recommendations?k=20").json()
+    top = _ids(before)[0]
+    r = c.post("/api/ratings", json={"user_id": 1, "movie_id": top, "rating": 5}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["seq"] == 1 and r.json()["replaced"] is False
+    assert r.json()["list_changes"].startswith("now")
+    after = c.get("/api/users/1/recommendations?k=20").json()
+    assert top not in _ids(after)
+    # the user's vector moved: by hand, the tower over the training history plus the stored movie
+    md = ModelDir.load(u1_models[0])
+    feeds = md.tables.user_features(np.array([1])) | {"history": md.history_of([1], [(md.movie_row(top), 5.0)])}
+    moved = md.user_vector(feeds)[0]
+    assert not np.allclose(moved, md.arrays["user_vectors"][1])
+    cosines = [m["cosine"] for m in after["recommendations"]]
+    assert cosines == pytest.approx([float(md.catalogue_vectors[md.movie_ids.tolist().index(m)] @ moved)
+                                     for m in _ids(after)], abs=1e-5)  # fmt: skip
+    # the same rating again, then a re-rating: one row per (user, movie), the latest counts
+    assert c.post("/api/ratings", json={"user_id": 1, "movie_id": top, "rating": 5}, headers=AUTH).json()["replaced"]
+    c.post("/api/ratings", json={"user_id": 1, "movie_id": top, "rating": 2}, headers=AUTH)
+    stored = c.get("/api/users/1/ratings").json()["ratings"]
+    assert [(s["movie_id"], s["rating"], s["seq"]) for s in stored] == [(top, 2.0, 3)]
+    rows = sqlite3.connect(db).execute("SELECT user_id, movie_id, rating FROM ratings").fetchall()
+    assert rows == [(1, top, 2.0)]
+
+
+def test_a_new_user_rates_and_gets_lists_that_read_the_ratings(served):
+    c, _ = served
+    r = c.post("/api/users", json={"gender": "F", "age": 30, "job": 4}, headers=AUTH)
+    assert r.status_code == 201 and r.json() == {"user_id": 944, "gender": "F", "age": 30, "job": 4}  # ml-100k: 1..943
+    assert c.post("/api/users", json={"gender": "M", "age": 40, "job": 1}, headers=AUTH).json()["user_id"] == 945
+    assert c.post("/api/ratings", json={"user_id": 944, "movie_id": 50, "rating": 5}, headers=AUTH).status_code == 201
+    mine = c.get("/api/users/944/recommendations?k=10").json()
+    cold = c.get("/api/recommendations", params={"gender": "F", "age": 30, "job": 4, "k": 10}).json()
+    named = c.post("/api/recommend", json={"gender": "F", "age": 30, "job": 4, "rated": [[50, 5]], "k": 10}).json()
+    assert _ids(mine) == _ids(named) != _ids(cold) and 50 not in _ids(mine)
+    assert c.get("/api/users/944/ratings").json()["new_user"] is True
+    assert c.get("/api/users/946/recommendations").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"user_id": 99999, "movie_id": 1, "rating": 4}, 404, "unknown user id 99999"),
+        ({"user_id": 1, "movie_id": 99999, "rating": 4}, 404, "unknown movie id 99999"),
+        ({"user_id": 1, "movie_id": 1, "rating": 6}, 422, "outside the data's scale 1..5"),
+        ({"user_id": 1, "movie_id": 1, "rating": 3.5}, 422, "not one of the data's ratings"),
+        ({"user_id": 1, "movie_id": 1, "rating": True}, 422, "rating: Input should be a valid number"),
+        ({"user_id": 1, "movie_id": 1, "rating": "4"}, 422, "rating: Input should be a valid number"),
+        ({"user_id": 1, "movie_id": 1}, 422, "rating: Field required"),
+        ({"user_id": 1, "movie_id": 1, "rating": 4, "at": 0}, 422, "at: Extra inputs are not permitted"),
+        ({"user_id": 2**64, "movie_id": 1, "rating": 4}, 422, "user_id: Input should be less than or equal"),
+        ({"user_id": True, "movie_id": 1, "rating": 4}, 422, "user_id: Input should be a valid integer"),
+    ],
+)
+def test_bad_ratings_get_a_4xx_with_one_line_and_store_nothing(served, body, status, needle):
+    c, db = served
+    r = c.post("/api/ratings", json=body, headers=AUTH)
+    assert r.status_code == status and needle in r.json()["error"] and "\n" not in r.text
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 0
+
+
+def test_nan_a_body_that_is_not_json_and_tokens(served, u1_models, tmp_path):
+    c, _ = served
+    raw = {"content-type": "application/json"} | AUTH
+    r = c.post("/api/ratings", content=b'{"user_id": 1, "movie_id": 1, "rating": NaN}', headers=raw)
+    assert r.status_code == 422 and "rating must be a number" in r.json()["error"]
+    r = c.post("/api/ratings", content=b"five stars", headers=raw)
+    assert r.status_code == 422 and "malformed JSON body" in r.json()["error"]
+    good = {"user_id": 1, "movie_id": 1, "rating": 4}
+    missing = c.post("/api/ratings", json=good)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in missing.json()["error"]
+    wrong = c.post("/api/ratings", json=good, headers={"Authorization": "Bearer " + TOKEN[:-1]})
+    assert wrong.status_code == 401 and wrong.json() == {"error": "wrong write token"}
+    assert c.post("/api/users", json={"gender": "X", "age": 30, "job": 4}, headers=AUTH).status_code == 422
+    assert c.post("/api/users", json={"gender": "F", "age": 0, "job": 4}, headers=AUTH).status_code == 422
+    # no token configured, or no database: 403, saying how to enable writes; reads stay open
+    for kwargs in ({"ratings_db": tmp_path / "other.db"}, {}):
+        with TestClient(create_app(u1_models[0], reload_interval=0, **kwargs)) as plain:
+            r = plain.post("/api/ratings", json=good, headers=AUTH)
+            assert r.status_code == 403 and "--write-token-file" in r.json()["error"]
+            assert plain.get("/api/users/1/recommendations").status_code == 200
+
+
+def test_the_rating_model_says_its_list_changes_after_retraining(u1_models, tmp_path):
+    app = create_app(u1_models[1], reload_interval=0, ratings_db=tmp_path / "r.db", write_token=TOKEN)
+    with TestClient(app) as c:
+        top = _ids(c.get("/api/users/1/recommendations?k=5").json())[0]
+        r = c.post("/api/ratings", json={"user_id": 1, "movie_id": top, "rating": 4}, headers=AUTH)
+        assert r.status_code == 201 and r.json()["list_changes"].startswith("after retraining")
+        assert top not in _ids(c.get("/api/users/1/recommendations?k=5").json())
+
+
+def test_a_file_that_is_no_ratings_database_is_one_error_and_left_untouched(u1_models, tmp_path):
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE things (x)")
+    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
+    for path, needle in ((text, "is not a SQLite database"), (other, "not a recsys ratings database")):
+        before = path.read_bytes()
+        proc = run_cli("recsys.serve", "--model-dir", str(u1_models[0]), "--ratings-db", str(path), "--port", "1")
+        assert_one_line_error(proc, needle)
+        proc = run_cli("recsys.train", *data, "--epochs", "1", "--model-dir", str(tmp_path / "m"),
+                       "--ratings-db", str(path))  # fmt: skip
+        assert_one_line_error(proc, needle)
+        assert path.read_bytes() == before
+    assert not (tmp_path / "m").exists()
+    proc = run_cli("recsys.serve", "--model-dir", str(u1_models[0]), "--ratings-db", str(tmp_path / "x.db"),
+                   "--host", "0.0.0.0")  # fmt: skip
+    assert_one_line_error(proc, "needs a write token")
+    assert not (tmp_path / "x.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model, db, port: int, token_file) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "recsys.serve", "--model-dir", str(model), "--port", str(port),
+           "--ratings-db", str(db), "--write-token-file", str(token_file), "--log-level", "warning",
+           "--reload-interval", "0"]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).read()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise AssertionError("the server did not start")
+
+
+def _post(port: int, body: dict) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/ratings", json.dumps(body).encode(),
+                                 AUTH | {"content-type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_nothing_acknowledged_is_lost_when_the_server_is_killed(u1_models, tmp_path):
+    """Four writers (one in five of their ratings off the scale) and two readers against a server that is
+    SIGKILLed mid-load; restarted on the same file, every 201 is there exactly once, no 4xx is."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    db, port = tmp_path / "ratings.db", _free_port()
+    server = _start(u1_models[0], db, port, token)
+    acked, refused, lock, stop = {}, set(), threading.Lock(), threading.Event()
+
+    def writer(w: int) -> None:
+        for i in range(400):  # each (user, movie) once: user 1 + w, movies 1..400
+            if stop.is_set():
+                return
+            body = {"user_id": 1 + w, "movie_id": 1 + i, "rating": 9 if i % 5 == 4 else 1 + i % 5}
+            try:
+                status = _post(port, body)
+            except OSError:  # cut off by the kill: may land either way
+                return
+            with lock:
+                (acked.__setitem__((body["user_id"], body["movie_id"]), body["rating"]) if status == 201
+                 else refused.add((body["user_id"], body["movie_id"])))  # fmt: skip
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users/1/recommendations?k=10", timeout=10).read()
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=30)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked) >= 150 and refused
+    server = _start(u1_models[0], db, port, token)  # the same file, after the kill
+    try:
+        stored = {}
+        for user in range(1, 5):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users/{user}/ratings", timeout=10) as r:
+                for row in json.load(r)["ratings"]:
+                    assert (user, row["movie_id"]) not in stored  # once
+                    stored[(user, row["movie_id"])] = row["rating"]
+        assert all(stored.get(pair) == rating for pair, rating in acked.items())
+        assert not refused & stored.keys()
+        assert _post(port, {"user_id": 1, "movie_id": 1000, "rating": 3}) == 201  # it takes ratings again
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def test_two_servers_share_one_database_file(u1_models, tmp_path):
+    db = tmp_path / "ratings.db"
+    apps = [create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN) for _ in range(2)]
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b:
+        errors = []
+
+        def write(c, user):
+            for movie in range(1, 101):
+                r = c.post("/api/ratings", json={"user_id": user, "movie_id": movie, "rating": 4}, headers=AUTH)
+                if r.status_code != 201:
+                    errors.append(r.text)
+
+        threads = [threading.Thread(target=write, args=(c, u)) for c, u in ((a, 1), (b, 2), (a, 3), (b, 4))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors
+        # each server reads what the other wrote
+        assert len(a.get("/api/users/2/ratings").json()["ratings"]) == 100
+        assert len(b.get("/api/users/1/ratings").json()["ratings"]) == 100
+        seqs = [row[0] for row in sqlite3.connect(db).execute("SELECT seq FROM ratings ORDER BY seq")]
+        assert seqs == list(range(1, 401))
+
+
+def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, tmp_path):
+    db = tmp_path / "ratings.db"
+    app = create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)
+    with TestClient(app) as c:
+        new = c.post("/api/users", json={"gender": "F", "age": 30, "job": 4}, headers=AUTH).json()["user_id"]
+        for movie, stars in ((50, 5), (181, 4), (172, 5)):
+            c.post("/api/ratings", json={"user_id": new, "movie_id": movie, "rating": stars}, headers=AUTH)
+        c.post("/api/ratings", json={"user_id": 1, "movie_id": 1, "rating": 1}, headers=AUTH)  # a training pair
+        c.post("/api/ratings", json={"user_id": 1, "movie_id": 6, "rating": 5}, headers=AUTH)  # a u1 test pair
+    model = tmp_path / "retrained"
+    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
+    proc = run_cli("recsys.train", *data, "--objective", "retrieval", "--epochs", "1", "--model-dir", str(model),
+                   "--ratings-db", str(db))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "4 stored ratings (up to seq 5) and 1 new users" in proc.stdout
+    assert "1 archive ratings replaced" in proc.stdout and "1 left out" in proc.stdout
+    read = ModelDir.load(model).meta["settings"]["ratings_db_read"]
+    assert read["high_water"] == 5 and read["ratings"] == 5 and len(read["sha256"]) == 64
+    answer = infer_json("--model-dir", str(model), "--user", str(new), "--top-k", "5")
+    assert answer["user_id"] == new and len(answer["recommendations"]) == 5
+    assert not {50, 181, 172} & set(_ids(answer))
+    md = ModelDir.load(model)
+    assert sorted(md.ratings_of(new)[0].tolist()) == [50, 172, 181] and not md.ratings_of(new)[2].any()
+    user1 = md.ratings_of(1)
+    assert 1.0 == user1[1][list(user1[0]).index(1)]  # the stored rating replaced the archive's
+    assert list(user1[0]).count(6) == 1 and user1[2][list(user1[0]).index(6)]  # the test rating untouched
+    # a resumed run reads the rows it recorded, or refuses once they changed
+    with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as c:
+        c.post("/api/ratings", json={"user_id": new, "movie_id": 50, "rating": 3}, headers=AUTH)
+    proc = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "2")
+    assert_one_line_error(proc, "no longer holds the rows this run read")
