@@ -298,3 +298,58 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
             driver.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_rating_a_movie_on_the_page_changes_its_list(u1_models, monkeypatch, tmp_path):
+    """With a ratings database and a token, the page's stars rate a movie of the list (the token typed in once),
+    the list moves on at once, and the rating is stored."""
+    binary = _browser()
+    if binary is None:
+        pytest.skip("no Chromium and chromedriver here (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    port, db = _free_port(), tmp_path / "ratings.db"
+    cmd = ["recsys.serve", "--model-dir", str(u1_models[0]), "--port", str(port), "--log-level", "warning",
+           "--ratings-db", str(db)]  # fmt: skip
+    server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "RECSYS_WRITE_TOKEN": "page-token"})  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
+                 "--disable-background-networking",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # fmt: skip
+        options.add_argument(flag)
+    driver = None
+
+    def movie_ids() -> list[str]:  # read in one script: the list may be redrawn between two element lookups
+        script = "return [...document.querySelectorAll('#recs li .movie')].map((e) => e.dataset.movieId)"
+        return driver.execute_script(script)
+
+    try:
+        server.stdout.readline()
+        _wait_for(port)
+        driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
+        driver.get(f"http://127.0.0.1:{port}/?user=1")
+        WebDriverWait(driver, 30).until(lambda d: len(movie_ids()) == 10)
+        before = movie_ids()
+        driver.find_element(By.ID, "token").send_keys("page-token")
+        driver.find_elements(By.CSS_SELECTOR, "#recs li .rate button")[4].click()  # five stars for the first
+        WebDriverWait(driver, 30).until(lambda d: movie_ids() and movie_ids()[0] != before[0])
+        assert before[0] not in movie_ids() and movie_ids()[:9] != before[:9]
+        assert "(rated here)" in driver.find_element(By.ID, "history").text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users/1/ratings", timeout=10) as r:
+            assert [(x["movie_id"], x["rating"]) for x in json.load(r)["ratings"]] == [(int(before[0]), 5.0)]
+        driver.find_element(By.ID, "token").clear()
+        driver.find_element(By.ID, "token").send_keys("wrong")
+        driver.find_elements(By.CSS_SELECTOR, "#recs li .rate button")[0].click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "error").text == "wrong write token")
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.communicate(timeout=30)

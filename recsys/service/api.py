@@ -110,6 +110,7 @@ async def health(request: Request):
         "users": len(rec.model.user_ids),
         "movies": len(rec.model.movie_ids),
         "candidates": rec.candidates,
+        "ratings": request.app.state.writes.status,
         "reload_interval_s": holder.interval,
         "reload_error": holder.last_error,
     }

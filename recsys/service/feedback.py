@@ -40,6 +40,11 @@ class Writes:
     def __init__(self, store: RatingsStore | None, token: str | None):
         self.store, self.token = store, token
 
+    @property
+    def status(self) -> str:
+        """Whether writes are taken: "on", "no token" (a database, but no token) or "off" (no database)."""
+        return "off" if self.store is None else "no token" if self.token is None else "on"
+
     def authorize(self, request: Request) -> RatingsStore:
         """The store, for a request that carries the token; else `Refused`."""
         if self.store is None:

@@ -41,9 +41,10 @@ def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarr
     """The ranking head (`model.RankingHead`) in numpy: logits for tower outputs `user` [..., D] and `movie`
     [..., D] and pair features [..., 3]. Saves running the network over precomputed tower outputs."""
     x = np.concatenate([np.broadcast_to(user, movie.shape) * movie, features], axis=-1)
-    h = np.maximum(x @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
-    linear = features @ params["head.linear"]
-    return (linear + h @ params["head.out.weight"] + params["head.out.bias"])[..., 0]
+    flat = x.reshape(-1, x.shape[-1])  # one 2-D product: NumPy's stacked [..., N, D] @ [D, H] is ten times slower
+    h = np.maximum(flat @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
+    linear = features.reshape(-1, features.shape[-1]) @ params["head.linear"]
+    return (linear + h @ params["head.out.weight"] + params["head.out.bias"]).reshape(x.shape[:-1])
 
 
 def fingerprint(md) -> str | None:
