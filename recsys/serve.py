@@ -19,20 +19,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "RECSYS_WRITE_TOKEN"
 
 
-def create_app(
-    model_dir,
-    rerank=None,
-    reload_interval: float = 2.0,
-    candidates: int | None = None,
-    search: str = "auto",
-    ratings_db=None,
-    write_token: str | None = None,
-):
-    """The FastAPI application serving these model dirs (see `recsys.service.api`); with `ratings_db`, it
-    takes ratings from clients that send `write_token` (see `recsys.service.feedback`)."""
+def create_app(*args, **kwargs):
+    """`recsys.service.api.create_app` (the FastAPI application; with `ratings_db`, it takes ratings from clients
+    that send `write_token`), imported on first use: the serve extra is optional."""
     from recsys.service import api
 
-    return api.create_app(model_dir, rerank, reload_interval, candidates, search, ratings_db, write_token)
+    return api.create_app(*args, **kwargs)
 
 
 def write_token(token_file: str | None) -> str | None:

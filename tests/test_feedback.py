@@ -4,6 +4,7 @@ server killed mid-load, two servers on one file, and retraining that reads the d
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -302,3 +303,30 @@ def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, tmp_
         c.post("/api/ratings", json={"user_id": new, "movie_id": 50, "rating": 3}, headers=AUTH)
     proc = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "2")
     assert_one_line_error(proc, "no longer holds the rows this run read")
+
+
+def test_the_readmes_loop_runs_as_written(u1_models, tmp_path):
+    """The README's block under "Ratings in", run by bash in a folder holding a retrieval model of ml-100k u1."""
+    import re
+    import shutil
+
+    from conftest import ROOT, SHARED
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Ratings in") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(u1_models[0], tmp_path / "retrieval.model")
+    if shutil.which("curl") is None:
+        pytest.skip("no curl here")
+    with socket.socket() as s:  # the block's port 8000 must be free here
+        if s.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is taken on this machine")
+    path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"  # `python` is this one
+    env = {**os.environ, "RECSYS_DATA_HOME": str(SHARED), "PATH": path}
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + block  # no server left if a step fails
+    proc = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"user_id":944' in proc.stdout.replace(" ", "") and "Top 10 movies for user id 944" in proc.stdout
+    rows = sqlite3.connect(tmp_path / "ratings.db").execute("SELECT user_id, movie_id, rating FROM ratings")
+    assert rows.fetchall() == [(944, 50, 5.0)]
