@@ -279,7 +279,7 @@ def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
     db = store.RatingsStore(args.ratings_db, data.meta.dataset, create=False)
     try:
         recorded = getattr(args, "ratings_db_read", None)
-        snap = db.snapshot(None if recorded is None else recorded["high_water"])
+        snap = db.snapshot(*((None, None) if recorded is None else (recorded["high_water"], recorded["users"])))
     finally:
         db.close()
     if recorded is not None and snap.sha256 != recorded["sha256"]:

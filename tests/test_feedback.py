@@ -298,10 +298,17 @@ def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, tmp_
     user1 = md.ratings_of(1)
     assert 1.0 == user1[1][list(user1[0]).index(1)]  # the stored rating replaced the archive's
     assert list(user1[0]).count(6) == 1 and user1[2][list(user1[0]).index(6)]  # the test rating untouched
-    # a resumed run reads the rows it recorded, or refuses once they changed
+    # a resumed run reads the rows it recorded (later users and ratings aside), or refuses once they changed
     with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as c:
-        c.post("/api/ratings", json={"user_id": new, "movie_id": 50, "rating": 3}, headers=AUTH)
-    proc = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "2")
+        c.post("/api/users", json={"gender": "M", "age": 40, "job": 1}, headers=AUTH)
+        c.post("/api/ratings", json={"user_id": 2, "movie_id": 3, "rating": 4}, headers=AUTH)
+        resumed = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "2")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "4 stored ratings (up to seq 5) and 1 new users" in resumed.stdout
+    with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as c:
+        again = c.post("/api/ratings", json={"user_id": new, "movie_id": 50, "rating": 3}, headers=AUTH)
+        assert again.json()["replaced"]
+    proc = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "3")
     assert_one_line_error(proc, "no longer holds the rows this run read")
 
 

@@ -181,8 +181,9 @@ class RatingsStore:
         sql = "SELECT movie_id, rating, seq, at FROM ratings WHERE user_id = ? ORDER BY seq"
         return self._run(lambda con: con.execute(sql, (user_id,)).fetchall())
 
-    def snapshot(self, high_water: int | None = None) -> Snapshot:
-        """Every row up to `high_water` (default: all there are now), read in one transaction."""
+    def snapshot(self, high_water: int | None = None, n_users: int | None = None) -> Snapshot:
+        """Every rating up to `high_water` and the first `n_users` new users (ids only grow, so they are those
+        stored then; default: all there are now), read in one transaction."""
 
         def read(con):
             top = con.execute("SELECT COALESCE(MAX(seq), 0) FROM ratings").fetchone()[0]
@@ -190,7 +191,8 @@ class RatingsStore:
             rows = con.execute(
                 "SELECT seq, user_id, movie_id, rating, at FROM ratings WHERE seq <= ? ORDER BY seq", (mark,)
             ).fetchall()
-            users = con.execute("SELECT user_id, features FROM users ORDER BY user_id").fetchall()
+            sql = "SELECT user_id, features FROM users ORDER BY user_id LIMIT ?"
+            users = con.execute(sql, (-1 if n_users is None else n_users,)).fetchall()
             return mark, rows, users
 
         mark, rows, users = self._run(read)
