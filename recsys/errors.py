@@ -22,6 +22,10 @@ class RecsysError(Exception):
     """A problem the user can fix (bad input, missing data or model); CLIs print it on one line."""
 
 
+class UnknownId(RecsysError):
+    """A user or movie id that the model's data does not have (the service answers 404)."""
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI `main` so a RecsysError (or Ctrl-C) prints `error: ...` and returns 2, never a traceback."""
 

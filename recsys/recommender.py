@@ -23,15 +23,11 @@ import numpy as np
 
 from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
 from recsys.topn import Interactions, evaluate, fingerprint, nearest, stages
 
 Path = str | os.PathLike
-
-
-class UnknownId(RecsysError):
-    """A user or movie id that the model's data does not have (the service answers 404)."""
 
 
 def stars(score: float) -> float:

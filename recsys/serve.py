@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--ratings-db",
-        metavar="PATH",
-        help="take ratings and new users (POST /api/ratings, /api/users) into this SQLite file (made if missing)",
+        metavar="PATH_OR_URL",
+        help="take ratings and new users (POST /api/ratings, /api/users) into this SQLite file (made if missing) "
+        "or, shared by several servers, a PostgreSQL database (postgresql://USER@HOST/DB; pip install "
+        "'psycopg[binary]')",
     )
     ap.add_argument(
         "--write-token-file",

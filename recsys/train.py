@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from recsys import movielens
+from recsys.data import store
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
 from recsys.topn import neighbours
@@ -98,9 +99,10 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     )
     ap.add_argument(
         "--ratings-db",
-        metavar="PATH",
-        help="also train on the ratings (and new users) that `serve --ratings-db PATH` stored; the model dir "
-        "records the rows read (the largest seq and a hash); the test split is never touched",
+        metavar="PATH_OR_URL",
+        help="also train on the ratings (and new users) that `serve --ratings-db` stored (a SQLite file, or a "
+        "postgresql:// URL); the model dir records the rows read (the largest seq and a hash); the test split "
+        "is never touched",
     )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
     recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
@@ -210,7 +212,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
 
     if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
         args.candidates_from = str(Path(args.candidates_from).resolve())
-    if args.ratings_db is not None:
+    if args.ratings_db is not None and not store.is_url(args.ratings_db):
         args.ratings_db = str(Path(args.ratings_db).resolve())
     args.ratings_db_read = None  # set by `load_data`; a resumed run reads the rows its record names
     if args.resume:  # the recorded run's settings and data, unless given
@@ -271,8 +273,6 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
 def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
     """The dataset and split of these settings, with the ratings database's rows in its training split when
     `--ratings-db` is given (a resumed run reads exactly the rows its record names, or refuses)."""
-    from recsys.data import store
-
     data = movielens.load(args.dataset, args.data_dir, args.split)
     if args.ratings_db is None:
         return data
@@ -284,14 +284,14 @@ def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
         db.close()
     if recorded is not None and snap.sha256 != recorded["sha256"]:
         raise RecsysError(
-            f"--resume: the ratings database {args.ratings_db} no longer holds the rows this run read (up to seq "
-            f"{recorded['high_water']}: re-rated since); train a new --model-dir"
+            f"--resume: the ratings database {store.shown(args.ratings_db)} no longer holds the rows this run read "
+            f"(up to seq {recorded['high_water']}: re-rated since); train a new --model-dir"
         )
     args.ratings_db_read = snap.record(args.ratings_db)
     data, added = store.with_stored(data, snap)
     if log is not None:
         log(
-            f"{args.ratings_db}: {added['ratings']} stored ratings (up to seq {snap.high_water}) and "
+            f"{store.shown(args.ratings_db)}: {added['ratings']} stored ratings (up to seq {snap.high_water}) and "
             f"{added['new_users']} new users added to the training split; {added['replaced']} archive ratings "
             f"replaced by newer ones, {added['left_out_test']} left out (their movie is in the user's test ratings)"
         )

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -53,6 +61,28 @@ def small_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ml1m-small")
     synthetic.write_ml1m(out, 40_000, seed=2)
     return out
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str, port: int, timeout: float = 120) -> subprocess.Popen:
+    """`python -m recsys.serve ARGS --port PORT` (quiet), once `/api/health` answers."""
+    cmd = [sys.executable, "-m", "recsys.serve", *args, "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).read()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise AssertionError(f"the server did not start: {' '.join(cmd)}")
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -124,3 +154,58 @@ def http_dir(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this machine (Debian's `postgresql` package), started for the tests on a loopback
+    port in a temp folder and stopped after them: its URL without a database. Skips, saying why, without the
+    psycopg driver or the server's programs."""
+    pytest.importorskip("psycopg", reason="no psycopg driver here (the dev extra brings it)")
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[::-1]), None)
+    if found is None:
+        pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
+    bin_dir, run_as = Path(found).resolve().parent, []
+    root = Path(tempfile.mkdtemp(prefix="recsys-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's own user
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    options = f"-k {root} -h 127.0.0.1 -p {port}"
+    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+                    "start"], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ratings_db(request, tmp_path):
+    """A new, empty ratings database of each kind: (`--ratings-db` value, `rows(sql)` reading it directly)."""
+    if request.param == "sqlite":
+        import sqlite3
+
+        path = tmp_path / "ratings.db"
+        return str(path), lambda sql: sqlite3.connect(path).execute(sql).fetchall()
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"recsys_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    url = f"{server}/{name}"
+
+    def rows(sql):
+        with psycopg.connect(url) as con:
+            return [tuple(r) for r in con.execute(sql).fetchall()]
+
+    return url, rows

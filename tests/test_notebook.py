@@ -58,6 +58,9 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert "chapter model (stars)" in text and "retrieval alone (cosine)" in text and "two stages" in text
     assert "two-stage: retrieval top 200 -> ranking network" in text and "EASE (lambda 500)" in text
     assert "recall@200 of the candidates" in text
+    # the ratings loop: a stored rating, a new user (6,040 users in ml-1m), retraining that read both
+    assert "'seq': 1, 'replaced': False" in text and "new user 6041 rated" in text
+    assert "retrained on {'path': " in text and "'ratings': 4, 'users': 1}" in text
 
 
 def test_notebook_runs_on_ml100k(tmp_path, monkeypatch):

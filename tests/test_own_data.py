@@ -221,14 +221,14 @@ def test_ml_latest_layout_a_new_user_known_only_by_rated_movies(latest_model):
         assert c.get("/api/meta").json() == {"users": USER_IDS, "features": {}}
         _one_line_4xx(c.post("/api/recommend", json={"rated": [[5, 3.25]]}), 422,
                       "rating 3.25 of movie 5 is not one of the data's ratings 0.5, 1, ..., 5")  # fmt: skip
-        _one_line_4xx(c.post("/api/recommend", json={"rated": [[4, 3]]}), 422, "rated movie 4 is unknown")
+        _one_line_4xx(c.post("/api/recommend", json={"rated": [[4, 3]]}), 404, "rated movie 4 is unknown")
         _one_line_4xx(c.post("/api/recommend", json={"features": {"country": "DE"}}), 422,
                       "ml-latest-small has no user features (got 'country')")  # fmt: skip
         _one_line_4xx(c.get("/api/recommendations?gender=F&age=25&job=1"), 422,
                       'has no user features (no gender, age or job): a new user is known by the movies they rated: '
                       'POST /api/recommend with {"rated"')  # fmt: skip
         r = c.get("/api/predict?user=42&movie=5")  # how to start the server: names its command-line flag
-        assert r.status_code == 422 and r.json()["error"].startswith("no rating model is served"), r.text
+        assert r.status_code == 404 and r.json()["error"].startswith("no rating model is served"), r.text
 
     for args, needle in (
         (

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, infer_json, run_cli
+from conftest import ROOT, assert_one_line_error, free_port, infer_json, run_cli
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -80,7 +80,7 @@ def test_every_endpoint_answers_as_the_cli(client, u1_models):
         ("post", "/api/recommend", b'{"user_id": 1, "gender": "F"}', 422, "not both"),
         ("post", "/api/recommend", b'{"k": 3}', 422, "give user_id, or all of gender, age and job"),
         ("post", "/api/recommend", b'{"user_id": true}', 422, "user_id: Input should be a valid integer"),
-        ("post", "/api/recommend", b'{"user_id": 1, "k": 2.0}', 422, "k: Input should be a valid integer"),
+        ("post", "/api/recommend", b'{"user_id": 1, "k": 2.5}', 422, "k: Input should be a valid integer"),
         ("post", "/api/recommend", b'{"gender": "F", "age": 25, "job": false}', 422, "job: Input should be a valid"),
         ("get", "/api/nothing", None, 404, "Not Found"),
     ],
@@ -122,7 +122,7 @@ def test_ages_in_years_and_the_two_stage_rule_for_large_k(client, u1_models):
 def test_the_server_logs_one_line_per_request_at_the_level_given(u1_models):
     retrieval, _ = u1_models
     for level, lines in (("info", 2), ("warning", 0)):
-        port = _free_port()
+        port = free_port()
         cmd = ["recsys.serve", "--model-dir", str(retrieval), "--port", str(port), "--log-level", level]
         server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)  # fmt: skip
@@ -178,12 +178,6 @@ def test_a_model_swapped_by_training_is_picked_up_and_no_request_fails(small_dir
     assert len(answers) > 1  # the answers switched to the newer saves
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(port: int) -> None:
     for _ in range(300):
         try:
@@ -216,7 +210,7 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
     monkeypatch.setenv("SE_OFFLINE", "true")
     retrieval, rating = u1_models
     pair = ["--model-dir", str(retrieval), "--rerank", str(rating)]
-    port = _free_port()
+    port = free_port()
     cmd = ["recsys.serve", *pair, "--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     options = webdriver.ChromeOptions()
@@ -313,7 +307,7 @@ def test_rating_a_movie_on_the_page_changes_its_list(u1_models, monkeypatch, tmp
 
     monkeypatch.setenv("SE_AVOID_STATS", "true")
     monkeypatch.setenv("SE_OFFLINE", "true")
-    port, db = _free_port(), tmp_path / "ratings.db"
+    port, db = free_port(), tmp_path / "ratings.db"
     cmd = ["recsys.serve", "--model-dir", str(u1_models[0]), "--port", str(port), "--log-level", "warning",
            "--ratings-db", str(db)]  # fmt: skip
     server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import HEAD, ROOT, assert_one_line_error, need_ml1m_meta, run_cli
+from conftest import HEAD, ROOT, assert_one_line_error, free_port, need_ml1m_meta, run_cli
 
 from recsys import synthetic
 from recsys.modeldir import ModelDir
@@ -28,12 +27,6 @@ def _use_block() -> list[str]:
     section = (ROOT / "README.md").read_text().split("\n## Use\n", 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 60) -> dict:
@@ -69,7 +62,7 @@ def test_the_readme_use_block_as_written(tmp_path):
     for line in lines[1:]:
         command = line.split("#")[0].strip()
         if "recsys.serve" in command:  # runs until stopped: ask it something, then stop it
-            port = _free_port()
+            port = free_port()
             server = subprocess.Popen(["bash", "-c", f"{prefix}exec {command} --port {port}"], cwd=work, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             try:
@@ -128,7 +121,7 @@ def test_every_entry_point_without_paddle_is_one_line_naming_the_install(blocked
         ["recsys.train", "--data-dir", str(small_dir), "--model-dir", str(tmp_path / "new")],
         ["recsys.infer", *model, "--user", "1", "--movie", "5"],
         ["recsys.evaluate", *model, "--data-dir", str(small_dir)],
-        ["recsys.serve", *model, "--port", str(_free_port())],
+        ["recsys.serve", *model, "--port", str(free_port())],
     ]
     for args in commands:
         proc = run_cli(*args, env=env)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, UnknownId
 
 
 def history_rows(n_users: int, n_movies: int, user: np.ndarray, movie: np.ndarray) -> np.ndarray:
@@ -122,7 +122,7 @@ def check_rated(movie: int, stars: float, known, scale: tuple[float, float] = (1
     lowest rating: half stars from 0.5, else whole stars)."""
     low, high = scale
     if not known(movie):
-        raise RecsysError(f"rated movie {movie} is unknown to the model")
+        raise UnknownId(f"rated movie {movie} is unknown to the model")
     if not low <= stars <= high:  # NaN fails the comparison too
         raise RecsysError(f"rating {stars:g} of movie {movie} is outside the data's scale {low:g}..{high:g}")
     if not float(stars / low).is_integer():

@@ -1,14 +1,18 @@
-"""Ratings and new users sent to the service, kept in one SQLite file (the standard library's `sqlite3`).
+"""Ratings and new users sent to the service, kept in a real database: one SQLite file by default (the
+standard library's `sqlite3`), or a PostgreSQL server (`postgresql://...`, through psycopg) that several
+service replicas share.
 
-The file is a real database: WAL mode (readers never wait for the writer), `synchronous=FULL` (a commit is
-on disk, WAL included, before it returns: the service answers 201 only after that, so a power cut after
-the answer keeps the rating; WAL's usual NORMAL may lose the last commits), and a busy timeout of
-`BUSY_TIMEOUT` seconds, after which a writer that cannot get the lock gets a one-line error. Several
-processes may use one file at once (two servers, or a server and `train --ratings-db`).
+SQLite runs in WAL mode (readers never wait for the writer) with `synchronous=FULL` (a commit is on disk, WAL
+included, before it returns: the service answers 201 only after that, so a power cut after the answer keeps
+the rating; WAL's usual NORMAL may lose the last commits). PostgreSQL commits with `synchronous_commit=on`
+(the commit is flushed to its WAL on disk before it returns). Either way a write waits at most
+`BUSY_TIMEOUT` seconds for another writer's lock, then gets a one-line error; several processes may use one
+database at once (servers, and `train --ratings-db`).
 
 The rule for repeats: a (user, movie) pair has one stored rating, the latest. A re-rating replaces the
-row and gets a new, larger `seq`; so the rows up to a `seq` are exactly what was stored up to then, and a
-training run records the largest `seq` it read and a hash of the rows (`Snapshot`).
+row and gets a new, larger `seq`. Writers take the tables' write lock before they write, so rows commit in
+`seq` order: the rows up to a `seq` are exactly what was stored up to then, and a training run records the
+largest `seq` it read and a hash of the rows (`Snapshot`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -31,6 +36,7 @@ from recsys.errors import RecsysError
 FORMAT = 1
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's write before it fails
 HEADER = b"SQLite format 3\x00"
+TABLES = {"recsys_meta", "users", "ratings"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recsys_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, features TEXT NOT NULL, created REAL NOT NULL);
@@ -43,6 +49,22 @@ CREATE TABLE IF NOT EXISTS ratings (
     UNIQUE (user_id, movie_id)
 );
 """
+# the same tables in PostgreSQL's types (64-bit ids, 8-byte floats as SQLite's REAL)
+PG_SCHEMA = (
+    SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    .replace("INTEGER", "BIGINT")
+    .replace("REAL", "DOUBLE PRECISION")
+)
+
+
+def is_url(where: str | Path) -> bool:
+    """Whether `--ratings-db` names a PostgreSQL server rather than a SQLite file."""
+    return str(where).startswith(("postgresql://", "postgres://"))
+
+
+def shown(where: str | Path) -> str:
+    """`where` as messages and model dirs show it: a URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(where))
 
 
 @dataclass
@@ -57,90 +79,167 @@ class Snapshot:
     rating: np.ndarray  # float32 [n]
     at: np.ndarray  # float64 [n] unix time of each rating
 
-    def record(self, path: str) -> dict:
+    def record(self, where: str) -> dict:
         """What a model dir says it read."""
-        return {"path": path, "high_water": self.high_water, "sha256": self.sha256,
+        return {"path": shown(where), "high_water": self.high_water, "sha256": self.sha256,
                 "ratings": len(self.user), "users": len(self.users)}  # fmt: skip
 
 
-class RatingsStore:
-    """One ratings database for one dataset. Each thread gets its own connection."""
+class _SQLite:
+    """A SQLite file: its connections, and how its SQL differs."""
 
-    def __init__(self, path: str | Path, dataset: str, create: bool = True):
-        self.path, self.dataset = Path(path), dataset
-        self._local = threading.local()
-        self._writing = threading.Lock()  # this process's writers queue here, not in SQLite's sleeping busy handler
-        _check_file(self.path, create)
-        tables = self._tables()  # read before anything is written: a foreign file is left as it was
-        if tables and not {"recsys_meta", "users", "ratings"} <= tables:
-            raise RecsysError(f"{self.path} is a SQLite database but not a recsys ratings database; left untouched")
-        if not tables and not create:
-            raise RecsysError(f"ratings database {self.path} holds no ratings yet (start serve with it first)")
-        if tables:
-            meta = dict(self._run(lambda con: con.execute("SELECT key, value FROM recsys_meta").fetchall()))
-            if meta.get("format") != str(FORMAT):
-                raise RecsysError(f"ratings database {self.path} has format {meta.get('format')}, not {FORMAT}")
-            if meta.get("dataset") != dataset:
-                raise RecsysError(f"ratings database {self.path} holds {meta.get('dataset')} ratings, not {dataset}")
-        else:
-            self._run(self._create, write=True)
+    errors = sqlite3.DatabaseError
+    begin_write = begin_create = ("BEGIN IMMEDIATE",)  # the write lock at the start: writers commit in seq order
 
-    def _tables(self) -> set[str]:
+    def __init__(self, path: Path, create: bool):
+        self.path = path
+        _check_file(path, create)
+
+    def connect(self):
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # transactions by hand
+        if con.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+            raise RecsysError(f"ratings database {self.path}: cannot switch it to WAL mode")
+        con.execute("PRAGMA synchronous = FULL")
+        return con
+
+    def tables(self) -> set[str]:
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # no PRAGMA: reads only
         try:
-            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            try:
-                return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            finally:
-                con.close()
-        except sqlite3.DatabaseError as e:
-            raise self._damaged(e) from None
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
 
-    def _create(self, con) -> None:
-        for statement in SCHEMA.split(";"):
+    schema = SCHEMA
+
+    @staticmethod
+    def ours(tables: set[str]) -> set[str]:
+        return tables  # the whole file: any other table makes it a foreign database
+
+    @staticmethod
+    def sql(text: str) -> str:
+        return text
+
+    @staticmethod
+    def in_transaction(con) -> bool:
+        return con.in_transaction
+
+    @staticmethod
+    def busy(e: Exception) -> bool:
+        return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
+class _Postgres:
+    """A PostgreSQL database, through psycopg."""
+
+    begin_write = ("BEGIN", "LOCK TABLE users, ratings IN EXCLUSIVE MODE")  # readers go on; writers queue
+    begin_create = ("BEGIN",)
+
+    def __init__(self, url: str):
+        try:
+            import psycopg
+        except ModuleNotFoundError:
+            raise RecsysError(
+                f"ratings database {shown(url)}: PostgreSQL needs the psycopg driver: pip install 'psycopg[binary]'"
+            ) from None
+        self.psycopg, self.url, self.errors = psycopg, url, psycopg.Error
+
+    def connect(self):
+        con = self.psycopg.connect(self.url, autocommit=True, connect_timeout=int(BUSY_TIMEOUT))
+        con.execute("SET synchronous_commit = on")
+        con.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT * 1000)}ms'")
+        return con
+
+    def tables(self) -> set[str]:
+        with self.connect() as con:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            return {r[0] for r in con.execute(sql)}
+
+    schema = PG_SCHEMA
+
+    @staticmethod
+    def ours(tables: set[str]) -> set[str]:
+        return tables & TABLES  # a server's database holds other tables too
+
+    @staticmethod
+    def sql(text: str) -> str:
+        return text.replace("?", "%s")
+
+    def in_transaction(self, con) -> bool:
+        return con.info.transaction_status != self.psycopg.pq.TransactionStatus.IDLE
+
+    def busy(self, e: Exception) -> bool:
+        return isinstance(e, self.psycopg.errors.LockNotAvailable)
+
+
+class RatingsStore:
+    """One ratings database for one dataset: a SQLite file (`where` a path) or a PostgreSQL database (`where`
+    a `postgresql://` URL). Each thread gets its own connection."""
+
+    def __init__(self, where: str | Path, dataset: str, create: bool = True):
+        self.where, self.dataset = shown(where), dataset
+        self._db = _Postgres(str(where)) if is_url(where) else _SQLite(Path(where), create)
+        self._local = threading.local()
+        self._writing = threading.Lock()  # this process's writers queue here, not in the database's busy wait
+        try:
+            tables = self._db.ours(
+                self._db.tables()
+            )  # read before anything is written: a foreign one is left as it was
+        except self._db.errors as e:
+            raise self._failed(e) from None
+        if tables and not TABLES <= tables:
+            raise RecsysError(f"{self.where} is a database but not a recsys ratings database; left untouched")
+        if not tables and not create:
+            raise RecsysError(f"ratings database {self.where} holds no ratings yet (start serve with it first)")
+        if tables:
+            meta = dict(self._run(lambda q: q("SELECT key, value FROM recsys_meta").fetchall()))
+            if meta.get("format") != str(FORMAT):
+                raise RecsysError(f"ratings database {self.where} has format {meta.get('format')}, not {FORMAT}")
+            if meta.get("dataset") != dataset:
+                raise RecsysError(f"ratings database {self.where} holds {meta.get('dataset')} ratings, not {dataset}")
+        else:
+            self._run(self._create, begin=self._db.begin_create)
+
+    def _create(self, q) -> None:
+        for statement in self._db.schema.split(";"):
             if statement.strip():
-                con.execute(statement)
-        con.execute("INSERT OR IGNORE INTO recsys_meta VALUES ('format', ?)", (str(FORMAT),))
-        con.execute("INSERT OR IGNORE INTO recsys_meta VALUES ('dataset', ?)", (self.dataset,))
+                q(statement)
+        for key, value in (("format", str(FORMAT)), ("dataset", self.dataset)):
+            q("INSERT INTO recsys_meta VALUES (?, ?) ON CONFLICT DO NOTHING", (key, value))
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self):
         con = getattr(self._local, "con", None)
         if con is None:
-            try:
-                con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-                if con.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                    raise RecsysError(f"ratings database {self.path}: cannot switch it to WAL mode")
-                con.execute("PRAGMA synchronous = FULL")
-            except sqlite3.DatabaseError as e:
-                raise self._damaged(e) from None
-            self._local.con = con  # autocommit mode: `_run` opens and ends each transaction itself
+            con = self._local.con = self._db.connect()  # autocommit: `_run` opens and ends each transaction
         return con
 
     def _damaged(self, e: Exception) -> RecsysError:
-        return RecsysError(f"ratings database {self.path} cannot be used: {e}; left untouched")
+        return RecsysError(f"ratings database {self.where} cannot be used: {' '.join(str(e).split())}; left untouched")
 
-    def _run(self, fn, write: bool = False):
-        """`fn(connection)` in one transaction (a write takes the lock at its start), committed on return;
-        SQLite's errors as one-line errors."""
-        con = self._connect()
-        with self._writing if write else contextlib.nullcontext():
-            return self._transaction(con, fn, write)
+    def _failed(self, e: Exception) -> RecsysError:
+        if self._db.busy(e):
+            return RecsysError(f"ratings database {self.where} stayed locked for {BUSY_TIMEOUT:g} s")
+        return self._damaged(e)
 
-    def _transaction(self, con: sqlite3.Connection, fn, write: bool):
-        try:
-            con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    def _run(self, fn, begin: tuple[str, ...] | None = None):
+        """`fn(q)` in one transaction, `q(sql, params)` running a statement in `?` style: a read, or a write
+        begun by the statements `begin` (they take the write lock). Committed on return; the database's errors
+        as one-line errors."""
+        db = self._db
+        with contextlib.nullcontext() if begin is None else self._writing:
             try:
-                out = fn(con)
-                con.execute("COMMIT")
-                return out
-            finally:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise RecsysError(f"ratings database {self.path} stayed locked for {BUSY_TIMEOUT:g} s") from None
-            raise self._damaged(e) from None
-        except sqlite3.DatabaseError as e:
-            raise self._damaged(e) from None
+                con = self._connect()
+                for statement in begin or ("BEGIN",):
+                    con.execute(statement)
+                try:
+                    out = fn(lambda sql, params=(): con.execute(db.sql(sql), params))
+                    con.execute("COMMIT")
+                    return out
+                finally:
+                    if db.in_transaction(con):
+                        con.execute("ROLLBACK")
+            except db.errors as e:
+                self.close()  # a connection in an unknown state is not used again
+                raise self._failed(e) from None
 
     # writes
 
@@ -148,52 +247,48 @@ class RatingsStore:
         """Store a new user with these features; their id is the next above `floor` (the data's largest user
         id) and above every stored user's."""
 
-        def add(con):  # the id is read and taken in one write transaction
-            top = con.execute("SELECT MAX(user_id) FROM users").fetchone()[0] or 0
+        def add(q):  # the id is read and taken in one write transaction
+            top = q("SELECT MAX(user_id) FROM users").fetchone()[0] or 0
             new = max(int(top), int(floor)) + 1
-            con.execute("INSERT INTO users VALUES (?, ?, ?)", (new, json.dumps(features, sort_keys=True), time.time()))
+            q("INSERT INTO users VALUES (?, ?, ?)", (new, json.dumps(features, sort_keys=True), time.time()))
             return new
 
-        return self._run(add, write=True)
+        return self._run(add, self._db.begin_write)
 
     def rate(self, user_id: int, movie_id: int, rating: float) -> tuple[int, bool]:
         """Store a rating (the latest of a pair replaces the one before); durable on return: (seq, replaced)."""
 
-        def rate(con):
-            gone = con.execute("DELETE FROM ratings WHERE user_id = ? AND movie_id = ?", (user_id, movie_id)).rowcount
-            cur = con.execute(
-                "INSERT INTO ratings (user_id, movie_id, rating, at) VALUES (?, ?, ?, ?)",
-                (user_id, movie_id, float(rating), time.time()),
-            )
-            return int(cur.lastrowid), bool(gone)
+        def rate(q):
+            gone = q("DELETE FROM ratings WHERE user_id = ? AND movie_id = ?", (user_id, movie_id)).rowcount
+            sql = "INSERT INTO ratings (user_id, movie_id, rating, at) VALUES (?, ?, ?, ?) RETURNING seq"
+            return int(q(sql, (user_id, movie_id, float(rating), time.time())).fetchone()[0]), gone > 0
 
-        return self._run(rate, write=True)
+        return self._run(rate, self._db.begin_write)
 
     # reads
 
     def user(self, user_id: int) -> dict | None:
         """A stored new user's features, or None."""
-        row = self._run(lambda con: con.execute("SELECT features FROM users WHERE user_id = ?", (user_id,)).fetchone())
+        row = self._run(lambda q: q("SELECT features FROM users WHERE user_id = ?", (user_id,)).fetchone())
         return None if row is None else json.loads(row[0])
 
     def ratings_of(self, user_id: int) -> list[tuple[int, float, int, float]]:
         """(movie id, rating, seq, unix time) of the user's stored ratings, oldest first."""
         sql = "SELECT movie_id, rating, seq, at FROM ratings WHERE user_id = ? ORDER BY seq"
-        return self._run(lambda con: con.execute(sql, (user_id,)).fetchall())
+        return [tuple(r) for r in self._run(lambda q: q(sql, (user_id,)).fetchall())]
 
     def snapshot(self, high_water: int | None = None, n_users: int | None = None) -> Snapshot:
         """Every rating up to `high_water` and the first `n_users` new users (ids only grow, so they are those
         stored then; default: all there are now), read in one transaction."""
 
-        def read(con):
-            top = con.execute("SELECT COALESCE(MAX(seq), 0) FROM ratings").fetchone()[0]
+        def read(q):
+            top = q("SELECT COALESCE(MAX(seq), 0) FROM ratings").fetchone()[0]
             mark = top if high_water is None else high_water
-            rows = con.execute(
-                "SELECT seq, user_id, movie_id, rating, at FROM ratings WHERE seq <= ? ORDER BY seq", (mark,)
-            ).fetchall()
-            sql = "SELECT user_id, features FROM users ORDER BY user_id LIMIT ?"
-            users = con.execute(sql, (-1 if n_users is None else n_users,)).fetchall()
-            return mark, rows, users
+            sql = "SELECT seq, user_id, movie_id, rating, at FROM ratings WHERE seq <= ? ORDER BY seq"
+            rows = [list(r) for r in q(sql, (mark,)).fetchall()]
+            users = "SELECT user_id, features FROM users ORDER BY user_id"
+            users = q(users + ("" if n_users is None else f" LIMIT {int(n_users)}")).fetchall()
+            return mark, rows, [list(u) for u in users]
 
         mark, rows, users = self._run(read)
         digest = hashlib.sha256(json.dumps([rows, users]).encode()).hexdigest()

@@ -22,7 +22,8 @@ from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_table
 from recsys.recommender import Recommender, UnknownId
-from recsys.service import feedback
+from recsys.service import contract, feedback
+from recsys.service.contract import Pair, Whole
 from recsys.service.feedback import Refused
 from recsys.service.reload import Holder
 
@@ -58,7 +59,11 @@ async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse
 
 
 async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(exc.status_code, exc.detail)
+    if exc.status_code == 400:  # a body FastAPI cannot read (not UTF-8): malformed, as any unparsable JSON
+        return _error(422, f"malformed JSON body: {exc.detail}")
+    response = _error(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 async def unexpected(_request: Request, exc: Exception) -> JSONResponse:  # never a traceback on the wire
@@ -122,7 +127,8 @@ async def predict(request: Request, user: int, movie: int):
     rec = _rec(request)
     rec.user_row(user), rec.movie_row(movie)
     if rec.rating_model is None:
-        raise RecsysError("no rating model is served: start the server with --rerank RATING_DIR to predict ratings")
+        how = "start the server with --rerank RATING_DIR to predict ratings"
+        raise HTTPException(404, f"no rating model is served: {how}")
     return rec.predict(user, movie)
 
 
@@ -153,13 +159,13 @@ class Who(BaseModel):
     """A JSON request for recommendations: a known user, or a new one by features."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    user_id: int | None = None
+    user_id: Whole | None = None
     gender: str | None = Field(None, pattern="^[MF]$")
-    age: int | None = None
-    job: int | None = None
+    age: Whole | None = None
+    job: Whole | None = None
     features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
-    rated: list[list[float]] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
-    k: int = Field(10, ge=1, le=MAX_K)
+    rated: list[Pair] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
+    k: Whole = Field(10, ge=1, le=MAX_K)
 
 
 @router.post("/api/recommend")
@@ -171,10 +177,7 @@ async def recommend_json(request: Request, who: Who):
         if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
             raise RecsysError("give user_id, or a new user's features (and rated), not both")
         return rec.recommend(who.user_id, who.k)
-    rated = who.rated or []
-    if any(len(pair) != 2 or pair[0] != int(pair[0]) for pair in rated):
-        raise RecsysError("rated must be a list of [movie id, stars] pairs")
-    pairs = [(int(m), float(s)) for m, s in rated]
+    pairs = [(int(m), float(s)) for m, s in who.rated or []]
     chapter = (who.gender, who.age, who.job)
     if any(v is not None for v in chapter):
         _chapter_only(rec)
@@ -239,6 +242,7 @@ def create_app(
     app.state.writes = feedback.Writes(store, write_token)
     app.include_router(router)
     app.include_router(feedback.router)
+    app.openapi = lambda: contract.schema(app)  # the served data's constraints written into FastAPI's schema
     for kind, handler in HANDLERS.items():
         app.add_exception_handler(kind, handler)
     return app

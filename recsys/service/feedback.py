@@ -19,6 +19,7 @@ from recsys.data.history import check_rated
 from recsys.data.store import RatingsStore
 from recsys.errors import RecsysError
 from recsys.recommender import Recommender
+from recsys.service.contract import Whole
 
 MAX_ID = 2**63 - 1
 HOW = "start serve with --ratings-db PATH and a token (--write-token-file FILE, or RECSYS_WRITE_TOKEN)"
@@ -109,8 +110,8 @@ class Rating(BaseModel):
     """A user's rating of a movie, in the data's own ids and on its scale."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    user_id: int = Field(ge=1, le=MAX_ID)
-    movie_id: int = Field(ge=1, le=MAX_ID)
+    user_id: Whole = Field(ge=1)
+    movie_id: Whole = Field(ge=1)
     rating: float = Field(description="on the data's scale (ml-100k, ml-1m: 1..5 whole stars)")
 
 
@@ -119,8 +120,8 @@ class NewUser(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     gender: str | None = Field(None, pattern="^[MF]$")
-    age: int | None = Field(None, ge=1, le=120, description="age in years, or the bucket code")
-    job: int | None = Field(None, ge=0)
+    age: Whole | None = Field(None, ge=1, le=120, description="age in years, or the bucket code")
+    job: Whole | None = Field(None, ge=0)
     features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
 
 
