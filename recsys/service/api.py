@@ -24,7 +24,6 @@ from recsys.movielens import AGE_GROUPS, age_table
 from recsys.recommender import Recommender, UnknownId
 from recsys.service import contract, feedback
 from recsys.service.contract import Pair, Whole
-from recsys.service.feedback import Refused
 from recsys.service.reload import Holder
 
 STATIC = Path(__file__).with_name("static")
@@ -39,11 +38,6 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
-    if isinstance(exc, Refused):
-        response = _error(exc.status, str(exc))
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
     return _error(404 if isinstance(exc, UnknownId) else 422, str(exc))
 
 

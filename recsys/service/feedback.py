@@ -14,6 +14,7 @@ import math
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from recsys.data.history import check_rated
 from recsys.data.store import RatingsStore
@@ -27,12 +28,10 @@ HOW = "start serve with --ratings-db PATH and a token (--write-token-file FILE, 
 router = APIRouter()
 
 
-class Refused(RecsysError):
-    """A write that this server does not take: `status` 401 (no or wrong token) or 403 (writes are off)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+def refused(status: int, message: str) -> HTTPException:
+    """A write that this server does not take: 401 (no or wrong token, with the scheme to use) or 403 (writes
+    are off)."""
+    return HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
 class Writes:
@@ -47,16 +46,16 @@ class Writes:
         return "off" if self.store is None else "no token" if self.token is None else "on"
 
     def authorize(self, request: Request) -> RatingsStore:
-        """The store, for a request that carries the token; else `Refused`."""
+        """The store, for a request that carries the token; else a 401 or 403 (`refused`)."""
         if self.store is None:
-            raise Refused(403, f"this server takes no ratings: {HOW}")
+            raise refused(403, f"this server takes no ratings: {HOW}")
         if self.token is None:
-            raise Refused(403, f"writes are off: this server has no write token; {HOW}")
+            raise refused(403, f"writes are off: this server has no write token; {HOW}")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
-            raise Refused(401, "writes need the header Authorization: Bearer TOKEN")
+            raise refused(401, "writes need the header Authorization: Bearer TOKEN")
         if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise Refused(401, "wrong write token")
+            raise refused(401, "wrong write token")
         return self.store
 
 
