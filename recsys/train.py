@@ -212,6 +212,9 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
 
     if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
         args.candidates_from = str(Path(args.candidates_from).resolve())
+    if args.ratings_db is not None and store.shown(args.ratings_db) != args.ratings_db:
+        ap.error("--ratings-db: give the PostgreSQL password in PGPASSWORD or ~/.pgpass, not in the URL "
+                 "(the model dir records the URL)")  # fmt: skip
     if args.ratings_db is not None and not store.is_url(args.ratings_db):
         args.ratings_db = str(Path(args.ratings_db).resolve())
     args.ratings_db_read = None  # set by `load_data`; a resumed run reads the rows its record names

@@ -273,6 +273,14 @@ def test_training_reads_the_database_while_a_server_writes_it(u1_models, ratings
     assert rows("SELECT COUNT(*) FROM ratings") == [(len(answers),)]
 
 
+def test_training_refuses_a_password_in_a_database_url(tmp_path):
+    """A model dir records `--ratings-db`: a password belongs in PGPASSWORD or ~/.pgpass, not in the URL."""
+    proc = run_cli("recsys.train", "--model-dir", str(tmp_path / "m"), "--ratings-db",
+                   "postgresql://me:secret@127.0.0.1:1/db")  # fmt: skip
+    assert_one_line_error(proc, "PGPASSWORD")
+    assert "secret" not in proc.stderr and not (tmp_path / "m").exists()
+
+
 def test_two_servers_share_one_database(u1_models, ratings_db):
     """Two servers (replicas) write one database at once: every write lands, in one seq order, and each
     server reads the other's rows."""
