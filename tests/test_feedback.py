@@ -307,6 +307,31 @@ def test_two_servers_share_one_database(u1_models, ratings_db):
         assert [r[0] for r in rows("SELECT seq FROM ratings ORDER BY seq")] == list(range(1, 401))
 
 
+def test_a_second_app_in_one_process_never_hides_the_first_ones_writes(u1_models, tmp_path):
+    """Two apps on one SQLite file in one process (the first one's connections still open), and another
+    process opening and closing the file between writes: every write the apps acknowledge is what a third
+    process reads at once, and stays after the apps stop (nothing is written where no one else looks)."""
+    db = tmp_path / "ratings.db"
+    peek = (
+        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM ratings').fetchone()[0])"
+    )
+
+    def others_see() -> int:  # a connection of another process, opened and closed (as `train --ratings-db` does)
+        return int(subprocess.run([sys.executable, "-c", peek, str(db)], capture_output=True, text=True).stdout)
+
+    with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as first:
+        assert (
+            first.post("/api/ratings", json={"user_id": 1, "movie_id": 1, "rating": 2}, headers=AUTH).status_code == 201
+        )
+        with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as second:
+            for n, (c, movie) in enumerate(((second, 2), (first, 3), (second, 4), (first, 1)), 2):
+                r = c.post("/api/ratings", json={"user_id": 1, "movie_id": movie, "rating": 3}, headers=AUTH)
+                assert r.status_code == 201
+                assert others_see() == min(n, 4), n  # the last one re-rates movie 1: still 4 rows
+    assert others_see() == 4
+    assert sorted(m for (m,) in sqlite3.connect(db).execute("SELECT movie_id FROM ratings")) == [1, 2, 3, 4]
+
+
 def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, ratings_db, tmp_path):
     db = ratings_db[0]
     app = create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -35,7 +36,6 @@ from recsys.errors import RecsysError
 
 FORMAT = 1
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's write before it fails
-HEADER = b"SQLite format 3\x00"
 TABLES = {"recsys_meta", "users", "ratings"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recsys_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,7 +96,8 @@ class _SQLite:
         _check_file(path, create)
 
     def connect(self):
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # transactions by hand
+        # transactions by hand; used by one thread at a time (`RatingsStore.close` may close it from another)
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         if con.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise RecsysError(f"ratings database {self.path}: cannot switch it to WAL mode")
         con.execute("PRAGMA synchronous = FULL")
@@ -179,6 +180,7 @@ class RatingsStore:
         self.where, self.dataset = shown(where), dataset
         self._db = _Postgres(str(where)) if is_url(where) else _SQLite(Path(where), create)
         self._local = threading.local()
+        self._open, self._opened = [], threading.Lock()  # every thread's connection, for `close`
         self._writing = threading.Lock()  # this process's writers queue here, not in the database's busy wait
         try:
             tables = self._db.ours(
@@ -210,9 +212,13 @@ class RatingsStore:
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._local.con = self._db.connect()  # autocommit: `_run` opens and ends each transaction
+            with self._opened:
+                self._open.append(con)
         return con
 
     def _damaged(self, e: Exception) -> RecsysError:
+        if "file is not a database" in str(e):
+            return RecsysError(f"{self.where} is not a SQLite database; left untouched")
         return RecsysError(f"ratings database {self.where} cannot be used: {' '.join(str(e).split())}; left untouched")
 
     def _failed(self, e: Exception) -> RecsysError:
@@ -298,15 +304,22 @@ class RatingsStore:
             a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2].astype(np.float32), a[:, 3],
         )  # fmt: skip
 
-    def close(self) -> None:
+    def close(self, every_thread: bool = False) -> None:
+        """Close this thread's connection (`every_thread`: every thread's, as a server stopping does)."""
         con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        self._local.con = None
+        with self._opened:
+            gone = list(self._open) if every_thread else [c for c in self._open if c is con]
+            self._open = [c for c in self._open if c not in gone]
+        for c in gone:
+            c.close()
 
 
 def _check_file(path: Path, create: bool) -> None:
-    """A one-line error for a path that is no SQLite file (the file is left as it is)."""
+    """A one-line error for a path that cannot be a ratings database file, by its metadata alone: the file is
+    never opened here. (Closing any descriptor of a file drops every POSIX lock this process holds on it, the
+    locks by which SQLite knows that a connection is open: another process closing its last connection could
+    then take the WAL away from under this process's connections. SQLite reads the header itself.)"""
     if path.is_dir():
         raise RecsysError(f"ratings database {path} is a folder, not a file")
     if not path.exists():
@@ -315,14 +328,9 @@ def _check_file(path: Path, create: bool) -> None:
         if not path.parent.is_dir():
             raise RecsysError(f"ratings database {path}: its folder {path.parent} does not exist")
         return
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(HEADER))
-    except OSError as e:
-        raise RecsysError(f"cannot read ratings database {path}: {e.strerror or e}") from None
-    if head and head != HEADER:
-        raise RecsysError(f"{path} is not a SQLite database; left untouched")
-    if not head and not create:
+    if not os.access(path, os.R_OK):
+        raise RecsysError(f"cannot read ratings database {path}: permission denied")
+    if path.stat().st_size == 0 and not create:
         raise RecsysError(f"ratings database {path} is empty")
 
 

@@ -8,6 +8,7 @@ request off this machine.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request
@@ -225,14 +226,23 @@ def create_app(
 ):
     """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets); with
     `ratings_db` (a path) it takes ratings and new users from clients that send `write_token`."""
+    holder = Holder(model_dir, rerank, reload_interval, candidates, search)
+    store = None if ratings_db is None else RatingsStore(ratings_db, holder.current.dataset)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if store is not None:  # every request thread's connection
+            store.close(every_thread=True)
+
     app = FastAPIOffline(
+        lifespan=lifespan,
         redoc_url=None,  # ReDoc's bundle fetches its logo from its vendor's site
         title="recsys",
         description="The chapter's recommender: two-stage top-N, ratings, similar movies",
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
     )
-    app.state.holder = Holder(model_dir, rerank, reload_interval, candidates, search)
-    store = None if ratings_db is None else RatingsStore(ratings_db, app.state.holder.current.dataset)
+    app.state.holder = holder
     app.state.writes = feedback.Writes(store, write_token)
     app.include_router(router)
     app.include_router(feedback.router)

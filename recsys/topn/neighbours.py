@@ -5,8 +5,9 @@ matrix X: P = (X'X + lam I)^-1, B = -P / diag(P), diag(B) = 0. Here column j of 
 largest magnitude (either sign: the negative ones carry as much as the positive), so a user's item-item score of
 movie j, their history dotted with that column, is a sum over at most `k` neighbours, and the saved model holds
 M x k weights instead of M x M. With more than `max_items` movies, B covers the most-rated `max_items` and the
-other movies get no item-item weight. X'X is counted from the sparse rows (`cooccurrence`), so nothing of users x
-movies is ever dense; memory is that of one max_items x max_items matrix.
+other movies get no item-item weight (nor do unrated movies, whose weights are 0: they stay out of the
+inverse). X'X is counted from the sparse rows (`cooccurrence`), so nothing of users x movies is ever dense;
+memory is that of one max_items x max_items matrix.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def fit(history: sp.csr_matrix, k: int = K, lam: float = LAMBDA, max_items: int 
     j of largest magnitude (ties: the smaller movie)."""
     n_cols = history.shape[1]
     counts = np.asarray(history.sum(axis=0)).ravel()
-    keep = np.sort(np.lexsort((np.arange(n_cols), -counts))[:max_items])
+    rated = int(np.count_nonzero(counts))  # an unrated movie's weights are all 0: it is left out of the inverse
+    keep = np.sort(np.lexsort((np.arange(n_cols), -counts))[: min(max_items, rated)])
     x = history[:, keep].tocsr()
     x.sort_indices()
     w = _weights_from_gram(cooccurrence(x.indptr, x.indices.astype(np.int64), len(keep)), lam)
