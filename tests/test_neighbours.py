@@ -63,12 +63,11 @@ def test_pair_scores_are_the_history_dotted_with_the_column():
     want = (x.astype(np.float64) @ weights.toarray())[users, cols]
     for w in (weights, weights.tocsc()):  # by row, or by column (as a loaded model and the trainer hold them)
         np.testing.assert_allclose(neighbours.scores(history, w, users, cols), want, rtol=1e-5, atol=1e-6)
-    small = neighbours.DENSE_PRODUCT
-    try:  # past the dense product's size the columns' product stays sparse: the same scores
-        neighbours.DENSE_PRODUCT = 1
-        np.testing.assert_allclose(neighbours.scores(history, weights.tocsc(), users, cols), want, rtol=1e-5, atol=1e-6)
-    finally:
-        neighbours.DENSE_PRODUCT = small
+    every = np.random.RandomState(3).permutation(40 * 12)  # every pair, users interleaved
+    users, cols = every // 12, every % 12
+    want = (x.astype(np.float64) @ weights.toarray())[users, cols]
+    for w in (weights, weights.tocsc()):
+        np.testing.assert_allclose(neighbours.scores(history, w, users, cols), want, rtol=1e-5, atol=1e-6)
 
 
 def test_rated_keys_answer_what_a_dense_table_would():

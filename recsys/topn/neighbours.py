@@ -12,6 +12,7 @@ memory is that of one max_items x max_items matrix.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -19,7 +20,6 @@ from recsys.topn.baselines import EASE_MAX_ITEMS, _weights_from_gram, cooccurren
 
 K = 300  # weights per movie: chosen on the ml-100k folds' validation splits (README, "Choosing the defaults")
 LAMBDA = 500.0  # EASE's L2 weight, as the baseline's
-DENSE_PRODUCT = 1 << 22  # `scores` multiplies out at most this many (user, movie) cells at once
 
 
 def history_matrix(n_users: int, n_cols: int, user: np.ndarray, col: np.ndarray) -> sp.csr_matrix:
@@ -65,14 +65,39 @@ def _strongest_per_column(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 def scores(history: sp.csr_matrix, weights, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The item-item score of aligned (user, column) pairs: the user's history dotted with the column's
-    weights (CSR, or CSC: faster, the columns are sliced). [n] float32."""
+    weights (CSR, or CSC: faster, each pair reads only its column's `k` weights). [n] float32."""
     if len(users) == 0:
         return np.zeros(0, np.float32)
+    if weights.format == "csc":
+        h = history.tocsr()
+        return _pair_scores(
+            h.indptr.astype(np.int64), h.indices.astype(np.int64), h.data.astype(np.float32),
+            weights.indptr.astype(np.int64), weights.indices.astype(np.int64), weights.data.astype(np.float32),
+            np.asarray(users, np.int64), np.asarray(cols, np.int64), history.shape[1],
+        )  # fmt: skip
     distinct, row = np.unique(users, return_inverse=True)
-    if weights.format == "csc":  # only the columns asked for, and their product dense when it is small
-        wanted, col = np.unique(cols, return_inverse=True)
-        if len(distinct) * len(wanted) <= DENSE_PRODUCT:
-            product = (history[distinct] @ weights[:, wanted]).toarray()
-            return product[row, col].astype(np.float32)
     product = (history[distinct] @ weights).tocsr()  # [distinct users, M], sparse
     return np.asarray(product[row, cols], np.float32).ravel()
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_scores(h_ptr, h_col, h_val, w_ptr, w_row, w_val, users, cols, n_cols):
+    """`scores` for CSC weights: the pairs grouped by user, each user's history spread once over a dense
+    [M] scratch, then each of their pairs summing its column's weights times the history there."""
+    out = np.zeros(len(users), np.float32)
+    here = np.zeros(n_cols, np.float32)
+    order = np.argsort(users, kind="mergesort")
+    i = 0
+    while i < len(order):
+        u = users[order[i]]
+        for p in range(h_ptr[u], h_ptr[u + 1]):
+            here[h_col[p]] += h_val[p]
+        while i < len(order) and users[order[i]] == u:
+            c, total = cols[order[i]], np.float32(0.0)
+            for p in range(w_ptr[c], w_ptr[c + 1]):
+                total += w_val[p] * here[w_row[p]]
+            out[order[i]] = total
+            i += 1
+        for p in range(h_ptr[u], h_ptr[u + 1]):
+            here[h_col[p]] = 0.0
+    return out
