@@ -68,13 +68,10 @@ def scores(history: sp.csr_matrix, weights, users: np.ndarray, cols: np.ndarray)
     weights (CSR, or CSC: faster, each pair reads only its column's `k` weights). [n] float32."""
     if len(users) == 0:
         return np.zeros(0, np.float32)
-    if weights.format == "csc":
+    if weights.format == "csc":  # the arrays as they are: no copy of a whole catalogue's histories per call
         h = history.tocsr()
-        return _pair_scores(
-            h.indptr.astype(np.int64), h.indices.astype(np.int64), h.data.astype(np.float32),
-            weights.indptr.astype(np.int64), weights.indices.astype(np.int64), weights.data.astype(np.float32),
-            np.asarray(users, np.int64), np.asarray(cols, np.int64), history.shape[1],
-        )  # fmt: skip
+        return _pair_scores(h.indptr, h.indices, h.data, weights.indptr, weights.indices, weights.data,
+                            np.asarray(users, np.int64), np.asarray(cols, np.int64), history.shape[1])  # fmt: skip
     distinct, row = np.unique(users, return_inverse=True)
     product = (history[distinct] @ weights).tocsr()  # [distinct users, M], sparse
     return np.asarray(product[row, cols], np.float32).ravel()
@@ -85,7 +82,7 @@ def _pair_scores(h_ptr, h_col, h_val, w_ptr, w_row, w_val, users, cols, n_cols):
     """`scores` for CSC weights: the pairs grouped by user, each user's history spread once over a dense
     [M] scratch, then each of their pairs summing its column's weights times the history there."""
     out = np.zeros(len(users), np.float32)
-    here = np.zeros(n_cols, np.float32)
+    here = np.zeros(n_cols, np.float64)
     order = np.argsort(users, kind="mergesort")
     i = 0
     while i < len(order):
@@ -93,7 +90,7 @@ def _pair_scores(h_ptr, h_col, h_val, w_ptr, w_row, w_val, users, cols, n_cols):
         for p in range(h_ptr[u], h_ptr[u + 1]):
             here[h_col[p]] += h_val[p]
         while i < len(order) and users[order[i]] == u:
-            c, total = cols[order[i]], np.float32(0.0)
+            c, total = cols[order[i]], 0.0
             for p in range(w_ptr[c], w_ptr[c + 1]):
                 total += w_val[p] * here[w_row[p]]
             out[order[i]] = total

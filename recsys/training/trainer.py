@@ -35,6 +35,7 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
     return threads
 
 
+FIXED_BYTES = 1 << 27  # the ranking evaluation keeps at most this much of its unchanging inputs
 EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
 EVAL_CELLS = 1 << 31  # ... and at most this many ratings x movies (24,519 ratings at ml-32m's 87,585 movies)
 
@@ -89,6 +90,7 @@ class Trainer:
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
         self._catalogue_arrays = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
+        self._fixed: dict = {}  # ranking: evaluation inputs that no parameter changes (`_unchanging`)
         self.with_history = with_history
         self.feed_names = self.net.feed_names()
         self.nu, self.nm = self.net.user_tower.n_inputs, self.net.movie_tower.n_inputs
@@ -222,6 +224,12 @@ class Trainer:
     def ranking_pairs(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
         """The pairs `ranking_loss` scores: each positive of `idx`, then `negatives_per_positive` negatives drawn
         for each; returns their feeds, pair features [N, 3], 0/1 labels and weights [N]."""
+        users, cols, features, label, weight = self.ranking_draws(idx, cand, rng)
+        f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
+        return f, features, label, weight
+
+    def ranking_draws(self, idx: np.ndarray, cand: Candidates, rng):
+        """`ranking_pairs`' users, catalogue columns, pair features, labels and weights (no feeds)."""
         user, per = self.data.user[idx], self.negatives_per_positive
         neg = cand.negatives(user, per, self.hard_negatives, rng)
         cols = np.concatenate([self.column[self.data.movie[idx]], np.maximum(neg, 0)])
@@ -229,8 +237,17 @@ class Trainer:
         pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
         weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)
         label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)
-        f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
-        return f, cand.features(users, cols), label, weight
+        return users, cols, cand.features(users, cols), label, weight
+
+    def _unchanging(self, key: tuple, compute, n_bytes: int):
+        """`compute()`, kept for later evaluations while all that is kept stays within `FIXED_BYTES`: the
+        ranking evaluation's draws and pair features depend on the candidates and seeds, never on parameters."""
+        if key not in self._fixed:
+            out = compute()
+            if n_bytes + sum(b for _out, b in self._fixed.values()) > FIXED_BYTES:
+                return out
+            self._fixed[key] = out, n_bytes
+        return self._fixed[key][0]
 
     def predict(self, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
         """Scores (label space) of the ratings `idx`, in large batches without gradients."""
@@ -270,14 +287,19 @@ class Trainer:
             import paddle
 
             rng, cand, total = np.random.RandomState(12345), self.candidates if full else self.fit_candidates, 0.0
-            with paddle.no_grad():
-                for s in range(0, len(idx), 4096):
-                    part = idx[s : s + 4096]
-                    if self.fused is None:
-                        loss = self.ranking_loss(part, cand, rng)
-                    else:  # the same loss, through the fused pieces: far faster on the histories
-                        loss = self.fused.ranking_loss(*self.ranking_pairs(part, cand, rng))[0]
-                    total += float(loss) * len(part)
+            parts = [idx[s : s + 4096] for s in range(0, len(idx), 4096)]
+            if self.fused is None:
+                with paddle.no_grad():
+                    losses = [float(self.ranking_loss(part, cand, rng)) for part in parts]
+            else:  # the same loss, through the fused pieces (far faster on the histories), on draws kept
+                size = len(idx) * (1 + self.negatives_per_positive) * 36  # bytes of the users, columns, features...
+                key = ("pairs", id(cand), hash(idx.tobytes()))
+                draws = self._unchanging(key, lambda: [self.ranking_draws(p, cand, rng) for p in parts], size)
+                losses = []
+                for users, cols, features, label, weight in draws:
+                    f = self.pair_features(users, self.catalogue[cols], full=cand is self.candidates)
+                    losses.append(float(self.fused.ranking_loss(f, features, label, weight)[0]))
+            total = sum(loss * len(part) for loss, part in zip(losses, parts))
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
         n = min(EVAL_RATINGS, EVAL_CELLS // len(movies))
@@ -305,8 +327,11 @@ class Trainer:
 
         def rank(u, _seen, k):
             pool = cand.pool[u]
-            rows = np.repeat(u, pool.shape[1])
-            f = cand.features(rows, np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
+
+            def features():
+                return cand.features(np.repeat(u, pool.shape[1]), np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
+
+            f = self._unchanging(("pool", id(cand), hash(u.tobytes())), features, pool.size * 12)
             return topn.rerank_pool(pool, topn.head_scores(params, users[u][:, None], movies[pool], f), k)
 
         return topn.evaluate(rank, data, k)
