@@ -286,7 +286,7 @@ class Trainer:
         if self.objective == "ranking":
             import paddle
 
-            rng, cand, total = np.random.RandomState(12345), self.candidates if full else self.fit_candidates, 0.0
+            rng, cand = np.random.RandomState(12345), self.candidates if full else self.fit_candidates
             parts = [idx[s : s + 4096] for s in range(0, len(idx), 4096)]
             if self.fused is None:
                 with paddle.no_grad():
