@@ -6,7 +6,8 @@ On each ml-100k fold (from ../shared/data) and on a full-size synthetic ml-1m ar
 by `evaluate`'s protocol (full ranking, relevant = test ratings of 4 stars or more, training movies excluded)
 beside the wall time of the fit, for popularity, EASE (λ 500), `implicit`'s ALS (an optional bench dependency:
 `pip install implicit`; its factors, regularization and alpha chosen on a seeded tenth of the training split), recsys
-retrieval alone and the recsys two stages (each trained with its defaults through `recsys.train.run`). For each
+retrieval alone and the recsys two stages (each trained with its defaults through `recsys.train.run`), and the
+refit: the same retrieval recipe with `--holdout 0`, alone and as the first stage before the same ranker. For each
 objective (the chapter's rating objective too), the share of its training time spent in steps, end-of-epoch
 evaluation and saving.
 """
@@ -65,30 +66,42 @@ def als(data, catalogue: np.ndarray, ranking: topn.Interactions) -> tuple[dict, 
 
 
 def shares(metrics: list[dict]) -> str:
-    """Where a training run's time went: its steps, end-of-epoch evaluations and saves, as shares of its wall."""
+    """Where a training run's time went: per epoch before the last, the shares of its steps, its end-of-epoch
+    evaluation and its save; then the last epoch's steps, its full evaluation and save, and the rest of the wall
+    (loading, setting up) in seconds."""
     total = metrics[-1]["seconds"] + metrics[-1].get("save_seconds", 0.0)
-    parts = {k: sum(m.get(f"{k}_seconds", 0.0) for m in metrics) for k in ("step", "eval", "save")}
-    other = total - sum(parts.values())
-    return (f"{total:.0f} s: steps {parts['step'] / total:.0%}, evaluation {parts['eval'] / total:.0%}, "
-            f"saving {parts['save'] / total:.0%}, the rest {other / total:.0%}")  # fmt: skip
+    *epochs, last = [{k: m.get(f"{k}_seconds", 0.0) for k in ("step", "eval", "save")} for m in metrics]
+    spent = {k: sum(e[k] for e in epochs) for k in ("step", "eval", "save")}
+    whole = sum(spent.values()) or 1.0
+    before = ", ".join(f"{what} {spent[k] / whole:.0%}" for k, what in (("step", "steps"), ("eval", "evaluation"),
+                                                                      ("save", "saving")))  # fmt: skip
+    rest = total - sum(spent.values()) - sum(last.values())
+    return (f"{total:.0f} s; epochs before the last: {before}; the last: steps {last['step']:.1f} s, full "
+            f"evaluation {last['eval']:.1f} s, saving {last['save']:.1f} s; the rest {rest:.1f} s")  # fmt: skip
 
 
 def recsys_rows(dataset: str, split: str, folder: Path, data, tmp: Path) -> list[tuple[str, dict, float]]:
-    """recsys retrieval alone and the two stages, trained with their defaults: (name, metrics, fit seconds). Also
-    prints where each objective's training time went (the chapter's rating objective too)."""
+    """recsys retrieval alone and the two stages, trained with their defaults, and the refit: the same retrieval
+    recipe with `--holdout 0` (every training rating), alone and as the first stage before the same ranking
+    network: (name, metrics, fit seconds). Also prints where each objective's training time went (the chapter's
+    rating objective too)."""
     where = {"dataset": dataset, "split": split, "data_dir": folder, "log": lambda _line: None}
-    retrieval, ranking = tmp / f"{dataset}-{split}-retrieval", tmp / f"{dataset}-{split}-ranking"
+    retrieval, ranking, refit = (tmp / f"{dataset}-{split}-{name}" for name in ("retrieval", "ranking", "refit"))
     runs = {"rating": train.run(objective="rating", model_dir=tmp / f"{dataset}-{split}-rating", **where)}
     t = time.perf_counter()
     runs["retrieval"] = train.run(objective="retrieval", model_dir=retrieval, **where)
     first = time.perf_counter() - t
     runs["ranking"] = train.run(objective="ranking", model_dir=ranking, candidates_from=retrieval, **where)
     both = time.perf_counter() - t
+    runs["retrieval --holdout 0"] = train.run(objective="retrieval", model_dir=refit, holdout=0, **where)
+    again = time.perf_counter() - t - both
     for objective, metrics in runs.items():
         print(f"  {dataset} {split} {objective} training, {len(metrics)} evaluations, {shares(metrics)}")
     return [
         ("recsys retrieval", Recommender.load(retrieval).evaluate(data), first),
+        ("recsys retrieval --holdout 0", Recommender.load(refit).evaluate(data), again),
         ("recsys two stages", Recommender.load(retrieval, ranking).evaluate(data), both),
+        ("recsys two stages, refit", Recommender.load(refit, ranking).evaluate(data), both + again),
     ]
 
 
@@ -131,7 +144,7 @@ def main() -> None:
                 ndcg, recall, fit = (np.mean([f[name][i] for f in folds]) for i in range(3))
                 wins = sum(f[name][0] >= f["ALS"][0] for f in folds) if "ALS" in folds[0] else None
                 beside = f"  (>= ALS on {wins} of {len(folds)} folds)" if wins is not None else ""
-                print(f"  {name:20}  {ndcg:.4f}  {recall:.4f}  {fit:8.1f} s{beside}")
+                print(f"  {name:28}  {ndcg:.4f}  {recall:.4f}  {fit:8.1f} s{beside}")
         if not args.no_ml1m:
             folder = full_size_archive(Path(tmp) / "ml-1m", args.ml1m_ratings)
             table("ml-1m", "random", folder, Path(tmp))

@@ -64,12 +64,24 @@ def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
             )
     if rerank.objective == "ranking":
         want = rerank.meta["settings"].get("candidates_params_sha256")
-        if want is None or want != fingerprint(retrieval):
+        if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
             raise RecsysError(
                 f"{rerank.path} was trained on the candidates of another retrieval model "
                 f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
-                "it is now; give that model, or train the ranking network again on this one"
+                "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
+                "network again on this one"
             )
+
+
+def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
+    """`retrieval` is the refit of the retrieval model whose candidates the ranking network `rerank` learnt
+    from: trained with the same settings on the same data, but with `--holdout 0` (every training rating,
+    the held-out tenth the ranker's labels came from included)."""
+    given = rerank.meta["settings"].get("candidates_settings")
+    mine = retrieval.meta["settings"]
+    if given is None or mine.get("holdout") or not given.get("holdout"):
+        return False
+    return {k: v for k, v in given.items() if k != "holdout"} == {k: v for k, v in mine.items() if k != "holdout"}
 
 
 def check_data(md: ModelDir, data) -> None:

@@ -11,11 +11,12 @@ import pytest
 import scipy.sparse as sp
 from conftest import assert_one_line_error, infer_json, need_ml100k, run_cli
 
-from recsys import movielens
+from recsys import movielens, train
 from recsys.data import history
 from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
 from recsys.topn.lists import rating_keys
+from recsys.training import loop
 from recsys.training.ranking import Candidates
 from recsys.training.trainer import Trainer
 
@@ -255,3 +256,59 @@ def test_the_service_serves_two_stages_and_a_new_users_rated_movies(u1_two_stage
             assert list(bad.json()) == ["error"]
         bad = client.post("/api/recommend", json={"user_id": 1, "rated": [[1, 5]]})
         assert bad.status_code == 422 and "not both" in bad.json()["error"]
+
+
+def test_evaluations_before_the_last_read_a_sample_of_test_users_and_the_last_reads_all(u1_two_stage):
+    retrieval, ranking = u1_two_stage
+    metrics = json.loads((ranking / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    # an epoch trains on at most batches x 256 positives, each with 4 negatives: fewer than 200 x 20 / 0.1 pairs,
+    # so the sample holds the smallest number of users
+    assert metrics[0]["batch"] * 256 * 5 * loop.BETWEEN_PAIRS / 200 < loop.BETWEEN_USERS
+    assert [m.get("test_users") for m in metrics] == [loop.BETWEEN_USERS] * 3 + [None]
+    proc = run_cli("recsys.evaluate", "--model-dir", str(retrieval), "--rerank", str(ranking), "--json")
+    assert proc.returncode == 0, proc.stderr
+    top_n = json.loads(proc.stdout)["top_n"]
+    full = {r["model"].split(" (")[0]: r for r in top_n["rows"]}["two-stage: retrieval top 200 -> ranking network"]
+    assert top_n["users"] > loop.BETWEEN_USERS
+    assert metrics[-1]["test_ndcg@10"] == pytest.approx(full["ndcg"], abs=1e-4)
+
+
+def test_the_ranker_never_learns_from_labels_its_retrieval_model_trained_on(u1_two_stage, tmp_path):
+    retrieval, _ = u1_two_stage
+    data = movielens.load("ml-100k", need_ml100k(), "u1")
+    settings = ModelDir.load(retrieval).meta["settings"]
+    flags = [*U1, "--objective", "retrieval", "--epochs", "8", "--history-cap", "0", "--model-dir", str(tmp_path)]
+    first = loop.Run(train.parse_args(flags), data, print, None)  # the retrieval model's training ratings
+    assert settings["holdout"] == 0.1 and settings["history_cap"] == 0
+    flags = [*U1, "--objective", "ranking", "--candidates-from", str(retrieval), "--model-dir", str(tmp_path)]
+    ranker = loop.Run(train.parse_args(flags), data, print, None)
+    assert len(ranker.train_idx) > 1000
+    assert not np.isin(ranker.train_idx, first.train_idx).any()  # the ranker's positives: held out of retrieval's
+    assert not data.is_test[ranker.train_idx].any()
+
+
+def test_a_refit_first_stage_serves_with_the_ranker_and_other_flags_are_refused(u1_two_stage, tmp_path):
+    retrieval, ranking = u1_two_stage
+    flags = [*U1, "--data-dir", str(need_ml100k()), "--objective", "retrieval", "--history-cap", "0"]
+    refit, other = tmp_path / "refit", tmp_path / "other"
+    for model, more in ((refit, ["--epochs", "8"]), (other, ["--epochs", "7"])):
+        proc = run_cli("recsys.train", *flags, *more, "--holdout", "0", "--model-dir", str(model))
+        assert proc.returncode == 0, proc.stderr
+    doc = infer_json("--model-dir", str(refit), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    # the served first stage is the refit: the candidates are its top 200 by cosine, not the held-out model's
+    r = ModelDir.load(refit)
+    movies, _, is_test = r.ratings_of(1)
+    cosine = r.catalogue_vectors @ r.arrays["user_vectors"][1]
+    cosine[np.isin(r.movie_ids, movies[~is_test])] = -np.inf
+    pool = r.movie_ids[np.lexsort((r.movie_ids, -cosine))[:200]]
+    for row in doc["recommendations"]:
+        assert pool[row["retrieval_rank"] - 1] == row["movie_id"]
+    assert [row["retrieval_rank"] for row in doc["recommendations"]] != [
+        row["retrieval_rank"]
+        for row in infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")[
+            "recommendations"
+        ]
+    ]
+    proc = run_cli("recsys.infer", "--model-dir", str(other), "--rerank", str(ranking), "--user", "1", "--top-k", "5")
+    assert_one_line_error(proc, "its refit (the same flags with --holdout 0)")

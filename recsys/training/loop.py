@@ -36,6 +36,11 @@ LEGEND = {
 }
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
+# A ranking network's evaluations before its last epoch's end read a seeded sample of test users: their top-N
+# lists score at most BETWEEN_PAIRS pairs per pair an epoch trains on (and at least BETWEEN_USERS users), and
+# their test cost reads only their ratings. Its last evaluation reads every user of `ranking` (up to EVAL_USERS).
+BETWEEN_PAIRS = 0.1
+BETWEEN_USERS = 20
 
 
 def set_device(use_cuda: bool) -> None:
@@ -98,12 +103,13 @@ class Run:
             self.world, args.objective, args.temperature, args.negatives, args.history, args.fused,
         )  # fmt: skip
         self.t.history_cap = args.history_cap or 0
-        self.ranking = self.val_ranking = None
+        self.ranking = self.val_ranking = self.between = None
         self.splits()
         skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
         self.settings = {k: v for k, v in vars(args).items() if k not in skip}
         if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
             self.settings["candidates_params_sha256"] = self.t.retrieval_fingerprint
+            self.settings["candidates_settings"] = self.t.retrieval_settings  # its refit is accepted (`is_refit`)
         self.pr, best = checkpoint.restore(args, self.t) if args.resume else (checkpoint.Progress(), None)
         self.best_params = best if len(self.val_idx) else None
         self.start = time.perf_counter() - (self.pr.metrics[-1]["seconds"] if self.pr.metrics else 0.0)
@@ -137,7 +143,19 @@ class Run:
                 which = "training" if not len(train_idx) else "test"
                 raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
             t.sample_from(train_idx)
+            if args.objective == "ranking":
+                self.between = self.sample_between(train_idx, test_idx)
         self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
+
+    def sample_between(self, train_idx: np.ndarray, test_idx: np.ndarray) -> tuple | None:
+        """The test users (top-N `Interactions`) and their test ratings that a ranking network's evaluations
+        before the last read (see `BETWEEN_PAIRS`); None where that is every user."""
+        args = self.args
+        pairs = len(train_idx) * (1 + args.negatives_per_positive)
+        sample = self.ranking.sample_users(max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // args.candidates), args.seed)
+        if sample is self.ranking:
+            return None
+        return sample, test_idx[np.isin(self.data.user[test_idx], sample.eval_users())]
 
     def finished(self) -> bool:
         args, pr = self.args, self.pr
@@ -179,6 +197,7 @@ class Run:
         bar = tqdm(
             range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if self.lead else True
         )
+        final = epoch == args.epochs or pr.step + n_batches >= total  # its evaluation reads every test user
         tick = time.perf_counter()
         for b in bar:
             idx = order[b * per_rank : (b + 1) * per_rank]
@@ -192,7 +211,7 @@ class Run:
                 tick = time.perf_counter()
         bar.close()
         since["seconds"] += time.perf_counter() - tick
-        record = self.evaluate(epoch, n_batches)
+        record = self.evaluate(epoch, n_batches, final)
         complete = n_batches == math.ceil(len(order) / per_rank)  # --max-batches may end an epoch early
         if complete:
             pr.epoch = epoch
@@ -210,18 +229,23 @@ class Run:
             self.log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
         return not last
 
-    def evaluate(self, epoch: int, batch: int) -> dict:
-        """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank."""
+    def evaluate(self, epoch: int, batch: int, final: bool = False) -> dict:
+        """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank. Before
+        the `final` evaluation, a ranking network's test metrics read the users of `between` (`test_users` says
+        how many)."""
         t, pr, since, tick = self.t, self.pr, self.since, time.perf_counter()
+        ranking, test_idx = (self.ranking, self.test_idx) if final or self.between is None else self.between
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
         record["train_cost"] = since["cost"] / max(since["n"], 1)
         if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
             record.update({f"val_{k}": v for k, v in t.evaluate(self.val_idx, full=False).items() if k != "mae"})
         if self.lead:
-            record.update({f"test_{k}": v for k, v in t.evaluate(self.test_idx).items()})
+            record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
             if self.top_n:
-                top = t.top_n(self.ranking)
+                top = t.top_n(ranking)
                 record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
+                if ranking is not self.ranking:
+                    record["test_users"] = len(ranking.eval_users())
                 if self.val_ranking is not None:
                     record["val_ndcg@10"] = t.top_n(self.val_ranking, full=False)["ndcg"]
         if not all(math.isfinite(x) for x in record.values()):
@@ -243,9 +267,10 @@ class Run:
 
 def _summary(record: dict, long: bool = False) -> str:
     """The evaluation's figures besides the test cost, for the log line."""
+    sample = f" of {record['test_users']} sampled test users" if "test_users" in record else ""
     if long:
         return (
-            f"NDCG@10 {record['test_ndcg@10']:.4f}"
+            f"NDCG@10 {record['test_ndcg@10']:.4f}{sample}"
             if "test_ndcg@10" in record
             else f"RMSE {record['test_rmse']:.4f} stars"
         )
@@ -253,6 +278,6 @@ def _summary(record: dict, long: bool = False) -> str:
     if "test_ndcg@10" in record:
         return (
             f"train {record['train_cost']:.3f}{val}, NDCG@10 {record['test_ndcg@10']:.3f}, "
-            f"Recall@10 {record['test_recall@10']:.3f}"
+            f"Recall@10 {record['test_recall@10']:.3f}{sample}"
         )
     return f"train {record['train_cost']:.3f}{val}, RMSE {record['test_rmse']:.3f} stars, MAE {record['test_mae']:.3f}"

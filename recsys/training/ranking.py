@@ -161,10 +161,11 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
     t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
     t.positive_weight = args.positive_weight
-    t.retrieval_fingerprint = fingerprint(retrieval)
+    t.retrieval_fingerprint, t.retrieval_settings = fingerprint(retrieval), rs
     current = t.params()  # the ranker's towers start as the retrieval model's, where their shapes agree
     towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
     t.set_params(current | towers)
+    t.towers_learn = args.train_towers
     if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
         for name, p in t.net.named_parameters():
             p.stop_gradient = not name.startswith("head.")

@@ -90,6 +90,7 @@ class Trainer:
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
         self._catalogue_arrays = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
+        self.towers_learn = True  # False: only a ranking network's head learns, and the tower vectors stay
         self._fixed: dict = {}  # ranking: evaluation inputs that no parameter changes (`_unchanging`)
         self.with_history = with_history
         self.feed_names = self.net.feed_names()
@@ -186,7 +187,8 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.opt.clear_grad()
-        self._vectors = None
+        if self.towers_learn:
+            self._vectors = None
         return loss
 
     def loss(self, idx: np.ndarray, f: dict[str, np.ndarray]):
