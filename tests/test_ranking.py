@@ -292,7 +292,7 @@ def test_a_refit_first_stage_serves_with_the_ranker_and_other_flags_are_refused(
     retrieval, ranking = u1_two_stage
     flags = [*U1, "--data-dir", str(need_ml100k()), "--objective", "retrieval", "--history-cap", "0"]
     refit, other = tmp_path / "refit", tmp_path / "other"
-    for model, more in ((refit, ["--epochs", "8"]), (other, ["--epochs", "7"])):
+    for model, more in ((refit, ["--epochs", "8"]), (other, ["--epochs", "1", "--max-batches", "5"])):
         proc = run_cli("recsys.train", *flags, *more, "--holdout", "0", "--model-dir", str(model))
         assert proc.returncode == 0, proc.stderr
     doc = infer_json("--model-dir", str(refit), "--rerank", str(ranking), "--user", "1", "--top-k", "10")

@@ -3,7 +3,8 @@
 The model dir is saved after the first epoch, after every later one while saving has taken at most
 `SAVE_SHARE` of the run's time (every one with `--save-every-epoch`), and always after the last: a killed
 run leaves the last saved epoch's whole dir (and `--resume` continues from it). The cost curves (loss.png)
-are drawn in the last save.
+are drawn in the last save. A ranking network's evaluations before the last epoch's read a seeded sample of
+test users (`BETWEEN_PAIRS`); the last one reads all of them (up to `EVAL_USERS`; `recsys.evaluate`: all).
 
 `train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
 """
