@@ -76,6 +76,8 @@ def shares(metrics: list[dict]) -> str:
     before = ", ".join(f"{what} {spent[k] / whole:.0%}" for k, what in (("step", "steps"), ("eval", "evaluation"),
                                                                       ("save", "saving")))  # fmt: skip
     rest = total - sum(spent.values()) - sum(last.values())
+    if "test_users" in metrics[0]:
+        before += f" (evaluating {metrics[0]['test_users']:,} sampled test users)"
     return (f"{total:.0f} s; epochs before the last: {before}; the last: steps {last['step']:.1f} s, full "
             f"evaluation {last['eval']:.1f} s, saving {last['save']:.1f} s; the rest {rest:.1f} s")  # fmt: skip
 

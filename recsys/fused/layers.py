@@ -311,7 +311,8 @@ def ranking_xent_grad(saved, grads: list, towers: bool = True):
     None: nothing needs them), the head's gradients to `grads`: d logit = weight (sigmoid(logit) - label) /
     sum(weight)."""
     h, user, m, rows, n_movies, features, inputs, hidden, logit, label, weight, total = saved
-    d_logit = (weight * (1.0 / (1.0 + np.exp(-logit)) - label) / total)[:, None].astype(np.float32)
+    with np.errstate(over="ignore"):  # exp(-logit) = inf for a very negative logit: its sigmoid is 0, as it should be
+        d_logit = (weight * (1.0 / (1.0 + np.exp(-logit)) - label) / total)[:, None].astype(np.float32)
     grads.append((h.linear, features.T @ d_logit))
     d_hidden = _fc_grad(h.out, hidden, d_logit, d_logit.sum(0), grads)
     d_hidden *= hidden > 0
