@@ -131,6 +131,15 @@ def u1_two_stage(tmp_path_factory):
     return out / "retrieval", out / "ranking"
 
 
+def _candidates(md: ModelDir, user: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A retrieval model's cosines of every catalogue row for `user` (rated in training: -inf), and its top-n
+    rows by cosine, ties to the smaller movie id: computed here from the saved vectors."""
+    movies, _, is_test = md.ratings_of(user)
+    cosine = md.catalogue_vectors @ md.arrays["user_vectors"][user]
+    cosine[np.isin(md.movie_ids, movies[~is_test])] = -np.inf
+    return cosine, np.lexsort((md.movie_ids, -cosine))[:n]
+
+
 def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_stage):
     retrieval, ranking = u1_two_stage
     doc = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
@@ -139,10 +148,8 @@ def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_sta
     # the candidates, computed here from the saved vectors: user 1's top N unrated movies by cosine, N the number
     # the ranking network was trained to reorder (its --candidates, by default 200)
     movies, _, is_test = r.ratings_of(1)
-    cosine = r.catalogue_vectors @ r.arrays["user_vectors"][1]
-    cosine[np.isin(r.movie_ids, movies[~is_test])] = -np.inf
+    cosine, pool = _candidates(r, 1, 200)
     assert doc["candidates"] == k.meta["settings"]["candidates"] == 200
-    pool = np.lexsort((r.movie_ids, -cosine))[:200]
     # the pair features: the retrieval cosine, the movie's log share, the item-item score of user 1's history
     history = np.flatnonzero(np.isin(r.movie_ids, movies[~is_test]))
     item = np.asarray(k.item_item[history][:, pool].sum(axis=0)).ravel()  # the movies' sparse neighbour weights
@@ -298,17 +305,11 @@ def test_a_refit_first_stage_serves_with_the_ranker_and_other_flags_are_refused(
     doc = infer_json("--model-dir", str(refit), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
     # the served first stage is the refit: the candidates are its top 200 by cosine, not the held-out model's
     r = ModelDir.load(refit)
-    movies, _, is_test = r.ratings_of(1)
-    cosine = r.catalogue_vectors @ r.arrays["user_vectors"][1]
-    cosine[np.isin(r.movie_ids, movies[~is_test])] = -np.inf
-    pool = r.movie_ids[np.lexsort((r.movie_ids, -cosine))[:200]]
+    pool = r.movie_ids[_candidates(r, 1, 200)[1]]
     for row in doc["recommendations"]:
         assert pool[row["retrieval_rank"] - 1] == row["movie_id"]
-    assert [row["retrieval_rank"] for row in doc["recommendations"]] != [
-        row["retrieval_rank"]
-        for row in infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")[
-            "recommendations"
-        ]
-    ]
+    held_out = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    ranks = [row["retrieval_rank"] for row in doc["recommendations"]]
+    assert ranks != [row["retrieval_rank"] for row in held_out["recommendations"]]
     proc = run_cli("recsys.infer", "--model-dir", str(other), "--rerank", str(ranking), "--user", "1", "--top-k", "5")
     assert_one_line_error(proc, "its refit (the same flags with --holdout 0)")
