@@ -9,11 +9,12 @@ import paddle
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from recsys import movielens, topn, train
+from recsys import Recommender, movielens, topn, train
 from recsys.errors import RecsysError
 from recsys.model import in_batch_softmax_loss, softmax_loss
 from recsys.modeldir import ModelDir
 from recsys.topn import stages
+from recsys.training import loop
 
 
 def test_metrics_on_a_hand_computed_ranking():
@@ -186,3 +187,17 @@ def test_retrieval_seed_determinism_and_resume(small_dir, tmp_path, negatives):
     alone = train.parse_args(["--model-dir", str(resumed), "--resume"])  # the recorded run, with its data
     assert (alone.objective, alone.temperature, alone.negatives) == ("retrieval", 0.1, negatives)
     assert alone.data_dir == str(small_dir / "ml-1m.zip")
+
+
+def test_retrieval_evaluations_before_the_last_read_a_sample_of_test_users(small_dir, tmp_path):
+    data = movielens.load(data_dir=small_dir)
+    run = loop.Run(_retrieval_args(small_dir, tmp_path / "m", "--epochs", "2", "--batch-size", "64"), data,
+                   lambda _: None, None)  # fmt: skip
+    metrics = run.run()[1]
+    # each of an epoch's positives against the batch's 64 movies: a tenth of those pairs, over 400 movies a user
+    sampled = int(len(run.train_idx) * 64 * loop.BETWEEN_PAIRS) // 400
+    assert loop.BETWEEN_USERS < sampled < len(run.ranking.eval_users())
+    assert [m.get("test_users") for m in metrics] == [sampled, None]
+    assert metrics[-1]["test_ndcg@10"] == pytest.approx(
+        Recommender.load(tmp_path / "m").evaluate(data)["ndcg"], abs=1e-6
+    )

@@ -3,7 +3,7 @@
 The model dir is saved after the first epoch, after every later one while saving has taken at most
 `SAVE_SHARE` of the run's time (every one with `--save-every-epoch`), and always after the last: a killed
 run leaves the last saved epoch's whole dir (and `--resume` continues from it). The cost curves (loss.png)
-are drawn in the last save. A ranking network's evaluations before the last epoch's read a seeded sample of
+are drawn in the last save. A top-N objective's evaluations before the last epoch's read a seeded sample of
 test users (`BETWEEN_PAIRS`); the last one reads all of them (up to `EVAL_USERS`; `recsys.evaluate`: all).
 
 `train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
@@ -37,9 +37,10 @@ LEGEND = {
 }
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
-# A ranking network's evaluations before its last epoch's end read a seeded sample of test users: their top-N
-# lists score at most BETWEEN_PAIRS pairs per pair an epoch trains on (and at least BETWEEN_USERS users), and
-# their test cost reads only their ratings. Its last evaluation reads every user of `ranking` (up to EVAL_USERS).
+# A top-N objective's evaluations before its last epoch's end read a seeded sample of test users: their top-N
+# lists score at most BETWEEN_PAIRS (user, movie) pairs per pair an epoch's logits hold (and at least
+# BETWEEN_USERS users), and their test cost reads only their ratings. The last evaluation reads every user of
+# `ranking` (up to EVAL_USERS).
 BETWEEN_PAIRS = 0.1
 BETWEEN_USERS = 20
 
@@ -144,16 +145,19 @@ class Run:
                 which = "training" if not len(train_idx) else "test"
                 raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
             t.sample_from(train_idx)
-            if args.objective == "ranking":
-                self.between = self.sample_between(train_idx, test_idx)
+            self.between = self.sample_between(train_idx, test_idx)
         self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
 
     def sample_between(self, train_idx: np.ndarray, test_idx: np.ndarray) -> tuple | None:
-        """The test users (top-N `Interactions`) and their test ratings that a ranking network's evaluations
+        """The test users (top-N `Interactions`) and their test ratings that a top-N objective's evaluations
         before the last read (see `BETWEEN_PAIRS`); None where that is every user."""
         args = self.args
-        pairs = len(train_idx) * (1 + args.negatives_per_positive)
-        sample = self.ranking.sample_users(max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // args.candidates), args.seed)
+        if args.objective == "ranking":  # each positive and its negatives; each user's candidates
+            pairs, per_user = len(train_idx) * (1 + args.negatives_per_positive), args.candidates
+        else:  # each positive against the batch's movies (or the catalogue); each user against the catalogue
+            per_user = len(self.t.catalogue)
+            pairs = len(train_idx) * (per_user if args.negatives == "full" else min(args.batch_size, per_user))
+        sample = self.ranking.sample_users(max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // per_user), args.seed)
         if sample is self.ranking:
             return None
         return sample, test_idx[np.isin(self.data.user[test_idx], sample.eval_users())]
@@ -232,7 +236,7 @@ class Run:
 
     def evaluate(self, epoch: int, batch: int, final: bool = False) -> dict:
         """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank. Before
-        the `final` evaluation, a ranking network's test metrics read the users of `between` (`test_users` says
+        the `final` evaluation, a top-N objective's test metrics read the users of `between` (`test_users` says
         how many)."""
         t, pr, since, tick = self.t, self.pr, self.since, time.perf_counter()
         ranking, test_idx = (self.ranking, self.test_idx) if final or self.between is None else self.between
