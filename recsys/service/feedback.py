@@ -20,7 +20,7 @@ from recsys.data.history import check_rated
 from recsys.data.store import RatingsStore
 from recsys.errors import RecsysError
 from recsys.recommender import Recommender
-from recsys.service.contract import Whole
+from recsys.service.contract import NOT_FOUND, Whole
 
 MAX_ID = 2**63 - 1
 HOW = "start serve with --ratings-db PATH and a token (--write-token-file FILE, or RECSYS_WRITE_TOKEN)"
@@ -127,7 +127,7 @@ class NewUser(BaseModel):
 RESPONSES = {
     401: {"description": "no or wrong write token"},
     403: {"description": "this server takes no writes (no ratings database or no token)"},
-    404: {"description": "unknown user or movie"},
+    404: {"description": NOT_FOUND},
 }  # 415 and 422, on every write, come from `contract`
 
 
