@@ -26,7 +26,7 @@ from recsys.fused.layers import (
     user_tower_grad,
 )
 from recsys.fused.updates import Updater
-from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower
+from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower, towers_learn
 
 
 def _parameters(net) -> frozenset[str]:
@@ -131,8 +131,7 @@ class FusedStep:
         `label` and `weight` [N] (`Trainer.ranking_pairs`); returns the loss."""
         loss, (saved, head) = self.ranking_loss(f, features, label, weight)
         grads: list = []
-        layers = (self.net.user_tower, self.net.movie_tower)
-        towers = not all(p.stop_gradient for t in layers for p in t.parameters())  # by default only the head learns
+        towers = towers_learn(self.net)  # by default only the head learns
         d_u, d_m = ranking_xent_grad(head, grads, towers)
         if towers:
             grads += self.backward(saved, d_u, d_m)

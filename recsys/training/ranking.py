@@ -165,7 +165,6 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     current = t.params()  # the ranker's towers start as the retrieval model's, where their shapes agree
     towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
     t.set_params(current | towers)
-    t.towers_learn = args.train_towers
     if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
         for name, p in t.net.named_parameters():
             p.stop_gradient = not name.startswith("head.")

@@ -90,7 +90,6 @@ class Trainer:
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
         self._catalogue_arrays = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
-        self.towers_learn = True  # False: only a ranking network's head learns, and the tower vectors stay
         self._fixed: dict = {}  # ranking: evaluation inputs that no parameter changes (`_unchanging`)
         self.with_history = with_history
         self.feed_names = self.net.feed_names()
@@ -180,6 +179,8 @@ class Trainer:
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss (a 0-d tensor, or a NumPy float from
         the fused step)."""
+        from recsys.model import towers_learn
+
         f = None if self.objective == "ranking" else self.features(idx, training=True)
         loss = self.fused_loss(idx, f) if self.fused is not None else None  # it updates too
         if loss is None:
@@ -187,7 +188,7 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.opt.clear_grad()
-        if self.towers_learn:
+        if towers_learn(self.net):  # else the tower vectors stay
             self._vectors = None
         return loss
 
