@@ -24,8 +24,8 @@ lint: install
 	$(PY) -m ruff check recsys tests benchmarks
 	$(PY) -m ruff format --check recsys tests benchmarks
 
-test: lint
-	$(PY) -m pytest -q
+test: lint  # one worker per core (at most 4), an idle one takes tests from a busy one
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: install
 	$(PY) -m recsys.train --dataset $(DATASET) $(DATA_FLAG) --model-dir $(MODEL_DIR) --epochs $(EPOCHS)
@@ -36,7 +36,7 @@ bench: install
 	$(PY) -m pytest -q -m slow
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/topn_serve.py
-	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/peers.py --latest-small
 	$(PY) benchmarks/ratings_in.py
 	$(PY) benchmarks/scale.py --max-batches 20000
 
