@@ -258,11 +258,6 @@ RANK_HIDDEN = 64  # the ranking network's hidden layer
 RANK_FEATURES = 3  # the retrieval cosine, the movie's log popularity, the item-item score of the user's history
 
 
-def towers_learn(net: RecommenderNet) -> bool:
-    """Whether a step changes `net`'s towers (a ranking network's default leaves them the retrieval model's)."""
-    return not all(p.stop_gradient for t in (net.user_tower, net.movie_tower) for p in t.parameters())
-
-
 class RankingHead(nn.Layer):
     """The ranking network's top, the logit of "the user will like this movie" (the chapter's weighted
     logistic regression scores it): a linear function of the pair's features (the retrieval model's cosine,

@@ -26,7 +26,7 @@ from recsys.fused.layers import (
     user_tower_grad,
 )
 from recsys.fused.updates import Updater
-from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower, towers_learn
+from recsys.model import History, MovieTower, RankingHead, RankingNet, RecommenderNet, TextCNN, UserTower
 
 
 def _parameters(net) -> frozenset[str]:
@@ -126,12 +126,12 @@ class FusedStep:
         towers, head = saved
         return self.backward(towers, *cos_mse_grad(head))
 
-    def ranking(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray):
+    def ranking(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray, towers: bool):
         """The ranking network's step on pairs: their feeds `f` (history included), `features` [N, 3], 0/1
-        `label` and `weight` [N] (`Trainer.ranking_pairs`); returns the loss."""
+        `label` and `weight` [N] (`Trainer.ranking_pairs`); the towers learn too where `towers` (by default only
+        the head does: `Trainer.freeze_towers`). Returns the loss."""
         loss, (saved, head) = self.ranking_loss(f, features, label, weight)
         grads: list = []
-        towers = towers_learn(self.net)  # by default only the head learns
         d_u, d_m = ranking_xent_grad(head, grads, towers)
         if towers:
             grads += self.backward(saved, d_u, d_m)

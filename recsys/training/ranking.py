@@ -166,6 +166,5 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
     t.set_params(current | towers)
     if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
-        for name, p in t.net.named_parameters():
-            p.stop_gradient = not name.startswith("head.")
+        t.freeze_towers()
     return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx

@@ -90,6 +90,7 @@ class Trainer:
         self._catalogue_feeds = None  # the movie tower's feeds of the whole catalogue (full softmax)
         self._catalogue_arrays = None  # the same for the fused step
         self._vectors = None  # unit tower vectors of the current parameters, until the next change
+        self.towers_learn = True  # False (`freeze_towers`): only a ranking network's head learns
         self._fixed: dict = {}  # ranking: evaluation inputs that no parameter changes (`_unchanging`)
         self.with_history = with_history
         self.feed_names = self.net.feed_names()
@@ -160,7 +161,8 @@ class Trainer:
         if self.objective == "ranking":
             if not isinstance(self.net, RankingNet):
                 return None
-            return self.fused.ranking(*self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True))
+            pairs = self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True)
+            return self.fused.ranking(*pairs, towers=self.towers_learn)
         expected = set(self.feed_names) | ({"history"} if self.net.user_tower.history is not None else set())
         if self.objective not in ("rating", "retrieval") or set(f) != expected:
             return None
@@ -176,11 +178,15 @@ class Trainer:
         target = self.column[self.data.movie[idx]]
         return self.fused.softmax(x[: self.nu], self._catalogue_arrays, target, self.temperature, history=history)
 
+    def freeze_towers(self) -> None:
+        """From now on only the ranking network's head learns: the towers (and their vectors) stay as they are."""
+        for name, p in self.net.named_parameters():
+            p.stop_gradient = not name.startswith("head.")
+        self.towers_learn = False
+
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss (a 0-d tensor, or a NumPy float from
         the fused step)."""
-        from recsys.model import towers_learn
-
         f = None if self.objective == "ranking" else self.features(idx, training=True)
         loss = self.fused_loss(idx, f) if self.fused is not None else None  # it updates too
         if loss is None:
@@ -188,7 +194,7 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.opt.clear_grad()
-        if towers_learn(self.net):  # else the tower vectors stay
+        if self.towers_learn:  # else the tower vectors stay
             self._vectors = None
         return loss
 
