@@ -531,7 +531,9 @@ def test_adam_kernels_equal_paddles_adam(sparse):
         m1, m2, b1_pow, b2_pow = state
         lr, b1, b2, eps = (np.float32(v) for v in (0.01, 0.9, 0.999, 1e-8))
         if sparse:
-            kernels.lazy_adam(before, ids, d, m1, m2, lr, b1, b2, eps, b1_pow[0] * b1, b2_pow[0] * b2)
+            slot = np.full(7, -1, np.int64)
+            kernels.lazy_adam(before, ids, d, m1, m2, lr, b1, b2, eps, b1_pow[0] * b1, b2_pow[0] * b2, slot)
+            assert np.all(slot == -1)  # the scratch is left as it was found
         else:
             grad = kernels.segment_sum(d, ids, 7)
             kernels.adam(before, grad, m1, m2, lr, b1, b2, eps, b1_pow[0], b2_pow[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from recsys.errors import RecsysError, UnknownId
@@ -65,32 +66,17 @@ class Histories:
         """The history weights of rows `users` in sparse form: (movie ids [P], batch row of each [P], weight [P]),
         equal to `dense` (`leave_out` [N] removes each row's own movie). With `cap` > 0, a row whose history is
         longer is `cap` of its movies drawn with replacement by `rng`, each weighted 1/cap (the mean of a
-        random sample of its history)."""
+        random sample of its history). The rows read whole come first, then the drawn ones, each in row order.
+        The work is the rows' histories: a row's own movie is found within its own sorted movies."""
         users = np.asarray(users, np.int64)
-        start, count = self.indptr[users], self.counts[users]
+        start, end = self.indptr[users], self.indptr[users + 1]
         own = np.full(len(users), -1, np.int64)  # each row's position of its own movie in its history, or -1
         if leave_out is not None:
-            leave_out = np.asarray(leave_out, np.int64)
-            key = users * self.n_movies + leave_out
-            pos = np.searchsorted(self.keys, key)
-            found = (pos < start + count) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == key)
-            own = np.where(found, pos - start, -1)
-        n = count - (own >= 0)  # each row's history length after leaving its own movie out
+            own = _own_positions(self.keys, start, end, users * self.n_movies + np.asarray(leave_out, np.int64))
+        n = end - start - (own >= 0)  # each row's history length after leaving its own movie out
         drawn = (n > cap) if cap else np.zeros(len(users), bool)
-        whole = np.flatnonzero(~drawn)
-        rows = np.repeat(whole, count[whole])
-        offset = np.arange(len(rows)) - np.repeat(np.cumsum(count[whole]) - count[whole], count[whole])
-        keep = offset != own[rows]
-        rows, offset = rows[keep], offset[keep]
-        weight = 1.0 / np.maximum(n[rows], 1)
-        if drawn.any():
-            sampled = np.flatnonzero(drawn)
-            pick = (rng.random_sample((len(sampled), cap)) * n[sampled, None]).astype(np.int64)
-            pick += (own[sampled, None] >= 0) & (pick >= own[sampled, None])  # skip the own movie
-            rows = np.concatenate([rows, np.repeat(sampled, cap)])
-            offset = np.concatenate([offset, pick.ravel()])
-            weight = np.concatenate([weight, np.full(len(sampled) * cap, 1.0 / cap)])
-        return self.keys[start[rows] + offset] % self.n_movies, rows, weight.astype(np.float32)
+        picks = rng.random_sample((int(drawn.sum()), cap)) if drawn.any() else np.zeros((0, max(cap, 1)))
+        return _gather_history(self.keys, self.n_movies, start, end, own, n, drawn, picks)
 
     def dense(self, users: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
         """The history weights [N, n_movies] of rows `users` (the saved inference model's input)."""
@@ -98,6 +84,53 @@ class Histories:
         out = np.zeros((len(users), self.n_movies), np.float32)
         out[rows, ids] = weight
         return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _own_positions(keys: np.ndarray, start: np.ndarray, end: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Each row's position of `key[i]` among `keys[start[i]:end[i]]` (sorted), or -1 where it is not there."""
+    own = np.full(len(key), -1, np.int64)
+    for i in range(len(key)):
+        lo, hi = start[i], end[i]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if keys[mid] < key[i]:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < end[i] and keys[lo] == key[i]:
+            own[i] = lo - start[i]
+    return own
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_history(keys, n_movies, start, end, own, n, drawn, picks):
+    """`Histories.sparse`'s arrays: rows not `drawn` read whole (but their `own` position), then each drawn row
+    its picks (uniforms in [0, 1) scaled to its `n` movies, skipping its own), weighted 1/cap."""
+    cap = picks.shape[1]
+    size = 0
+    for i in range(len(start)):
+        size += cap if drawn[i] else n[i]
+    ids, rows, weight = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.float32)
+    p = 0
+    for i in range(len(start)):
+        if not drawn[i]:
+            w = np.float32(1.0 / max(n[i], 1))
+            for k in range(end[i] - start[i]):
+                if k != own[i]:
+                    ids[p], rows[p], weight[p] = keys[start[i] + k] % n_movies, i, w
+                    p += 1
+    d = 0
+    for i in range(len(start)):
+        if drawn[i]:
+            for c in range(cap):
+                k = np.int64(picks[d, c] * n[i])
+                if own[i] >= 0 and k >= own[i]:
+                    k += 1
+                ids[p], rows[p], weight[p] = keys[start[i] + k] % n_movies, i, np.float32(1.0 / cap)
+                p += 1
+            d += 1
+    return ids, rows, weight
 
 
 def parse_rated(text: str, known, scale: tuple[float, float] = (1, 5)) -> list[tuple[int, float]]:

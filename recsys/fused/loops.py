@@ -96,14 +96,14 @@ def adam(param, grad, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
 
 
 @numba.njit(**_JIT)
-def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
+def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot) -> None:
     """Paddle's lazy `adam` on a sparse gradient (`values[i]` adds to row `ids[i]`): each distinct row's
     gradient summed, then only those rows' moments and values updated as `adam` does; tables [R, D]. (Paddle's
-    CPU kernel for sparse gradients reads the beta powers after advancing them: pass those.)"""
+    CPU kernel for sparse gradients reads the beta powers after advancing them: pass those.) `slot` [R] int64 is
+    scratch, all -1 on entry and again on return: the work is the gradient's rows, never the table's."""
     one = np.float32(1.0)
     lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
-    slot = np.full(table.shape[0], -1, np.int64)  # each row's place among the distinct rows, in first-seen order
-    rows = np.empty(len(ids), np.int64)
+    rows = np.empty(len(ids), np.int64)  # the distinct rows, in first-seen order; `slot[row]`: each one's place
     n = 0
     for i in range(len(ids)):
         if slot[ids[i]] < 0:
@@ -115,6 +115,7 @@ def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> No
         for j in range(values.shape[1]):
             sums[k, j] += values[i, j]
     for k in range(n):
+        slot[rows[k]] = -1
         for j in range(values.shape[1]):
             _adam(table, m1, m2, rows[k], j, sums[k, j], lr_t, b1, b2, eps_t)
 

@@ -43,6 +43,7 @@ class Updater:
     def __init__(self, opt):
         self.opt = opt
         self._adam_states: dict = {}
+        self._slots: dict[int, np.ndarray] = {}  # `kernels.lazy_adam`'s scratch, one per table size
 
     def step(self, grads: list) -> None:
         """The optimizer's step on `grads`: plain SGD in place, `param -= lr * grad` (row by row for `Rows`), Adam
@@ -92,7 +93,10 @@ class Updater:
         for (p, g), (m1, m2, b1_pow, b2_pow) in zip(grads, state):
             pows, after = (b1_pow.w[0], b2_pow.w[0]), (b1_pow.w[0] * b1, b2_pow.w[0] * b2)
             if isinstance(g, Rows):  # Paddle's kernel for sparse gradients advances the powers before it reads them
-                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after)
+                slot = self._slots.get(len(p.w))
+                if slot is None:
+                    slot = self._slots[len(p.w)] = np.full(len(p.w), -1, np.int64)
+                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after, slot)
             else:
                 shape = (-1, p.w.shape[-1])  # biases as one row
                 grad = np.ascontiguousarray(g, np.float32).reshape(shape)
