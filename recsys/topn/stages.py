@@ -5,6 +5,7 @@ data's own ids are `recsys.Recommender`'s."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsys.modeldir import ModelDir
 from recsys.topn import nearest
@@ -48,8 +49,8 @@ def movie_index(md: ModelDir, search: str = "auto"):
 def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto") -> list[tuple[int, float]]:
     """The k movies (rows) whose unit movie vectors have the largest dot product with `vector`: (row, value).
     Ties go to the smaller movie id."""
-    seen = np.isin(md.movie_ids, np.asarray(list(exclude), np.int64))
-    cols, values = nearest.top_k(movie_index(md, search), md.catalogue_vectors, vector[None], seen[None], k)
+    seen = seen_columns(md, np.asarray(list(exclude), np.int64))
+    cols, values = nearest.top_k(movie_index(md, search), md.catalogue_vectors, vector[None], seen, k)
     return [(int(md.movie_ids[c]), float(v)) for c, v in zip(cols[0], values[0]) if c >= 0]
 
 
@@ -77,6 +78,15 @@ def seen(md: ModelDir, user: int | None, rated=()) -> np.ndarray:
         return named
     movies, _, is_test = md.ratings_of(user)
     return np.union1d(movies[~is_test], named) if len(named) else movies[~is_test]
+
+
+def seen_columns(md: ModelDir, rows: np.ndarray) -> sp.csr_matrix:
+    """The catalogue columns of movie rows `rows` as one sparse 0/1 row [1, M] (rows outside the catalogue
+    left out): one user's seen movies in the form `recsys.topn.nearest` and the pair features take, built from
+    the rows alone (a dense mask would cost the whole catalogue on every request)."""
+    cols = np.searchsorted(md.movie_ids, rows)
+    cols = np.unique(cols[(cols < len(md.movie_ids)) & (md.movie_ids[np.minimum(cols, len(md.movie_ids) - 1)] == rows)])
+    return sp.csr_matrix((np.ones(len(cols), bool), cols, [0, len(cols)]), shape=(1, len(md.movie_ids)))
 
 
 def top_k(
@@ -138,7 +148,7 @@ def two_stage(
     (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
     model's label-space score, or a ranking model's logit."""
     first, second = user_vectors(md, rerank, user, cold, rated)
-    mask = np.isin(md.movie_ids, seen(md, user, rated))[None]
+    mask = seen_columns(md, seen(md, user, rated))
     pool, scores, best = (a[0] for a in two_stage_lists(md, rerank, first, second, mask, k, candidates, search))
     place = {c: i for i, c in enumerate(pool.tolist())}
     return [
