@@ -37,6 +37,7 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
 
 FIXED_BYTES = 1 << 27  # the ranking evaluation keeps at most this much of its unchanging inputs
 EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
+EVAL_CHUNK = 1 << 16  # the rating objective's evaluation gathers the vectors of this many ratings at a time
 EVAL_CELLS = 1 << 31  # ... and at most this many ratings x movies (24,519 ratings at ml-32m's 87,585 movies)
 
 
@@ -290,7 +291,12 @@ class Trainer:
             if self.with_history:
                 return scores(self.predict(idx), self.label[idx, 0], self.data.lowest_rating())
             users, movies = self.vectors()  # 5 cos(user, movie) from each tower's outputs: one pass per user and movie
-            pred = 5.0 * np.einsum("ij,ij->i", users[self.data.user[idx]], movies[self.column[self.data.movie[idx]]])
+            user, col = self.data.user[idx], self.column[self.data.movie[idx]]
+            cos = [  # row by row, a chunk of ratings at a time: never a [ratings, 200] copy of the vectors
+                np.einsum("ij,ij->i", users[user[s : s + EVAL_CHUNK]], movies[col[s : s + EVAL_CHUNK]])
+                for s in range(0, len(idx), EVAL_CHUNK)
+            ]
+            pred = 5.0 * (np.concatenate(cos) if cos else np.zeros(0, np.float32))
             return scores(pred, self.label[idx, 0], self.data.lowest_rating())
         if self.objective == "ranking":
             import paddle
