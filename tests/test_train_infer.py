@@ -184,3 +184,23 @@ def test_train_bad_flags(small_dir, tmp_path, flag):
     proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(tmp_path / "m"), *flag)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_the_rating_cost_read_a_chunk_of_ratings_at_a_time_is_the_whole_splits(small_dir, monkeypatch):
+    """The rating objective's test cost gathers the tower vectors of `EVAL_CHUNK` ratings at a time (bounded
+    memory at ml-32m size): with chunks of 7 ratings it equals, bit for bit, one chunk of the whole split, and the
+    cost is the mean square error of 5 cos(user, movie) from the vectors, computed here in NumPy."""
+    from recsys.training import trainer as trainer_module
+
+    data = movielens.load(data_dir=small_dir)
+    t = trainer_module.Trainer(data)
+    order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test))
+    for s in range(0, 20 * 256, 256):
+        t.step(order[s : s + 256])
+    test = np.flatnonzero(data.is_test)
+    whole = t.evaluate(test)
+    monkeypatch.setattr(trainer_module, "EVAL_CHUNK", 7)
+    assert t.evaluate(test) == whole and len(test) > 7 * 100
+    users, movies = t.vectors()
+    pred = 5.0 * (users[data.user[test]] * movies[t.column[data.movie[test]]]).sum(axis=1)
+    assert whole["cost"] == pytest.approx(np.mean((pred - t.label[test, 0]) ** 2), rel=1e-5)
