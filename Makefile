@@ -35,6 +35,7 @@ demo: install
 bench: install
 	$(PY) -m pytest -q -m slow
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/step_parts.py
 	$(PY) benchmarks/topn_serve.py
 	$(PY) benchmarks/peers.py --latest-small
 	$(PY) benchmarks/ratings_in.py
