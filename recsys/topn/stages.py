@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recsys.modeldir import ModelDir
 from recsys.topn import nearest
-from recsys.topn.lists import rerank_pool
+from recsys.topn.lists import contains, rerank_pool
 from recsys.topn.rerank import head_scores, pair_features
 
 CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
@@ -84,8 +84,8 @@ def seen_columns(md: ModelDir, rows: np.ndarray) -> sp.csr_matrix:
     """The catalogue columns of movie rows `rows` as one sparse 0/1 row [1, M] (rows outside the catalogue
     left out): one user's seen movies in the form `recsys.topn.nearest` and the pair features take, built from
     the rows alone (a dense mask would cost the whole catalogue on every request)."""
-    cols = np.searchsorted(md.movie_ids, rows)
-    cols = np.unique(cols[(cols < len(md.movie_ids)) & (md.movie_ids[np.minimum(cols, len(md.movie_ids) - 1)] == rows)])
+    rows = np.unique(rows)
+    cols = np.searchsorted(md.movie_ids, rows[contains(md.movie_ids, rows)])
     return sp.csr_matrix((np.ones(len(cols), bool), cols, [0, len(cols)]), shape=(1, len(md.movie_ids)))
 
 

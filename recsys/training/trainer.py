@@ -37,8 +37,8 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
 
 FIXED_BYTES = 1 << 27  # the ranking evaluation keeps at most this much of its unchanging inputs
 EVAL_RATINGS = 200_000  # the retrieval cost is the full softmax's over at most this many ratings (a sample)
-EVAL_CHUNK = 1 << 16  # the rating objective's evaluation gathers the vectors of this many ratings at a time
 EVAL_CELLS = 1 << 31  # ... and at most this many ratings x movies (24,519 ratings at ml-32m's 87,585 movies)
+EVAL_CHUNK = 1 << 16  # the rating objective's evaluation gathers the vectors of this many ratings at a time
 
 
 class Trainer:
