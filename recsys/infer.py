@@ -169,7 +169,8 @@ def _lines(doc: dict, who: str, known: bool) -> list[str]:
     rows, seen = doc["recommendations"], " not rated in the training split" if known else ""
     how = {
         ("rating",): "score in 2*stars-5",
-        ("retrieval",): "retrieval model, by cosine",
+        ("retrieval",): "retrieval model, by cosine"
+        + (" + item-item score of the history" if rows and "score" in rows[0] else ""),
         (
             "retrieval",
             "rating",

@@ -25,7 +25,7 @@ from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, evaluate, fingerprint, nearest, stages
+from recsys.topn import Interactions, evaluate, fingerprint, first_stage, nearest, stages
 
 Path = str | os.PathLike
 
@@ -291,9 +291,11 @@ class Recommender:
         if rerank is None:
             recs = stages.top_k(md, user, k, cold, rated, self.search)
             if md.objective == "rating":
-                rows = [_movie(md, m, score=s, stars=stars(s)) for m, s in recs]
+                rows = [_movie(md, m, score=s, stars=stars(s)) for m, s, _ in recs]
+            elif md.first_stage_beta:  # the first stage's score: the cosine plus the item-item score
+                rows = [_movie(md, m, score=s, cosine=c) for m, s, c in recs]
             else:
-                rows = [_movie(md, m, cosine=c) for m, c in recs]
+                rows = [_movie(md, m, cosine=c) for m, _, c in recs]
             return {"stages": self.stages, "recommendations": rows}
         candidates = max(self.candidates, k)
         rows = []
@@ -319,7 +321,8 @@ class Recommender:
         md, rerank = self.model, self.rerank
         if rerank is None:
             users, movies, ix = md.arrays["user_vectors"], md.catalogue_vectors, stages.movie_index(md, self.search)
-            return lambda u, seen, k: nearest.top_k(ix, movies, users[u], seen, k)[0]
+            stage = stages.first_stage(md)
+            return lambda u, seen, k: first_stage.top_k(stage, ix, movies, users[u], seen, k)[0]
         first = md.arrays["user_vectors"]
         second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
 

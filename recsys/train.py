@@ -20,7 +20,7 @@ from recsys import movielens
 from recsys.data import store
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
-from recsys.topn import neighbours
+from recsys.topn import first_stage, neighbours
 from recsys.training import checkpoint
 from recsys.training.loop import check_environment, set_device, split_indices, train
 
@@ -158,6 +158,14 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         help="leave this share of the training ratings out of training and of the histories, as the labels a "
         "ranking network learns from (default: %(default)s)",
     )
+    retrieval.add_argument(
+        "--item-share",
+        type=float,
+        default=first_stage.SHARE,
+        help="the first stage scores a movie by the network's cosine plus the item-item score of the user's "
+        "history (sparse EASE, fitted on the ratings the network trains on); this is the item-item part's share, "
+        "each score in units of its spread, in [0, 1) (0: the network alone; default: %(default)s)",
+    )
     ranking = ap.add_argument_group("ranking options (with --objective ranking)")
     ranking.add_argument(
         "--candidates-from", metavar="RETRIEVAL_DIR", help="the retrieval model whose candidates the ranker orders"
@@ -189,8 +197,8 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         "--item-neighbours",
         type=int,
         default=neighbours.K,
-        help="the pair feature's item-item model (sparse EASE) keeps this many weights into each movie, those of "
-        "largest magnitude (default: %(default)s)",
+        help="the item-item model (sparse EASE) of a retrieval model's first stage and of a ranker's pair feature "
+        "keeps this many weights into each movie, those of largest magnitude (default: %(default)s)",
     )
     ranking.add_argument(
         "--exact",
@@ -239,10 +247,12 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
             ap.error(f"--history-cap must be 0 (all) or more, got {args.history_cap}")
         args.history_cap = 0
     if objective != "retrieval":
-        args.temperature = args.negatives = args.holdout = None
+        args.temperature = args.negatives = args.holdout = args.item_share = None
     if objective != "ranking":
         args.candidates_from = args.candidates = args.negatives_per_positive = None
-        args.hard_negatives = args.positive_weight = args.train_towers = args.item_neighbours = args.exact = None
+        args.hard_negatives = args.positive_weight = args.train_towers = args.exact = None
+    if objective == "rating" or (objective == "retrieval" and not args.item_share):
+        args.item_neighbours = None
     if objective == "rating":
         args.positive = None  # not part of the chapter's recipe
     else:
@@ -250,12 +260,14 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     if objective == "retrieval":
         need(args.temperature > 0, "--temperature", "positive")
         need(0 <= args.holdout < 1, "--holdout", "in [0, 1)")
+        need(0 <= args.item_share < 1, "--item-share", "in [0, 1)")
     if objective == "ranking":
         if args.candidates_from is None:
             ap.error("--objective ranking needs --candidates-from RETRIEVAL_DIR")
         need(args.candidates >= 1, "--candidates", "at least 1")
         need(args.negatives_per_positive >= 1, "--negatives-per-positive", "at least 1")
         need(0 <= args.hard_negatives <= 1, "--hard-negatives", "in [0, 1]")
+    if args.item_neighbours is not None:
         need(args.item_neighbours >= 1, "--item-neighbours", "at least 1")
     if args.sparse is None:
         args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1

@@ -180,8 +180,8 @@ def test_readers_never_fail_or_mix_two_saves_while_training_saves(small_dir, tmp
             user = 1 + reads % 50
             recs = stages.top_k(md, user, 5)
             # the predictor and the tower vectors must come from the same save
-            got = stages.predict(md, user, [m for m, _ in recs])
-            np.testing.assert_allclose(got, [s for _, s in recs], atol=1e-4)
+            got = stages.predict(md, user, [m for m, _, _ in recs])
+            np.testing.assert_allclose(got, [s for _, s, _ in recs], atol=1e-4)
             seen.add(md.meta["saved"] + str(len(json.loads(md.files.read("metrics.json")))))
             reads += 1
     finally:

@@ -15,7 +15,9 @@ from conftest import ROOT, infer_json, run_cli
 from fastapi.testclient import TestClient
 
 from recsys import Recommender, RecsysError, UnknownId, movielens, train
+from recsys.modeldir import ModelDir
 from recsys.service.api import create_app
+from recsys.training.ranking import holdout_mask
 
 QUIET = {"log": lambda _msg: None}
 
@@ -83,17 +85,76 @@ def test_recommender_lists_are_the_cli_and_the_service_lists(trained, two_stage,
                 assert one == infer_json(*flags, "--user", "1", "--movie", "17")
 
 
-def test_one_stage_lists_are_the_best_cosines_outside_the_training_ratings(two_stage):
-    """By hand: the retrieval model's list is its unit vectors' products, best first, rated movies left out."""
+def _history(md, rows) -> np.ndarray:
+    """[len(rows), M] 0/1: the catalogue columns each user row rated in training, from the saved ratings."""
+    h = np.zeros((len(rows), len(md.movie_ids)))
+    for i, row in enumerate(rows):
+        movies, _, is_test = md.ratings_of(int(row))
+        h[i, np.isin(md.movie_ids, movies[~is_test])] = 1
+    return h
+
+
+def _ease_by_hand(x: np.ndarray, lam: float, k: int) -> np.ndarray:
+    """EASE's weights of the 0/1 rows x, movies nobody rated left out, each column cut to its k largest |w|."""
+    rated = x.sum(0) > 0
+    p = np.linalg.inv(x[:, rated].T @ x[:, rated] + lam * np.eye(rated.sum()))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0)
+    keep = np.argsort(-np.abs(b), axis=0, kind="stable")[:k]
+    cut = np.zeros_like(b)
+    np.put_along_axis(cut, keep, np.take_along_axis(b, keep, 0), 0)
+    w = np.zeros((x.shape[1], x.shape[1]))
+    w[np.ix_(rated, rated)] = cut
+    return w
+
+
+def test_one_stage_lists_are_the_best_first_stage_scores_outside_the_training_ratings(two_stage):
+    """By hand: the retrieval model's list is its unit vectors' products plus beta times the user's history
+    dotted with the saved item-item weights, best first, rated movies left out; beta is the documented spread
+    ratio, measured on the seeded sample of users."""
     rec = Recommender.load(two_stage[0])
     md, row = rec.model, rec.user_row(3)
-    movies, _, is_test = md.ratings_of(row)
-    values = md.catalogue_vectors @ md.arrays["user_vectors"][row]
-    values[np.isin(md.movie_ids, movies[~is_test])] = -np.inf
+    w, beta = md.item_item.toarray(), md.first_stage_beta
+    users, movies = md.arrays["user_vectors"], md.catalogue_vectors
+    sample = np.sort(np.random.RandomState(0).choice(len(users), 256, replace=False))
+    spread = np.std(users[sample] @ movies.T) / np.std(_history(md, sample) @ w)
+    assert beta == pytest.approx(0.3 / 0.7 * spread, rel=1e-3)
+    cosine = movies @ users[row]
+    values = cosine + beta * (_history(md, [row])[0] @ w)
+    values[_history(md, [row])[0] > 0] = -np.inf
     best = np.lexsort((md.movie_ids, -values))[:10]  # ties: the smaller movie id
     doc = rec.recommend(3, k=10)
     assert [r["movie_id"] for r in doc["recommendations"]] == [md.own_movie(int(md.movie_ids[c])) for c in best]
-    assert [r["cosine"] for r in doc["recommendations"]] == pytest.approx(values[best].tolist(), abs=1e-6)
+    assert [r["score"] for r in doc["recommendations"]] == pytest.approx(values[best].tolist(), abs=1e-5)
+    assert [r["cosine"] for r in doc["recommendations"]] == pytest.approx(cosine[best].tolist(), abs=1e-6)
+
+
+def test_the_first_stage_weights_are_ease_of_the_ratings_the_network_trained_on(two_stage, small_dir):
+    """The retrieval model's item-item weights are EASE (lambda 500, 300 per movie) of its training ratings
+    without the held-out tenth, the ranker's labels: fitted apart here in numpy, they agree."""
+    md = ModelDir.load(two_stage[0])
+    data = movielens.load("ml-1m", small_dir)
+    train_idx = np.flatnonzero(~data.is_test)
+    held = holdout_mask(len(data.user), train_idx, 0.1, md.meta["settings"]["seed"])
+    fit = train_idx[~held[train_idx]]
+    x = np.zeros((data.sizes()["n_users"], len(md.movie_ids)))
+    x[data.user[fit], np.searchsorted(md.movie_ids, data.movie[fit])] = 1
+    np.testing.assert_allclose(md.item_item.toarray(), _ease_by_hand(x, 500.0, 300), atol=2e-5)
+    assert 0 < held.sum() < len(train_idx) * 0.15
+
+
+def test_an_item_share_of_0_is_the_cosine_alone(small_dir, tmp_path):
+    """--item-share 0: no item-item weights are saved and the list is the best cosines."""
+    train.run(data_dir=small_dir, objective="retrieval", model_dir=tmp_path / "r", epochs=1, item_share=0.0, **QUIET)
+    rec = Recommender.load(tmp_path / "r")
+    md, row = rec.model, rec.user_row(3)
+    assert md.first_stage_beta == 0 and "item_item_data" not in md.arrays
+    values = md.catalogue_vectors @ md.arrays["user_vectors"][row]
+    values[_history(md, [row])[0] > 0] = -np.inf
+    best = np.lexsort((md.movie_ids, -values))[:10]
+    doc = rec.recommend(3, k=10)
+    assert [r["movie_id"] for r in doc["recommendations"]] == [md.own_movie(int(md.movie_ids[c])) for c in best]
+    assert set(doc["recommendations"][0]) == {"movie_id", "title", "genres", "cosine"}
 
 
 def test_evaluate_from_python_is_the_cli_table(two_stage, small_dir):

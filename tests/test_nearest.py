@@ -7,11 +7,12 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from conftest import assert_one_line_error, run_cli
 
 from recsys import Recommender, RecsysError, synthetic
 from recsys.modeldir import ModelDir, index
-from recsys.topn import nearest
+from recsys.topn import first_stage, nearest
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -42,6 +43,38 @@ def test_index_lists_equal_exact_lists_and_skip_every_rated_movie(monkeypatch, d
         assert len(listed) == min(10, int((~seen[row]).sum()))
     with pytest.raises(RecsysError, match="search must be one of auto, exact, faiss"):
         nearest.uses_index("fast", 10)
+
+
+def test_first_stage_lists_by_hand_and_through_the_index(monkeypatch):
+    """The first stage's score, cosine + beta * (history @ W), computed here in numpy: exact search gives its
+    best unrated columns, and the index (the cosine's top 2k and the item-item top 2k, then the bound) gives
+    the same lists, rated movies never among them, even for a user who rated all but three."""
+    rng = np.random.RandomState(1)
+    vectors, queries = _unit(rng.randn(3000, 16)), _unit(rng.randn(5, 16))
+    seen = np.zeros((5, 3000), bool)
+    seen[0, rng.choice(3000, 40, replace=False)] = True
+    seen[1, np.argsort(-(vectors @ queries[1]))[:60]] = True  # the 60 nearest are all rated
+    seen[2, :] = True
+    seen[2, [7, 2000, 123]] = False  # all but three rated: those three, then nothing
+    seen[3, 1500:] = True
+    w = sp.random(3000, 3000, density=0.01, random_state=2, format="csr", dtype=np.float32)
+    w.data -= 0.3  # weights of either sign
+    stage = first_stage.FirstStage.of(w, 0.8)
+    score = queries @ vectors.T + 0.8 * (seen.astype(np.float64) @ w.toarray())
+    got, values = first_stage.top_k(stage, None, vectors, queries, seen, 10)
+    for row in range(5):
+        s = np.where(seen[row], -np.inf, score[row])
+        want = np.lexsort((np.arange(3000), -s))[: min(10, int((~seen[row]).sum()))]
+        assert got[row][got[row] >= 0].tolist() == want.tolist()
+        np.testing.assert_allclose(values[row][: len(want)], s[want], atol=1e-5)
+    assert (got[2, 3:] == -1).all()
+    ix = index.build(vectors)
+    faiss_got, faiss_values = first_stage.top_k(stage, ix, vectors, queries, sp.csr_matrix(seen), 10)
+    np.testing.assert_array_equal(faiss_got, got)
+    np.testing.assert_allclose(faiss_values, values, atol=1e-5)
+    assert first_stage.top_k(first_stage.FirstStage.of(w, 0.0), ix, vectors, queries, seen, 10)[0].tolist() == (
+        nearest.top_k(ix, vectors, queries, seen, 10)[0].tolist()
+    )
 
 
 def test_faiss_lists_equal_exact_lists_on_ml100k(u1_models):

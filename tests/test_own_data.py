@@ -202,7 +202,7 @@ def test_ml_latest_layout_a_new_user_known_only_by_rated_movies(latest_model):
     assert doc["user"] == {} and doc["rated"] == [[5, 3.5], [12, 4]] and doc["stages"] == ["retrieval"]
     assert set(_ids(doc)) == CATALOGUE - {5, 12}  # what they rated is not recommended back
     text = _infer(latest_model, "--rated", "5:3.5,12:4", "--top-k", "10")
-    assert text.startswith("Top 4 movies for a new user (no features) (retrieval model, by cosine):")
+    assert text.startswith("Top 4 movies for a new user (no features) (retrieval model, by cosine + item-item score")
     assert _id_column(text.splitlines()[1:]) == _ids(doc)
     known = _json(latest_model, "--user", "42", "--top-k", "10")
     with _client(latest_model) as c:

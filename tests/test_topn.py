@@ -121,7 +121,7 @@ def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_
     args = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1", "--json"]
     doc = json.loads(run_cli("recsys.infer", *args, "--top-k", "20", "--candidates", "20").stdout)
     md, rr = ModelDir.load(retrieval), ModelDir.load(rating)
-    first = [m for m, _ in stages.top_k(md, 1, 20)]
+    first = [m for m, _, _ in stages.top_k(md, 1, 20)]
     got = [r["movie_id"] for r in doc["recommendations"]]
     assert sorted(got) == sorted(first)
     predicted = stages.predict(rr, 1, np.array(first))  # the rating model's inference model
@@ -135,7 +135,7 @@ def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_
         run_cli("recsys.infer", "--model-dir", str(retrieval), "--user", "1", "--top-k", "3", "--json").stdout
     )
     assert [r["movie_id"] for r in alone["recommendations"]] == first[:3] and set(alone["recommendations"][0]) == {
-        "movie_id", "title", "genres", "cosine"}  # fmt: skip
+        "movie_id", "title", "genres", "score", "cosine"}  # fmt: skip
 
 
 def test_two_stage_bad_inputs(u1_models, trained):

@@ -85,9 +85,10 @@ def test_top_k_equals_scoring_every_pair_with_the_full_network(trained):
     full = stages.predict(md, user, movies)
     want = movies[np.argsort(-full, kind="stable")][:10]
     got = stages.top_k(md, user, 10)
-    assert [m for m, _ in got] == want.tolist()
-    np.testing.assert_allclose([s for _, s in got], np.sort(full)[::-1][:10], atol=1e-4)
-    assert not set(rated[~is_test]) & {m for m, _ in got}
+    assert [m for m, _, _ in got] == want.tolist()
+    np.testing.assert_allclose([s for _, s, _ in got], np.sort(full)[::-1][:10], atol=1e-4)
+    np.testing.assert_allclose([5 * c for _, _, c in got], [s for _, s, _ in got], atol=1e-5)
+    assert not set(rated[~is_test]) & {m for m, _, _ in got}
 
 
 def test_infer_cli_top_k_and_json(trained):
@@ -102,7 +103,8 @@ def test_infer_cli_top_k_and_json(trained):
         assert set(r) == {"movie_id", "title", "genres", "score", "stars"}
         assert r["genres"] == ModelDir.load(trained).genres(r["movie_id"])  # as the text output shows them
         assert r["stars"] == pytest.approx((r["score"] + 5) / 2)
-    assert [r["movie_id"] for r in doc["recommendations"]] == [m for m, _ in stages.top_k(ModelDir.load(trained), 3, 5)]
+    best = stages.top_k(ModelDir.load(trained), 3, 5)
+    assert [r["movie_id"] for r in doc["recommendations"]] == [m for m, _, _ in best]
 
 
 def test_chapter_flow_on_real_metadata(real_meta_dir, tmp_path):

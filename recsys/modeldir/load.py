@@ -4,6 +4,7 @@ and no dataset.
 inference.json, inference.pdiparams   paddle.jit.save of the whole network (the chapter's inference model)
 meta.json                             vocabularies, movie titles and genres, sizes, training settings
 arrays.npz                            feature tables, unit tower vectors (cold-start users too), all ratings;
+                                      a retrieval model: its first stage's item-item weights and beta;
                                       a ranking model: raw tower outputs and its pair features' tables
 params.npz                            the network's parameters by name
 metrics.json, loss.png                one record per evaluation, and the cost curves
@@ -19,13 +20,8 @@ load, each file's SHA-256 when it is first read: a damaged dir is an error, neve
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import json
 import os
-import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +30,12 @@ import numpy as np
 from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
 from recsys.modeldir import index
+from recsys.modeldir.files import Files, damaged, still_at
 from recsys.modeldir.predictor import Predictor, dynamic_mode
 from recsys.movielens import Tables
 
 FORMAT = 1
 PREFIX = "inference"
-MANIFEST = "manifest.json"
 SCALE = "score = 5 * cos_sim(user, movie), in label space 2*stars - 5 (range -5..5); stars = (score + 5) / 2"
 RETRIEVAL_SCALE = "cosine = cos_sim(user, movie), ranks movies; trained as softmax logits cosine / temperature"
 RANKING_SCALE = "logit of liking the movie, from the towers' product and the pair's features; orders candidates"
@@ -82,110 +78,6 @@ def cold_feeds(sizes: list[int]) -> dict[str, np.ndarray]:
     return {"user_id": np.zeros(n, np.int64)} | {f"f{i}_id": c.astype(np.int64) for i, c in enumerate(combos)}
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def damaged(path: Path, name: str, why: str) -> RecsysError:
-    return RecsysError(f"model dir {path} is damaged: {name} ({why}); train again: python -m recsys.train")
-
-
-class _Files:
-    """Every file of one model dir, opened at once: later reads see this save even if the dir is swapped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.open: dict[str, io.BufferedReader] = {}
-        self.expected: dict[str, dict] | None = None  # from the manifest; None for a dir saved before it
-        self.verified: set[str] = set()
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            self.inode = os.fstat(dir_fd).st_dev, os.fstat(dir_fd).st_ino
-            for name in os.listdir(dir_fd):
-                try:
-                    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-                except IsADirectoryError:
-                    continue
-                f = open(fd, "rb")
-                if os.fstat(fd).st_mode & 0o170000 == 0o100000:  # a regular file
-                    self.open[name] = f
-                else:
-                    f.close()
-        finally:
-            os.close(dir_fd)
-
-    def close(self) -> None:
-        for f in self.open.values():
-            f.close()
-
-    def check(self, meta: dict) -> None:
-        """Against the manifest: every file present with its size (hashes wait for each file's first read)."""
-        if MANIFEST not in self.open:
-            if meta.get("manifest"):
-                raise damaged(self.path, MANIFEST, "missing")
-            notice = f"notice: model dir {self.path} has no manifest (saved by an older recsys); files not checked"
-            print(notice, file=sys.stderr)
-            return
-        for name, want in self.expected.items():
-            if name not in self.open:
-                raise damaged(self.path, name, "missing")
-            size = os.fstat(self.open[name].fileno()).st_size
-            if size != want["size"]:
-                raise damaged(self.path, name, f"size {size}, expected {want['size']}")
-
-    def read_manifest(self) -> None:
-        if MANIFEST not in self.open:
-            return
-        try:
-            doc = json.loads(self.open[MANIFEST].read())
-            self.expected = {
-                str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in doc["files"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise damaged(self.path, MANIFEST, "unreadable") from None
-
-    def read(self, name: str) -> bytes:
-        """The whole file, checked against its manifest entry."""
-        if name not in self.open:
-            raise damaged(self.path, name, "missing")
-        f = self.open[name]
-        f.seek(0)
-        data = f.read()
-        if self.expected is not None and name not in self.verified:
-            want = self.expected.get(name)
-            if want is None:
-                raise damaged(self.path, name, "not in the manifest")
-            if len(data) != want["size"]:
-                raise damaged(self.path, name, f"size {len(data)}, expected {want['size']}")
-            if sha256_hex(data) != want["sha256"]:
-                raise damaged(self.path, name, "checksum mismatch")
-            self.verified.add(name)
-        return data
-
-    def json(self, name: str):
-        try:
-            return json.loads(self.read(name))
-        except (ValueError, UnicodeDecodeError):
-            raise damaged(self.path, name, "unreadable") from None
-
-    def npz(self, name: str) -> dict[str, np.ndarray]:
-        try:
-            with np.load(io.BytesIO(self.read(name)), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            raise damaged(self.path, name, "unreadable") from None
-
-
-def _still_at(path: Path, where: Path, files: _Files) -> bool:
-    """Whether the files just opened from `where` are one whole save: the dir is still there, and, when it
-    was `.NAME.previous`, `path` is still missing (a save removes `.NAME.previous` only after that)."""
-    try:
-        st = os.stat(where)
-    except FileNotFoundError:
-        return False
-    return (st.st_dev, st.st_ino) == files.inode and (where == path or not path.exists())
-
-
 @dataclass
 class ModelDir:
     """A loaded model dir: metadata, arrays, and the inference predictor on demand."""
@@ -193,7 +85,7 @@ class ModelDir:
     path: Path
     meta: dict
     arrays: dict[str, np.ndarray]
-    files: _Files
+    files: Files
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelDir:
@@ -204,8 +96,8 @@ class ModelDir:
             else:
                 where = path
             try:
-                files = _Files(where)
-                if attempt < 4 and not _still_at(path, where, files):  # swapped out as we opened it: again
+                files = Files(where)
+                if attempt < 4 and not still_at(path, where, files):  # swapped out as we opened it: again
                     files.close()
                     continue
             except FileNotFoundError:
@@ -368,10 +260,22 @@ class ModelDir:
         """A ranking model's head parameters (see `recsys.topn.rerank.head_scores`)."""
         return {k: v for k, v in self.params().items() if k.startswith("head.")}
 
+    @property
+    def first_stage_beta(self) -> float:
+        """A retrieval model's weight of the item-item score beside the cosine in its first stage
+        (`recsys.topn.first_stage`); 0: the cosine alone."""
+        return float(self.arrays.get("first_stage_beta", 0.0))
+
+    @functools.cached_property
+    def item_item_by_row(self):
+        """`item_item` by row."""
+        return self.item_item.tocsr()
+
     @functools.cached_property
     def item_item(self):
-        """A ranking model's sparse item-item weights [M, M], by column (`recsys.topn.neighbours`; a model saved
-        with the dense EASE weights of earlier versions gives those)."""
+        """The sparse item-item weights [M, M] of a ranking model's pair feature or of a retrieval model's first
+        stage, by column (`recsys.topn.neighbours`; a ranking model saved with the dense EASE weights of earlier
+        versions gives those)."""
         import scipy.sparse as sp
 
         a, n = self.arrays, len(self.movie_ids)

@@ -16,7 +16,8 @@ import numpy as np
 from recsys.data.history import Histories
 from recsys.errors import RecsysError
 from recsys.modeldir import index
-from recsys.modeldir.load import COLD_GRID, FORMAT, MANIFEST, PREFIX, SCORES, cold_feeds, sha256_hex, tower_outputs
+from recsys.modeldir.files import MANIFEST, sha256_hex
+from recsys.modeldir.load import COLD_GRID, FORMAT, PREFIX, SCORES, cold_feeds, tower_outputs
 from recsys.movielens import MovieLens, Tables, age_table
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn import nearest, neighbours
+from recsys.topn import first_stage, neighbours
 
 
-def candidate_pool(user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, chunk: int = 1024):
-    """Each user's top-n catalogue columns by cosine, columns in `seen` [U, M] (bool, or sparse 0/1) excluded,
-    a chunk of users at a time (only a chunk's rows are ever dense), through the faiss index `ix` when given
-    (`recsys.topn.nearest`)."""
+def candidate_pool(
+    user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, stage=None, chunk: int = 1024
+):
+    """Each user's top-n catalogue columns by the first stage's score (`recsys.topn.first_stage`; the cosine
+    when `stage` is None), their histories `seen` [U, M] (bool, or sparse 0/1) excluded, a chunk of users at a
+    time (only a chunk's rows are ever dense), through the faiss index `ix` when given."""
     parts = [
-        nearest.top_k(ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
+        first_stage.top_k(stage, ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
         for s in range(0, len(user_vectors), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
@@ -29,7 +31,7 @@ def log_share(history) -> np.ndarray:
 
 def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, seen: np.ndarray, pool: np.ndarray):
     """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    retrieval cosines [n, N], the movies' log shares [M], the sparse item-item weights [M, M]
+    retrieval cosines [n, N], the movies' log shares [M], the ranker's sparse item-item weights [M, M]
     (`recsys.topn.neighbours`) and the users' histories as catalogue columns `seen` [n, M] (bool)."""
     cols = np.maximum(pool, 0)
     history = sp.csr_matrix(seen, dtype=np.float32)

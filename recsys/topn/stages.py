@@ -9,6 +9,8 @@ import scipy.sparse as sp
 
 from recsys.modeldir import ModelDir
 from recsys.topn import nearest
+from recsys.topn.first_stage import FirstStage
+from recsys.topn.first_stage import top_k as top_first
 from recsys.topn.lists import contains, rerank_pool
 from recsys.topn.rerank import head_scores, pair_features
 
@@ -46,11 +48,22 @@ def movie_index(md: ModelDir, search: str = "auto"):
     return md.movie_index if nearest.uses_index(search, len(md.movie_ids)) else None
 
 
-def rank(md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto") -> list[tuple[int, float]]:
-    """The k movies (rows) whose unit movie vectors have the largest dot product with `vector`: (row, value).
-    Ties go to the smaller movie id."""
+def first_stage(md: ModelDir) -> FirstStage | None:
+    """The retrieval model's first stage: its cosine and, when it was trained with an item-item share, the
+    item-item score of the user's history (`recsys.topn.first_stage`); None for the cosine alone."""
+    beta = md.first_stage_beta
+    return FirstStage(md.item_item, md.item_item_by_row, beta) if beta else None
+
+
+def rank(
+    md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto", history: bool = False
+) -> list[tuple[int, float]]:
+    """The k movies (rows) outside `exclude` (rows) of largest dot product of their unit movie vectors with
+    `vector`, or, when `exclude` is the user's `history`, of largest first-stage score: (row, value). Ties go
+    to the smaller movie id."""
     seen = seen_columns(md, np.asarray(list(exclude), np.int64))
-    cols, values = nearest.top_k(movie_index(md, search), md.catalogue_vectors, vector[None], seen, k)
+    stage = first_stage(md) if history else None
+    cols, values = top_first(stage, movie_index(md, search), md.catalogue_vectors, vector[None], seen, k)
     return [(int(md.movie_ids[c]), float(v)) for c, v in zip(cols[0], values[0]) if c >= 0]
 
 
@@ -91,11 +104,13 @@ def seen_columns(md: ModelDir, rows: np.ndarray) -> sp.csr_matrix:
 
 def top_k(
     md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=(), search: str = "auto"
-) -> list[tuple[int, float]]:
+) -> list[tuple[int, float, float]]:
     """The k best-scored movies (rows) the user has not rated in the training split, or, for a new user with
-    feature ids `cold`, has not named in `rated`: (row, score) pairs."""
-    values = rank(md, vector(md, user, cold, rated), k, seen(md, user, rated), search)
-    return [(m, scale(md) * v) for m, v in values]
+    feature ids `cold`, has not named in `rated`: (row, score, cosine) triples. A rating model's score is 5 cos
+    (label space); a retrieval model's is its first stage's (the cosine alone, or plus the item-item score)."""
+    v = vector(md, user, cold, rated)
+    values = rank(md, v, k, seen(md, user, rated), search, history=True)
+    return [(m, scale(md) * s, float(md.arrays["movie_vectors"][m] @ v)) for m, s in values]
 
 
 def second_stage_scores(
@@ -122,7 +137,7 @@ def two_stage_lists(
     """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
     their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
     and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
-    pool = nearest.top_k(movie_index(md, search), md.catalogue_vectors, first, seen, candidates)[0]
+    pool = top_first(first_stage(md), movie_index(md, search), md.catalogue_vectors, first, seen, candidates)[0]
     scores = second_stage_scores(md, rerank, first, second, pool, seen)
     return pool, scores, rerank_pool(pool, scores, k)
 
@@ -144,7 +159,7 @@ def two_stage(
     rated=(),
     search: str = "auto",
 ) -> list[tuple[int, float, float, int]]:
-    """The retrieval model's top `candidates` unrated movies, reordered by the second model's score:
+    """The first stage's top `candidates` unrated movies, reordered by the second model's score:
     (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
     model's label-space score, or a ranking model's logit."""
     first, second = user_vectors(md, rerank, user, cold, rated)

@@ -13,7 +13,7 @@ from recsys.modeldir import save as modelsave
 from recsys.training.trainer import use_cpu_cores
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
-BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None}
+BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None, "item_share": None}
 # recorded settings that hold for one invocation only: a resumed run takes them from its own command line
 FREE = ("max_batches", "eval_every", "save_every_epoch")
 

@@ -128,6 +128,8 @@ class Run:
             held = ranking.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
             train_idx = train_idx[~held[train_idx]]
             t.use_history(train_idx)
+            if args.objective == "retrieval":
+                t.fit_first_stage(args.item_share or 0.0, args.item_neighbours)
         if self.top_n:  # the positives of each split; the top-N metrics rank against the whole training split
             build = topn.Interactions.build
             self.ranking = build(t.catalogue, data.user, data.movie, data.stars, data.is_test)

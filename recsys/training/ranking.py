@@ -19,7 +19,7 @@ from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import candidate_pool, fingerprint, log_share
-from recsys.topn.stages import movie_index
+from recsys.topn.stages import first_stage, movie_index
 
 
 def holdout_mask(n: int, train_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -53,7 +53,8 @@ class Candidates:
 
     def features(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
         """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval
-        model's cosine, the movie's log share of the ratings, the item-item score of the user's history."""
+        model's cosine, the movie's log share of the ratings, the item-item score of the user's history (the
+        ranker's own weights)."""
         cosine = np.einsum("nd,nd->n", self.user_vectors[user], self.movie_vectors[col])
         item = neighbours.scores(self.history, self.item_item, user, col)
         return np.stack([cosine, self.log_share[col], item], axis=1).astype(np.float32)
@@ -134,8 +135,8 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     trained = np.flatnonzero(~data.is_test)
     rated, fit_history = _columns(data, t.catalogue, trained), _columns(data, t.catalogue, fit)
     rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
-    ix = movie_index(retrieval, nearest.search_for(args.exact))
-    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix)
+    ix, stage = movie_index(retrieval, nearest.search_for(args.exact)), first_stage(retrieval)
+    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix, stage)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
     sorted_pool = np.sort(fit_pool, axis=1).ravel()  # a row's candidates are distinct: its keys, ascending
     rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
@@ -155,10 +156,9 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         fit_pool,
     )
     t.item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
-    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates, ix)
-    t.candidates = Candidates(
-        retrieval.arrays["user_vectors"], movies, rated, t.item_item.tocsc(), log_share(rated), rated_keys, full_pool
-    )
+    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates, ix, stage)
+    users = retrieval.arrays["user_vectors"]
+    t.candidates = Candidates(users, movies, rated, t.item_item.tocsc(), log_share(rated), rated_keys, full_pool)
     t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
     t.positive_weight = args.positive_weight
     t.retrieval_fingerprint, t.retrieval_settings = fingerprint(retrieval), rs

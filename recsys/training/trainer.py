@@ -14,6 +14,7 @@ from recsys.data import history
 from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.rating.metrics import scores
+from recsys.topn import first_stage, neighbours
 from recsys.training.ranking import Candidates
 
 
@@ -103,6 +104,7 @@ class Trainer:
             self.full_history = self.fit_history = self._rows(np.flatnonzero(~data.is_test))
         self.history_cap = 0  # > 0: a training example reads at most this many movies of a longer history
         self.fit_candidates = self.candidates = None  # ranking: the retrieval model's candidates (fit, full)
+        self.item_share, self.stage = 0.0, None  # retrieval: the first stage's item-item part (`fit_first_stage`)
         self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.5
 
     def _rows(self, idx: np.ndarray) -> history.Histories:
@@ -114,6 +116,27 @@ class Trainer:
         self.fit_idx = idx
         if self.full_history is not None:
             self.fit_history = self._rows(idx)
+
+    def columns(self, idx: np.ndarray):
+        """[U, M] sparse 0/1 over catalogue columns: the movies each user rated in the ratings `idx`."""
+        cols = np.searchsorted(self.catalogue, self.data.movie[idx])
+        return neighbours.history_matrix(self.data.sizes()["n_users"], len(self.catalogue), self.data.user[idx], cols)
+
+    def fit_first_stage(self, share: float, n_neighbours: int) -> None:
+        """Retrieval: the first stage's item-item weights (`recsys.topn.first_stage`), fitted on the ratings
+        the model trains on (`use_history`), weighing `share` of the mix."""
+        self.item_share = share
+        if share > 0:
+            self.stage = first_stage.FirstStage.of(neighbours.fit(self.columns(self.fit_idx), n_neighbours))
+            trained = self.columns(np.flatnonzero(~self.data.is_test))  # what a saved model's users rated
+            self.item_spread = first_stage.item_spread(self.stage, trained)
+
+    def first_stage(self, users: np.ndarray, movies: np.ndarray) -> first_stage.FirstStage | None:
+        """The first stage of the unit vectors `users` [U, D] and `movies` [M, D]: its beta measured on them."""
+        if self.stage is None:
+            return None
+        self.stage.beta = first_stage.beta_for(self.item_share, users, movies, self.item_spread)
+        return self.stage
 
     def sample_from(self, idx: np.ndarray) -> None:
         """Record how often each movie is a positive in the ratings `idx`: the in-batch sampling distribution."""
@@ -336,7 +359,19 @@ class Trainer:
         the retrieval model's candidates (the two stages)."""
         if self.objective != "ranking":
             users, movies = self.vectors(full=full)
-            return topn.evaluate(topn.by_score(lambda u: users[u] @ movies.T), data, k)
+            stage = self.first_stage(users, movies)
+
+            def rank(u, seen, k):
+                if stage is None:
+                    return first_stage.top_k(None, None, movies, users[u], seen, k)[0]
+
+                def items():  # the histories' item-item scores: no parameter changes them
+                    return stage.items(seen)
+
+                fixed = self._unchanging(("items", id(data), hash(u.tobytes())), items, seen.size * 8)
+                return first_stage.top_k(stage, None, movies, users[u], seen, k, fixed)[0]
+
+            return topn.evaluate(rank, data, k)
         users, movies = self.vectors(unit=False, full=full)
         cand, params = self.candidates if full else self.fit_candidates, self.params()
 
@@ -352,8 +387,13 @@ class Trainer:
         return topn.evaluate(rank, data, k)
 
     def saved_arrays(self) -> dict[str, np.ndarray]:
-        """What a ranking model dir keeps besides the network: its pair features' item-item weights and the
-        movies' log shares of the ratings, both from every training rating (catalogue order)."""
+        """What a model dir keeps besides the network: a retrieval model's first-stage item-item weights and
+        their beta; a ranking model's pair features' item-item weights and the movies' log shares of the
+        ratings, both from every training rating (catalogue order)."""
+        if self.objective == "retrieval" and self.stage is not None:
+            w, beta = self.stage.by_row, self.first_stage(*self.vectors()).beta
+            return {"item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
+                    "first_stage_beta": np.float64(beta)}  # fmt: skip
         if self.objective != "ranking":
             return {}
         w = self.item_item
