@@ -55,7 +55,7 @@ def test_notebook_runs_top_to_bottom(real_meta_dir, tmp_path, monkeypatch):
     assert (tmp_path / "recommender_system.inference.model" / "inference.json").exists()
     assert "\nretrieval (recommender_system.inference.model.retrieval) " in text  # the whole label
     assert "coloured genres: Drama, " in text  # the most common first genre of the real movies.dat
-    assert "chapter model (stars)" in text and "retrieval alone (cosine)" in text and "two stages" in text
+    assert "chapter model (stars)" in text and "retrieval alone (first stage)" in text and "two stages" in text
     assert "two-stage: retrieval top 200 -> ranking network" in text and "EASE (lambda 500)" in text
     assert "recall@200 of the candidates" in text
     # the ratings loop: a stored rating, a new user (6,040 users in ml-1m), retraining that read both

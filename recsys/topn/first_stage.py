@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -83,8 +84,11 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
     exact = np.ones(n, bool)
     if ix is not None:
         cos_cols = nearest.top_k(ix, movies, queries, seen, 2 * k)[0]
-        for i in range(n):
-            cols[i], exact[i] = _from_pools(stage.beta, movies, queries[i], seen[i], items[i], cos_cols[i], k)
+        items.sort_indices()
+        cols[:], exact[:] = _from_pools(
+            stage.beta, movies, np.asarray(queries, np.float32), seen.indptr, seen.indices, items.indptr,
+            items.indices, items.data, cos_cols, k,
+        )  # fmt: skip
     rows = np.flatnonzero(exact)
     if len(rows):
         scores = queries[rows] @ movies.T + stage.beta * items[rows].toarray()
@@ -95,20 +99,49 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
     return cols, np.where(cols >= 0, values, 0.0)
 
 
-def _from_pools(beta, movies, query, seen_row, item_row, cos_cols, k) -> tuple[np.ndarray, bool]:
-    """One user's top k (-1 padded) from the index's best cosines `cos_cols` and the best item-item scores
-    `item_row` (sparse [1, M]), and whether the row must be answered exactly instead (the module's bound)."""
-    good = cos_cols[cos_cols >= 0]
-    unseen = ~np.isin(item_row.indices, seen_row.indices)
-    item_cols, item_values = item_row.indices[unseen].astype(np.int64), item_row.data[unseen]
-    take = np.lexsort((item_cols, -item_values))
-    pool = np.union1d(good, item_cols[take[: 2 * k]])
-    lookup = dict(zip(item_cols.tolist(), item_values.tolist()))
-    scores = movies[pool] @ query + beta * np.array([lookup.get(c, 0.0) for c in pool.tolist()], np.float32)
-    order = np.lexsort((pool, -scores))[:k]
-    best = np.concatenate([pool[order], np.full(k - len(order), -1, np.int64)])
-    if len(good) < 2 * k or len(order) < k:
-        return best, True
-    left = item_values[take[2 * k :]]
-    bound = float(movies[good[-1]] @ query) + beta * max(float(left.max()) if len(left) else 0.0, 0.0)
-    return best, bool(scores[order[-1]] <= bound)
+@numba.njit(cache=True, nogil=True)
+def _from_pools(beta, movies, queries, s_ptr, s_col, i_ptr, i_col, i_val, cos_cols, k):
+    """Each user's top k (-1 padded) from the index's best cosines `cos_cols` [n, 2k] and their best 2k
+    item-item scores (CSR rows `i_*`, columns ascending) outside their seen columns (CSR `s_*`, ascending),
+    and whether the row must be answered exactly instead (the module's bound): ([n, k], [n] bool)."""
+    n, m = len(queries), len(movies)
+    best = np.full((n, k), -1, np.int64)
+    exact = np.zeros(n, np.bool_)
+    item_of = np.zeros(m, np.float64)  # scratch: this row's item-item score by column
+    taken = np.full(m, -1, np.int64)  # scratch: the row that last put the column in its pool
+    for i in range(n):
+        seen = s_col[s_ptr[i] : s_ptr[i + 1]]
+        cols, vals = i_col[i_ptr[i] : i_ptr[i + 1]], i_val[i_ptr[i] : i_ptr[i + 1]]
+        keep = np.ones(len(cols), np.bool_)
+        for j in range(len(cols)):
+            at = np.searchsorted(seen, cols[j])
+            keep[j] = not (at < len(seen) and seen[at] == cols[j])
+        cols, vals = cols[keep].astype(np.int64), vals[keep]
+        order = np.argsort(-vals, kind="mergesort")  # ties: the smaller column (columns ascending)
+        for j in range(len(cols)):
+            item_of[cols[j]] = vals[j]
+        pool = np.empty(4 * k, np.int64)
+        size = 0
+        good = 0
+        for c in cos_cols[i]:
+            if c >= 0 and taken[c] != i:
+                taken[c], pool[size], size, good = i, c, size + 1, good + 1
+        for j in order[: 2 * k]:
+            if taken[cols[j]] != i:
+                taken[cols[j]], pool[size], size = i, cols[j], size + 1
+        pool = np.sort(pool[:size])
+        scores = np.empty(size, np.float64)
+        for j in range(size):
+            scores[j] = np.dot(movies[pool[j]], queries[i]) + beta * item_of[pool[j]]
+        ranked = pool[np.argsort(-scores, kind="mergesort")][:k]  # ties: the smaller column (pool ascending)
+        best[i, : len(ranked)] = ranked
+        if good < 2 * k or len(ranked) < k:
+            exact[i] = True
+        else:
+            left = max(vals[order[2 * k]], 0.0) if len(order) > 2 * k else 0.0
+            last = cos_cols[i][2 * k - 1]
+            kth = np.dot(movies[ranked[-1]], queries[i]) + beta * item_of[ranked[-1]]
+            exact[i] = kth <= np.dot(movies[last], queries[i]) + beta * left
+        for j in range(len(cols)):
+            item_of[cols[j]] = 0.0
+    return best, exact
