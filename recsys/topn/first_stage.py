@@ -40,6 +40,7 @@ class FirstStage:
 
     @classmethod
     def of(cls, weights, beta: float = 0.0) -> FirstStage:
+        """From the weights [M, M] in any sparse form."""
         return cls(sp.csc_matrix(weights, dtype=np.float32), sp.csr_matrix(weights, dtype=np.float32), beta)
 
     def items(self, seen) -> sp.csr_matrix:
