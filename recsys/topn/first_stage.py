@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn import nearest, neighbours
+from recsys.topn import nearest
 from recsys.topn.lists import top_k_lists
 
 SHARE = 0.3  # the item-item score's share of the mix (see above)
@@ -94,9 +94,19 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
     if len(rows):
         scores = queries[rows] @ movies.T + stage.beta * items[rows].toarray()
         cols[rows] = top_k_lists(scores, dense[rows] > 0 if dense is not None else seen[rows].toarray() > 0, k)
-    pairs = np.repeat(np.arange(n), k), np.maximum(cols, 0).ravel()
-    values = np.einsum("nd,nkd->nk", queries, movies[np.maximum(cols, 0)])
-    values += stage.beta * neighbours.scores(seen, stage.weights, *pairs).reshape(n, k)
+    return _in_order(stage.beta, movies, queries, items, cols)
+
+
+def _in_order(beta: float, movies: np.ndarray, queries: np.ndarray, items: sp.csr_matrix, cols: np.ndarray) -> tuple:
+    """The lists `cols` [n, k] (-1 padded) with their scores, in float64 whichever path found them, each row
+    ordered best first with ties to the smaller column, so that exact and faiss search agree on near ties."""
+    n, k = cols.shape
+    at = np.maximum(cols, 0)
+    values = np.einsum("nd,nkd->nk", np.asarray(queries, np.float64), movies[at].astype(np.float64))
+    values += beta * np.asarray(items[np.repeat(np.arange(n), k), at.ravel()], np.float64).reshape(n, k)
+    values = np.where(cols >= 0, values, -np.inf)
+    order = np.lexsort((np.where(cols >= 0, cols, np.iinfo(np.int64).max), -values), axis=-1)
+    cols, values = np.take_along_axis(cols, order, 1), np.take_along_axis(values, order, 1)
     return cols, np.where(cols >= 0, values, 0.0)
 
 
@@ -105,11 +115,9 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, i_ptr, i_col, i_val, cos_co
     """Each user's top k (-1 padded) from the index's best cosines `cos_cols` [n, 2k] and their best 2k
     item-item scores (CSR rows `i_*`, columns ascending) outside their seen columns (CSR `s_*`, ascending),
     and whether the row must be answered exactly instead (the module's bound): ([n, k], [n] bool)."""
-    n, m = len(queries), len(movies)
+    n = len(queries)
     best = np.full((n, k), -1, np.int64)
     exact = np.zeros(n, np.bool_)
-    item_of = np.zeros(m, np.float64)  # scratch: this row's item-item score by column
-    taken = np.full(m, -1, np.int64)  # scratch: the row that last put the column in its pool
     for i in range(n):
         seen = s_col[s_ptr[i] : s_ptr[i + 1]]
         cols, vals = i_col[i_ptr[i] : i_ptr[i + 1]], i_val[i_ptr[i] : i_ptr[i + 1]]
@@ -117,32 +125,26 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, i_ptr, i_col, i_val, cos_co
         for j in range(len(cols)):
             at = np.searchsorted(seen, cols[j])
             keep[j] = not (at < len(seen) and seen[at] == cols[j])
-        cols, vals = cols[keep].astype(np.int64), vals[keep]
-        order = np.argsort(-vals, kind="mergesort")  # ties: the smaller column (columns ascending)
-        for j in range(len(cols)):
-            item_of[cols[j]] = vals[j]
-        pool = np.empty(4 * k, np.int64)
-        size = 0
-        good = 0
-        for c in cos_cols[i]:
-            if c >= 0 and taken[c] != i:
-                taken[c], pool[size], size, good = i, c, size + 1, good + 1
-        for j in order[: 2 * k]:
-            if taken[cols[j]] != i:
-                taken[cols[j]], pool[size], size = i, cols[j], size + 1
-        pool = np.sort(pool[:size])
-        scores = np.empty(size, np.float64)
-        for j in range(size):
-            scores[j] = np.dot(movies[pool[j]], queries[i]) + beta * item_of[pool[j]]
+        cols, vals = cols[keep].astype(np.int64), vals[keep]  # columns still ascending
+        order = np.argsort(-vals, kind="mergesort")  # ties: the smaller column
+        found = cos_cols[i][cos_cols[i] >= 0]
+        pool = np.unique(np.concatenate((found, cols[order[: 2 * k]])))
+        scores = np.empty(len(pool), np.float64)
+        for j in range(len(pool)):
+            scores[j] = np.dot(movies[pool[j]], queries[i]) + beta * _value_at(cols, vals, pool[j])
         ranked = pool[np.argsort(-scores, kind="mergesort")][:k]  # ties: the smaller column (pool ascending)
         best[i, : len(ranked)] = ranked
-        if good < 2 * k or len(ranked) < k:
+        if len(found) < 2 * k or len(ranked) < k:
             exact[i] = True
         else:
             left = max(vals[order[2 * k]], 0.0) if len(order) > 2 * k else 0.0
-            last = cos_cols[i][2 * k - 1]
-            kth = np.dot(movies[ranked[-1]], queries[i]) + beta * item_of[ranked[-1]]
-            exact[i] = kth <= np.dot(movies[last], queries[i]) + beta * left
-        for j in range(len(cols)):
-            item_of[cols[j]] = 0.0
+            kth = np.dot(movies[ranked[-1]], queries[i]) + beta * _value_at(cols, vals, ranked[-1])
+            exact[i] = kth <= np.dot(movies[found[-1]], queries[i]) + beta * left
     return best, exact
+
+
+@numba.njit(cache=True, nogil=True)
+def _value_at(cols, vals, col):
+    """The value at column `col` of a sparse row (`cols` ascending, `vals`), 0 where it has none."""
+    at = np.searchsorted(cols, col)
+    return vals[at] if at < len(cols) and cols[at] == col else 0.0

@@ -83,12 +83,6 @@ class Candidates:
         return cols
 
 
-def _columns(data, catalogue: np.ndarray, idx: np.ndarray) -> sp.csr_matrix:
-    """[U, M] sparse 0/1 over catalogue columns: the movies each user rated in the ratings `idx`."""
-    cols = np.searchsorted(catalogue, data.movie[idx])
-    return neighbours.history_matrix(data.sizes()["n_users"], len(catalogue), data.user[idx], cols)
-
-
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
     """One-line error unless `md` is a retrieval model (of `data`, when given)."""
     if md.objective != "retrieval":
@@ -133,7 +127,7 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fit_users = retrieval.user_vector(feeds, histories=t.fit_history if retrieval.history else None)
     movies, n_cols = retrieval.catalogue_vectors, len(t.catalogue)
     trained = np.flatnonzero(~data.is_test)
-    rated, fit_history = _columns(data, t.catalogue, trained), _columns(data, t.catalogue, fit)
+    rated, fit_history = t.columns(trained), t.columns(fit)
     rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
     ix, stage = movie_index(retrieval, nearest.search_for(args.exact)), first_stage(retrieval)
     fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix, stage)
