@@ -26,6 +26,7 @@ from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
 from recsys.topn import Interactions, evaluate, fingerprint, first_stage, nearest, stages
+from recsys.topn.lists import chunk_rows
 
 Path = str | os.PathLike
 
@@ -304,11 +305,12 @@ class Recommender:
             rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
         return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
 
-    def recommend_many(self, users: Sequence[int], k: int = 10, chunk: int = 1024) -> list[list[int]]:
+    def recommend_many(self, users: Sequence[int], k: int = 10, chunk: int | None = None) -> list[list[int]]:
         """`recommend` for many known users at once: each one's k movie ids, best first (a chunk of users at a
-        time, so memory stays chunk x catalogue)."""
+        time, so memory stays chunk x catalogue: `recsys.topn.lists.chunk_rows` by default)."""
         k, rows = self._k(k), np.array([self.user_row(u) for u in users], np.int64)
         md, rank, out = self.model, self.ranker(), []
+        chunk = chunk or chunk_rows(len(md.movie_ids))
         for s in range(0, len(rows), chunk):
             part = rows[s : s + chunk]
             seen = np.stack([np.isin(md.movie_ids, stages.seen(md, int(r))) for r in part])

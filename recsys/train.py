@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ap.add_argument(
         "--save-every-epoch",
         action="store_true",
-        help="save the model dir after every epoch (default: the first, the last, and those between while saving "
-        "stays within 5%% of the run's time)",
+        help="save the model dir after every epoch (default: the last, and those a minute or more after the last "
+        "save while saving stays within 5%% of the run's time)",
     )
     ap.add_argument(
         "--fused",

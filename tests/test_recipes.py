@@ -86,6 +86,15 @@ def test_resume_after_a_short_run_reaches_the_uninterrupted_costs(small_dir, tmp
     assert [m["train_cost"] for m in resumed] == [m["train_cost"] for m in full]
 
 
+def test_short_runs_save_at_their_end_and_save_every_epoch_saves_each(small_dir, tmp_path):
+    """Each epoch that saved carries its save time: a run of seconds saves only at its end; --save-every-epoch
+    saves after each epoch."""
+    quick = _run(small_dir, tmp_path / "quick", "--epochs", "3")
+    assert [("save_seconds" in m) for m in quick] == [False, False, True]
+    every = _run(small_dir, tmp_path / "every", "--epochs", "3", "--save-every-epoch")
+    assert [("save_seconds" in m) for m in every] == [True, True, True]
+
+
 def test_resume_refuses_other_settings_and_missing_checkpoints(small_dir, tmp_path, trained):
     base = ["--data-dir", str(small_dir), "--model-dir", str(trained)]
     assert_one_line_error(run_cli("recsys.train", *base, "--epochs", "2", "--lr", "0.1", "--resume"), "--lr 0.2")
@@ -106,7 +115,8 @@ def test_sigkill_mid_epoch_then_resume(small_dir, tmp_path):
     --resume ends where an uninterrupted run ends."""
     model = tmp_path / "model"
     archive_before = _digests(small_dir)
-    flags = ["--data-dir", str(small_dir), "--model-dir", str(model), "--epochs", "3", "--batch-size", "64"]
+    flags = ["--data-dir", str(small_dir), "--model-dir", str(model), "--epochs", "3", "--batch-size", "64",
+             "--save-every-epoch"]  # fmt: skip
     cmd = [sys.executable, "-m", "recsys.train", *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:

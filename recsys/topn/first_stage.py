@@ -73,37 +73,35 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
     history: bool [n, M], or sparse 0/1), best first, ties to the smaller column, and their scores:
     ([n, k] columns, -1 where the catalogue has fewer; [n, k] scores). `movies` [M, D] are the unit catalogue
     vectors, `ix` their faiss index or None for exact search (`recsys.topn.nearest`); `items`: the histories'
-    item-item scores (`FirstStage.items`), when already at hand."""
+    item-item scores (`FirstStage.items`), when already at hand. Both paths score a list's movies alike (float64
+    sums of the same float32 terms, in the same order), so they agree on near ties."""
     if stage is None or stage.beta == 0:
         return nearest.top_k(ix, movies, queries, seen, k)
     dense = seen if isinstance(seen, np.ndarray) else None
     seen = sp.csr_matrix(seen, dtype=np.float32)
     seen.sort_indices()
-    items = stage.items(seen) if items is None else items
+    queries, movies = np.asarray(queries, np.float32), np.asarray(movies, np.float32)
     n, k = len(queries), min(k, len(movies))
-    cols = np.full((n, k), -1, np.int64)
-    exact = np.ones(n, bool)
+    cols, values, exact = np.full((n, k), -1, np.int64), np.zeros((n, k)), np.ones(n, bool)
     if ix is not None:
-        cos_cols = nearest.top_k(ix, movies, queries, seen, 2 * k)[0]
-        items.sort_indices()
-        cols[:], exact[:] = _from_pools(
-            stage.beta, movies, np.asarray(queries, np.float32), seen.indptr, seen.indices, items.indptr,
-            items.indices, items.data, cos_cols, k,
+        w = stage.by_row
+        cols[:], values[:], exact[:] = _from_pools(
+            stage.beta, movies, queries, seen.indptr, seen.indices, w.indptr, w.indices, w.data,
+            nearest.top_k(ix, movies, queries, seen, 2 * k)[0], k,
         )  # fmt: skip
     rows = np.flatnonzero(exact)
     if len(rows):
-        scores = queries[rows] @ movies.T + stage.beta * items[rows].toarray()
-        cols[rows] = top_k_lists(scores, dense[rows] > 0 if dense is not None else seen[rows].toarray() > 0, k)
-    return _in_order(stage.beta, movies, queries, items, cols)
-
-
-def _in_order(beta: float, movies: np.ndarray, queries: np.ndarray, items: sp.csr_matrix, cols: np.ndarray) -> tuple:
-    """The lists `cols` [n, k] (-1 padded) with their scores, in float64 whichever path found them, each row
-    ordered best first with ties to the smaller column, so that exact and faiss search agree on near ties."""
-    n, k = cols.shape
-    at = np.maximum(cols, 0)
-    values = np.einsum("nd,nkd->nk", np.asarray(queries, np.float64), movies[at].astype(np.float64))
-    values += beta * np.asarray(items[np.repeat(np.arange(n), k), at.ravel()], np.float64).reshape(n, k)
+        item = (stage.items(seen[rows]) if items is None else sp.csr_matrix(items)[rows]).toarray()
+        found = top_k_lists(
+            queries[rows] @ movies.T + stage.beta * item,
+            dense[rows] > 0 if dense is not None else seen[rows].toarray() > 0,
+            k,
+        )
+        at = np.maximum(found, 0)
+        cols[rows] = found
+        values[rows] = _pair_dots(queries[rows], movies, at) + stage.beta * np.take_along_axis(item, at, 1).astype(
+            np.float64
+        )
     values = np.where(cols >= 0, values, -np.inf)
     order = np.lexsort((np.where(cols >= 0, cols, np.iinfo(np.int64).max), -values), axis=-1)
     cols, values = np.take_along_axis(cols, order, 1), np.take_along_axis(values, order, 1)
@@ -111,40 +109,78 @@ def _in_order(beta: float, movies: np.ndarray, queries: np.ndarray, items: sp.cs
 
 
 @numba.njit(cache=True, nogil=True)
-def _from_pools(beta, movies, queries, s_ptr, s_col, i_ptr, i_col, i_val, cos_cols, k):
-    """Each user's top k (-1 padded) from the index's best cosines `cos_cols` [n, 2k] and their best 2k
-    item-item scores (CSR rows `i_*`, columns ascending) outside their seen columns (CSR `s_*`, ascending),
-    and whether the row must be answered exactly instead (the module's bound): ([n, k], [n] bool)."""
-    n = len(queries)
-    best = np.full((n, k), -1, np.int64)
-    exact = np.zeros(n, np.bool_)
+def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_cols, k):
+    """Each user's top k (-1 padded) and their scores from the index's best cosines `cos_cols` [n, 2k] and their
+    best 2k item-item scores outside their seen columns (CSR `s_*`), the item-item scores summed in float32 from
+    the weights' rows (CSR `w_*`) in the order of the seen columns, as scipy's product does; and whether the row
+    must be answered exactly instead (the module's bound): ([n, k], [n, k] float64, [n] bool). The pool is
+    ranked with float32 cosines; the list's scores are the exact path's float64 ones."""
+    n, m = len(queries), len(movies)
+    best, value, exact = np.full((n, k), -1, np.int64), np.zeros((n, k)), np.zeros(n, np.bool_)
+    item = np.zeros(m, np.float32)  # scratch: the row's item-item score of each column it touched
+    touched_by = np.full(m, -1, np.int64)  # scratch: the last row whose score `item` holds
+    taken_by = np.full(m, -1, np.int64)  # scratch: the last row that saw the column or put it in its pool
+    touched, cols, vals = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float64)
     for i in range(n):
         seen = s_col[s_ptr[i] : s_ptr[i + 1]]
-        cols, vals = i_col[i_ptr[i] : i_ptr[i + 1]], i_val[i_ptr[i] : i_ptr[i + 1]]
-        keep = np.ones(len(cols), np.bool_)
-        for j in range(len(cols)):
-            at = np.searchsorted(seen, cols[j])
-            keep[j] = not (at < len(seen) and seen[at] == cols[j])
-        cols, vals = cols[keep].astype(np.int64), vals[keep]  # columns still ascending
-        order = np.argsort(-vals, kind="mergesort")  # ties: the smaller column
-        found = cos_cols[i][cos_cols[i] >= 0]
-        pool = np.unique(np.concatenate((found, cols[order[: 2 * k]])))
-        scores = np.empty(len(pool), np.float64)
-        for j in range(len(pool)):
-            scores[j] = np.dot(movies[pool[j]], queries[i]) + beta * _value_at(cols, vals, pool[j])
-        ranked = pool[np.argsort(-scores, kind="mergesort")][:k]  # ties: the smaller column (pool ascending)
-        best[i, : len(ranked)] = ranked
-        if len(found) < 2 * k or len(ranked) < k:
+        t = 0
+        for s in seen:
+            for p in range(w_ptr[s], w_ptr[s + 1]):
+                j = w_col[p]
+                if touched_by[j] != i:
+                    touched_by[j], item[j], touched[t], t = i, 0.0, j, t + 1
+                item[j] += w_val[p]
+        for s in seen:
+            taken_by[s] = i
+        u = 0
+        for j in touched[:t]:
+            if taken_by[j] != i:
+                cols[u], vals[u], u = j, item[j], u + 1
+        keep = vals[:u] >= np.partition(vals[:u], u - 2 * k - 1)[u - 2 * k - 1] if u > 2 * k + 1 else vals[:u] > -np.inf
+        by_col = np.sort(cols[:u][keep])  # only the best 2k + 1 (and their ties) are ordered
+        order = np.argsort(-item[by_col].astype(np.float64), kind="mergesort")  # ties: the smaller column
+        vals_of = item[by_col].astype(np.float64)
+        left = max(vals_of[order[2 * k]], 0.0) if len(order) > 2 * k else 0.0
+        pool = np.empty(4 * k, np.int64)
+        size, found = 0, 0
+        for c in cos_cols[i]:
+            if c >= 0 and taken_by[c] != i:
+                taken_by[c], pool[size], size, found = i, c, size + 1, found + 1
+        for j in order[: 2 * k]:
+            if taken_by[by_col[j]] != i:
+                taken_by[by_col[j]], pool[size], size = i, by_col[j], size + 1
+        pool = np.sort(pool[:size])
+        scores = np.empty(size, np.float64)
+        for j in range(size):
+            c = pool[j]
+            scores[j] = np.dot(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == i else 0.0)
+        ranked = np.argsort(-scores, kind="mergesort")[:k]  # ties: the smaller column (pool ascending)
+        for j in range(len(ranked)):  # the list's scores as the exact path computes them
+            c = pool[ranked[j]]
+            best[i, j] = c
+            value[i, j] = _dot64(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == i else 0.0)
+        if found < 2 * k or len(ranked) < k:
             exact[i] = True
         else:
-            left = max(vals[order[2 * k]], 0.0) if len(order) > 2 * k else 0.0
-            kth = np.dot(movies[ranked[-1]], queries[i]) + beta * _value_at(cols, vals, ranked[-1])
-            exact[i] = kth <= np.dot(movies[found[-1]], queries[i]) + beta * left
-    return best, exact
+            exact[i] = scores[ranked[-1]] <= np.dot(movies[cos_cols[i][2 * k - 1]], queries[i]) + beta * left
+    return best, value, exact
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dot64(a, b):
+    """The dot product of two float32 vectors, summed in float64 in index order."""
+    acc = 0.0
+    for d in range(len(a)):
+        acc += np.float64(a[d]) * np.float64(b[d])
+    return acc
 
 
 @numba.njit(cache=True, nogil=True)
-def _value_at(cols, vals, col):
-    """The value at column `col` of a sparse row (`cols` ascending, `vals`), 0 where it has none."""
-    at = np.searchsorted(cols, col)
-    return vals[at] if at < len(cols) and cols[at] == col else 0.0
+def _pair_dots(queries, movies, cols):
+    """[n, k] float64: each query's `_dot64` with the movies of its row of `cols` [n, k] (no [n, k, D] copy)."""
+    n, k = cols.shape
+    out = np.empty((n, k), np.float64)
+    for i in range(n):
+        for j in range(k):
+            out[i, j] = _dot64(queries[i], movies[cols[i, j]])
+    return out

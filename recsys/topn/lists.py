@@ -7,6 +7,14 @@ import numpy as np
 
 from recsys.errors import RecsysError
 
+CELLS = 1 << 22  # a chunk of users' dense [users, catalogue] rows holds at most this many cells (16 MB of float32)
+
+
+def chunk_rows(n_cols: int) -> int:
+    """How many users' dense rows over `n_cols` catalogue columns one chunk takes: `CELLS` cells, at least 16
+    rows, so that memory stays flat at any catalogue size."""
+    return max(16, CELLS // max(n_cols, 1))
+
 
 def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's k best unseen columns, best first; ties go to the smaller column.

@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.topn.lists import chunk_rows
 
 RELEVANT = 4  # default: test ratings of 4 or 5 stars are the relevant ones
 
@@ -121,10 +122,11 @@ def metrics(lists: np.ndarray, relevant: list[set[int]], k: int, n_catalogue: in
     }
 
 
-def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int = 1024) -> dict[str, float]:
+def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int | None = None) -> dict[str, float]:
     """Top-k lists of every evaluation user from `rank_fn(user ids, seen [n, M], k) -> [n, k] columns`
-    (see `by_score`), scored against the users' relevant test ratings."""
-    users = data.eval_users()
+    (see `by_score`), scored against the users' relevant test ratings, a chunk of users at a time
+    (`lists.chunk_rows` by default)."""
+    users, chunk = data.eval_users(), chunk or chunk_rows(len(data.catalogue))
     lists = [
         rank_fn(users[s : s + chunk], data.train_matrix(users[s : s + chunk], bool), k)
         for s in range(0, len(users), chunk)

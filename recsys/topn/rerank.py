@@ -7,14 +7,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.topn import first_stage, neighbours
+from recsys.topn.lists import chunk_rows
 
 
 def candidate_pool(
-    user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, stage=None, chunk: int = 1024
+    user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, stage=None, chunk: int | None = None
 ):
     """Each user's top-n catalogue columns by the first stage's score (`recsys.topn.first_stage`; the cosine
     when `stage` is None), their histories `seen` [U, M] (bool, or sparse 0/1) excluded, a chunk of users at a
-    time (only a chunk's rows are ever dense), through the faiss index `ix` when given."""
+    time (only a chunk's rows are ever dense: `lists.chunk_rows` by default), through the faiss index `ix` when
+    given."""
+    chunk = chunk or chunk_rows(len(movie_vectors))
     parts = [
         first_stage.top_k(stage, ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
         for s in range(0, len(user_vectors), chunk)

@@ -1,10 +1,13 @@
 """The training loop: splits, epochs, evaluation, the model dir saved at epoch ends, `--resume`.
 
-The model dir is saved after the first epoch, after every later one while saving has taken at most
-`SAVE_SHARE` of the run's time (every one with `--save-every-epoch`), and always after the last: a killed
-run leaves the last saved epoch's whole dir (and `--resume` continues from it). The cost curves (loss.png)
+The model dir is saved after an epoch that ends at least `SAVE_GAP` seconds after the run's start or its last
+save while saving has taken at most `SAVE_SHARE` of the run's time (every epoch with `--save-every-epoch`),
+after the last complete epoch of a run that `--max-batches` cuts short (the checkpoint `--resume` continues
+from), and always after the last: a killed run leaves the last saved epoch's whole dir (or the dir that was
+there before), and loses at most about `SAVE_GAP` seconds and an epoch of training. The cost curves (loss.png)
 are drawn in the last save. A top-N objective's evaluations before the last epoch's read a seeded sample of
-test users (`BETWEEN_PAIRS`); the last one reads all of them (up to `EVAL_USERS`; `recsys.evaluate`: all).
+test users (`BETWEEN_PAIRS`), and as many validation users for the validation lists; the last one reads all
+of them (up to `EVAL_USERS`; `recsys.evaluate`: all).
 
 `train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
 """
@@ -36,6 +39,7 @@ LEGEND = {
     "reordered top-10 lists (higher is better; the loss can rise while the lists improve)",
 }
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
+SAVE_GAP = 60.0  # ... and at least this many seconds have passed since the run's start or its last save
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 # A top-N objective's evaluations before its last epoch's end read a seeded sample of test users: their top-N
 # lists score at most BETWEEN_PAIRS (user, movie) pairs per pair an epoch's logits hold (and at least
@@ -105,7 +109,7 @@ class Run:
             self.world, args.objective, args.temperature, args.negatives, args.history, args.fused,
         )  # fmt: skip
         self.t.history_cap = args.history_cap or 0
-        self.ranking = self.val_ranking = self.between = None
+        self.ranking = self.val_ranking = self.val_between = self.between = None
         self.splits()
         skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
         self.settings = {k: v for k, v in vars(args).items() if k not in skip}
@@ -117,6 +121,7 @@ class Run:
         self.start = time.perf_counter() - (self.pr.metrics[-1]["seconds"] if self.pr.metrics else 0.0)
         self.since = {"cost": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
         self.saving = 0.0  # seconds this invocation spent saving
+        self.saved_at = time.perf_counter()  # when this invocation last saved (or started)
 
     def splits(self) -> None:
         """The training, validation and test ratings, and with a top-N objective the users' positives."""
@@ -159,9 +164,12 @@ class Run:
         else:  # each positive against the batch's movies (or the catalogue); each user against the catalogue
             per_user = len(self.t.catalogue)
             pairs = len(train_idx) * (per_user if args.negatives == "full" else min(args.batch_size, per_user))
-        sample = self.ranking.sample_users(max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // per_user), args.seed)
+        n_users = max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // per_user)
+        sample = self.ranking.sample_users(n_users, args.seed)
         if sample is self.ranking:
             return None
+        if self.val_ranking is not None:  # the validation lists too, by the same rule
+            self.val_between = self.val_ranking.sample_users(n_users, args.seed)
         return sample, test_idx[np.isin(self.data.user[test_idx], sample.eval_users())]
 
     def finished(self) -> bool:
@@ -226,11 +234,13 @@ class Run:
                 pr.best_cost, pr.best_epoch, self.best_params = record["val_cost"], epoch, t.params()
         patience = bool(args.patience and epoch - pr.best_epoch >= args.patience)
         last = pr.step >= total or patience or epoch == args.epochs
-        budget = self.saving <= SAVE_SHARE * (time.perf_counter() - self.start)
-        if self.lead and (last or args.save_every_epoch or budget):
-            tick = time.perf_counter()
+        now = time.perf_counter()
+        budget = now - self.saved_at >= SAVE_GAP and self.saving <= SAVE_SHARE * (now - self.start)
+        cut_next = complete and not last and pr.step + n_batches > total  # the next epoch ends short: keep this
+        if self.lead and (last or args.save_every_epoch or budget or cut_next):
             checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete, last)
-            record["save_seconds"] = time.perf_counter() - tick  # on disk with the next save
+            self.saved_at = time.perf_counter()
+            record["save_seconds"] = self.saved_at - now  # on disk with the next save
             self.saving += record["save_seconds"]
         if patience:
             self.log(f"early stop: no better validation cost since epoch {pr.best_epoch}")
@@ -239,7 +249,7 @@ class Run:
     def evaluate(self, epoch: int, batch: int, final: bool = False) -> dict:
         """The metrics after `batch` batches of `epoch`: appended to the progress, logged by the lead rank. Before
         the `final` evaluation, a top-N objective's test metrics read the users of `between` (`test_users` says
-        how many)."""
+        how many), and its validation lists as many validation users."""
         t, pr, since, tick = self.t, self.pr, self.since, time.perf_counter()
         ranking, test_idx = (self.ranking, self.test_idx) if final or self.between is None else self.between
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
@@ -254,7 +264,8 @@ class Run:
                 if ranking is not self.ranking:
                     record["test_users"] = len(ranking.eval_users())
                 if self.val_ranking is not None:
-                    record["val_ndcg@10"] = t.top_n(self.val_ranking, full=False)["ndcg"]
+                    val = self.val_ranking if final or self.val_between is None else self.val_between
+                    record["val_ndcg@10"] = t.top_n(val, full=False)["ndcg"]
         if not all(math.isfinite(x) for x in record.values()):
             raise RecsysError(
                 f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
