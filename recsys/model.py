@@ -263,8 +263,9 @@ class RankingHead(nn.Layer):
     logistic regression scores it): a linear function of the pair's features (the retrieval model's cosine,
     the movie's log share of the ratings, the item-item score of the user's history; see `recsys.training.ranking`)
     plus a correction from [user * movie (200), features (3)] -> fc 64, relu -> fc 1. The linear part starts
-    as 4 * cosine (the retrieval logit) and the correction at zero, so an untrained head orders candidates as
-    the retrieval model does."""
+    as 4 * cosine (the retrieval logit; the trainer adds 4 * beta on the item-item score where the retrieval
+    model's first stage has one, `recsys.topn.first_stage`) and the correction at zero, so an untrained head
+    orders candidates as the first stage does."""
 
     def __init__(self):
         super().__init__()

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ap.add_argument(
         "--epochs",
         type=int,
-        help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30; ranking 10)",
+        help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30; ranking 3)",
     )
     ap.add_argument("--batch-size", type=int, default=256, help="global batch size (default: %(default)s)")
     ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam, 0.05 ranking)")
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     if args.lr is None:  # the ranking network trains its head alone, on few labels: a larger step
         args.lr = (0.05 if objective == "ranking" else 0.001) if args.optimizer == "adam" else 0.2
     if args.epochs is None:
-        args.epochs = {"rating": 20, "retrieval": 30, "ranking": 10}[objective]
+        args.epochs = {"rating": 20, "retrieval": 30, "ranking": 3}[objective]
     if args.lr_schedule is None:
         args.lr_schedule = "cosine" if adam else "constant"
     if args.history is None:

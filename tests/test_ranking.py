@@ -235,9 +235,23 @@ def test_a_ranker_refuses_another_retrieval_model(u1_two_stage, tmp_path):
     assert_one_line_error(proc, "was trained on the candidates of another retrieval model")
 
 
-def test_a_short_ranking_training_lifts_ndcg_over_its_start(u1_two_stage):
-    """An untrained head orders the candidates by the retrieval cosine (its linear part starts as 4 * cosine, the
-    rest at zero): a short training lifts NDCG@10 above that order of the same candidates."""
+def test_the_head_starts_from_the_first_stage_score(u1_two_stage, tmp_path):
+    """The ranking head's linear part starts as 4 * (cosine + beta * item-item score), the retrieval model's
+    first stage: a training whose steps hardly move it (Adam at 1e-9) saves those weights."""
+    retrieval, _ = u1_two_stage
+    flags = ["--objective", "ranking", "--candidates-from", str(retrieval), "--epochs", "1", "--lr", "1e-9"]
+    proc = run_cli(
+        "recsys.train", *U1, "--data-dir", str(need_ml100k()), "--model-dir", str(tmp_path / "still"), *flags
+    )
+    assert proc.returncode == 0, proc.stderr
+    beta = ModelDir.load(retrieval).first_stage_beta
+    assert beta > 0
+    linear = ModelDir.load(tmp_path / "still").params()["head.linear"].ravel()
+    np.testing.assert_allclose(linear, [4.0, 0.0, 4.0 * beta], rtol=1e-5, atol=1e-5)
+
+
+def test_a_short_ranking_training_lifts_ndcg_over_the_cosine_order(u1_two_stage):
+    """A short training lifts NDCG@10 above the retrieval cosine's order of the same candidates."""
     retrieval, ranking = u1_two_stage
     proc = run_cli("recsys.evaluate", "--model-dir", str(retrieval), "--rerank", str(ranking), "--json")
     assert proc.returncode == 0, proc.stderr

@@ -158,6 +158,8 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t.retrieval_fingerprint, t.retrieval_settings = fingerprint(retrieval), rs
     current = t.params()  # the ranker's towers start as the retrieval model's, where their shapes agree
     towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
+    if stage is not None:  # the untrained head orders candidates by the first stage's score, cos + beta * item
+        towers["head.linear"] = np.array([[4.0], [0.0], [4.0 * stage.beta]], np.float32)
     t.set_params(current | towers)
     if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
         t.freeze_towers()
