@@ -7,7 +7,7 @@ import numpy as np
 
 from recsys.errors import RecsysError
 
-CELLS = 1 << 22  # a chunk of users' dense [users, catalogue] rows holds at most this many cells (16 MB of float32)
+CELLS = 1 << 24  # a chunk of users' dense [users, catalogue] rows holds at most this many cells (64 MB of float32)
 
 
 def chunk_rows(n_cols: int) -> int:
