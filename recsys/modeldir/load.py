@@ -268,20 +268,20 @@ class ModelDir:
 
     @functools.cached_property
     def item_item_by_row(self):
-        """`item_item` by row."""
-        return self.item_item.tocsr()
-
-    @functools.cached_property
-    def item_item(self):
         """The sparse item-item weights [M, M] of a ranking model's pair feature or of a retrieval model's first
-        stage, by column (`recsys.topn.neighbours`; a ranking model saved with the dense EASE weights of earlier
-        versions gives those)."""
+        stage, by row, as saved (`recsys.topn.neighbours`; a ranking model saved with the dense EASE weights of
+        earlier versions gives those)."""
         import scipy.sparse as sp
 
         a, n = self.arrays, len(self.movie_ids)
         if "item_item" in a:
-            return sp.csc_matrix(a["item_item"])
-        return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n)).tocsc()
+            return sp.csr_matrix(a["item_item"])
+        return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
+
+    @functools.cached_property
+    def item_item(self):
+        """`item_item_by_row` by column."""
+        return self.item_item_by_row.tocsc()
 
     @functools.cached_property
     def network(self):

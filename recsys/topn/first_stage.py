@@ -32,16 +32,15 @@ SAMPLE = 256  # users whose scores measure the two spreads
 
 @dataclass
 class FirstStage:
-    """A retrieval model's first stage: its item-item weights [M, M], by column and by row, and `beta`."""
+    """A retrieval model's first stage: its item-item weights [M, M] by row, and `beta`."""
 
-    weights: sp.csc_matrix
     by_row: sp.csr_matrix
     beta: float = 0.0
 
     @classmethod
     def of(cls, weights, beta: float = 0.0) -> FirstStage:
         """From the weights [M, M] in any sparse form."""
-        return cls(sp.csc_matrix(weights, dtype=np.float32), sp.csr_matrix(weights, dtype=np.float32), beta)
+        return cls(sp.csr_matrix(weights, dtype=np.float32), beta)
 
     def items(self, seen) -> sp.csr_matrix:
         """The item-item scores [n, M] (sparse) of the histories `seen` [n, M] (bool or sparse 0/1)."""

@@ -52,7 +52,7 @@ def first_stage(md: ModelDir) -> FirstStage | None:
     """The retrieval model's first stage: its cosine and, when it was trained with an item-item share, the
     item-item score of the user's history (`recsys.topn.first_stage`); None for the cosine alone."""
     beta = md.first_stage_beta
-    return FirstStage(md.item_item, md.item_item_by_row, beta) if beta else None
+    return FirstStage.of(md.item_item_by_row, beta) if beta else None
 
 
 def rank(
