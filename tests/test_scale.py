@@ -110,10 +110,12 @@ def test_cooccurrence_counts_pairs_and_products_alike():
         assert np.array_equal(topn.cooccurrence(indptr, cols, 25, dense_from), want)
 
 
-def test_large_item_matrices_are_inverted_in_place_with_the_same_weights(monkeypatch):
-    data, _ = _random_interactions(3, 90, 40)
-    want = topn.EASE(7.0).fit(data).b
-    monkeypatch.setattr(topn.baselines, "_INVERT_IN_PLACE_FROM", 10)  # the path taken above 8,192 movies
+def test_ease_weights_are_the_closed_form_computed_in_place():
+    data, seen = _random_interactions(3, 90, 40)
+    x = seen.astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 7.0 * np.eye(40))  # EASE: B = -P / diag(P) column-wise, zero diagonal
+    want = -p / np.diag(p)[None, :]
+    np.fill_diagonal(want, 0.0)
     got = topn.EASE(7.0).fit(data).b
     assert got.dtype == np.float32 and got.shape == (40, 40)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,6 @@ class Popularity:
 
 
 EASE_MAX_ITEMS = 10_000  # EASE's item-item matrix covers at most this many of the most-rated movies
-_INVERT_IN_PLACE_FROM = 8_192  # larger grams are inverted in place (numpy's inverse holds four copies)
 
 
 def cooccurrence(indptr: np.ndarray, cols: np.ndarray, n_cols: int, dense_from: int | None = None) -> np.ndarray:
@@ -62,37 +61,36 @@ def cooccurrence(indptr: np.ndarray, cols: np.ndarray, n_cols: int, dense_from: 
 
 
 def _invert_in_place(a: np.ndarray, block: int = 1024) -> np.ndarray:
-    """Overwrite the symmetric positive definite `a` with minus its inverse (block sweep operator), using
-    O(n * block) memory beside it."""
+    """Overwrite the symmetric positive definite `a` (C order) with its inverse: LAPACK's Cholesky inverse
+    (potrf, then potri: half the work of an LU inverse), on `a`'s own memory, then the triangle it leaves
+    mirrored a block at a time."""
+    from scipy.linalg import lapack
+
     n = len(a)
-    for s in range(0, n, block):
-        k = slice(s, min(n, s + block))
-        d = np.linalg.inv(a[k, k])
-        c = a[:, k] @ d
-        ak = a[k, :].copy()
-        for r in range(0, n, block):
-            a[r : r + block] -= c[r : r + block] @ ak
-        a[:, k] = c
-        a[k, :] = c.T
-        a[k, k] = -d
+    f = a.T  # Fortran order on the same memory; its lower triangle is `a`'s upper one
+    _c, info = lapack.dpotrf(f, lower=1, overwrite_a=1, clean=0)
+    if info == 0:
+        _c, info = lapack.dpotri(f, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the item-item matrix is not positive definite (LAPACK info {info})")
+    for s in range(0, n, block):  # the inverse is in `a`'s upper triangle: mirror it to the lower
+        e = min(n, s + block)
+        diag = a[s:e, s:e]
+        diag[:] = np.triu(diag) + np.triu(diag, 1).T
+        a[e:, s:e] = a[s:e, e:].T
     return a
 
 
 def _weights_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
-    """EASE's weights from X'X (float64, overwritten): [M, M] float32."""
+    """EASE's weights from X'X (float64, overwritten): [M, M] float32 on the gram's own memory."""
     gram[np.diag_indices_from(gram)] += lam
-    if len(gram) < _INVERT_IN_PLACE_FROM:
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        return b.astype(np.float32)
-    b = _invert_in_place(gram)  # -P: B = -P / diag(P) = b / -diag(b)
-    b /= -np.diag(b).copy()[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    n = len(b)
-    out = b.reshape(-1).view(np.float32)[: n * n]  # float32 rows written over float64 rows already read
+    p = _invert_in_place(gram)  # P; B = -P / diag(P)
+    p /= -np.diag(p).copy()[None, :]
+    p[np.diag_indices_from(p)] = 0.0
+    n = len(p)
+    out = p.reshape(-1).view(np.float32)[: n * n]  # float32 rows written over float64 rows already read
     for s in range(0, n, 1024):
-        out[s * n : min(n, s + 1024) * n] = b[s : s + 1024].astype(np.float32).reshape(-1)
+        out[s * n : min(n, s + 1024) * n] = p[s : s + 1024].astype(np.float32).reshape(-1)
     return out.reshape(n, n)
 
 

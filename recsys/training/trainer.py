@@ -11,6 +11,7 @@ import numpy as np
 
 from recsys import topn
 from recsys.data import history
+from recsys.fused import layers as fused_layers
 from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.rating.metrics import scores
@@ -272,6 +273,18 @@ class Trainer:
         label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)
         return users, cols, cand.features(users, cols), label, weight
 
+    def _pairs_loss(self, draw: tuple, full: bool) -> float:
+        """The ranking loss of drawn pairs (see `ranking_draws`): with frozen towers, the head over the tower
+        vectors of every user and movie (a test pair's history is the user's whole one: neither of its movies
+        is in it); else through the fused towers, pair by pair."""
+        users, cols, features, label, weight = draw
+        if self.towers_learn:
+            f = self.pair_features(users, self.catalogue[cols], full=full)
+            return float(self.fused.ranking_loss(f, features, label, weight)[0])
+        user_out, movie_out = self.vectors(unit=False, full=full)
+        head = fused_layers.plan(self.net.head)
+        return float(fused_layers.ranking_xent(head, user_out[users], movie_out, cols, features, label, weight)[0])
+
     def _unchanging(self, key: tuple, compute, n_bytes: int):
         """`compute()`, kept for later evaluations while all that is kept stays within `FIXED_BYTES`: the
         ranking evaluation's draws and pair features depend on the candidates and seeds, never on parameters."""
@@ -326,17 +339,14 @@ class Trainer:
 
             rng, cand = np.random.RandomState(12345), self.candidates if full else self.fit_candidates
             parts = [idx[s : s + 4096] for s in range(0, len(idx), 4096)]
-            if self.fused is None:
+            if self.fused is None and self.towers_learn:
                 with paddle.no_grad():
                     losses = [float(self.ranking_loss(part, cand, rng)) for part in parts]
-            else:  # the same loss, through the fused pieces (far faster on the histories), on draws kept
+            else:  # the same loss in NumPy (far faster on the histories), on draws kept
                 size = len(idx) * (1 + self.negatives_per_positive) * 36  # bytes of the users, columns, features...
                 key = ("pairs", id(cand), hash(idx.tobytes()))
                 draws = self._unchanging(key, lambda: [self.ranking_draws(p, cand, rng) for p in parts], size)
-                losses = []
-                for users, cols, features, label, weight in draws:
-                    f = self.pair_features(users, self.catalogue[cols], full=cand is self.candidates)
-                    losses.append(float(self.fused.ranking_loss(f, features, label, weight)[0]))
+                losses = [self._pairs_loss(draw, full=cand is self.candidates) for draw in draws]
             total = sum(loss * len(part) for loss, part in zip(losses, parts))
             return {"cost": total / max(len(idx), 1)}
         users, movies = self.vectors(full=full)
