@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ranking.add_argument(
         "--hard-negatives",
         type=float,
-        default=0.5,
+        default=0.2,
         help="share of the negatives drawn from the user's candidates, the rest from the catalogue "
         "(default: %(default)s)",
     )

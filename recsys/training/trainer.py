@@ -106,7 +106,7 @@ class Trainer:
         self.history_cap = 0  # > 0: a training example reads at most this many movies of a longer history
         self.fit_candidates = self.candidates = None  # ranking: the retrieval model's candidates (fit, full)
         self.item_share, self.stage = 0.0, None  # retrieval: the first stage's item-item part (`fit_first_stage`)
-        self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.5
+        self.positive_weight, self.negatives_per_positive, self.hard_negatives = "stars", 4, 0.2
 
     def _rows(self, idx: np.ndarray) -> history.Histories:
         sizes = self.data.sizes()
