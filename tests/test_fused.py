@@ -503,6 +503,9 @@ def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     _assert_params_close(fast, plain)
     test = np.flatnonzero(data.is_test & (data.stars >= 4))  # the evaluation's loss, through the fused pieces too
     _close(fast.evaluate(test)["cost"], plain.evaluate(test)["cost"])
+    if not train_towers:  # frozen, as training leaves them: the head alone over the towers' vectors
+        fast.freeze_towers()
+        _close(fast.evaluate(test)["cost"], plain.evaluate(test)["cost"])
     moved = {k for k, v in fast.params().items() if not np.array_equal(v, start[k])}
     assert {k for k in start if k.startswith("head.")} <= moved
     towers = {k for k in start if not k.startswith("head.")}

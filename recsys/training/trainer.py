@@ -275,8 +275,8 @@ class Trainer:
 
     def _pairs_loss(self, draw: tuple, full: bool) -> float:
         """The ranking loss of drawn pairs (see `ranking_draws`): with frozen towers, the head over the tower
-        vectors of every user and movie (a test pair's history is the user's whole one: neither of its movies
-        is in it); else through the fused towers, pair by pair."""
+        vectors of every user and movie (a pair's history is the user's whole one: neither a held-out or test
+        positive nor a negative is in it); else through the fused towers, pair by pair."""
         users, cols, features, label, weight = draw
         if self.towers_learn:
             f = self.pair_features(users, self.catalogue[cols], full=full)
