@@ -116,8 +116,7 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     """`_from_pools` of every query, the rows split between this process's cores (the kernel releases the GIL;
     each row's answer depends on that row alone)."""
     w, n = stage.by_row, len(queries)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    parts = max(1, min(cores, n // ROWS_PER_THREAD))
+    parts = max(1, min(_cores(), n // ROWS_PER_THREAD))
 
     def rows(a: int, b: int):
         return _from_pools(stage.beta, movies, queries[a:b], seen.indptr[a : b + 1], seen.indices, w.indptr,
@@ -129,6 +128,11 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     with ThreadPoolExecutor(parts) as threads:
         done = list(threads.map(rows, edges[:-1], edges[1:]))
     return tuple(np.concatenate(a) for a in zip(*done))
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @numba.njit(cache=True, nogil=True)
