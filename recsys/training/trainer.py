@@ -208,6 +208,7 @@ class Trainer:
         for name, p in self.net.named_parameters():
             p.stop_gradient = not name.startswith("head.")
         self.towers_learn = False
+        self.vectors(unit=False)  # what every evaluation's pairs read, computed once, before the first epoch
 
     def step(self, idx: np.ndarray):
         """One optimizer step on the ratings `idx`; returns the batch's loss (a 0-d tensor, or a NumPy float from
