@@ -11,7 +11,6 @@ import numpy as np
 
 from recsys import topn
 from recsys.data import history
-from recsys.fused import layers as fused_layers
 from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.rating.metrics import scores
@@ -278,13 +277,15 @@ class Trainer:
         """The ranking loss of drawn pairs (see `ranking_draws`): with frozen towers, the head over the tower
         vectors of every user and movie (a pair's history is the user's whole one: neither a held-out or test
         positive nor a negative is in it); else through the fused towers, pair by pair."""
+        from recsys.fused import layers  # with the network: Paddle
+
         users, cols, features, label, weight = draw
         if self.towers_learn:
             f = self.pair_features(users, self.catalogue[cols], full=full)
             return float(self.fused.ranking_loss(f, features, label, weight)[0])
         user_out, movie_out = self.vectors(unit=False, full=full)
-        head = fused_layers.plan(self.net.head)
-        return float(fused_layers.ranking_xent(head, user_out[users], movie_out, cols, features, label, weight)[0])
+        head = layers.plan(self.net.head)
+        return float(layers.ranking_xent(head, user_out[users], movie_out, cols, features, label, weight)[0])
 
     def _unchanging(self, key: tuple, compute, n_bytes: int):
         """`compute()`, kept for later evaluations while all that is kept stays within `FIXED_BYTES`: the
