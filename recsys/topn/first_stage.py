@@ -17,7 +17,6 @@ search's wherever the index's own top `WIDE * k` does.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.topn import nearest
-from recsys.topn.lists import top_k_lists
+from recsys.topn.lists import top_k_lists, usable_cores
 
 SHARE = 0.3  # the item-item score's share of the mix (see above)
 SAMPLE = 256  # users whose scores measure the two spreads
@@ -116,7 +115,7 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     """`_from_pools` of every query, the rows split between this process's cores (the kernel releases the GIL;
     each row's answer depends on that row alone)."""
     w, n = stage.by_row, len(queries)
-    parts = max(1, min(_cores(), n // ROWS_PER_THREAD))
+    parts = max(1, min(usable_cores(), n // ROWS_PER_THREAD))
 
     def rows(a: int, b: int):
         return _from_pools(stage.beta, movies, queries[a:b], seen.indptr[a : b + 1], seen.indices, w.indptr,
@@ -128,11 +127,6 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     with ThreadPoolExecutor(parts) as threads:
         done = list(threads.map(rows, edges[:-1], edges[1:]))
     return tuple(np.concatenate(a) for a in zip(*done))
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @numba.njit(cache=True, nogil=True)

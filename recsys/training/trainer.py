@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from recsys import topn
@@ -15,6 +13,7 @@ from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.rating.metrics import scores
 from recsys.topn import first_stage, neighbours
+from recsys.topn.lists import usable_cores
 from recsys.training.ranking import Candidates
 
 
@@ -28,8 +27,7 @@ def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
     from threadpoolctl import threadpool_limits
 
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, min(4, cores // share))
+        threads = max(1, min(4, usable_cores() // share))
     threadpool_limits(threads, user_api="blas")
     if hasattr(paddle.base.core, "set_num_threads"):
         paddle.base.core.set_num_threads(1)
