@@ -45,6 +45,22 @@ def test_index_lists_equal_exact_lists_and_skip_every_rated_movie(monkeypatch, d
         nearest.uses_index("fast", 10)
 
 
+def test_a_pool_keeps_every_unrated_movie_its_search_returned():
+    """The index is asked for k plus the rated movies, rounded up to a power of two: a pool keeps every unrated
+    one of those, best first, beyond the k (the first stage's pools), then -1."""
+    rng = np.random.RandomState(4)
+    vectors, queries = _unit(rng.randn(5000, 16)), _unit(rng.randn(2, 16))
+    seen = np.zeros((2, 5000), bool)
+    nearest_first = np.argsort(-(queries @ vectors.T), axis=1)
+    seen[0, nearest_first[0, [0, 2, 4]]] = True  # asks for 16 (10 + 3): 13 unrated
+    seen[1, nearest_first[1, :80:2]] = True  # asks for 64 (10 + 40), of which 32 rated: 32 unrated
+    cols = nearest.pool(index.build(vectors), vectors, queries, seen, 10)
+    assert cols.shape == (2, 64)
+    for row, n in ((0, 13), (1, 32)):
+        want = [c for c in nearest_first[row, : 16 if row == 0 else 64] if not seen[row, c]]
+        assert len(want) == n and cols[row, :n].tolist() == want and (cols[row, n:] == -1).all()
+
+
 def test_first_stage_lists_by_hand_and_through_the_index(monkeypatch):
     """The first stage's score, cosine + beta * (history @ W), computed here in numpy: exact search gives its
     best unrated columns, and the index (the cosine's top 2k and the item-item top 2k, then the bound) gives

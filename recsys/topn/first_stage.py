@@ -9,10 +9,12 @@ of their own spread over the catalogue: beta = share / (1 - share) * sd(cos) / s
 measured over a seeded sample of users when the model is saved. share 0 is the network alone. The default
 share was chosen on the ml-100k folds' validation splits (README, "Choosing the defaults").
 
-Through a faiss index, a user's top k are found among the index's top `WIDE * k` by cosine and the `WIDE * k`
-best item-item scores. Any other movie scores at most the last of those cosines plus beta times the best item-item
-score left out; a row whose k-th score is below that bound is answered exactly, so the lists equal exact
-search's wherever the index's own top `WIDE * k` does.
+Through a faiss index, a user's top k are found among the index's top w by cosine and the w best item-item
+scores, w being at least `WIDE * k`: all the unseen movies the index's search returned (it asks for a power of
+two, k plus the user's seen movies rounded up, so w is often several times that, at no extra cost). Any other
+movie scores at most the last of those cosines plus beta times the best item-item score left out; a row whose
+k-th score is below that bound is answered exactly, so the lists equal exact search's wherever the index's own
+top w does.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from recsys.topn.lists import top_k_lists, usable_cores
 
 SHARE = 0.3  # the item-item score's share of the mix (see above)
 SAMPLE = 256  # users whose scores measure the two spreads
-# Through faiss, a list of k is found among WIDE * k movies by cosine and as many by item-item score. Measured
-# on candidate pools of 200: at 87,585 movies (long histories) 2 leaves 44 % of the rows to exact search and 3
-# none (1.2-1.5 against 1.7-1.8 ms a user); at 40,000 movies (short histories) 3 costs 1.2 against 0.65 ms.
+# Through faiss, a list of k is found among at least WIDE * k movies by cosine and as many by item-item score.
+# Measured on one-user candidate pools of 200 at 87,585 movies (long histories), 400 users: keeping exactly 2k
+# left 43 % of them to exact search (3.1 ms a user), keeping all the search returned 4 % (2.1 ms).
 WIDE = 2
 ROWS_PER_THREAD = 64  # a faiss search of fewer rows per core runs its pools on one thread
 
@@ -90,7 +92,7 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
     cols, values, exact = np.full((n, k), -1, np.int64), np.zeros((n, k)), np.ones(n, bool)
     if ix is not None:
         cols[:], values[:], exact[:] = _pools(
-            stage, movies, queries, seen, nearest.top_k(ix, movies, queries, seen, WIDE * k)[0], k
+            stage, movies, queries, seen, nearest.pool(ix, movies, queries, seen, WIDE * k), k
         )
     rows = np.flatnonzero(exact)
     if len(rows):
@@ -119,7 +121,7 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
 
     def rows(a: int, b: int):
         return _from_pools(stage.beta, movies, queries[a:b], seen.indptr[a : b + 1], seen.indices, w.indptr,
-                           w.indices, w.data, cos_cols[a:b], k)  # fmt: skip
+                           w.indices, w.data, cos_cols[a:b], k, WIDE * k)  # fmt: skip
 
     if parts == 1:
         return rows(0, n)
@@ -130,19 +132,23 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
 
 
 @numba.njit(cache=True, nogil=True)
-def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_cols, k):
-    """Each user's top k (-1 padded) and their scores from the index's best cosines `cos_cols` [n, w] and their
-    best w item-item scores outside their seen columns (CSR `s_*`), the item-item scores summed in float32 from
-    the weights' rows (CSR `w_*`) in the order of the seen columns, as scipy's product does; and whether the row
-    must be answered exactly instead (the module's bound): ([n, k], [n, k] float64, [n] bool). The pool is
-    ranked with float32 cosines; the list's scores are the exact path's float64 ones."""
-    n, m, wide = len(queries), len(movies), cos_cols.shape[1]
+def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_cols, k, need):
+    """Each user's top k (-1 padded) and their scores from the index's best cosines `cos_cols` [n, >= need]
+    (-1 padded: a row's w columns; fewer than `need` send it to exact search) and their best w item-item scores
+    outside their seen columns (CSR `s_*`), the item-item scores summed in float32 from the weights' rows (CSR
+    `w_*`) in the order of the seen columns, as scipy's product does; and whether the row must be answered
+    exactly instead (the module's bound): ([n, k], [n, k] float64, [n] bool). The pool is ranked with float32
+    cosines; the list's scores are the exact path's float64 ones."""
+    n, m = len(queries), len(movies)
     best, value, exact = np.full((n, k), -1, np.int64), np.zeros((n, k)), np.zeros(n, np.bool_)
     item = np.zeros(m, np.float32)  # scratch: the row's item-item score of each column it touched
     touched_by = np.full(m, -1, np.int64)  # scratch: the last row whose score `item` holds
     taken_by = np.full(m, -1, np.int64)  # scratch: the last row that saw the column or put it in its pool
     touched, cols, vals = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float64)
     for i in range(n):
+        wide = 0  # the row's columns by cosine (all first, then -1)
+        while wide < cos_cols.shape[1] and cos_cols[i, wide] >= 0:
+            wide += 1
         seen = s_col[s_ptr[i] : s_ptr[i + 1]]
         t = 0
         for s in seen:
@@ -164,8 +170,8 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
         left = max(vals_of[order[wide]], 0.0) if len(order) > wide else 0.0
         pool = np.empty(2 * wide, np.int64)
         size, found = 0, 0
-        for c in cos_cols[i]:
-            if c >= 0 and taken_by[c] != i:
+        for c in cos_cols[i, :wide]:
+            if taken_by[c] != i:
                 taken_by[c], pool[size], size, found = i, c, size + 1, found + 1
         for j in order[:wide]:
             if taken_by[by_col[j]] != i:
@@ -180,7 +186,7 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
             c = pool[ranked[j]]
             best[i, j] = c
             value[i, j] = _dot64(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == i else 0.0)
-        if found < wide or len(ranked) < k:
+        if found < need or len(ranked) < k:
             exact[i] = True
         else:
             exact[i] = scores[ranked[-1]] <= np.dot(movies[cos_cols[i][wide - 1]], queries[i]) + beta * left

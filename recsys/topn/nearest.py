@@ -51,30 +51,40 @@ def top_k(
         scores = queries @ vectors.T
         cols = top_k_lists(scores, seen.toarray() > 0 if sp.issparse(seen) else seen, k)
         return cols, np.where(cols >= 0, np.take_along_axis(scores, np.maximum(cols, 0), 1), 0.0)
-    seen = sp.csr_matrix(seen, dtype=bool)
-    seen.sort_indices()
-    n, m, k = len(queries), len(vectors), min(k, len(vectors))
-    cols = np.full((n, k), -1, np.int64)
-    ask = 1 << np.ceil(np.log2(np.maximum(k + np.diff(seen.indptr), 1))).astype(np.int64)  # rows share a power of 2
-    exact = ask * 4 > m  # asking for a quarter of the catalogue: cheaper over all of it
-    for size in np.unique(ask[~exact]):
-        rows = np.flatnonzero((ask == size) & ~exact)
-        cols[rows], short = _searched(ix, queries[rows], seen[rows], int(size), k, ef_search)
-        exact[rows[short]] = True
-    if exact.any():
-        rows = np.flatnonzero(exact)
-        cols[rows] = top_k(None, vectors, queries[rows], seen[rows], k)[0]
+    cols = pool(ix, vectors, queries, seen, k, ef_search)[:, :k]
     values = np.einsum("nd,nkd->nk", queries, vectors[np.maximum(cols, 0)])
     return cols, np.where(cols >= 0, values, 0.0)
 
 
+def pool(ix, vectors: np.ndarray, queries: np.ndarray, seen, k: int, ef_search: int = EF_SEARCH) -> np.ndarray:
+    """`top_k`'s columns through the index `ix`, each row keeping every unseen column its search returned
+    beyond the k (the search asks for k plus the row's seen columns, rounded up to a power of two), in the
+    same order: [n, >= k], -1 padded. A row answered exactly has its k."""
+    seen = sp.csr_matrix(seen, dtype=bool)
+    seen.sort_indices()
+    n, m, k = len(queries), len(vectors), min(k, len(vectors))
+    ask = 1 << np.ceil(np.log2(np.maximum(k + np.diff(seen.indptr), 1))).astype(np.int64)  # rows share a power of 2
+    exact = ask * 4 > m  # asking for a quarter of the catalogue: cheaper over all of it
+    cols = np.full((n, max(k, int(ask[~exact].max(initial=0)))), -1, np.int64)
+    for size in np.unique(ask[~exact]):
+        rows = np.flatnonzero((ask == size) & ~exact)
+        found, short = _searched(ix, queries[rows], seen[rows], int(size), k, ef_search)
+        cols[rows, : found.shape[1]] = found
+        exact[rows[short]] = True
+    if exact.any():
+        rows = np.flatnonzero(exact)
+        cols[rows] = -1
+        cols[rows, :k] = top_k(None, vectors, queries[rows], seen[rows], k)[0]
+    return cols
+
+
 def _searched(ix, queries: np.ndarray, seen: sp.csr_matrix, ask: int, k: int, ef: int) -> tuple:
-    """The index's `ask` nearest of each query, seen columns dropped, the first k kept in (value, column)
-    order: ([n, k] columns, [n] bool rows left with fewer than k)."""
+    """The index's `ask` nearest of each query, seen columns dropped, in (value, column) order: ([n, ask]
+    columns, -1 padded; [n] bool rows left with fewer than k)."""
     params = index.faiss().SearchParametersHNSW(efSearch=max(ef, ask))
     values, labels = ix.search(np.ascontiguousarray(queries, np.float32), ask, params=params)
     bad = (labels < 0) | _is_seen(seen, labels)
-    order = np.lexsort((labels, -np.where(bad, -np.inf, values)))[:, :k]  # each row: best first, then smaller
+    order = np.lexsort((labels, -np.where(bad, -np.inf, values)))  # each row: best first, then smaller
     good = np.take_along_axis(~bad, order, 1)
     return np.where(good, np.take_along_axis(labels, order, 1), -1), good.sum(axis=1) < k
 
