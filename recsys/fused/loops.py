@@ -10,6 +10,7 @@ import numpy as np
 
 _JIT = {"cache": True, "nogil": True}
 _SUMS = {**_JIT, "fastmath": {"reassoc"}}
+_ADAM = {**_JIT, "error_model": "numpy"}  # divisions without a zero check per element, so in SIMD lanes
 
 
 @numba.njit(**_JIT)
@@ -75,27 +76,28 @@ def sgd_rows(table: np.ndarray, index: np.ndarray, values: np.ndarray, lr: np.fl
             table[row, j] -= lr * values[i, j]
 
 
-@numba.njit(**_JIT, inline="always")
-def _adam(param, moment1, moment2, i, j, g, lr, b1, b2, eps) -> None:
+@numba.njit(**_ADAM, inline="always")
+def _adam_row(param, moment1, moment2, g, lr, b1, b2, eps) -> None:
+    """Adam on one row in place (1-D views: element by element, in SIMD lanes)."""
     one = np.float32(1.0)
-    m = b1 * moment1[i, j] + (one - b1) * g
-    v = b2 * moment2[i, j] + (one - b2) * g * g
-    moment1[i, j], moment2[i, j] = m, v
-    param[i, j] -= lr * (m / (np.sqrt(v) + eps))
+    for j in range(param.shape[0]):
+        m = b1 * moment1[j] + (one - b1) * g[j]
+        v = b2 * moment2[j] + (one - b2) * g[j] * g[j]
+        moment1[j], moment2[j] = m, v
+        param[j] -= lr * (m / (np.sqrt(v) + eps))
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_ADAM)
 def adam(param, grad, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
     """Paddle's `adam` kernel on a dense gradient, in place on [R, D] float32 arrays: the moments, then
     `param -= lr_t m / (sqrt(v) + eps_t)` with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t)."""
     one = np.float32(1.0)
     lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
     for i in range(param.shape[0]):
-        for j in range(param.shape[1]):
-            _adam(param, m1, m2, i, j, grad[i, j], lr_t, b1, b2, eps_t)
+        _adam_row(param[i], m1[i], m2[i], grad[i], lr_t, b1, b2, eps_t)
 
 
-@numba.njit(**_JIT)
+@numba.njit(**_ADAM)
 def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot) -> None:
     """Paddle's lazy `adam` on a sparse gradient (`values[i]` adds to row `ids[i]`): each distinct row's
     gradient summed, then only those rows' moments and values updated as `adam` does; tables [R, D]. (Paddle's
@@ -116,8 +118,7 @@ def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot)
             sums[k, j] += values[i, j]
     for k in range(n):
         slot[rows[k]] = -1
-        for j in range(values.shape[1]):
-            _adam(table, m1, m2, rows[k], j, sums[k, j], lr_t, b1, b2, eps_t)
+        _adam_row(table[rows[k]], m1[rows[k]], m2[rows[k]], sums[k], lr_t, b1, b2, eps_t)
 
 
 @numba.njit(**_JIT)
