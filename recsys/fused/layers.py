@@ -257,15 +257,12 @@ def softmax_xent(user: np.ndarray, movie: np.ndarray, target: np.ndarray, temper
     (`add` [B, C]: the log-Q correction, see `in_batch`). Returns (loss, saved)."""
     ru, rm = 1.0 / np.sqrt(_row_dot(user, user)), 1.0 / np.sqrt(_row_dot(movie, movie))
     un, mn = user * ru[:, None], movie * rm[:, None]
-    logits = (un @ mn.T) * np.float32(1.0 / temperature)
-    if add is not None:
-        logits += add
-    logits -= logits.max(1, keepdims=True)
-    e = np.exp(logits)
-    total = e.sum(1)
-    rows = np.arange(len(target))
-    loss = np.mean(np.log(total) - logits[rows, target])
-    return loss, (un, mn, ru, rm, e / total[:, None], target, temperature)
+    logits = un @ mn.T
+    none = np.zeros((0, 0), np.float32)
+    at_target = kernels.shifted_logits(logits, np.float32(1.0 / temperature), none if add is None else add, target)
+    e = np.exp(logits, out=logits)
+    loss = np.float32(kernels.normalized(e, at_target))
+    return loss, (un, mn, ru, rm, e, target, temperature)
 
 
 def softmax_xent_grad(saved):
@@ -275,12 +272,7 @@ def softmax_xent_grad(saved):
     d_logits = softmax
     d_logits[np.arange(len(target)), target] -= 1.0
     d_logits *= np.float32(1.0 / (len(target) * temperature))
-    d_un, d_mn = d_logits @ mn, d_logits.T @ un
-
-    def unit(d, x, r):
-        return (d - x * _row_dot(d, x)[:, None]) * r[:, None]
-
-    return unit(d_un, un, ru), unit(d_mn, mn, rm)
+    return kernels.off_unit_sphere(d_logits @ mn, un, ru), kernels.off_unit_sphere(d_logits.T @ un, mn, rm)
 
 
 class HeadPlan(NamedTuple):

@@ -121,6 +121,56 @@ def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot)
         _adam_row(table[rows[k]], m1[rows[k]], m2[rows[k]], sums[k], lr_t, b1, b2, eps_t)
 
 
+@numba.njit(**_SUMS)
+def shifted_logits(logits: np.ndarray, scale: np.float32, add: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """In place, row by row: `logits * scale + add` (`add` [B, C], or [0, 0] for none) less the row's max;
+    returns [B] each row's `target` logit after the shift (the softmax's inputs, then `np.exp` in place)."""
+    out = np.empty(logits.shape[0], logits.dtype)
+    for i in range(logits.shape[0]):
+        row = logits[i]
+        if add.shape[0]:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * scale + add[i, j]
+        else:
+            for j in range(row.shape[0]):
+                row[j] *= scale
+        top = row[0]
+        for j in range(1, row.shape[0]):
+            top = max(top, row[j])
+        for j in range(row.shape[0]):
+            row[j] -= top
+        out[i] = row[target[i]]
+    return out
+
+
+@numba.njit(**_SUMS)
+def normalized(e: np.ndarray, shifted_target: np.ndarray) -> np.float64:
+    """In place, row by row: `e` (exp of the shifted logits) over its sum, the softmax; returns the mean
+    cross-entropy, mean(log(sum) - shifted target logit)."""
+    loss = 0.0
+    for i in range(e.shape[0]):
+        row = e[i]
+        total = np.float32(0.0)
+        for j in range(row.shape[0]):
+            total += row[j]
+        for j in range(row.shape[0]):
+            row[j] /= total
+        loss += np.log(total) - shifted_target[i]
+    return loss / e.shape[0]
+
+
+@numba.njit(**_SUMS)
+def off_unit_sphere(d: np.ndarray, x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """`(d - x <d, x>) r` row by row, in place on `d`: the gradient through x = v r (unit rows, r = 1 / |v|)."""
+    for i in range(d.shape[0]):
+        s = np.float32(0.0)
+        for j in range(d.shape[1]):
+            s += d[i, j] * x[i, j]
+        for j in range(d.shape[1]):
+            d[i, j] = (d[i, j] - x[i, j] * s) * r[i]
+    return d
+
+
 @numba.njit(**_JIT)
 def add_bias(z: np.ndarray, bias: np.ndarray) -> None:
     """`z += bias` row by row, in place."""
