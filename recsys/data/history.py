@@ -116,18 +116,20 @@ def _gather_history(keys, n_movies, start, end, own, n, drawn, picks):
     for i in range(len(start)):
         if not drawn[i]:
             w = np.float32(1.0 / max(n[i], 1))
+            base = keys[start[i]] // n_movies * n_movies if end[i] > start[i] else 0  # the row's user * n_movies
             for k in range(end[i] - start[i]):
                 if k != own[i]:
-                    ids[p], rows[p], weight[p] = keys[start[i] + k] % n_movies, i, w
+                    ids[p], rows[p], weight[p] = keys[start[i] + k] - base, i, w
                     p += 1
     d = 0
     for i in range(len(start)):
         if drawn[i]:
+            base = keys[start[i]] // n_movies * n_movies
             for c in range(cap):
                 k = np.int64(picks[d, c] * n[i])
                 if own[i] >= 0 and k >= own[i]:
                     k += 1
-                ids[p], rows[p], weight[p] = keys[start[i] + k] % n_movies, i, np.float32(1.0 / cap)
+                ids[p], rows[p], weight[p] = keys[start[i] + k] - base, i, np.float32(1.0 / cap)
                 p += 1
             d += 1
     return ids, rows, weight
