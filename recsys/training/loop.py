@@ -45,7 +45,7 @@ EVAL_USERS = 20_000  # top-N metrics while training: at most this many test user
 # lists score at most BETWEEN_PAIRS (user, movie) pairs per pair an epoch's logits hold (and at least
 # BETWEEN_USERS users), and their test cost reads only their ratings. The last evaluation reads every user of
 # `ranking` (up to EVAL_USERS).
-BETWEEN_PAIRS = 0.1
+BETWEEN_PAIRS = 0.05
 BETWEEN_USERS = 20
 
 
