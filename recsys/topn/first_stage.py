@@ -20,6 +20,7 @@ top w does.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -120,8 +121,9 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     parts = max(1, min(usable_cores(), n // ROWS_PER_THREAD))
 
     def rows(a: int, b: int):
-        return _from_pools(stage.beta, movies, queries[a:b], seen.indptr[a : b + 1], seen.indices, w.indptr,
-                           w.indices, w.data, cos_cols[a:b], k, WIDE * k)  # fmt: skip
+        with _scratch(len(movies)) as (marks, *space):
+            return _from_pools(stage.beta, movies, queries[a:b], seen.indptr[a : b + 1], seen.indices, w.indptr,
+                               w.indices, w.data, cos_cols[a:b], k, WIDE * k, marks, *space)  # fmt: skip
 
     if parts == 1:
         return rows(0, n)
@@ -131,21 +133,45 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     return tuple(np.concatenate(a) for a in zip(*done))
 
 
+@contextmanager
+def _scratch(m: int):
+    """`_from_pools`' scratch over `m` columns, one per thread at a time, kept between calls (a served request
+    would otherwise allocate and fill it, O(m), for a few thousand columns): (the first row mark still unused,
+    [1] int64, then the arrays)."""
+    free = _SCRATCH.setdefault(m, [])
+    try:
+        space = free.pop()
+    except IndexError:  # none free (list.pop is atomic): another
+        space = (np.zeros(1, np.int64), np.zeros(m, np.float32), np.full(m, -1, np.int64), np.full(m, -1, np.int64),
+                 np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float64))  # fmt: skip
+    try:
+        yield space
+    finally:
+        free.append(space)
+
+
+_SCRATCH: dict[int, list] = {}
+
+
 @numba.njit(cache=True, nogil=True)
-def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_cols, k, need):
+def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_cols, k, need, marks, item,
+                touched_by, taken_by, touched, cols, vals):  # fmt: skip
     """Each user's top k (-1 padded) and their scores from the index's best cosines `cos_cols` [n, >= need]
     (-1 padded: a row's w columns; fewer than `need` send it to exact search) and their best w item-item scores
     outside their seen columns (CSR `s_*`), the item-item scores summed in float32 from the weights' rows (CSR
     `w_*`) in the order of the seen columns, as scipy's product does; and whether the row must be answered
     exactly instead (the module's bound): ([n, k], [n, k] float64, [n] bool). The pool is ranked with float32
-    cosines; the list's scores are the exact path's float64 ones."""
-    n, m = len(queries), len(movies)
+    cosines; the list's scores are the exact path's float64 ones. Scratch [M] (`_scratch`), kept between calls:
+    `item`, the row's item-item score of each column it touched; `touched_by`, the mark of the last row whose
+    score `item` holds; `taken_by`, the mark of the last row that saw the column or put it in its pool (a row's
+    mark: `marks[0]` + its index, never used before; `marks[0]` moves past this call's); `touched`, `cols`,
+    `vals`, work space."""
+    n = len(queries)
     best, value, exact = np.full((n, k), -1, np.int64), np.zeros((n, k)), np.zeros(n, np.bool_)
-    item = np.zeros(m, np.float32)  # scratch: the row's item-item score of each column it touched
-    touched_by = np.full(m, -1, np.int64)  # scratch: the last row whose score `item` holds
-    taken_by = np.full(m, -1, np.int64)  # scratch: the last row that saw the column or put it in its pool
-    touched, cols, vals = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float64)
+    first = marks[0]
+    marks[0] += n
     for i in range(n):
+        mark = first + i
         wide = 0  # the row's columns by cosine (all first, then -1)
         while wide < cos_cols.shape[1] and cos_cols[i, wide] >= 0:
             wide += 1
@@ -154,14 +180,14 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
         for s in seen:
             for p in range(w_ptr[s], w_ptr[s + 1]):
                 j = w_col[p]
-                if touched_by[j] != i:
-                    touched_by[j], item[j], touched[t], t = i, 0.0, j, t + 1
+                if touched_by[j] != mark:
+                    touched_by[j], item[j], touched[t], t = mark, 0.0, j, t + 1
                 item[j] += w_val[p]
         for s in seen:
-            taken_by[s] = i
+            taken_by[s] = mark
         u = 0
         for j in touched[:t]:
-            if taken_by[j] != i:
+            if taken_by[j] != mark:
                 cols[u], vals[u], u = j, item[j], u + 1
         keep = vals[:u] >= np.partition(vals[:u], u - wide - 1)[u - wide - 1] if u > wide + 1 else vals[:u] > -np.inf
         by_col = np.sort(cols[:u][keep])  # only the best wide + 1 (and their ties) are ordered
@@ -171,26 +197,35 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
         pool = np.empty(2 * wide, np.int64)
         size, found = 0, 0
         for c in cos_cols[i, :wide]:
-            if taken_by[c] != i:
-                taken_by[c], pool[size], size, found = i, c, size + 1, found + 1
+            if taken_by[c] != mark:
+                taken_by[c], pool[size], size, found = mark, c, size + 1, found + 1
         for j in order[:wide]:
-            if taken_by[by_col[j]] != i:
-                taken_by[by_col[j]], pool[size], size = i, by_col[j], size + 1
+            if taken_by[by_col[j]] != mark:
+                taken_by[by_col[j]], pool[size], size = mark, by_col[j], size + 1
         pool = np.sort(pool[:size])
         scores = np.empty(size, np.float64)
         for j in range(size):
             c = pool[j]
-            scores[j] = np.dot(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == i else 0.0)
+            scores[j] = _dot32(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == mark else 0.0)
         ranked = np.argsort(-scores, kind="mergesort")[:k]  # ties: the smaller column (pool ascending)
         for j in range(len(ranked)):  # the list's scores as the exact path computes them
             c = pool[ranked[j]]
             best[i, j] = c
-            value[i, j] = _dot64(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == i else 0.0)
+            value[i, j] = _dot64(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == mark else 0.0)
         if found < need or len(ranked) < k:
             exact[i] = True
         else:
-            exact[i] = scores[ranked[-1]] <= np.dot(movies[cos_cols[i][wide - 1]], queries[i]) + beta * left
+            exact[i] = scores[ranked[-1]] <= _dot32(movies[cos_cols[i][wide - 1]], queries[i]) + beta * left
     return best, value, exact
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _dot32(a, b):
+    """The dot product of two float32 vectors, summed in float32 in SIMD lanes (a pool's ranking)."""
+    acc = np.float32(0.0)
+    for d in range(len(a)):
+        acc += a[d] * b[d]
+    return acc
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
