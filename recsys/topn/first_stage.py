@@ -141,7 +141,7 @@ def _scratch(m: int):
     free = _SCRATCH.setdefault(m, [])
     try:
         space = free.pop()
-    except IndexError:  # none free (list.pop is atomic): another
+    except IndexError:  # none free (list.pop is atomic): a new one
         space = (np.zeros(1, np.int64), np.zeros(m, np.float32), np.full(m, -1, np.int64), np.full(m, -1, np.int64),
                  np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.float64))  # fmt: skip
     try:
