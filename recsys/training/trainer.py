@@ -383,7 +383,8 @@ class Trainer:
 
             return topn.evaluate(rank, data, k)
         users, movies = self.vectors(unit=False, full=full)
-        cand, params = self.candidates if full else self.fit_candidates, self.params()
+        cand = self.candidates if full else self.fit_candidates
+        params = {f"head.{k}": v.numpy() for k, v in self.net.head.state_dict().items()}  # all `head_scores` reads
 
         def rank(u, _seen, k):
             pool = cand.pool[u]
