@@ -195,10 +195,9 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
         vals_of = item[by_col].astype(np.float64)
         left = max(vals_of[order[wide]], 0.0) if len(order) > wide else 0.0
         pool = np.empty(2 * wide, np.int64)
-        size, found = 0, 0
-        for c in cos_cols[i, :wide]:
-            if taken_by[c] != mark:
-                taken_by[c], pool[size], size, found = mark, c, size + 1, found + 1
+        size = 0
+        for c in cos_cols[i, :wide]:  # unseen and distinct: all of them
+            taken_by[c], pool[size], size = mark, c, size + 1
         for j in order[:wide]:
             if taken_by[by_col[j]] != mark:
                 taken_by[by_col[j]], pool[size], size = mark, by_col[j], size + 1
@@ -212,7 +211,7 @@ def _from_pools(beta, movies, queries, s_ptr, s_col, w_ptr, w_col, w_val, cos_co
             c = pool[ranked[j]]
             best[i, j] = c
             value[i, j] = _dot64(movies[c], queries[i]) + beta * (np.float64(item[c]) if touched_by[c] == mark else 0.0)
-        if found < need or len(ranked) < k:
+        if wide < need or len(ranked) < k:
             exact[i] = True
         else:
             exact[i] = scores[ranked[-1]] <= _dot32(movies[cos_cols[i][wide - 1]], queries[i]) + beta * left
