@@ -56,6 +56,7 @@ def _fused_dense(grad, shape) -> np.ndarray:
     if not isinstance(grad, layers.Rows):
         return np.asarray(grad)
     out = np.zeros(shape, np.float32)
+    grad = grad.plain()
     np.add.at(out, grad.ids, grad.values)
     return out
 
@@ -512,18 +513,22 @@ def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     assert moved & towers == (towers if train_towers else set())
 
 
-@pytest.mark.parametrize("sparse", [True, False])
-def test_adam_kernels_equal_paddles_adam(sparse):
-    """Three steps of `kernels.lazy_adam` (rows that repeat; rows absent from a step keep their moments) or
-    `kernels.adam` against `paddle.optimizer.Adam` on the same gradients, from the state its first step made."""
+@pytest.mark.parametrize("form", ["rows", "scaled rows", "dense"])
+def test_adam_kernels_equal_paddles_adam(form):
+    """Three steps of `kernels.lazy_adam` (rows that repeat; rows absent from a step keep their moments; the
+    gradient's rows given, or as scaled rows of a smaller array, as a history mean's are) or `kernels.adam`
+    against `paddle.optimizer.Adam` on the same gradients, from the state its first step made."""
     rng = np.random.RandomState(6)
     paddle.seed(6)
+    sparse = form != "dense"
     emb = paddle.nn.Embedding(7, 3, sparse=sparse)
     opt = paddle.optimizer.Adam(0.01, parameters=emb.parameters(), lazy_mode=sparse)
     names = ("moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc")
     for step in range(4):
         ids = rng.randint(0, 5, 9)  # rows 5 and 6 never get a gradient
-        d = rng.normal(size=(9, 3)).astype("float32")
+        x, rows, weight = rng.normal(size=(4, 3)).astype("float32"), rng.randint(0, 4, 9), rng.random_sample(9)
+        weight = weight.astype("float32")
+        d = weight[:, None] * x[rows] if form == "scaled rows" else rng.normal(size=(9, 3)).astype("float32")
         before = emb.weight.numpy().copy()
         state = [opt._accumulators[n][emb.weight.name].numpy().copy() for n in names] if step else None
         (emb(paddle.to_tensor(ids)) * paddle.to_tensor(d)).sum().backward()
@@ -535,11 +540,12 @@ def test_adam_kernels_equal_paddles_adam(sparse):
         lr, b1, b2, eps = (np.float32(v) for v in (0.01, 0.9, 0.999, 1e-8))
         if sparse:
             slot = np.full(7, -1, np.int64)
-            kernels.lazy_adam(before, ids, d, m1, m2, lr, b1, b2, eps, b1_pow[0] * b1, b2_pow[0] * b2, slot)
+            g = (rows, weight, x) if form == "scaled rows" else (np.empty(0, np.int64), np.empty(0, np.float32), d)
+            kernels.lazy_adam(before, ids, *g, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot)
             assert np.all(slot == -1)  # the scratch is left as it was found
         else:
             grad = kernels.segment_sum(d, ids, 7)
-            kernels.adam(before, grad, m1, m2, lr, b1, b2, eps, b1_pow[0], b2_pow[0])
+            kernels.adam(before.ravel(), grad.ravel(), m1.ravel(), m2.ravel(), lr, b1, b2, eps, b1_pow, b2_pow)
         _close(before, emb.weight.numpy())
         _close(m1, opt._accumulators["moment1"][emb.weight.name].numpy())
         _close(m2, opt._accumulators["moment2"][emb.weight.name].numpy())

@@ -200,9 +200,10 @@ def user_tower_grad(saved, d_out: np.ndarray, grads: list) -> None:
         d_mean, table = d_inputs[:, spans[-1][0] :], hist
         if isinstance(history, (tuple, list)):
             h_ids, h_rows, h_w = history
-            d_rows = kernels.scaled_rows(np.ascontiguousarray(d_mean), h_rows, h_w)
-            n = table.weight.w.shape[0]
-            grads.append((table.weight, Rows(h_ids, d_rows) if table.sparse else kernels.segment_sum(d_rows, h_ids, n)))
+            d_rows = Rows(h_ids, np.ascontiguousarray(d_mean), h_rows, h_w)  # row i: h_w[i] * d_mean[h_rows[i]]
+            if not table.sparse:
+                d_rows = kernels.segment_sum(d_rows.plain().values, h_ids, table.weight.w.shape[0])
+            grads.append((table.weight, d_rows))
         else:
             grads.append((table.weight, history.T @ d_mean))  # weights^T @ d_mean
 
@@ -248,30 +249,23 @@ def cos_mse_grad(saved):
     return kernels.cos_mse_grad(*saved)
 
 
-def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b)
-
-
 def softmax_xent(user: np.ndarray, movie: np.ndarray, target: np.ndarray, temperature: float, add=None):
     """`model.softmax_loss`: mean cross-entropy of `target` [B] on logits `cos(user, movie) / T + add`
-    (`add` [B, C]: the log-Q correction, see `in_batch`). Returns (loss, saved)."""
-    ru, rm = 1.0 / np.sqrt(_row_dot(user, user)), 1.0 / np.sqrt(_row_dot(movie, movie))
-    un, mn = user * ru[:, None], movie * rm[:, None]
+    (`add` [C], at every column but the row's target: the log-Q correction, see `in_batch`). Returns (loss,
+    saved)."""
+    (un, ru), (mn, rm) = kernels.unit_rows(user), kernels.unit_rows(movie)
     logits = un @ mn.T
-    none = np.zeros((0, 0), np.float32)
+    none = np.zeros(0, np.float32)
     at_target = kernels.shifted_logits(logits, np.float32(1.0 / temperature), none if add is None else add, target)
     e = np.exp(logits, out=logits)
-    loss = np.float32(kernels.normalized(e, at_target))
-    return loss, (un, mn, ru, rm, e, target, temperature)
+    loss = kernels.logit_grads(e, at_target, target, np.float32(1.0 / (len(target) * temperature)))
+    return np.float32(loss), (un, mn, ru, rm, e)
 
 
 def softmax_xent_grad(saved):
-    """(d user, d movie) of `softmax_xent`'s loss: d logits = (softmax - one_hot) / B, through the logits'
-    matmul and the unit rows, d x = r (d x_unit - x_unit <d x_unit, x_unit>)."""
-    un, mn, ru, rm, softmax, target, temperature = saved
-    d_logits = softmax
-    d_logits[np.arange(len(target)), target] -= 1.0
-    d_logits *= np.float32(1.0 / (len(target) * temperature))
+    """(d user, d movie) of `softmax_xent`'s loss: d logits = (softmax - one_hot) / (B T) (made by the forward),
+    through the logits' matmul and the unit rows, d x = r (d x_unit - x_unit <d x_unit, x_unit>)."""
+    un, mn, ru, rm, d_logits = saved
     return kernels.off_unit_sphere(d_logits @ mn, un, ru), kernels.off_unit_sphere(d_logits.T @ un, mn, rm)
 
 

@@ -89,48 +89,72 @@ def _adam_row(param, moment1, moment2, g, lr, b1, b2, eps) -> None:
 
 @numba.njit(**_ADAM)
 def adam(param, grad, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow) -> None:
-    """Paddle's `adam` kernel on a dense gradient, in place on [R, D] float32 arrays: the moments, then
-    `param -= lr_t m / (sqrt(v) + eps_t)` with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), eps_t = eps sqrt(1 - b2^t)."""
+    """Paddle's `adam` kernel on a dense gradient, in place on float32 arrays of one shape, flat (1-D views): the
+    moments, then `param -= lr_t m / (sqrt(v) + eps_t)` with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t),
+    eps_t = eps sqrt(1 - b2^t); the beta powers b^t ([1] each) are read, then advanced."""
     one = np.float32(1.0)
-    lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
-    for i in range(param.shape[0]):
-        _adam_row(param[i], m1[i], m2[i], grad[i], lr_t, b1, b2, eps_t)
+    lr_t, eps_t = lr * np.sqrt(one - b2_pow[0]) / (one - b1_pow[0]), eps * np.sqrt(one - b2_pow[0])
+    _adam_row(param, m1, m2, grad, lr_t, b1, b2, eps_t)
+    b1_pow[0], b2_pow[0] = b1_pow[0] * b1, b2_pow[0] * b2
 
 
 @numba.njit(**_ADAM)
-def lazy_adam(table, ids, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot) -> None:
-    """Paddle's lazy `adam` on a sparse gradient (`values[i]` adds to row `ids[i]`): each distinct row's
-    gradient summed, then only those rows' moments and values updated as `adam` does; tables [R, D]. (Paddle's
-    CPU kernel for sparse gradients reads the beta powers after advancing them: pass those.) `slot` [R] int64 is
-    scratch, all -1 on entry and again on return: the work is the gradient's rows, never the table's."""
+def lazy_adam(table, ids, rows, weight, values, m1, m2, lr, b1, b2, eps, b1_pow, b2_pow, slot) -> None:
+    """Paddle's lazy `adam` on a sparse gradient (`values[i]` adds to row `ids[i]`; with `rows` and `weight`
+    [P], not empty, `weight[i] * values[rows[i]]` does): each distinct row's gradient summed, then only those
+    rows' moments and values updated as `adam` does; tables [R, D]. (Paddle's CPU kernel for sparse gradients
+    advances the beta powers, [1] each, before it reads them, as this does.) `slot` [R] int64 is scratch, all -1
+    on entry and again on return: the work is the gradient's rows, never the table's."""
     one = np.float32(1.0)
-    lr_t, eps_t = lr * np.sqrt(one - b2_pow) / (one - b1_pow), eps * np.sqrt(one - b2_pow)
-    rows = np.empty(len(ids), np.int64)  # the distinct rows, in first-seen order; `slot[row]`: each one's place
+    b1_pow[0], b2_pow[0] = b1_pow[0] * b1, b2_pow[0] * b2
+    lr_t, eps_t = lr * np.sqrt(one - b2_pow[0]) / (one - b1_pow[0]), eps * np.sqrt(one - b2_pow[0])
+    distinct = np.empty(len(ids), np.int64)  # the distinct rows, in first-seen order; `slot[row]`: each one's place
+    sums = np.empty((len(ids), values.shape[1]), values.dtype)  # the first n rows: each distinct row's gradient
     n = 0
     for i in range(len(ids)):
-        if slot[ids[i]] < 0:
-            slot[ids[i]], rows[n] = n, ids[i]
-            n += 1
-    sums = np.zeros((n, values.shape[1]), values.dtype)
-    for i in range(len(ids)):
+        w, r = (weight[i], rows[i]) if len(rows) else (one, i)
         k = slot[ids[i]]
-        for j in range(values.shape[1]):
-            sums[k, j] += values[i, j]
+        if k < 0:
+            k = slot[ids[i]] = n
+            distinct[n] = ids[i]
+            n += 1
+            for j in range(values.shape[1]):
+                sums[k, j] = w * values[r, j]
+        else:
+            for j in range(values.shape[1]):
+                sums[k, j] += w * values[r, j]
     for k in range(n):
-        slot[rows[k]] = -1
-        _adam_row(table[rows[k]], m1[rows[k]], m2[rows[k]], sums[k], lr_t, b1, b2, eps_t)
+        slot[distinct[k]] = -1
+        _adam_row(table[distinct[k]], m1[distinct[k]], m2[distinct[k]], sums[k], lr_t, b1, b2, eps_t)
+
+
+@numba.njit(**_SUMS)
+def unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x's rows over their norms, [N] each row's 1 / norm)."""
+    out, r = np.empty_like(x), np.empty(x.shape[0], x.dtype)
+    for i in range(x.shape[0]):
+        s = np.float32(0.0)
+        for j in range(x.shape[1]):
+            s += x[i, j] * x[i, j]
+        r[i] = np.float32(1.0) / np.sqrt(s)
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] * r[i]
+    return out, r
 
 
 @numba.njit(**_SUMS)
 def shifted_logits(logits: np.ndarray, scale: np.float32, add: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """In place, row by row: `logits * scale + add` (`add` [B, C], or [0, 0] for none) less the row's max;
-    returns [B] each row's `target` logit after the shift (the softmax's inputs, then `np.exp` in place)."""
+    """In place, row by row: `logits * scale + add` (`add` [C], or [0] for none; never at the row's `target`
+    column) less the row's max; returns [B] each row's `target` logit after the shift (the softmax's inputs,
+    then `np.exp` in place)."""
     out = np.empty(logits.shape[0], logits.dtype)
     for i in range(logits.shape[0]):
-        row = logits[i]
+        row, t = logits[i], target[i]
         if add.shape[0]:
+            own = row[t] * scale
             for j in range(row.shape[0]):
-                row[j] = row[j] * scale + add[i, j]
+                row[j] = row[j] * scale + add[j]
+            row[t] = own
         else:
             for j in range(row.shape[0]):
                 row[j] *= scale
@@ -139,22 +163,24 @@ def shifted_logits(logits: np.ndarray, scale: np.float32, add: np.ndarray, targe
             top = max(top, row[j])
         for j in range(row.shape[0]):
             row[j] -= top
-        out[i] = row[target[i]]
+        out[i] = row[t]
     return out
 
 
 @numba.njit(**_SUMS)
-def normalized(e: np.ndarray, shifted_target: np.ndarray) -> np.float64:
-    """In place, row by row: `e` (exp of the shifted logits) over its sum, the softmax; returns the mean
-    cross-entropy, mean(log(sum) - shifted target logit)."""
+def logit_grads(e: np.ndarray, shifted_target: np.ndarray, target: np.ndarray, scale: np.float32) -> np.float64:
+    """In place, row by row: `e` (exp of the shifted logits) becomes the cross-entropy's gradient, `scale`
+    (softmax - one-hot of `target`); returns the mean cross-entropy, mean(log(sum) - shifted target logit)."""
     loss = 0.0
     for i in range(e.shape[0]):
         row = e[i]
         total = np.float32(0.0)
         for j in range(row.shape[0]):
             total += row[j]
+        f = scale / total
         for j in range(row.shape[0]):
-            row[j] /= total
+            row[j] *= f
+        row[target[i]] -= scale
         loss += np.log(total) - shifted_target[i]
     return loss / e.shape[0]
 

@@ -148,7 +148,7 @@ class FusedStep:
     def softmax(self, users: list, movies: list, target: np.ndarray, temperature: float, add=None, history=None):
         """The candidate-generation step: `softmax_xent` of the towers' arrays (from `arrays`, and the user
         tower's `history` weights; the candidates are the distinct movies of `movies`) with `target` [B] and
-        `add` [B, C] (or None); returns the loss."""
+        `add` [C] (or None); returns the loss."""
         u, m, saved = self.forward(users, movies, history)
         loss, head = softmax_xent(u, m, target.ravel(), temperature, add)
         self.update(self.backward(saved, *softmax_xent_grad(head)))
@@ -156,14 +156,11 @@ class FusedStep:
 
 
 def in_batch(movie_ids: np.ndarray, log_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`softmax_xent`'s target and add for `model.in_batch_softmax_loss`, with the batch's distinct movies
-    (sorted, as `FusedStep.arrays` orders them) as the candidates. There every other rating of the batch is a
-    negative of row i, corrected by log((B-1) q), and the other copies of row i's own movie are masked: a movie
-    rated c times is one column here with log c added to its correction, and row i's own movie a column with no
-    correction (exp(x) + exp(x) = exp(x + log 2); a copy of the positive contributes nothing)."""
+    """`softmax_xent`'s target [B] and add [C] for `model.in_batch_softmax_loss`, with the batch's distinct
+    movies (sorted, as `FusedStep.arrays` orders them) as the candidates. There every other rating of the batch
+    is a negative of row i, corrected by log((B-1) q), and the other copies of row i's own movie are masked: a
+    movie rated c times is one column here with log c added to its correction, and row i's own movie a column
+    with no correction (exp(x) + exp(x) = exp(x + log 2); a copy of the positive contributes nothing)."""
     movies, target, counts = np.unique(movie_ids, return_inverse=True, return_counts=True)
     log_q = log_freq[movies] + np.float32(np.log(max(len(movie_ids) - 1, 1)))
-    add = np.repeat((np.log(counts).astype(np.float32) - log_q)[None, :], len(movie_ids), axis=0)
-    target = target.ravel()
-    add[np.arange(len(movie_ids)), target] = 0.0
-    return target.astype(np.int64), add
+    return target.ravel().astype(np.int64), np.log(counts).astype(np.float32) - log_q

@@ -31,10 +31,22 @@ class Param(NamedTuple):
 
 class Rows(NamedTuple):
     """A table's gradient as autograd makes it for a sparse embedding (SelectedRows): `values[i]` adds to row
-    `ids[i]`; an id may repeat."""
+    `ids[i]`; an id may repeat. With `rows` and `weight`, `weight[i] * values[rows[i]]` adds to row `ids[i]`
+    instead (a history mean's gradient: each batch row's gradient scaled, never written out row by row)."""
 
     ids: np.ndarray
     values: np.ndarray
+    rows: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+    def plain(self) -> Rows:
+        """The same gradient with one value row per id."""
+        if self.rows is None:
+            return self
+        return Rows(self.ids, kernels.scaled_rows(self.values, self.rows, self.weight))
+
+
+_NO_ROWS, _NO_WEIGHT = np.empty(0, np.int64), np.empty(0, np.float32)  # `kernels.lazy_adam`: one value per id
 
 
 class Updater:
@@ -54,7 +66,7 @@ class Updater:
             lr = self.opt.lr
             for p, g in grads:
                 if isinstance(g, Rows):
-                    kernels.sgd_rows(p.w, g.ids, g.values, lr)
+                    kernels.sgd_rows(p.w, g.ids, g.plain().values, lr)
                 else:
                     np.subtract(p.w, lr * g, out=p.w)
             return
@@ -91,17 +103,16 @@ class Updater:
             return False
         lr, b1, b2, eps = (np.float32(v) for v in (opt.get_lr(), opt._beta1, opt._beta2, opt._epsilon))
         for (p, g), (m1, m2, b1_pow, b2_pow) in zip(grads, state):
-            pows, after = (b1_pow.w[0], b2_pow.w[0]), (b1_pow.w[0] * b1, b2_pow.w[0] * b2)
-            if isinstance(g, Rows):  # Paddle's kernel for sparse gradients advances the powers before it reads them
+            step = (lr, b1, b2, eps, b1_pow.w, b2_pow.w)  # the kernels advance the beta powers in place
+            if isinstance(g, Rows):
                 slot = self._slots.get(len(p.w))
                 if slot is None:
                     slot = self._slots[len(p.w)] = np.full(len(p.w), -1, np.int64)
-                kernels.lazy_adam(p.w, g.ids, g.values, m1.w, m2.w, lr, b1, b2, eps, *after, slot)
+                rows, weight = (_NO_ROWS, _NO_WEIGHT) if g.rows is None else (g.rows, g.weight)
+                kernels.lazy_adam(p.w, g.ids, rows, weight, g.values, m1.w, m2.w, *step, slot)
             else:
-                shape = (-1, p.w.shape[-1])  # biases as one row
-                grad = np.ascontiguousarray(g, np.float32).reshape(shape)
-                kernels.adam(p.w.reshape(shape), grad, m1.w.reshape(shape), m2.w.reshape(shape), lr, b1, b2, eps, *pows)
-            b1_pow.w[0], b2_pow.w[0] = after
+                grad = np.ascontiguousarray(g, np.float32).reshape(-1)
+                kernels.adam(p.w.reshape(-1), grad, m1.w.reshape(-1), m2.w.reshape(-1), *step)
         return True
 
     def _adam_state(self, p) -> tuple[Param, Param, Param, Param] | None:
@@ -125,5 +136,6 @@ class Updater:
         from paddle import _C_ops
 
         if isinstance(g, Rows):  # sparse rows, as the plain layers' sparse lookups give them
+            g = g.plain()
             return _C_ops.embedding_grad(paddle.to_tensor(g.ids), p, paddle.to_tensor(g.values), -1, True)
         return paddle.to_tensor(np.ascontiguousarray(g, np.float32))
