@@ -3,6 +3,7 @@ their CLI defaults on the same archive, alternating chunk by chunk (so that both
 
     python benchmarks/step_parts.py                                   (a full-size synthetic ml-1m archive)
     python benchmarks/step_parts.py --dataset ml-32m --data-dir DIR   (benchmarks/scale.py's archive, say)
+    python benchmarks/step_parts.py --history-cap 10                  (the retrieval step with another cap)
 
 The parts: the feeds, the history rows the retrieval step reads (`--history-cap` movies of each user), the two
 towers forward, the head with its loss and gradient (the chapter's cos-sim MSE; the in-batch softmax over the
@@ -56,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--data-dir", help="default: a full-size synthetic ml-1m archive under /tmp/recsys-bench")
+    ap.add_argument("--history-cap", type=int, help="the retrieval step's (default: the CLI's)")
     ap.add_argument("--chunks", type=int, default=6)
     ap.add_argument("--chunk", type=int, default=50)
     args = ap.parse_args()
@@ -64,6 +66,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for objective in ("rating", "retrieval"):
             flags = ["--dataset", args.dataset, "--data-dir", data_dir, "--objective", objective]
+            if objective == "retrieval" and args.history_cap is not None:
+                flags += ["--history-cap", str(args.history_cap)]
             settings = train.parse_args([*flags, "--model-dir", str(Path(tmp) / objective)])
             data = runs["rating"][0].data if runs else train.load_data(settings)
             run = Run(settings, data, lambda _line: None, None)
