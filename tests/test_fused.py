@@ -549,3 +549,5 @@ def test_adam_kernels_equal_paddles_adam(form):
         _close(before, emb.weight.numpy())
         _close(m1, opt._accumulators["moment1"][emb.weight.name].numpy())
         _close(m2, opt._accumulators["moment2"][emb.weight.name].numpy())
+        for name, power in (("beta1_pow_acc", b1_pow), ("beta2_pow_acc", b2_pow)):  # the kernels advance them
+            assert power[0] == opt._accumulators[name][emb.weight.name].numpy()[0]
