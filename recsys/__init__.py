@@ -19,6 +19,11 @@ def _select_mkl_kernels() -> None:
 
 
 _select_mkl_kernels()
+# Threads that wait for work sleep at once instead of spinning, so a neighbour's process keeps its core: OpenMP's
+# (faiss; Paddle's Intel runtime), and OpenBLAS's workers (2**4 cycles, not the 2**28 they spin by default).
+# The libraries read these when they load, so this runs before recsys first imports them; a value set stays.
+for _key, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("KMP_BLOCKTIME", "0"), ("OPENBLAS_THREAD_TIMEOUT", "4")):
+    _os.environ.setdefault(_key, _value)
 # Paddle's C++ logging and a compiler-cache notice would drown the chapter's own output.
 _os.environ.setdefault("GLOG_minloglevel", "2")
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)

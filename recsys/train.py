@@ -21,6 +21,7 @@ from recsys.data import store
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
 from recsys.topn import first_stage, neighbours
+from recsys.topn.lists import usable_cores
 from recsys.training import checkpoint
 from recsys.training.loop import check_environment, set_device, split_indices, train
 
@@ -96,6 +97,14 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         default=True,
         help="the fused training step on the CPU (recsys.fused.step: the same numbers, without a Paddle op per layer); "
         "--no-fused: the plain layers under autograd",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="threads of the training math (NumPy's BLAS, faiss, the first stage's pools), at most this process's "
+        "cores (default: 1: batch 256's products are too small to share, and beside a busy process a second "
+        "thread waits for its core); --resume computes on the count the run recorded, bit for bit, and refuses "
+        "another",
     )
     ap.add_argument(
         "--ratings-db",
@@ -226,6 +235,8 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     if args.ratings_db is not None and not store.is_url(args.ratings_db):
         args.ratings_db = str(Path(args.ratings_db).resolve())
     args.ratings_db_read = None  # set by `load_data`; a resumed run reads the rows its record names
+    if args.threads is not None and not 1 <= args.threads <= usable_cores():
+        ap.error(f"--threads must be 1..{usable_cores()} (the cores this process may use), got {args.threads}")
     if args.resume:  # the recorded run's settings and data, unless given
         checkpoint.resume_settings(args, ap.given(argv), log=lambda msg: print(msg, file=sys.stderr))
     objective = args.objective

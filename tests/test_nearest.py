@@ -89,7 +89,7 @@ def test_first_stage_lists_by_hand_and_through_the_index(monkeypatch):
     np.testing.assert_array_equal(faiss_got, got)
     np.testing.assert_allclose(faiss_values, values, atol=1e-5)
     monkeypatch.setattr(first_stage, "ROWS_PER_THREAD", 1)  # the rows split between three threads: 2, 2 and 1
-    monkeypatch.setattr(first_stage, "usable_cores", lambda: 3)
+    monkeypatch.setattr(first_stage.threads, "chosen", lambda: 3)
     split = first_stage.top_k(stage, ix, vectors, queries, sp.csr_matrix(seen), 10)
     np.testing.assert_array_equal(split[0], got)
     np.testing.assert_array_equal(split[1], faiss_values)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import need_ml100k
+import json
 
-from recsys import Recommender, train
+import pytest
+from conftest import assert_one_line_error, need_ml100k, run_cli
+
+from recsys import Recommender, threads, train
+from recsys.errors import RecsysError
+from recsys.topn.lists import usable_cores
 
 USERS = [1, 2, 3]
 # One epoch of each objective on ml-100k u1 (ranking: 20 batches), seed 0, the math on one thread, as recorded
@@ -51,3 +55,48 @@ def test_default_threads_keep_the_recorded_numbers_on_ml100k(u1_runs, objective)
     metrics, lists = u1_runs
     assert {k: metrics[objective][k] for k in GOLDEN[objective]} == GOLDEN[objective]
     assert lists[objective] == TOP_10[objective]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "cores+1"])
+def test_bad_thread_counts_are_one_line_errors(value, capsys):
+    value = str(usable_cores() + 1) if value == "cores+1" else value
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--threads", value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--threads" in err, err
+
+
+def test_a_bad_thread_count_from_the_command_line(tmp_path):
+    proc = run_cli("recsys.train", "--model-dir", str(tmp_path / "m"), "--threads", "0")
+    assert_one_line_error(proc, "--threads must be 1..")
+    assert not (tmp_path / "m").exists()
+
+
+def _checkpoint(model) -> dict:
+    return json.loads((model / "checkpoint.json").read_text())
+
+
+def test_the_thread_count_is_recorded_and_resume_keeps_it(small_dir, tmp_path):
+    """A run on two threads records them; `--resume` without `--threads` computes on two again and ends where
+    the uninterrupted two-thread run ends; `--resume --threads 1` is refused in one line."""
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+    flags = {"data_dir": small_dir, "log": lambda _msg: None, "optimizer": "adam", "lr": 0.003, "threads": 2}
+    full = train.run(model_dir=tmp_path / "full", epochs=2, **flags)
+    cut = tmp_path / "cut"
+    train.run(model_dir=cut, epochs=1, **flags)
+    assert _checkpoint(cut)["threads"] == 2
+    threads.use(1)  # as a new process starts: the default count
+    resumed = train.run(model_dir=cut, epochs=2, resume=True, data_dir=small_dir, log=lambda _msg: None)
+    assert threads.chosen() == 2 and _checkpoint(cut)["threads"] == 2
+    assert [m["test_cost"] for m in resumed] == [m["test_cost"] for m in full]
+    with pytest.raises(RecsysError, match=r"trained with --threads 2 \(not 1: the rounding depends on it\)"):
+        train.run(model_dir=cut, epochs=3, resume=True, threads=1, data_dir=small_dir, log=lambda _msg: None)
+    proc = run_cli("recsys.train", "--model-dir", str(cut), "--resume", "--epochs", "3", "--threads", "1")
+    assert_one_line_error(proc, "--threads 2 (not 1")
+    assert _checkpoint(cut)["epoch"] == 2
+
+
+def test_the_default_is_one_thread(small_dir, tmp_path):
+    train.run(model_dir=tmp_path / "m", epochs=1, data_dir=small_dir, log=lambda _msg: None)
+    assert threads.chosen() == 1 and _checkpoint(tmp_path / "m")["threads"] == 1

@@ -27,8 +27,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import threads
 from recsys.topn import nearest
-from recsys.topn.lists import top_k_lists, usable_cores
+from recsys.topn.lists import top_k_lists
 
 SHARE = 0.3  # the item-item score's share of the mix (see above)
 SAMPLE = 256  # users whose scores measure the two spreads
@@ -36,7 +37,7 @@ SAMPLE = 256  # users whose scores measure the two spreads
 # Measured on one-user candidate pools of 200 at 87,585 movies (long histories), 400 users: keeping exactly 2k
 # left 43 % of them to exact search (3.1 ms a user), keeping all the search returned 4 % (2.1 ms).
 WIDE = 2
-ROWS_PER_THREAD = 64  # a faiss search of fewer rows per core runs its pools on one thread
+ROWS_PER_THREAD = 64  # a faiss search of fewer rows per thread runs its pools on one thread
 
 
 @dataclass
@@ -115,10 +116,10 @@ def top_k(stage: FirstStage | None, ix, movies: np.ndarray, queries: np.ndarray,
 
 
 def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.csr_matrix, cos_cols, k: int):
-    """`_from_pools` of every query, the rows split between this process's cores (the kernel releases the GIL;
-    each row's answer depends on that row alone)."""
+    """`_from_pools` of every query, the rows split between at most the process's chosen number of threads
+    (`recsys.threads`; the kernel releases the GIL; each row's answer depends on that row alone)."""
     w, n = stage.by_row, len(queries)
-    parts = max(1, min(usable_cores(), n // ROWS_PER_THREAD))
+    parts = max(1, min(threads.chosen(), n // ROWS_PER_THREAD))
 
     def rows(a: int, b: int):
         with _scratch(len(movies)) as (marks, *space):
@@ -128,8 +129,8 @@ def _pools(stage: FirstStage, movies: np.ndarray, queries: np.ndarray, seen: sp.
     if parts == 1:
         return rows(0, n)
     edges = np.linspace(0, n, parts + 1).astype(int)
-    with ThreadPoolExecutor(parts) as threads:
-        done = list(threads.map(rows, edges[:-1], edges[1:]))
+    with ThreadPoolExecutor(parts) as workers:
+        done = list(workers.map(rows, edges[:-1], edges[1:]))
     return tuple(np.concatenate(a) for a in zip(*done))
 
 

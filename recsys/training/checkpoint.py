@@ -26,9 +26,10 @@ def resume_settings(args: argparse.Namespace, given: set[str], log=print) -> Non
     """`--resume`: continue the run recorded in --model-dir. Every setting it recorded (any flag) that the
     command line does not give is taken from the record, and so is its data (the archive it was trained on),
     except --max-batches and --eval-every, which hold for one invocation. A given flag must agree with the
-    record, except those two and --epochs above the recorded number, which extends the run. A cosine schedule
-    then follows the longer run's curve from the next epoch on (`log` says so): the learning rate steps up,
-    and the result differs from a run trained that long from the start."""
+    record, except those two and --epochs above the recorded number, which extends the run. The run computes on
+    the thread count its checkpoint recorded (a matmul's rounding depends on it): a --threads given must equal
+    it. A cosine schedule then follows the longer run's curve from the next epoch on (`log` says so): the
+    learning rate steps up, and the result differs from a run trained that long from the start."""
     md = modeldir.ModelDir.load(args.model_dir)
     ckpt = md.checkpoint()
     if ckpt is None:
@@ -44,6 +45,10 @@ def resume_settings(args: argparse.Namespace, given: set[str], log=print) -> Non
             conflicts.append(f"--epochs {value} (not {args.epochs}: --epochs can only extend a run)")
         elif key != "epochs" and getattr(args, key) != value:
             conflicts.append(f"{_flag(key)} {value!r}" + ("" if value is None else f" (not {getattr(args, key)!r})"))
+    if "threads" in state:  # the math's rounding depends on it: the recorded count, never another
+        if "threads" in given and args.threads != state["threads"]:
+            conflicts.append(f"--threads {state['threads']} (not {args.threads}: the rounding depends on it)")
+        args.threads = state["threads"]
     if conflicts:
         raise RecsysError(
             f"--resume continues the run in {args.model_dir}, which was trained with {', '.join(conflicts)}; "

@@ -106,12 +106,13 @@ class Run:
         self.top_n = args.objective != "rating"
         self.t = Trainer(
             data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate,
-            self.world, args.objective, args.temperature, args.negatives, args.history, args.fused,
+            self.world, args.objective, args.temperature, args.negatives, args.history, args.fused, args.threads,
         )  # fmt: skip
         self.t.history_cap = args.history_cap or 0
         self.ranking = self.val_ranking = self.val_between = self.between = None
         self.splits()
-        skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused")  # where and how, not what was trained
+        # where and how, not what was trained (the checkpoint records the thread count, which --resume keeps)
+        skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused", "threads")
         self.settings = {k: v for k, v in vars(args).items() if k not in skip}
         if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
             self.settings["candidates_params_sha256"] = self.t.retrieval_fingerprint

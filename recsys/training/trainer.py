@@ -7,31 +7,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys import threads as recsys_threads
 from recsys import topn
 from recsys.data import history
 from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.rating.metrics import scores
 from recsys.topn import first_stage, neighbours
-from recsys.topn.lists import usable_cores
 from recsys.training.ranking import Candidates
 
 
-def use_cpu_cores(threads: int | None = None, share: int = 1) -> int:
-    """Fix the number of threads of the math under training, and return it: NumPy's BLAS (the fused step and
-    evaluation) gets `threads`, else this process's cores split between `share` processes (at most 4);
-    Paddle's own CPU math gets one. A BLAS matmul's rounding depends on its thread count, so the count never
-    comes from the environment (importing Paddle sets OMP_NUM_THREADS=1, which a child process inherits): a
-    checkpoint records it and `--resume` computes with the same count, bit for bit."""
-    import paddle
-    from threadpoolctl import threadpool_limits
-
-    if threads is None:
-        threads = max(1, min(4, usable_cores() // share))
-    threadpool_limits(threads, user_api="blas")
-    if hasattr(paddle.base.core, "set_num_threads"):
-        paddle.base.core.set_num_threads(1)
-    return threads
+def use_cpu_cores(threads: int | None = None) -> int:
+    """Fix the number of threads of the math under training, and return it: `threads`, else one (batch 256's
+    products are too small to share; see `recsys.threads`). A BLAS matmul's rounding depends on its thread count,
+    so the count never comes from the environment or the cores: a checkpoint records it and `--resume` computes
+    with the same count, bit for bit."""
+    return recsys_threads.use(1 if threads is None else threads)
 
 
 FIXED_BYTES = 1 << 27  # the ranking evaluation keeps at most this much of its unchanging inputs
@@ -45,8 +36,9 @@ class Trainer:
 
     `objective="rating"` is the chapter's regression; `"retrieval"` scores each batch's positives with a
     softmax over candidate movies (`negatives`: the whole catalogue, or the batch's own movies with the
-    log-Q correction). With `world > 1` (inside `paddle.distributed.launch`) the network is wrapped in
-    `paddle.DataParallel`, so gradients are averaged over the ranks before every update."""
+    log-Q correction). The math runs on `threads` threads (default one: `use_cpu_cores`). With `world > 1`
+    (inside `paddle.distributed.launch`) the network is wrapped in `paddle.DataParallel`, so gradients are
+    averaged over the ranks before every update."""
 
     def __init__(
         self,
@@ -63,13 +55,14 @@ class Trainer:
         negatives: str = "in-batch",
         with_history: bool = False,
         fused: bool = True,
+        threads: int | None = None,
     ):
         import paddle
 
         from recsys.fused.step import FusedStep
         from recsys.model import RankingNet, RecommenderNet
 
-        self.threads = use_cpu_cores(share=world)
+        self.threads = use_cpu_cores(threads)
         paddle.seed(seed)
         self.data = data
         self.label = data.label
