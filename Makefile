@@ -24,7 +24,8 @@ lint: install
 	$(PY) -m ruff check recsys tests benchmarks
 	$(PY) -m ruff format --check recsys tests benchmarks
 
-test: lint  # one worker per core (at most 4), an idle one takes tests from a busy one
+test: lint  # one worker per core (at most 4), each on one thread, unpinned (the scheduler balances them beside
+# other processes); an idle one takes tests from a busy one
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: install
@@ -40,6 +41,7 @@ bench: install
 	$(PY) benchmarks/peers.py --latest-small
 	$(PY) benchmarks/ratings_in.py
 	$(PY) benchmarks/scale.py --max-batches 20000
+	$(PY) benchmarks/busy.py
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) *.model .*.lock .*.previous .*.tmp test-artifacts .pytest_cache .ruff_cache \

@@ -40,16 +40,6 @@ def need_ml100k() -> Path:
     return SHARED
 
 
-def pytest_configure(config):
-    """Under pytest-xdist each worker, and every process it starts, keeps to its own share of the cores: the
-    training math sizes its threads to the cores it may use, so workers never run more threads than cores."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if worker and count > 1 and hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) >= count:
-            os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count :: count])
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _isolated(tmp_path_factory):
     """No test reads ~/.cache or reaches the internet: data home is a temp dir, downloads go to a closed port."""

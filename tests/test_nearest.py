@@ -93,6 +93,9 @@ def test_first_stage_lists_by_hand_and_through_the_index(monkeypatch):
     split = first_stage.top_k(stage, ix, vectors, queries, sp.csr_matrix(seen), 10)
     np.testing.assert_array_equal(split[0], got)
     np.testing.assert_array_equal(split[1], faiss_values)
+    monkeypatch.setattr(first_stage.threads, "chosen", lambda: 1)  # one thread chosen: no pool at all
+    monkeypatch.setattr(first_stage, "ThreadPoolExecutor", None)
+    np.testing.assert_array_equal(first_stage.top_k(stage, ix, vectors, queries, sp.csr_matrix(seen), 10)[0], got)
     assert first_stage.top_k(first_stage.FirstStage.of(w, 0.0), ix, vectors, queries, seen, 10)[0].tolist() == (
         nearest.top_k(ix, vectors, queries, seen, 10)[0].tolist()
     )
