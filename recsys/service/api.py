@@ -64,7 +64,17 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return _error(422, f"malformed JSON body: {exc.detail}")
     response = _error(exc.status_code, exc.detail)
     response.headers.update(exc.headers or {})  # a 405's Allow
+    if exc.status_code == 405 and _allowed(_request):
+        response.headers["allow"] = _allowed(_request)
     return response
+
+
+def _allowed(request: Request) -> str:
+    """Every method of every route at the request's path (Starlette's 405 names only the first route's: one path
+    may have a GET route and a DELETE route)."""
+    path = request.url.path
+    routes = [r for r in router.routes + feedback.router.routes if r.path_regex.fullmatch(path)]
+    return ", ".join(sorted({m for r in routes for m in r.methods}))
 
 
 async def unexpected(_request: Request, exc: Exception) -> JSONResponse:  # never a traceback on the wire
@@ -212,12 +222,13 @@ async def movie_details(request: Request, movie: int):
 
 @router.get("/api/meta")
 async def choices(request: Request):
-    """What the page needs for its forms: users, and the chapter's age buckets (codes and ranges) and jobs, or
-    the data's own user features (name -> values; "" is unknown)."""
+    """What the page needs for its forms: users, the genres, and the chapter's age buckets (codes and ranges) and
+    jobs, or the data's own user features (name -> values; "" is unknown)."""
     rec = _rec(request)
+    genres = {"genres": list(rec.model.meta["categories"])}
     if not rec.chapter_features:
-        return {"users": rec.users, "features": rec.features}
-    return {"users": rec.users, "ages": age_table, "age_groups": AGE_GROUPS, "jobs": rec.model.meta["jobs"]}
+        return {"users": rec.users, "features": rec.features} | genres
+    return {"users": rec.users, "ages": age_table, "age_groups": AGE_GROUPS, "jobs": rec.model.meta["jobs"]} | genres
 
 
 @router.get("/", include_in_schema=False)
