@@ -109,7 +109,16 @@ def _describe(md: ModelDir | None) -> dict | None:
     if md is None:
         return None
     keys = ("dataset", "split", "objective", "settings", "paddle", "saved")
-    return {"path": md.path.name, **{k: md.meta.get(k) for k in keys}, "objective": md.objective}  # no absolute path
+    return _names({"path": str(md.path), **{k: md.meta.get(k) for k in keys}, "objective": md.objective})
+
+
+def _names(value):
+    """A value with every absolute path in it shown as its name: no client learns this machine's folders."""
+    if isinstance(value, dict):
+        return {k: _names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_names(v) for v in value]
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 @router.get("/api/health")
