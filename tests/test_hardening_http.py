@@ -249,14 +249,14 @@ def test_the_pages_policy_allows_its_own_inline_script_and_style_only(client):
     csp = page.headers["content-security-policy"]
     assert "unsafe-inline" not in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
     for tag in ("script", "style"):
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page.text, re.S)
+        blocks = re.findall(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", page.text, re.S)
         assert blocks
         for block in blocks:
             digest = base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()
             assert f"'sha256-{digest}'" in csp
     # nothing else inline that the policy would block: no event-handler or style attributes, no other scripts
     assert not re.search(r"<[^>]+\s(on[a-z]+|style)\s*=", page.text)
-    assert page.text.count("<script") == 1 and "javascript:" not in page.text
+    assert "javascript:" not in page.text
 
 
 def test_health_shows_dir_names_not_paths(client, tiny):
