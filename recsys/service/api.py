@@ -1,9 +1,11 @@
 """The HTTP API: handlers on one router, errors as one-line JSON, the page, and docs served from local assets.
 
 Every answer mirrors `recsys.infer --json`. Errors speak of the API's own parameters: 404 for an unknown
-user or movie, 422 for a bad value, `{"error": "..."}` on one line. JSON bodies are typed strictly (a
-`true` is not a user id). Swagger UI's scripts come from the `fastapi-offline` package, so `/docs` makes no
-request off this machine.
+user or movie, 413 for a body over the bound, 422 for a bad value; 500 and 503 for the server's own faults
+(never blamed on the client); `{"error": "..."}` on one line. JSON bodies are typed strictly (a `true` is not
+a user id, a key may not be given twice). Handlers are plain functions: FastAPI runs them on its threadpool,
+so the event loop stays free for other requests. `guard` holds what every request passes first. Swagger UI's
+scripts come from the `fastapi-offline` package, so `/docs` makes no request off this machine.
 """
 
 from __future__ import annotations
