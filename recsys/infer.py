@@ -3,6 +3,7 @@
     python -m recsys.infer --user 1 --movie 783                  the chapter's prediction (+ the actual rating)
     python -m recsys.infer --user 1 --top-k 10                   best movies the user has not rated
     python -m recsys.infer --gender F --age 25 --job 4 --top-k 10   a new user, known only by features
+    python -m recsys.infer --user 1 --top-k 10 --explain         ... and the rated movies each one is there for
     python -m recsys.infer --similar-to 783 --top-k 10           nearest movies by their movie-tower vectors
     python -m recsys.infer --model-dir RETRIEVAL --rerank RATING --user 1 --top-k 10
                                       two stages: the retrieval model's top max(--candidates, --top-k),
@@ -67,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for a rating model; a larger --top-k widens them to --top-k)",
     )
     ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="with --top-k for a user: under each movie, the rated movies it is recommended because of, with "
+        'their share of its score (JSON: each movie\'s "because" list; see recsys.topn.reasons)',
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dataset", help="the model dir records its data: given, it must be the model's (checked)")
     ap.add_argument("--split", help="the model dir records its split: given, it must be the model's (checked)")
@@ -79,6 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     new = any(x is not None for x in cold) or bool(args.feature) or args.rated is not None
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.explain and (args.top_k is None or args.similar_to is not None or args.movie is not None):
+        ap.error(
+            "--explain says why movies are recommended: give it with --top-k for a user (not --movie or --similar-to)"
+        )
     if args.similar_to is not None:
         if args.user is not None or new or args.movie is not None:
             ap.error("--similar-to takes only --top-k")
@@ -120,7 +131,9 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     if args.similar_to is not None:
         return rec.similar(args.similar_to, args.top_k)
     if args.user is not None:
-        return rec.predict(args.user, args.movie) if args.movie is not None else rec.recommend(args.user, args.top_k)
+        if args.movie is not None:
+            return rec.predict(args.user, args.movie)
+        return rec.recommend(args.user, args.top_k, explain=args.explain)
     chapter = [args.gender, args.age, args.job]
     if rec.chapter_features and (args.feature or None in chapter):
         raise RecsysError(f"a new user needs all of --gender, --age and --job for {rec.dataset}")
@@ -130,7 +143,7 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     if args.movie is not None:
         return rec.predict_new(args.movie, **new)
     rated = history.parse_rated(args.rated, rec.model.has_movie, rec.model.rating_scale) if args.rated else []
-    return rec.recommend_new(args.top_k, rated=rated, **new)
+    return rec.recommend_new(args.top_k, rated=rated, **new, explain=args.explain)
 
 
 def _who(rec: Recommender, doc: dict) -> str:
@@ -184,7 +197,16 @@ def _lines(doc: dict, who: str, known: bool) -> list[str]:
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
         lines.append(f"{i:3d}. {r['movie_id']:{w}d}  {value}  {r['title']}  ({genres}){origin}")
+        if "because" in r:
+            lines.append(f"     {_because(r)}")
     return lines
+
+
+def _because(movie: dict) -> str:
+    """A recommended movie's reasons on one line (`--explain`)."""
+    if not movie["because"]:
+        return movie["reason"]
+    return "because you rated " + ", ".join(f'"{b["title"]}" ({b["share"]:.0%})' for b in movie["because"])
 
 
 def _rated_line(rec: Recommender, doc: dict) -> str | None:

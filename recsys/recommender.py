@@ -3,6 +3,7 @@
     from recsys import Recommender
     rec = Recommender.load("retrieval.model", rerank="ranking.model")    # or one model dir alone
     rec.recommend(1, k=10)                                # a known user: the movies they have not rated
+    rec.recommend(1, k=10, explain=True)                  # ... each with the rated movies it is there for
     rec.recommend_new(k=10, gender="F", age=25, job=4, rated=[(1193, 5)])   # a new user
     rec.similar(783, k=10)                                # nearest movies by their movie-tower vectors
     rec.predict(1, 783)                                   # a rating model's predicted stars
@@ -25,7 +26,7 @@ from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, evaluate, fingerprint, first_stage, nearest, stages
+from recsys.topn import Interactions, evaluate, fingerprint, first_stage, nearest, reasons, stages
 from recsys.topn.lists import chunk_rows
 
 Path = str | os.PathLike
@@ -89,6 +90,13 @@ def check_data(md: ModelDir, data) -> None:
     """One-line error unless `data` (a `recsys.movielens.load` result) is the data `md` was trained on."""
     if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
         raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
+
+
+def _flag(name: str, value) -> bool:
+    """A keyword that must be True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise RecsysError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _movie(md: ModelDir, row: int, **values) -> dict:
@@ -260,11 +268,14 @@ class Recommender:
 
     # answers
 
-    def recommend(self, user: int, k: int = 10, rated: Sequence[tuple[int, float]] = ()) -> dict:
+    def recommend(self, user: int, k: int = 10, rated: Sequence[tuple[int, float]] = (), explain: bool = False) -> dict:
         """The k best movies a known user has not rated in the training split. `rated`: (movie id, stars) the
-        user gave since (a ratings store's): never listed, and, with models that read history, part of it."""
-        k, row = self._k(k), self.user_row(user)
-        return {"user_id": user} | self._lists(k, row, rated=self._rated_rows(rated, strict=False))
+        user gave since (a ratings store's): never listed, and, with models that read history, part of it.
+        `explain`: each movie says which rated movies it is there because of (`recsys.topn.reasons`)."""
+        k, row, explain = self._k(k), self.user_row(user), _flag("explain", explain)
+        rows = self._rated_rows(rated, strict=False)
+        out = {"user_id": user} | self._lists(k, row, rated=rows)
+        return self._explained(out, row, None, rows) if explain else out
 
     def recommend_new(
         self,
@@ -276,16 +287,26 @@ class Recommender:
         features: dict[str, str] | None = None,
         rated: Sequence[tuple[int, float]] = (),
         strict: bool = True,
+        explain: bool = False,
     ) -> dict:
         """The k best movies for a new user: the chapter's `gender` ("M"/"F"), `age` (years) and `job`, or the
         data's own `features` (name -> value; one not given is unknown); `rated`, (movie id, stars) pairs, is
         their history (with a model that reads one) and is never recommended back. `strict`: refuse `rated`
-        unless every model reads history (else those movies are only left out of the list)."""
-        k = self._k(k)
+        unless every model reads history (else those movies are only left out of the list). `explain`: each
+        movie says which of the movies in `rated` it is there because of (`recsys.topn.reasons`)."""
+        k, explain = self._k(k), _flag("explain", explain)
         cold, shown = self._new_user(gender, age, job, features)
         rows = self._rated_rows(rated, strict)
         person = {"user": shown} | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
-        return person | self._lists(k, None, cold, rows)
+        out = person | self._lists(k, None, cold, rows)
+        return self._explained(out, None, cold, rows) if explain else out
+
+    def _explained(self, out: dict, user: int | None, cold, rated) -> dict:
+        """`out` with each recommendation's reasons, from the retrieval model and the user's history."""
+        md = self.model
+        vector = stages.vector(md, user, cold, rated)
+        out["recommendations"] = reasons.because(md, vector, stages.seen(md, user, rated), out["recommendations"])
+        return out
 
     def _lists(self, k: int, user: int | None, cold=None, rated=()) -> dict:
         md, rerank = self.model, self.rerank
