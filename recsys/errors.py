@@ -58,7 +58,11 @@ def missing_module(e: ModuleNotFoundError) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block."""
+    """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block, and a flag is only
+    its whole name (`--epoch 1` is an error, never taken as `--epochs`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False} | kwargs)
 
     raise_errors = False  # True: a bad flag raises RecsysError (a caller from Python), with the same text
 
