@@ -4,10 +4,12 @@ abbreviated, a dependency missing."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -211,3 +213,56 @@ def test_an_npz_that_unpacks_to_gigabytes_is_one_line(work):
     (work / "arrays.npz").write_bytes(bomb)
     _remanifest(work)
     assert_one_line_error(_infer(work), "arrays.npz (member user_table.npy is compressed")
+
+
+# the ratings database
+
+
+def _store(path: Path, n_users: int = 200) -> None:
+    """A ratings database as the service leaves it, with n_users x 100 ratings (a few hundred KiB)."""
+    from recsys.data.store import RatingsStore
+
+    RatingsStore(path, "ml-1m").close()
+    with sqlite3.connect(path) as con:
+        rows = [(u, m, 4.0, 1.0) for u in range(1, n_users + 1) for m in range(1, 101)]
+        con.executemany("INSERT INTO ratings (user_id, movie_id, rating, at) VALUES (?, ?, ?, ?)", rows)
+    con.close()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_database_damaged_in_its_middle_is_refused_and_left_as_it_was(model, tmp_path):
+    from recsys.data.store import RatingsStore
+    from recsys.errors import RecsysError
+
+    db = tmp_path / "ratings.db"
+    _store(db)
+    assert RatingsStore(db, "ml-1m").snapshot().user.size == 20_000  # whole, it opens
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(size // 2)
+        f.write(np.random.default_rng(0).bytes(8192))
+    before = _sha256(db)
+    with pytest.raises(RecsysError) as e:
+        RatingsStore(db, "ml-1m")
+    assert str(e.value).startswith(f"ratings database {db} ") and "\n" not in str(e.value), e.value
+    assert "left untouched" in str(e.value)
+    proc = run_cli("recsys.serve", "--model-dir", str(model), "--ratings-db", str(db), "--port", "1")
+    assert_one_line_error(proc, f"ratings database {db} ", "left untouched")
+    assert _sha256(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ratings.db"]
+
+
+def test_the_database_and_its_wal_files_are_created_for_their_owner_only(tmp_path):
+    from recsys.data.store import RatingsStore
+
+    old = os.umask(0o022)
+    try:
+        store = RatingsStore(tmp_path / "ratings.db", "ml-1m")
+        store.rate(1, 1, 4.0)
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+        store.close(every_thread=True)
+    finally:
+        os.umask(old)
+    assert modes == {"ratings.db": "0o600", "ratings.db-wal": "0o600", "ratings.db-shm": "0o600"}
