@@ -16,6 +16,8 @@ _INSTALLS = {
     "starlette": ("FastAPI", "serve"),
     "pydantic": ("FastAPI", "serve"),
 }
+# what every command imports (the package's own dependencies), checked before a command imports any of them
+DEPENDENCIES = ("numpy", "numba", "scipy", "matplotlib", "tqdm", "pyarrow", "threadpoolctl", "faiss")
 
 
 class RecsysError(Exception):
@@ -55,6 +57,17 @@ def missing_module(e: ModuleNotFoundError) -> str:
         f"{what} is not installed for {sys.executable} (no module named {e.name!r}): use the project's venv "
         f"(`make install`, then `. .venv/bin/activate`) or run `{install}` in the repository"
     )
+
+
+def check_dependencies() -> None:
+    """Before a command imports anything: one `error:` line naming the install command (exit 2) when one of
+    the package's dependencies is not installed for this Python, instead of a traceback from deep inside."""
+    import importlib.util
+
+    for name in DEPENDENCIES:
+        if importlib.util.find_spec(name) is None:
+            print(f"error: {missing_module(ModuleNotFoundError(name=name))}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 class ArgumentParser(argparse.ArgumentParser):

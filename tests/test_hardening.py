@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
+from recsys.modeldir import ModelDir
 from recsys.modeldir import save as modelsave
 
 TOP3 = ["--user", "1", "--top-k", "3"]
@@ -266,3 +268,75 @@ def test_the_database_and_its_wal_files_are_created_for_their_owner_only(tmp_pat
     finally:
         os.umask(old)
     assert modes == {"ratings.db": "0o600", "ratings.db-wal": "0o600", "ratings.db-shm": "0o600"}
+
+
+# the commands
+
+
+@pytest.mark.parametrize("module, install", [("numpy", 'pip install -e "."'), ("numba", 'pip install -e "."'),
+                                             ("paddle", 'pip install -e ".[cpu]"')])  # fmt: skip
+def test_a_missing_dependency_is_one_line_with_the_install_command(model, tmp_path, module, install):
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None  # not installed\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = run_cli("recsys.infer", "--model-dir", str(model), "--user", "1", "--movie", "5", env=env)
+    assert_one_line_error(proc, f"(no module named {module!r})", install)
+
+
+def test_sigterm_stops_training_as_ctrl_c_does_and_keeps_the_saved_model(small_dir, tmp_path):
+    model = tmp_path / "model"
+    cmd = [sys.executable, "-m", "recsys.train", "--data-dir", str(small_dir), "--model-dir", str(model),
+           "--epochs", "100", "--save-every-epoch"]  # fmt: skip
+    trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in trainer.stdout:  # epoch 1 was saved before epoch 2 ends
+            if line.startswith("EpochID 2"):
+                break
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        _out, err = trainer.communicate(timeout=120)
+    assert trainer.returncode == 2 and err.strip().splitlines() == ["error: interrupted"], err
+    md = ModelDir.load(model)
+    for name in md.files.expected:
+        md.files.read(name)  # each file whole: its size and SHA-256 as the manifest has them
+    assert md.checkpoint()[0]["epoch"] >= 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no lock and no half save left beside it
+
+
+def test_a_second_trainer_is_refused_before_it_loads_its_data(tmp_path):
+    from recsys.training.lock import locked
+
+    model = tmp_path / "model"
+    empty = tmp_path / "no-data"  # loading it would fail: the refusal must come first
+    empty.mkdir()
+    with locked(model):
+        proc = run_cli("recsys.train", "--data-dir", str(empty), "--model-dir", str(model), "--epochs", "1")
+    assert_one_line_error(proc, f"{model} is being trained by process {os.getpid()}")
+
+
+def test_resume_where_no_run_saved_says_what_happened_and_how_to_start(small_dir, tmp_path):
+    model = tmp_path / "model"
+    proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(model), "--resume")
+    assert_one_line_error(proc, f"--resume: nothing to resume in {model}: no run has saved a checkpoint there",
+                          "start again without --resume")  # fmt: skip
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    from recsys import evaluate, infer, serve, synthetic, train
+
+    cases = [(train.parse_args, ["--epoch", "1"]), (infer.main, ["--top", "3"]), (evaluate.main, ["--model", "m"]),
+             (serve.main, ["--model", "m"]), (synthetic.main, ["--rating", "10"])]  # fmt: skip
+    for parse, argv in cases:
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: unrecognized arguments: {argv[0]}"), err
+        assert len(err.splitlines()) == 1, err
+
+
+def test_the_readmes_ratings_files_are_ignored_by_git():
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["ratings.db", "ratings.db-wal", "ratings.db-shm", "write.token"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
+    assert proc.stdout.split() == names, proc.stdout
