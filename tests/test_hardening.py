@@ -167,6 +167,17 @@ def test_arrays_of_the_wrong_shape_kind_or_range_are_one_line(work, key, change,
     assert_one_line_error(_infer(work), f"model dir {work} is damaged: arrays.npz ({needle}")
 
 
+def test_parameters_of_another_shape_are_one_line_not_random_weights(work):
+    from recsys.errors import RecsysError
+
+    _edit(work, "params.npz", **{"user_tower.fc.weight": lambda a: a[:, :10]})
+    md = ModelDir.load(work)
+    with pytest.raises(RecsysError) as e:
+        md.network  # noqa: B018 -- what answers new users and histories that no saved vector covers
+    needle = "params.npz (user_tower.fc.weight is float32 [80, 10], expected [80, 200])"
+    assert str(e.value) == f"model dir {work} is damaged: {needle}; train again: python -m recsys.train"
+
+
 def test_a_catalogue_movie_outside_the_arrays_is_one_line(work):
     meta = json.loads((work / "meta.json").read_text())
     meta["movies"]["5000"] = ["Nowhere (2000)", ["Drama"]]

@@ -135,3 +135,14 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
         array(arrays, "log_share", "float", (len(catalogue),))
     if "first_stage_beta" in arrays:
         array(arrays, "first_stage_beta", "float", ())
+
+
+def parameters(shapes: dict[str, tuple], params: dict[str, np.ndarray]) -> None:
+    """The saved parameters are the network's: the same names, each a float array of its shape. Raises `Bad`."""
+    for name in sorted(shapes.keys() | params.keys()):
+        if name not in params:
+            raise Bad(f"no {name}")
+        if name not in shapes:
+            raise Bad(f"{name} is no parameter of the network")
+        if not np.issubdtype(params[name].dtype, np.floating) or params[name].shape != shapes[name]:
+            raise Bad(f"{name} is {params[name].dtype} {list(params[name].shape)}, expected {list(shapes[name])}")

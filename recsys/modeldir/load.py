@@ -329,7 +329,12 @@ class ModelDir:
 
         kind = RankingNet if self.objective == "ranking" else RecommenderNet
         net = kind(**self.meta["sizes"], history=self.history)
-        net.set_state_dict({k: paddle.to_tensor(v) for k, v in self.params().items()})
+        params = self.params()
+        try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
+            checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)
+        except checks.Bad as e:
+            raise damaged(self.path, "params.npz", str(e)) from None
+        net.set_state_dict({k: paddle.to_tensor(v) for k, v in params.items()})
         net.eval()
         return net
 
