@@ -98,7 +98,8 @@ class _SQLite:
 
     def __init__(self, path: Path, create: bool):
         self.path = path
-        _check_file(path, create)
+        if _check_file(path, create):
+            _create_private(path)
 
     def connect(self):
         # transactions by hand; used by one thread at a time (`RatingsStore.close` may close it from another)
@@ -109,8 +110,17 @@ class _SQLite:
         return con
 
     def tables(self) -> set[str]:
+        """The file's tables, once `PRAGMA quick_check` has found it whole (it only reads: a damaged file is
+        refused before anything is written to it)."""
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # no PRAGMA: reads only
         try:
+            problems = [str(r[0]) for r in con.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                found = " ".join("; ".join(problems).split())
+                raise RecsysError(
+                    f"ratings database {self.path} is damaged (PRAGMA quick_check: {found[:200]}); left untouched: "
+                    "restore it from a backup, or give a new file"
+                )
             return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
@@ -331,11 +341,12 @@ class RatingsStore:
             c.close()
 
 
-def _check_file(path: Path, create: bool) -> None:
+def _check_file(path: Path, create: bool) -> bool:
     """A one-line error for a path that cannot be a ratings database file, by its metadata alone: the file is
     never opened here. (Closing any descriptor of a file drops every POSIX lock this process holds on it, the
     locks by which SQLite knows that a connection is open: another process closing its last connection could
-    then take the WAL away from under this process's connections. SQLite reads the header itself.)"""
+    then take the WAL away from under this process's connections. SQLite reads the header itself.) True when
+    there is no file yet, to be created."""
     if path.is_dir():
         raise RecsysError(f"ratings database {path} is a folder, not a file")
     if not path.exists():
@@ -343,11 +354,23 @@ def _check_file(path: Path, create: bool) -> None:
             raise RecsysError(f"ratings database {path} does not exist")
         if not path.parent.is_dir():
             raise RecsysError(f"ratings database {path}: its folder {path.parent} does not exist")
-        return
+        return True
     if not os.access(path, os.R_OK):
         raise RecsysError(f"cannot read ratings database {path}: permission denied")
     if path.stat().st_size == 0 and not create:
         raise RecsysError(f"ratings database {path} is empty")
+    return False
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600): SQLite gives its `-wal` and `-shm` files
+    the database's mode. A file another process created just now is left as it is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RecsysError(f"cannot create ratings database {path}: {e.strerror or e}") from None
 
 
 def with_stored(data: MovieLens, snap: Snapshot) -> tuple[MovieLens, dict]:
