@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--write-token-file",
         metavar="FILE",
-        help=f"the token that writes must send as Authorization: Bearer TOKEN (default: ${TOKEN_ENV}; "
-        "none: writes answer 403)",
+        help=f"the token that writes must send as Authorization: Bearer TOKEN: at least {MIN_TOKEN} printable ASCII "
+        f"characters, in a file only its owner may read (chmod 600) (default: ${TOKEN_ENV}; none: writes answer 403)",
     )
     ap.add_argument(
         "--max-body-bytes",
