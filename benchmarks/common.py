@@ -59,9 +59,13 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def results_table(table_id: str, title: str, columns: list[str], rows: list[list]) -> dict:
-    """One table of a results file: `rows` start with their label, then one number (or text) per column."""
-    return {"id": table_id, "title": title, "columns": columns, "rows": rows}
+def results_table(
+    table_id: str, title: str, columns: list[str], rows: list[list], decimals: list | None = None
+) -> dict:
+    """One table of a results file: `rows` start with their label, then one number (or text) per column;
+    `decimals`, one per column (None: as is), says how the pages show the floats."""
+    table = {"id": table_id, "title": title, "columns": columns, "rows": rows}
+    return table | ({"decimals": decimals} if decimals else {})
 
 
 def write_results(name: str, command: str, tables: list[dict], note: str = "") -> Path:

@@ -157,9 +157,10 @@ def main() -> None:
                 means.append([name, *_rounded(ndcg, recall, fit)])
             tables += [
                 results_table("ml-100k-folds", "ml-100k, NDCG@10 by fold",
-                              ["", *args.folds, "mean", "Recall@10, mean", "fit, mean (s)"], by_fold),
+                              ["", *args.folds, "mean", "Recall@10, mean", "fit, mean (s)"], by_fold,
+                              [None, *[4] * (len(args.folds) + 2), 1]),
                 results_table("ml-100k-mean", f"ml-100k, means of the {len(folds)} folds",
-                              ["", "NDCG@10", "Recall@10", "fit, mean (s)"], means),
+                              ["", "NDCG@10", "Recall@10", "fit, mean (s)"], means, [None, 4, 4, 1]),
             ]  # fmt: skip
         if not args.no_ml1m:
             folder = full_size_archive(Path(tmp) / "ml-1m", args.ml1m_ratings)
@@ -180,7 +181,7 @@ def _rounded(ndcg: float, recall: float, fit: float) -> list[float]:
 def _table(table_id: str, title: str, rows: dict[str, tuple[float, float, float]]) -> dict:
     """One dataset's rows as a results table: NDCG@10, Recall@10, fit seconds."""
     return results_table(table_id, title, ["", "NDCG@10", "Recall@10", "fit (s)"],
-                         [[name, *_rounded(*values)] for name, values in rows.items()])  # fmt: skip
+                         [[name, *_rounded(*values)] for name, values in rows.items()], [None, 4, 4, 1])  # fmt: skip
 
 
 if __name__ == "__main__":

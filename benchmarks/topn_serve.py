@@ -232,7 +232,7 @@ def main() -> None:
         results_table("top-n", "top-N, model dirs and serving on a full-size synthetic ml-1m archive",
                       ["", "recsys", "reference", "target"], [[c.strip() for c in row] for row in table]),
         results_table("serving", f"served latency, {args.clients} clients, {args.requests:,} mixed requests",
-                      ["", "p50 (ms)", "p99 (ms)"], latency),
+                      ["", "p50 (ms)", "p99 (ms)"], latency, [None, 1, 1]),
     ])  # fmt: skip
 
 

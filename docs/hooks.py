@@ -169,12 +169,14 @@ def http_markdown(spec: dict | None = None) -> str:
     return "\n".join(out)
 
 
-def _number(value) -> str:
-    """A results file's value as its page shows it."""
+def _number(value, decimals: int | None = None) -> str:
+    """A results file's value as its page shows it (floats with the table's decimals for their column)."""
     if value is None:
         return "–"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
+    if isinstance(value, float) and decimals is not None:
+        return f"{value:,.{decimals}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -197,7 +199,8 @@ def results_markdown(name: str) -> str:
         out += [f"<!-- results {name}/{i} -->", "", f"**{_cell(table['title'])}**", ""]
         out += ["| " + " | ".join(_cell(c) for c in table["columns"]) + " |"]
         out += ["|" + "---|" * len(table["columns"])]
-        out += ["| " + " | ".join(_cell(_number(v)) for v in row) + " |" for row in table["rows"]]
+        decimals = table.get("decimals") or [None] * len(table["columns"])
+        out += ["| " + " | ".join(_cell(_number(v, d)) for v, d in zip(row, decimals)) + " |" for row in table["rows"]]
         out.append("")
     out.append(f"From `benchmarks/results/{name}.json`: {doc['source']}; {doc['machine']}; {doc['measured']}.")
     if doc.get("note"):
