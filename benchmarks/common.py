@@ -54,3 +54,42 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     for r in [head] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def results_table(
+    table_id: str, title: str, columns: list[str], rows: list[list], decimals: list | None = None
+) -> dict:
+    """One table of a results file: `rows` start with their label, then one number (or text) per column;
+    `decimals`, one per column (None: as is), says how the pages show the floats."""
+    table = {"id": table_id, "title": title, "columns": columns, "rows": rows}
+    return table | ({"decimals": decimals} if decimals else {})
+
+
+def write_results(name: str, command: str, tables: list[dict], note: str = "") -> Path:
+    """`benchmarks/results/NAME.json` with this run's tables (the documentation's benchmark pages are generated
+    from these files), and its pictures beside it as PNG."""
+    import datetime
+    import json
+    import platform
+
+    import charts
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "name": name,
+        "command": command,
+        "source": f"written by `{command}`",
+        "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "note": note,
+        "tables": tables,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    for filename, png in charts.draw(name, doc).items():
+        (RESULTS / filename).write_bytes(png)
+    print(f"results: {path}")
+    return path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from common import META, full_size_archive
+from common import META, full_size_archive, results_table, write_results
 
 from recsys import Recommender, movielens, synthetic, topn, train
 from recsys.topn.lists import by_score
@@ -142,21 +142,46 @@ def main() -> None:
     ap.add_argument("--latest-small", action="store_true", help="also a synthetic archive in ml-latest-small's layout")
     args = ap.parse_args()
     shared = META.parent
+    tables = []
     with tempfile.TemporaryDirectory() as tmp:
         folds = [table("ml-100k", fold, shared, Path(tmp)) for fold in args.folds]
         if folds:
             print(f"\nml-100k, mean of {len(folds)} folds: NDCG@10 / Recall@10 / fit")
+            by_fold, means = [], []
             for name in folds[0]:
                 ndcg, recall, fit = (np.mean([f[name][i] for f in folds]) for i in range(3))
                 wins = sum(f[name][0] >= f["ALS"][0] for f in folds) if "ALS" in folds[0] else None
                 beside = f"  (>= ALS on {wins} of {len(folds)} folds)" if wins is not None else ""
                 print(f"  {name:28}  {ndcg:.4f}  {recall:.4f}  {fit:8.1f} s{beside}")
+                by_fold.append([name, *(round(f[name][0], 4) for f in folds), *_rounded(ndcg, recall, fit)])
+                means.append([name, *_rounded(ndcg, recall, fit)])
+            tables += [
+                results_table("ml-100k-folds", "ml-100k, NDCG@10 by fold",
+                              ["", *args.folds, "mean", "Recall@10, mean", "fit, mean (s)"], by_fold,
+                              [None, *[4] * (len(args.folds) + 2), 1]),
+                results_table("ml-100k-mean", f"ml-100k, means of the {len(folds)} folds",
+                              ["", "NDCG@10", "Recall@10", "fit, mean (s)"], means, [None, 4, 4, 1]),
+            ]  # fmt: skip
         if not args.no_ml1m:
             folder = full_size_archive(Path(tmp) / "ml-1m", args.ml1m_ratings)
-            table("ml-1m", "random", folder, Path(tmp))
+            rows = table("ml-1m", "random", folder, Path(tmp))
+            tables.append(_table("ml-1m", "full-size synthetic archive in ml-1m's layout", rows))
         if args.latest_small:
             folder = synthetic.write_csv(Path(tmp) / "latest", "ml-latest-small").parent
-            table("ml-latest-small", "random", folder, Path(tmp))
+            rows = table("ml-latest-small", "random", folder, Path(tmp))
+            tables.append(_table("ml-latest-small", "synthetic archive in ml-latest-small's layout and sizes", rows))
+    command = "python benchmarks/peers.py" + (" --latest-small" if args.latest_small else "")
+    write_results("peers", command, tables)
+
+
+def _rounded(ndcg: float, recall: float, fit: float) -> list[float]:
+    return [round(float(ndcg), 4), round(float(recall), 4), round(float(fit), 1)]
+
+
+def _table(table_id: str, title: str, rows: dict[str, tuple[float, float, float]]) -> dict:
+    """One dataset's rows as a results table: NDCG@10, Recall@10, fit seconds."""
+    return results_table(table_id, title, ["", "NDCG@10", "Recall@10", "fit (s)"],
+                         [[name, *_rounded(*values)] for name, values in rows.items()], [None, 4, 4, 1])  # fmt: skip
 
 
 if __name__ == "__main__":

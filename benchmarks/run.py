@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive, median_ms, print_table
+from common import full_size_archive, median_ms, print_table, results_table, write_results
 from reader import measure as measure_reader
 
 from recsys import movielens
@@ -170,6 +170,14 @@ def main() -> None:
     print_table(rows)
     print()
     print(phases.rstrip())
+    head, *lines = phases.rstrip().splitlines()  # phases.py's table: a 24-character label, then the numbers
+    parts = [[line[:24].strip(), *(int(v) for v in line[24:].split())] for line in lines]
+    write_results("run", "python benchmarks/run.py", [
+        results_table("training", "training, reader and inference on a full-size synthetic ml-1m archive",
+                      ["", "recsys", "reference", "target"], [[c.strip() for c in row] for row in rows]),
+        results_table("parts", "where a training step's time goes (µs per step, batch 256; benchmarks/phases.py)",
+                      ["", *head[24:].split()], parts),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

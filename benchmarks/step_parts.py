@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive
+from common import full_size_archive, results_table, write_results
 
 from recsys import train
 from recsys.fused.layers import cos_mse, cos_mse_grad, softmax_xent, softmax_xent_grad
@@ -86,6 +86,13 @@ def main() -> None:
         print(f"{objective:10s}" + "".join(f"{v:10.0f}" for v in us) + f"{us.sum():10.0f}{256e6 / us.sum():12,.0f}")
     ratio = [f"{a / b:10.1f}" if b >= 1 else f"{'-':>10s}" for a, b in zip(best["retrieval"], best["rating"])]
     print(f"{'ratio':10s}" + "".join(ratio) + f"{best['retrieval'].sum() / best['rating'].sum():10.2f}")
+    rows = [[objective, *(round(float(v)) for v in us), round(float(us.sum()))] for objective, us in best.items()]
+    title = f"{args.dataset}, batch 256: µs per step, the best chunk of {args.chunk} steps of {args.chunks}"
+    write_results("step_parts", "python benchmarks/step_parts.py", [
+        results_table("parts", title, ["", *PARTS, "total"], rows),
+        results_table("ratio", "the retrieval step against the rating step", ["", "× rating"],
+                      [["retrieval", round(float(best["retrieval"].sum() / best["rating"].sum()), 2)]]),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

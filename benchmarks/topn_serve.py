@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import full_size_archive, median_ms, print_table
+from common import full_size_archive, median_ms, print_table, results_table, write_results
 
 from recsys import evaluate, movielens
 from recsys.modeldir import ModelDir
@@ -226,6 +226,14 @@ def main() -> None:
          "0 errors"),
     ]  # fmt: skip
     print_table(table)
+    latency = [["top-10, two stages", round(served["top_p50"], 1), round(served["top_p99"], 1)],
+               ["every kind of request", round(served["all_p50"], 1), round(served["all_p99"], 1)]]  # fmt: skip
+    write_results("topn_serve", "python benchmarks/topn_serve.py", [
+        results_table("top-n", "top-N, model dirs and serving on a full-size synthetic ml-1m archive",
+                      ["", "recsys", "reference", "target"], [[c.strip() for c in row] for row in table]),
+        results_table("serving", f"served latency, {args.clients} clients, {args.requests:,} mixed requests",
+                      ["", "p50 (ms)", "p99 (ms)"], latency, [None, 1, 1]),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
-"""The README's first command, `make demo`, on the archive `recsys.synthetic` writes by default and on ml-100k;
+"""The README's first command, `make demo`: offline on a synthetic archive, on the archive `recsys.synthetic` writes
+by default and on ml-100k;
 and the small things a newcomer meets first: flags infer takes from the model dir, the rated movies it names,
 error lines that name the flag and value at fault, the help of --split."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, need_ml100k, run_cli
+from conftest import ML1M_META, ROOT, assert_one_line_error, need_ml100k, run_cli
+
+from recsys import synthetic
 
 VENV = Path(sys.prefix)
 
@@ -24,6 +28,25 @@ def _make_demo(tmp_path: Path, *variables: str) -> str:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (model / "manifest.json").exists()
     return proc.stdout
+
+
+def test_make_demo_without_a_network_says_so_and_runs_on_synthetic_data(tmp_path):
+    """No ml-1m anywhere and downloads going to a closed port: one line says so, the demo trains on the synthetic
+    archive in DEMO_DATA (written there beforehand, small, so the test is quick) and ends with the chapter's
+    prediction for user 1."""
+    data = tmp_path / "demo-data"
+    synthetic.write_ml1m(data, 10_000, seed=2, meta_dir=ML1M_META if ML1M_META.is_dir() else None)
+    assert os.environ["RECSYS_MIRROR"].startswith("http://127.0.0.1:9/")  # conftest: downloads fail at once
+    out = _make_demo(tmp_path, f"DEMO_DATA={data}", f"DEMO_META={ML1M_META}")
+    lines = out.splitlines()
+    assert lines[0] == (
+        f"ml-1m could not be downloaded: the demo runs on a synthetic archive in ml-1m's layout in {data}/ "
+        f"({'the real movies and users of ' + str(ML1M_META) + ', ' if ML1M_META.is_dir() else ''}invented ratings): "
+        "every number below is synthetic"
+    )
+    assert f"ml-1m from {data / 'ml-1m.zip'}: " in out and "EpochID 1, BatchID " in out
+    last = [line for line in lines if not line.startswith(" ")][-1]
+    assert last.startswith('Predict Rating of user id 1 on movie "') and " is " in last, lines[-3:]
 
 
 def test_make_demo_on_the_default_synthetic_archive(tmp_path):

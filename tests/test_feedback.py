@@ -437,15 +437,14 @@ def test_retraining_never_reads_deleted_ratings(u1_models, tmp_path):
 
 
 def test_the_readmes_loop_runs_as_written(u1_models, tmp_path):
-    """The README's block under "Ratings in", run by bash in a folder holding a retrieval model of ml-100k u1."""
-    import re
+    """The block marked `runnable: ratings-in` (docs/guides/serving.md), run by bash in a folder holding a
+    retrieval model of ml-100k u1."""
     import shutil
 
-    from conftest import ROOT, SHARED
+    from conftest import SHARED
+    from docblocks import block as marked
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Ratings in") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = marked("ratings-in").text
     shutil.copytree(u1_models[0], tmp_path / "retrieval.model")
     if shutil.which("curl") is None:
         pytest.skip("no curl here")

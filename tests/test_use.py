@@ -1,4 +1,4 @@
-"""A first hour with recsys: the README's Use block as written, the commands outside the venv, mistyped data
+"""A first hour with recsys: the Use block of docs/usage.md as written, the commands outside the venv, mistyped data
 folders, --resume, ages, recorded data paths, and what the commands leave in the working folder."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HEAD, ROOT, assert_one_line_error, free_port, need_ml1m_meta, run_cli
+from docblocks import block
 
 from recsys import synthetic
 from recsys.modeldir import ModelDir
@@ -23,10 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 def _use_block() -> list[str]:
-    """The command lines of the README's "Use" block, comments and blank lines left out."""
-    section = (ROOT / "README.md").read_text().split("\n## Use\n", 1)[1]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """The command lines of the block marked `runnable: use` (docs/usage.md), comments and blank lines left out."""
+    return block("use").commands()
 
 
 def _get(url: str, timeout: float = 60) -> dict:
@@ -41,7 +40,7 @@ def _get(url: str, timeout: float = 60) -> dict:
             time.sleep(0.2)
 
 
-def test_the_readme_use_block_as_written(tmp_path):
+def test_the_use_block_as_written(tmp_path):
     """Every line of the block runs in a fresh folder with the venv activated as the block says, the archive
     in the default data home (as a download would leave it); the folder is then clean for git, and `make clean`
     removes what the commands wrote."""
