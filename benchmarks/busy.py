@@ -58,7 +58,7 @@ def step_seconds(model: Path, objective: str, threads: int | None, epochs: int, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=1, help="quiet/busy runs of each setting (default: %(default)s)")
     ap.add_argument("--requests", type=int, default=400, help="serve: requests per load test (default: %(default)s)")
