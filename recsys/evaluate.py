@@ -24,8 +24,9 @@ from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
 from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.rating.metrics import scores
-from recsys.recommender import Recommender, check_data, check_tested
+from recsys.recommender import Recommender
 from recsys.topn import nearest, stages
+from recsys.topn.checks import check_data, check_tested
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:

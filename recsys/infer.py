@@ -5,6 +5,7 @@
     python -m recsys.infer --user 1 --top-k 10 --genres Comedy,Drama --years 1990-1999 --exclude 1,2
                                       the same, filtered (--exclude-genres Horror leaves a genre out)
     python -m recsys.infer --gender F --age 25 --job 4 --top-k 10   a new user, known only by features
+    python -m recsys.infer --user 1 --top-k 10 --explain         ... and the rated movies each one is there for
     python -m recsys.infer --similar-to 783 --top-k 10           nearest movies by their movie-tower vectors
     python -m recsys.infer --model-dir RETRIEVAL --rerank RATING --user 1 --top-k 10
                                       two stages: the retrieval model's top max(--candidates, --top-k),
@@ -79,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--years", metavar="FIRST-LAST", help="list only movies released in these years (e.g. 1990-1999, or 1995)"
     )
     ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="with --top-k for a user: under each movie, the rated movies it is recommended because of, with "
+        'their share of its score (JSON: each movie\'s "because" list; see recsys.topn.reasons)',
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dataset", help="the model dir records its data: given, it must be the model's (checked)")
     ap.add_argument("--split", help="the model dir records its split: given, it must be the model's (checked)")
@@ -96,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     new = any(x is not None for x in cold) or bool(args.feature) or args.rated is not None
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.explain and (args.top_k is None or args.similar_to is not None or args.movie is not None):
+        ap.error(
+            "--explain says why movies are recommended: give it with --top-k for a user (not --movie or --similar-to)"
+        )
     if args.similar_to is not None:
         if args.user is not None or new or args.movie is not None:
             ap.error("--similar-to takes only --top-k")
@@ -140,7 +151,9 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     if args.user is not None and args.movie is not None:
         return rec.predict(args.user, args.movie)
     if args.user is not None:
-        return rec.recommend(args.user, args.top_k, exclude_rated=args.exclude_rated or "all", **given)
+        return rec.recommend(
+            args.user, args.top_k, explain=args.explain, exclude_rated=args.exclude_rated or "all", **given
+        )
     chapter = [args.gender, args.age, args.job]
     if rec.chapter_features and (args.feature or None in chapter):
         raise RecsysError(f"a new user needs all of --gender, --age and --job for {rec.dataset}")
@@ -150,7 +163,7 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     if args.movie is not None:
         return rec.predict_new(args.movie, **new)
     rated = history.parse_rated(args.rated, rec.model.has_movie, rec.model.rating_scale) if args.rated else []
-    return rec.recommend_new(args.top_k, rated=rated, **new, **given)
+    return rec.recommend_new(args.top_k, rated=rated, **new, explain=args.explain, **given)
 
 
 def _who(rec: Recommender, doc: dict) -> str:
@@ -204,7 +217,16 @@ def _lines(doc: dict, who: str, seen: str) -> list[str]:
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
         lines.append(f"{i:3d}. {r['movie_id']:{w}d}  {value}  {r['title']}  ({genres}){origin}")
+        if "because" in r:
+            lines.append(f"     {_because(r)}")
     return lines
+
+
+def _because(movie: dict) -> str:
+    """A recommended movie's reasons on one line (`--explain`)."""
+    if not movie["because"]:
+        return movie["reason"]
+    return "because you rated " + ", ".join(f'"{b["title"]}" ({b["share"]:.0%})' for b in movie["because"])
 
 
 def _rated_line(rec: Recommender, doc: dict) -> str | None:

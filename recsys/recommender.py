@@ -24,11 +24,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.data import history
-from recsys.data.loader import ALL
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, evaluate, filters, fingerprint, nearest, stages
+from recsys.topn import Interactions, evaluate, filters, nearest, reasons, stages
+from recsys.topn.checks import check_data, check_pair, check_tested
 from recsys.topn.filters import Filters
 from recsys.topn.lists import chunk_rows
 
@@ -45,63 +45,11 @@ def stars_value(x) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
-    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
-    or a ranking model trained on `retrieval`'s candidates."""
-    if retrieval.objective != "retrieval":
-        raise RecsysError(
-            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
-            "(train one with --objective retrieval)"
-        )
-    if rerank.objective == "retrieval":
-        raise RecsysError(
-            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
-        )
-    a, b = retrieval.meta, rerank.meta
-    for key, what in (
-        ("dataset", "dataset"), ("split", "split"), ("sizes", "id ranges"), ("users", "users"), ("movies", "movies"),
-        ("title_words", "title vocabulary"), ("categories", "genres"), ("jobs", "jobs"),
-    ):  # fmt: skip
-        if a.get(key) != b.get(key):
-            raise RecsysError(
-                f"{retrieval.path} and {rerank.path} disagree on their {what} "
-                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
-            )
-    if rerank.objective == "ranking":
-        want = rerank.meta["settings"].get("candidates_params_sha256")
-        if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
-            raise RecsysError(
-                f"{rerank.path} was trained on the candidates of another retrieval model "
-                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
-                "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
-                "network again on this one"
-            )
-
-
-def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
-    """`retrieval` is the refit of the retrieval model whose candidates the ranking network `rerank` learnt
-    from: trained with the same settings on the same data, but with `--holdout 0` (every training rating,
-    the held-out tenth the ranker's labels came from included)."""
-    given = rerank.meta["settings"].get("candidates_settings")
-    mine = retrieval.meta["settings"]
-    if given is None or mine.get("holdout") or not given.get("holdout"):
-        return False
-    return {k: v for k, v in given.items() if k != "holdout"} == {k: v for k, v in mine.items() if k != "holdout"}
-
-
-def check_data(md: ModelDir, data) -> None:
-    """One-line error unless `data` (a `recsys.movielens.load` result) is the data `md` was trained on."""
-    if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
-        raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
-
-
-def check_tested(md: ModelDir) -> None:
-    """One-line error when `md` was trained on every rating (`--split all`): it has no test split to measure."""
-    if md.meta["split"] == ALL:
-        raise RecsysError(
-            f"{md.path} was trained with --split {ALL}, on every rating: there is no test split to evaluate it on "
-            "(train on an evaluation split, e.g. --split random, to measure a model)"
-        )
+def _flag(name: str, value) -> bool:
+    """A keyword that must be True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise RecsysError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _movie(md: ModelDir, row: int, **values) -> dict:
@@ -284,15 +232,24 @@ class Recommender:
     # answers
 
     def recommend(
-        self, user: int, k: int = 10, rated: Sequence[tuple[int, float]] = (), *, exclude_rated: str = "all", **given
+        self,
+        user: int,
+        k: int = 10,
+        rated: Sequence[tuple[int, float]] = (),
+        explain: bool = False,
+        *,
+        exclude_rated: str = "all",
+        **given,
     ) -> dict:
         """The k best movies a known user has not rated: in any split of the model's data (`exclude_rated`
         "all"), or in its training split alone ("train": the lists evaluation ranks). `rated`: (movie id, stars)
         the user gave since (a ratings store's): never listed, and, with models that read history, part of it.
-        Filters (`given`): genres= (any of them), exclude_genres=, exclude= (movie ids), years= ("1990-1999")."""
-        k, row = self._k(k), self.user_row(user)
-        banned = self.banned([row], exclude_rated, **given)
-        return {"user_id": user} | self._lists(k, row, rated=self._rated_rows(rated, strict=False), banned=banned)
+        `explain`: each movie says which rated movies it is there because of (`recsys.topn.reasons`). Filters
+        (`given`): genres= (any of them), exclude_genres=, exclude= (movie ids), years= ("1990-1999")."""
+        k, row, explain = self._k(k), self.user_row(user), _flag("explain", explain)
+        rows, banned = self._rated_rows(rated, strict=False), self.banned([row], exclude_rated, **given)
+        out = {"user_id": user} | self._lists(k, row, rated=rows, banned=banned)
+        return self._explained(out, row, None, rows) if explain else out
 
     def recommend_new(
         self,
@@ -304,18 +261,28 @@ class Recommender:
         features: dict[str, str] | None = None,
         rated: Sequence[tuple[int, float]] = (),
         strict: bool = True,
+        explain: bool = False,
         **given,
     ) -> dict:
         """The k best movies for a new user: the chapter's `gender` ("M"/"F"), `age` (years) and `job`, or the
         data's own `features` (name -> value; one not given is unknown); `rated`, (movie id, stars) pairs, is
         their history (with a model that reads one) and is never recommended back. `strict`: refuse `rated`
-        unless every model reads history (else those movies are only left out of the list). Filters (`given`):
-        as `recommend`'s."""
-        k = self._k(k)
+        unless every model reads history (else those movies are only left out of the list). `explain`: each
+        movie says which of the movies in `rated` it is there because of (`recsys.topn.reasons`). Filters
+        (`given`): as `recommend`'s."""
+        k, explain = self._k(k), _flag("explain", explain)
         cold, shown = self._new_user(gender, age, job, features)
         rows, banned = self._rated_rows(rated, strict), self.banned([None], **given)
         person = {"user": shown} | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
-        return person | self._lists(k, None, cold, rows, banned)
+        out = person | self._lists(k, None, cold, rows, banned)
+        return self._explained(out, None, cold, rows) if explain else out
+
+    def _explained(self, out: dict, user: int | None, cold, rated) -> dict:
+        """`out` with each recommendation's reasons, from the retrieval model and the user's history."""
+        md = self.model
+        vector = stages.vector(md, user, cold, rated)
+        out["recommendations"] = reasons.because(md, vector, stages.seen(md, user, rated), out["recommendations"])
+        return out
 
     def _lists(self, k: int, user: int | None, cold=None, rated=(), banned=None) -> dict:
         md, rerank = self.model, self.rerank

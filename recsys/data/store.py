@@ -9,6 +9,11 @@ the rating; WAL's usual NORMAL may lose the last commits). PostgreSQL commits wi
 `BUSY_TIMEOUT` seconds for another writer's lock, then gets a one-line error; several processes may use one
 database at once (servers, and `train --ratings-db`).
 
+Deletion: a stored rating (or all of a user's) can be deleted; the row is gone from the next read on, so the
+served lists stop reading it at once and the next `train --ratings-db` never sees it. A model already trained on
+it keeps what it learnt from it until it is trained again: deletion forgets at the next training. The ratings of
+the model's own archive are not in the database and cannot be deleted here.
+
 The rule for repeats: a (user, movie) pair has one stored rating, the latest. A re-rating replaces the
 row and gets a new, larger `seq`. Writers take the tables' write lock before they write, so rows commit in
 `seq` order: the rows up to a `seq` are exactly what was stored up to then, and a training run records the
@@ -270,6 +275,17 @@ class RatingsStore:
             return int(q(sql, (user_id, movie_id, float(rating), time.time())).fetchone()[0]), gone > 0
 
         return self._run(rate, self._db.begin_write)
+
+    def delete_rating(self, user_id: int, movie_id: int) -> bool:
+        """Delete the user's stored rating of the movie, durable on return: whether there was one."""
+        sql = "DELETE FROM ratings WHERE user_id = ? AND movie_id = ?"
+        return self._run(lambda q: q(sql, (user_id, movie_id)).rowcount > 0, self._db.begin_write)
+
+    def delete_ratings(self, user_id: int) -> int:
+        """Delete every stored rating of the user in one transaction, durable on return: how many there were."""
+        return self._run(
+            lambda q: q("DELETE FROM ratings WHERE user_id = ?", (user_id,)).rowcount, self._db.begin_write
+        )
 
     # reads
 

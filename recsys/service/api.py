@@ -30,6 +30,12 @@ from recsys.service.reload import Holder
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000
 K = Query(10, ge=1, le=MAX_K, description="list length")
+WHY = (
+    "each movie names up to three movies the user rated that it is there because of, with their share of its "
+    'score: "because": [{"movie_id", "title", "share"}]; with no rated movies, "because": [] and a "reason" '
+    "(recsys.topn.reasons)"
+)
+EXPLAIN = Query(False, description=WHY)
 
 router = APIRouter()
 
@@ -128,12 +134,12 @@ async def predict(request: Request, user: int, movie: int):
 
 
 @router.get("/api/users/{user}/recommendations", responses={404: feedback.RESPONSES[404]})
-async def recommend(request: Request, user: int, k: int = K):
+async def recommend(request: Request, user: int, k: int = K, explain: bool = EXPLAIN):
     """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
     model's top max(candidates, k), reordered by the second model). With a ratings database, the user's
     stored ratings are never listed and, with models that read history, are part of it; a user made by
     `POST /api/users` is answered too."""
-    return feedback.recommend(request, user, k)
+    return feedback.recommend(request, user, k, explain)
 
 
 @router.get("/api/recommendations")
@@ -143,11 +149,12 @@ async def recommend_new(
     age: int = Query(..., description="age in years, or the bucket code (1, 18, 25, 35, 45, 50, 56)"),
     job: int = Query(...),
     k: int = K,
+    explain: bool = EXPLAIN,
 ):
     """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`."""
     rec = _rec(request)
     _chapter_only(rec)
-    return rec.recommend_new(k, gender=gender, age=age, job=job)
+    return rec.recommend_new(k, gender=gender, age=age, job=job, explain=explain)
 
 
 class Who(BaseModel):
@@ -161,24 +168,27 @@ class Who(BaseModel):
     features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
     rated: list[Pair] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
     k: Whole = Field(10, ge=1, le=MAX_K)
+    explain: bool = Field(False, description=WHY)
 
 
 @router.post("/api/recommend")
 async def recommend_json(request: Request, who: Who):
     """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
-    user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
+    user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history).
+    `"explain": true`: each movie says which rated movies it is there because of."""
     rec = _rec(request)
     if who.user_id is not None:
         if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
             raise RecsysError("give user_id, or a new user's features (and rated), not both")
-        return rec.recommend(who.user_id, who.k)
+        return rec.recommend(who.user_id, who.k, explain=who.explain)
     pairs = [(int(m), float(s)) for m, s in who.rated or []]
     chapter = (who.gender, who.age, who.job)
     if any(v is not None for v in chapter):
         _chapter_only(rec)
     if rec.chapter_features and (None in chapter or who.features is not None):
         raise RecsysError("give user_id, or all of gender, age and job")
-    return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs)
+    return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs,
+                             explain=who.explain)  # fmt: skip
 
 
 @router.get("/api/movies/{movie}/similar")

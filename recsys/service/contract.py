@@ -109,7 +109,7 @@ def _values(doc: dict, rec: Recommender) -> None:
     named["rated"] = {"anyOf": [rated, NULL], "description": who["rated"]["description"]}
     if rec.chapter_features:
         named["features"] = NULL  # the chapter's new user is gender, age and job alone
-    known = {k: (NULL if k not in ("user_id", "k") else v) for k, v in who.items()}
+    known = {k: (NULL if k not in ("user_id", "k", "explain") else v) for k, v in who.items()}
     known["user_id"] = {"type": "integer"}
     schemas["Who"] = {
         "title": "Who",
@@ -164,3 +164,6 @@ def _security(doc: dict) -> None:
     doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path in WRITES:
         doc["paths"][path]["post"]["security"] = [{"bearer": []}]
+    for _path, method, op in _operations(doc):
+        if method == "delete":
+            op["security"] = [{"bearer": []}]

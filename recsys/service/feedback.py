@@ -5,6 +5,12 @@ A server without a ratings database or without a token answers writes with 403 a
 A stored rating enters the user's history at the next request when every served model reads history
 (retrieval, ranking); with the chapter's rating model it is only left out of the lists, and they change
 after retraining (`python -m recsys.train --ratings-db PATH`).
+
+Deletion (`DELETE /api/users/{user}/ratings/{movie}`, `DELETE /api/users/{user}/ratings`, with the token) takes
+stored ratings out of the database at once: the next list neither reads nor excludes them, and the next
+`train --ratings-db` never sees them. A model already trained on them keeps what it learnt until it is trained
+again: it forgets at the next training. The ratings of the model's own archive are read-only: deleting one is
+refused with 409.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import hmac
 import math
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -89,14 +95,14 @@ def check_user(request: Request, rec: Recommender, user: int) -> dict | None:
     return features
 
 
-def recommend(request: Request, user: int, k: int) -> dict:
+def recommend(request: Request, user: int, k: int, explain: bool = False) -> dict:
     """A user's list with their stored ratings: a known user's, or a stored new user's."""
     rec = _rec(request)
     features = check_user(request, rec, user)
     rated = stored_ratings(request, user)
     if features is None:
-        return rec.recommend(user, k, rated)
-    return {"user_id": user} | rec.recommend_new(k, **features, rated=rated, strict=False)
+        return rec.recommend(user, k, rated, explain=explain)
+    return {"user_id": user} | rec.recommend_new(k, **features, rated=rated, strict=False, explain=explain)
 
 
 def list_effect(rec: Recommender) -> str:
@@ -173,3 +179,47 @@ def ratings(request: Request, user: int):
         ],  # fmt: skip
         "list_changes": list_effect(rec),
     }
+
+
+ARCHIVE = "a rating of the model's own data (its archive), which is read-only: only stored ratings can be deleted"
+DELETES = RESPONSES | {
+    404: {"description": f"{NOT_FOUND}, or no such stored rating"},
+    409: {"description": ARCHIVE},
+}
+
+
+def in_archive(rec: Recommender, user: int, movie: int) -> bool:
+    """Whether the model's data holds a rating of `movie` by `user` (training or test split)."""
+    if not rec.model.has_user(user):
+        return False
+    movies, _, _ = rec.model.ratings_of(rec.model.user_row(user))
+    return bool((movies == rec.model.movie_row(movie)).any())
+
+
+@router.delete("/api/users/{user}/ratings/{movie}", status_code=204, responses=DELETES)
+def unrate(request: Request, user: int, movie: int) -> Response:
+    """Delete the user's stored rating of the movie (`Authorization: Bearer TOKEN`): 204 once it is gone from
+    disk. The lists and `GET /api/users/{user}/ratings` change at once; 404 when no such rating is stored, 409
+    when the rating is the archive's (read-only). A model already trained on the rating keeps what it learnt
+    from it until it is trained again: the next `train --ratings-db` no longer reads it."""
+    store = _writes(request).authorize(request)
+    rec = _rec(request)
+    check_user(request, rec, user)
+    rec.movie_row(movie)
+    if store.delete_rating(user, movie):
+        return Response(status_code=204)
+    if in_archive(rec, user, movie):
+        raise HTTPException(409, f"user {user}'s rating of movie {movie} is {ARCHIVE}")
+    raise HTTPException(404, f"user {user} has no stored rating of movie {movie}")
+
+
+@router.delete("/api/users/{user}/ratings", status_code=204, responses=RESPONSES)
+def unrate_all(request: Request, user: int) -> Response:
+    """Delete every stored rating of the user (`Authorization: Bearer TOKEN`) in one transaction: 204 once they
+    are gone from disk, whether or not there were any. The archive's ratings stay (read-only). A model already
+    trained on them keeps what it learnt until it is trained again: the next `train --ratings-db` no longer
+    reads them."""
+    store = _writes(request).authorize(request)
+    check_user(request, _rec(request), user)
+    store.delete_ratings(user)
+    return Response(status_code=204)
