@@ -14,7 +14,7 @@ import numpy as np
 from recsys.data.schema import MovieInfo
 from recsys.errors import RecsysError
 
-_TITLE = re.compile(r"^(.*)\((\d+)\)$")
+_TITLE = re.compile(r"^(.*)\(([0-9]{4})\)$")
 
 
 @dataclass
@@ -41,7 +41,8 @@ def bad_line(source: Path, member: str, line_no: int, line: str) -> RecsysError:
 
 
 def chapter_title(full: str) -> str:
-    """The chapter's title rule: a trailing `(year)` is dropped (the blank before it stays)."""
+    """The chapter's title rule: a trailing `(year)`, four digits, is dropped (the blank before it stays); other
+    trailing `(digits)` are part of the title."""
     m = _TITLE.match(full)
     return m.group(1) if m else full
 
