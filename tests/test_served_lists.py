@@ -8,7 +8,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import assert_one_line_error, infer_json, run_cli
 from fastapi.testclient import TestClient
@@ -147,25 +146,29 @@ def test_filtered_lists_pass_and_are_k_long(models, small_dir, kind):
     for user in rec.users[:40]:
         full = _ids(rec.recommend(user, n))  # every movie the user did not rate, best first
         top = full[:50] if rerank is None else [r["movie_id"] for r in _first_stage(rec, user)]
-        cases = [
+        cases = _cases(movies, top)
+        for given, passes in cases:
+            listed = _ids(rec.recommend(user, K, **given))
+            assert all(passes(m) for m in listed), (user, given)
+            assert len(listed) == min(K, sum(bool(passes(m)) for m in full)), (user, given)
+            assert not _rated(rec, user) & set(listed)
+            if rerank is None:
+                assert listed == [m for m in full if passes(m)][:K], (user, given)
+            else:  # the filter applies to the candidates, which the second stage then orders
+                ranks = {r["retrieval_rank"] for r in rec.recommend(user, K, **given)["recommendations"]}
+                assert ranks <= set(range(1, rec.candidates + 1))
+
+
+def _cases(movies: dict, top: list[int]) -> list:
+    """Filters and, for each, whether a movie id passes it, by hand; `top`: the first stage's best."""
+    return [
             ({"genres": "Comedy,War"}, lambda m: movies[m][1] & {"Comedy", "War"}),
             ({"exclude_genres": ["Drama", "Comedy"]}, lambda m: not movies[m][1] & {"Drama", "Comedy"}),
             ({"years": "1950-1969"}, lambda m: movies[m][0] is not None and 1950 <= movies[m][0] <= 1969),
             ({"exclude": ",".join(map(str, top))}, lambda m: m not in top),
             ({"genres": ["Horror"], "years": (1990, 2001), "exclude": top[:5]},
-             lambda m: "Horror" in movies[m][1] and 1990 <= movies[m][0] <= 2001 and m not in top[:5]),
-        ]  # fmt: skip
-        for given, passes in cases:
-            listed = _ids(rec.recommend(user, K, **given))
-            assert all(passes(m) for m in listed), (user, given)
-            assert len(listed) == min(K, sum(map(passes, full))), (user, given)
-            assert not _rated(rec, user) & set(listed)
-            if rerank is None:
-                assert listed == [m for m in full if passes(m)][:K], (user, given)
-            else:  # the filter applies to the candidates, which the second stage then orders
-                assert {r["retrieval_rank"] for r in rec.recommend(user, K, **given)["recommendations"]} <= set(
-                    range(1, rec.candidates + 1)
-                )
+             lambda m: "Horror" in movies[m][1] and 1990 <= (movies[m][0] or 0) <= 2001 and m not in top[:5]),
+    ]  # fmt: skip
 
 
 def _first_stage(rec: Recommender, user: int) -> list[dict]:
@@ -195,39 +198,41 @@ def test_filters_answer_alike_in_python_the_cli_and_http(models):
                 "exclude": [1, 2, 3], "years": "1970-1999"}  # fmt: skip
         assert c.post("/api/recommend", json=body).json() == doc
         new = rec.recommend_new(K, gender="M", age=40, job=2, genres="Comedy")
-        assert c.get("/api/recommendations", params={"gender": "M", "age": 40, "job": 2, "genres": "Comedy"}).json() == new
+        query = {"gender": "M", "age": 40, "job": 2, "genres": "Comedy"}
+        assert c.get("/api/recommendations", params=query).json() == new
 
 
-BAD = [
-    ("exclude_rated", "test", "exclude_rated must be one of all, train"),
-    ("genres", "Comdy", "unknown genre 'Comdy'; the genres of this data: Action, Adventure"),
-    ("genres", ",", "genres are names separated by commas"),
-    ("exclude_genres", "Horror,Nope", "unknown genre 'Nope'"),
-    ("exclude", "1,x", "movie ids to exclude are whole numbers"),
-    ("exclude", "999999", "unknown movie id 999999 to exclude"),
-    ("years", "1999-1990", "the release-year range 1999-1990 is empty"),
-    ("years", "nineties", "a release-year range is FIRST-LAST or one year"),
-    ("years", "2500", "no movie passes these filters (released 2500-2500)"),
+BAD = [  # a value, its error, and the service's status: 422 for a value it does not take, 404 for nothing to list
+    ("exclude_rated", "test", "exclude_rated", 422),
+    ("genres", "Comdy", "unknown genre 'Comdy'; the genres of this data: Action, Adventure", 422),
+    ("genres", ",", "genres are names separated by commas", 422),
+    ("exclude_genres", "Horror,Nope", "unknown genre 'Nope'", 422),
+    ("exclude", "1,x", "movie ids to exclude are whole numbers", 422),
+    ("exclude", "999999", "unknown movie id 999999 to exclude", 404),
+    ("years", "1999-1990", "the release-year range 1999-1990 is empty", 404),
+    ("years", "nineties", "a release-year range is FIRST-LAST or one year", 422),
+    ("years", "1990\n", "a release-year range is FIRST-LAST or one year", 422),
+    ("years", "2500", "no movie passes these filters (released 2500-2500)", 404),
 ]
 
 
-@pytest.mark.parametrize(("name", "value", "message"), BAD)
-def test_bad_values_get_one_error_line(models, name, value, message):
+@pytest.mark.parametrize(("name", "value", "message", "status"), BAD)
+def test_bad_values_get_one_error_line(models, name, value, message, status):
     model = models["random"]
     rec = Recommender.load(model)
     with pytest.raises(RecsysError) as e:
         rec.recommend(1, K, **{name: value})
     assert message in str(e.value)
     with TestClient(create_app(model, reload_interval=0)) as c:
-        r = c.get("/api/users/1/recommendations", params={name: value})
-        assert r.status_code == 422 and r.text.count("\n") == 0 and message in r.json()["error"], r.text
-        body = {"user_id": 1, name: value}
-        r = c.post("/api/recommend", json=body)
-        assert r.status_code == 422 and r.text.count("\n") == 0, r.text
-    if name in ("genres", "exclude_rated"):  # the CLI's: one line, exit 2
-        proc = run_cli("recsys.infer", "--model-dir", str(model), "--user", "1", "--top-k", "5",
-                       f"--{name.replace('_', '-')}", value)  # fmt: skip
-        assert_one_line_error(proc, "exclude-rated" if name == "exclude_rated" else message)
+        for r in (
+            c.get("/api/users/1/recommendations", params={name: value}),
+            c.post("/api/recommend", json={"user_id": 1, name: value}),
+        ):
+            assert r.status_code == status and r.text.count("\n") == 0 and message in r.json()["error"], r.text
+            assert str(status) in c.get("/openapi.json").json()["paths"]["/api/recommend"]["post"]["responses"]
+    proc = run_cli("recsys.infer", "--model-dir", str(model), "--user", "1", "--top-k", "5",
+                   f"--{name.replace('_', '-')}", value)  # fmt: skip
+    assert_one_line_error(proc, "--exclude-rated" if name == "exclude_rated" else message)
 
 
 def test_cli_filter_flags_need_a_list(models):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
 from recsys.topn import first_stage, nearest
 
@@ -31,7 +31,21 @@ EXCLUDE_RATED_HELP = (
     "which of the user's ratings a list leaves out: all (every split of the model's data, and stored ratings; "
     "the default) or train (the training split alone, and stored ratings: the lists evaluate ranks)"
 )
-_YEARS = re.compile(r"^\s*(\d{1,4})\s*(?:-\s*(\d{1,4})\s*)?$")
+# The text forms (the CLI's flags, the query string): names and ids separated by commas, blanks around them
+# allowed; a range of years, FIRST-LAST or one year. The service's schema states the same patterns.
+YEARS_PATTERN = r"^ *([0-9]{1,4}) *(?:- *([0-9]{1,4}) *)?$"
+IDS_PATTERN = r"^ *-?[0-9]+ *(, *-?[0-9]+ *)*$"
+_YEARS, _ID = re.compile(YEARS_PATTERN), re.compile(r" *-?[0-9]+ *")
+
+
+class NothingPasses(RecsysError):
+    """A filter that no movie of the catalogue passes (the service answers 404: nothing to list)."""
+
+
+def names_pattern(names: list[str]) -> str:
+    """The pattern of comma-separated names among `names` (blanks around them allowed)."""
+    one = "|".join(re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", n) for n in names)  # as JSON Schema's regex reads it
+    return f"^ *({one}) *(, *({one}) *)*$"
 
 
 def check_exclude_rated(value: str) -> str:
@@ -45,11 +59,11 @@ def _names(value, what: str) -> tuple[str, ...]:
     """Comma-separated text, or a sequence of strings, as a tuple of names."""
     if value is None:
         return ()
-    items = value.split(",") if isinstance(value, str) else value
+    items = [x.strip(" ") for x in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, Iterable) or not all(isinstance(x, str) for x in items):
         raise RecsysError(f"{what} are names separated by commas (e.g. Comedy,Drama), got {value!r}")
-    names = tuple(x.strip() for x in items)
-    if not names or not all(names):
+    names = tuple(items)
+    if isinstance(value, str) and not all(names):
         raise RecsysError(f"{what} are names separated by commas (e.g. Comedy,Drama), got {value!r}")
     return names
 
@@ -60,16 +74,13 @@ def _ids(value) -> tuple[int, ...]:
         return ()
     items = value.split(",") if isinstance(value, str) else value
     try:
-        ids = tuple(_whole(x) for x in items)
+        return tuple(_whole(x) for x in items)
     except (TypeError, ValueError):
         raise RecsysError(f"movie ids to exclude are whole numbers separated by commas, got {value!r}") from None
-    if not ids:
-        raise RecsysError(f"movie ids to exclude are whole numbers separated by commas, got {value!r}")
-    return ids
 
 
 def _whole(x) -> int:
-    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+    if isinstance(x, str) and _ID.fullmatch(x):
         return int(x)
     if isinstance(x, int | np.integer) and not isinstance(x, bool):
         return int(x)
@@ -81,7 +92,7 @@ def _years(value) -> tuple[int, int] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        m = _YEARS.match(value)
+        m = _YEARS.fullmatch(value)
         if m is None:
             raise RecsysError(f"a release-year range is FIRST-LAST or one year (e.g. 1990-1999), got {value!r}")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
@@ -91,7 +102,7 @@ def _years(value) -> tuple[int, int] | None:
         except (TypeError, ValueError):
             raise RecsysError(f"a release-year range is two whole years (first, last), got {value!r}") from None
     if first > last:
-        raise RecsysError(f"the release-year range {first}-{last} is empty: its first year is after its last")
+        raise NothingPasses(f"the release-year range {first}-{last} is empty: its first year is after its last")
     return first, last
 
 
@@ -122,7 +133,7 @@ def banned(md: ModelDir, catalogue: Catalogue, rows, exclude_rated: str, chosen:
     check_exclude_rated(exclude_rated)
     for m in chosen.exclude:
         if not md.has_movie(m):
-            raise RecsysError(f"unknown movie id {m} to exclude; {md.meta['dataset']} has no such movie")
+            raise UnknownId(f"unknown movie id {m} to exclude; {md.meta['dataset']} has no such movie")
     excluded = np.searchsorted(md.movie_ids, [md.movie_row(m) for m in chosen.exclude]).astype(np.int64)
     fails = catalogue.failing(chosen, excluded) if chosen else np.zeros(len(md.movie_ids), bool)
     out = sp.csr_matrix(np.broadcast_to(fails, (len(rows), len(fails))))
@@ -190,7 +201,7 @@ class Catalogue:
             first, last = filters.years
             fails |= (self.years < first) | (self.years > last)  # no year (0) fails any range
         if fails.all():
-            raise RecsysError(f"no movie passes these filters ({describe(filters)})")
+            raise NothingPasses(f"no movie passes these filters ({describe(filters)})")
         return fails
 
 
