@@ -348,7 +348,7 @@ class Recommender:
         precision, recall, ndcg, hr at k, catalogue coverage and the number of users (see `recsys.topn`). The
         lists leave out the training ratings alone (`recommend(..., exclude_rated="train")`'s)."""
         md = self.model
-        check_tested(md)
+        check_tested(md, data)
         check_data(md, data)
         ranking = Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
         return evaluate(self.ranker(), ranking, self._k(k))
