@@ -3,6 +3,7 @@
     from recsys import Recommender
     rec = Recommender.load("retrieval.model", rerank="ranking.model")    # or one model dir alone
     rec.recommend(1, k=10)                                # a known user: the movies they have not rated
+    rec.recommend(1, k=10, explain=True)                  # ... each with the rated movies it is there for
     rec.recommend(1, k=10, genres="Comedy,Drama", years="1990-1999", exclude=[1, 2])   # filtered
     rec.recommend_new(k=10, gender="F", age=25, job=4, rated=[(1193, 5)])   # a new user
     rec.similar(783, k=10)                                # nearest movies by their movie-tower vectors
