@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         "--split",
         default="random",
         help="random: the chapter's 10%% rule; temporal: each user's last tenth by time; ml-100k: also u1..u5, "
-        "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set)",
+        "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set); all: every "
+        "rating trains, no test set (a model to serve)",
     )
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")

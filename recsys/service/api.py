@@ -17,8 +17,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from recsys.data.store import RatingsStore
 from recsys.errors import RecsysError
@@ -28,17 +29,13 @@ from recsys.recommender import Recommender, UnknownId
 from recsys.service import contract, feedback, guard
 from recsys.service.contract import MAX_RATED, Pairs, Whole
 from recsys.service.guard import Id
+from recsys.service.options import BodyOptions, ListOptions, NewUserOptions
 from recsys.service.reload import Holder
+from recsys.topn.filters import NothingPasses
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000
 K = Query(10, ge=1, le=MAX_K, description="list length")
-WHY = (
-    "each movie names up to three movies the user rated that it is there because of, with their share of its "
-    'score: "because": [{"movie_id", "title", "share"}]; with no rated movies, "because": [] and a "reason" '
-    "(recsys.topn.reasons)"
-)
-EXPLAIN = Query(False, description=WHY)
 
 router = APIRouter(route_class=guard.Guarded)
 
@@ -48,7 +45,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
-    return _error(404 if isinstance(exc, UnknownId) else 422, str(exc))
+    return _error(404 if isinstance(exc, UnknownId | NothingPasses) else 422, str(exc))
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,9 +64,8 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return _error(422, f"malformed JSON body: {exc.detail}")
     response = _error(exc.status_code, exc.detail)
     response.headers.update(exc.headers or {})  # a 401's WWW-Authenticate
-    if exc.status_code == 405:  # every route's methods at the path; HEAD and OPTIONS wherever GET is
-        methods = set(exc.headers["Allow"].split(", ")) if exc.headers else set()
-        methods |= _allowed(_request)
+    if exc.status_code == 405:  # HEAD and OPTIONS are answered wherever GET is
+        methods = _allowed(_request) | (set(exc.headers["Allow"].split(", ")) if exc.headers else set())
         response.headers["Allow"] = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"}))
     if exc.status_code == 413:  # the rest of the body is not waited for
         response.headers["Connection"] = "close"
@@ -77,10 +73,9 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def _allowed(request: Request) -> set[str]:
-    """The methods of every route at the request's path (Starlette's 405 names only the first route's: one path
-    has a GET route and a DELETE route)."""
-    path = request.url.path
-    return {m for r in router.routes + feedback.router.routes if r.path_regex.fullmatch(path) for m in r.methods}
+    """Every method an API route of the request's path takes (a 405 names the first such route's alone)."""
+    routes = [*router.routes, *feedback.router.routes]
+    return {m for route in routes if route.matches(request.scope)[0] != Match.NONE for m in route.methods}
 
 
 async def server_fault(_request: Request, exc: feedback.Unavailable) -> JSONResponse:
@@ -184,30 +179,32 @@ def _no_rating_model(rec: Recommender) -> str:
 
 
 @router.get("/api/users/{user}/recommendations", responses={404: feedback.RESPONSES[404]})
-def recommend(request: Request, user: Id, k: int = K, explain: bool = EXPLAIN):
-    """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
-    model's top max(candidates, k), reordered by the second model). With a ratings database, the user's
-    stored ratings are never listed and, with models that read history, are part of it; a user made by
-    `POST /api/users` is answered too."""
-    return feedback.recommend(request, user, k, explain)
+def recommend(request: Request, user: Id, options: ListOptions, k: int = K):
+    """Top-k movies the user has not rated (in any split of the model's data; `exclude_rated=train`: the
+    training split alone, the lists `evaluate` ranks), as `infer --top-k` (two stages with --rerank: the
+    retrieval model's top max(candidates, k), reordered by the second model), filtered as asked. With a
+    ratings database, the user's stored ratings are never listed and, with models that read history, are part
+    of it; a user made by `POST /api/users` is answered too. 404 also when no movie passes the filters."""
+    return feedback.recommend(request, user, k, **options)
 
 
 @router.get("/api/recommendations")
 def recommend_new(
     request: Request,
+    options: NewUserOptions,
     gender: str = Query(..., pattern="^[MF]$"),
     age: int = Query(..., description="age in years, or the bucket code (1, 18, 25, 35, 45, 50, 56)"),
     job: int = Query(...),
     k: int = K,
-    explain: bool = EXPLAIN,
 ):
-    """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`."""
+    """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`, filtered as
+    asked."""
     rec = _rec(request)
     _chapter_only(rec)
-    return rec.recommend_new(k, gender=gender, age=age, job=job, explain=explain)
+    return rec.recommend_new(k, gender=gender, age=age, job=job, **options)
 
 
-class Who(BaseModel):
+class Who(BodyOptions):
     """A JSON request for recommendations: a known user, or a new one by features."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -220,19 +217,22 @@ class Who(BaseModel):
         None, description=f"a new user's rated movies: [movie id, stars] pairs, at most {MAX_RATED}"
     )
     k: Whole = Field(10, ge=1, le=MAX_K)
-    explain: bool = Field(False, description=WHY)
 
 
 @router.post("/api/recommend")
 def recommend_json(request: Request, who: Who):
     """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
     user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history).
-    `"explain": true`: each movie says which rated movies it is there because of."""
+    `"explain": true`: each movie says which rated movies it is there because of. The list options of
+    `GET /api/users/{user}/recommendations` are fields here: `"genres": "Comedy,Drama"` (or a list), ...; a
+    known user's list reads their stored ratings as that one does."""
     rec = _rec(request)
     if who.user_id is not None:
         if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
             raise RecsysError("give user_id, or a new user's features (and rated), not both")
-        return rec.recommend(who.user_id, who.k, explain=who.explain)
+        return feedback.recommend(request, who.user_id, who.k, **who.options())
+    if who.exclude_rated is not None:
+        raise RecsysError("exclude_rated is a known user's (user_id): a new user's rated movies are never listed")
     pairs = [(int(m), float(s)) for m, s in who.rated or []]
     chapter = (who.gender, who.age, who.job)
     if any(v is not None for v in chapter):
@@ -240,7 +240,7 @@ def recommend_json(request: Request, who: Who):
     if rec.chapter_features and (None in chapter or who.features is not None):
         raise RecsysError("give user_id, or all of gender, age and job")
     return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs,
-                             explain=who.explain)  # fmt: skip
+                             **who.options())  # fmt: skip
 
 
 @router.get("/api/movies/{movie}/similar")

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from recsys.recommender import Recommender
 from recsys.service.guard import MAX_ID
+from recsys.topn.filters import IDS_PATTERN, YEARS_PATTERN, names_pattern
 
 NULL = {"type": "null"}
 ERROR = {
@@ -29,6 +30,7 @@ ERROR = {
     "required": ["error"],
 }
 NOT_FOUND = "unknown user or movie"
+OPTIONS = ("explain", "exclude_rated", "genres", "exclude_genres", "exclude", "years")  # a list's (`options`)
 STATUS = {
     404: NOT_FOUND,
     413: "the request body is over the server's bound (serve --max-body-bytes)",
@@ -71,6 +73,7 @@ def schema(app) -> dict:
     doc = copy.deepcopy(doc)
     _errors(doc)
     _values(doc, rec)
+    _filters(doc, rec)
     _int64(doc)
     app.state.contract = (rec, doc)
     return doc
@@ -92,7 +95,7 @@ def _errors(doc: dict) -> None:
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, _method, op in _operations(doc):
         responses = op["responses"]
-        if "{" in path or path in ("/api/predict", "/api/recommend", "/api/ratings"):
+        if "{" in path or path in ("/api/predict", "/api/recommend", "/api/recommendations", "/api/ratings"):
             responses.setdefault("404", {"description": NOT_FOUND})
         if "requestBody" in op:
             responses.setdefault("413", {"description": STATUS[413]})
@@ -131,7 +134,7 @@ def _values(doc: dict, rec: Recommender) -> None:
     named["rated"] = {"anyOf": [rated, NULL], "description": who["rated"]["description"]}
     if rec.chapter_features:
         named["features"] = NULL  # the chapter's new user is gender, age and job alone
-    known = {k: (NULL if k not in ("user_id", "k", "explain") else v) for k, v in who.items()}
+    known = {k: (NULL if k not in ("user_id", "k", *OPTIONS) else v) for k, v in who.items()}
     known["user_id"] = {"type": "integer"}
     schemas["Who"] = {
         "title": "Who",
@@ -179,6 +182,29 @@ def _new_user(rec: Recommender, given: dict) -> dict:
     features = {"type": "object", "properties": values, "additionalProperties": False,
                 "description": given["features"].get("description")}  # fmt: skip
     return {"properties": {"gender": NULL, "age": NULL, "job": NULL, "features": {"anyOf": [features, NULL]}}}
+
+
+def _filters(doc: dict, rec: Recommender) -> None:
+    """The list filters' values as the server reads them: genres among the served data's, movie ids and years
+    as text (or lists, in a body); a known user's `exclude_rated`; 404 also for a filter no movie passes."""
+    genres = names_pattern(rec.catalogue.genres)
+    text = {"genres": genres, "exclude_genres": genres, "exclude": IDS_PATTERN, "years": YEARS_PATTERN}
+    lists = {"genres": {"type": "string", "enum": rec.catalogue.genres}, "exclude": {"type": "integer"}}
+    lists["exclude_genres"] = lists["genres"]
+    for path, _method, op in _operations(doc):
+        for p in op.get("parameters", []):
+            if p["in"] == "query" and p["name"] in text:
+                p["schema"] = {"type": "string", "pattern": text[p["name"]], "description": p.get("description")}
+        if path.endswith("/recommendations") or path == "/api/recommend":
+            op["responses"]["404"]["description"] = f"{NOT_FOUND}, or no movie passes the filters"
+    known, new = doc["components"]["schemas"]["Who"]["oneOf"]
+    for branch in (known, new):
+        props = branch["properties"]
+        for name, pattern in text.items():
+            forms = [{"type": "string", "pattern": pattern}]
+            forms += [{"type": "array", "items": lists[name]}] if name in lists else []
+            props[name] = {"anyOf": [*forms, NULL], "description": props[name].get("description")}
+    new["properties"]["exclude_rated"] = NULL  # a new user's rated movies are never listed
 
 
 def _int64(node) -> None:

@@ -135,14 +135,15 @@ def check_user(request: Request, rec: Recommender, user: int) -> dict | None:
     return features
 
 
-def recommend(request: Request, user: int, k: int, explain: bool = False) -> dict:
-    """A user's list with their stored ratings: a known user's, or a stored new user's."""
+def recommend(request: Request, user: int, k: int, exclude_rated: str = "all", **options) -> dict:
+    """A user's list with their stored ratings: a known user's, or a stored new user's (whose ratings are all
+    stored: `exclude_rated` leaves all of them out alike); `options`: `Recommender.recommend`'s."""
     rec = _rec(request)
     features = check_user(request, rec, user)
     rated = stored_ratings(request, user)
     if features is None:
-        return rec.recommend(user, k, rated, explain=explain)
-    return {"user_id": user} | rec.recommend_new(k, **features, rated=rated, strict=False, explain=explain)
+        return rec.recommend(user, k, rated, exclude_rated=exclude_rated, **options)
+    return {"user_id": user} | rec.recommend_new(k, **features, rated=rated, strict=False, **options)
 
 
 def list_effect(rec: Recommender) -> str:
