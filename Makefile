@@ -10,7 +10,9 @@ DATASET ?= ml-1m
 MODEL_DIR ?= recommender_system.inference.model
 # the demo's passes: the chapter trains 20 (`make demo EPOCHS=20`)
 EPOCHS ?= 2
-# more flags for the demo's `recsys.train`, e.g. the split or the objective of a model to serve
+# the demo trains a model to serve, on every rating (`SPLIT=random`: the chapter's split, with its test cost)
+SPLIT ?= all
+# more flags for the demo's `recsys.train`, e.g. the objective
 TRAIN_FLAGS ?=
 # where the demo writes its synthetic archive, and the real ml-1m movies.dat and users.dat it builds it around
 DEMO_DATA ?= demo-data
@@ -45,7 +47,7 @@ demo: install  # where ml-1m is neither here nor downloadable: a synthetic archi
 	  test -f $(DEMO_DATA)/ml-1m.zip || $(PY) -m recsys.synthetic $(DEMO_DATA) $$meta > /dev/null || exit 2; \
 	  data="--data-dir $(DEMO_DATA)"; \
 	fi; \
-	$(PY) -m recsys.train --dataset $(DATASET) $$data --model-dir $(MODEL_DIR) --epochs $(EPOCHS) $(TRAIN_FLAGS) && \
+	$(PY) -m recsys.train --dataset $(DATASET) $$data --split $(SPLIT) --model-dir $(MODEL_DIR) --epochs $(EPOCHS) $(TRAIN_FLAGS) && \
 	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --top-k 10 && \
 	$(PY) -m recsys.infer --model-dir $(MODEL_DIR) --user 1 --movie 783
 

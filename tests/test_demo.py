@@ -53,16 +53,16 @@ def test_make_demo_on_the_default_synthetic_archive(tmp_path):
     made = run_cli("recsys.synthetic", str(tmp_path / "data"))  # defaults: ml-1m's 1,000,209 ratings and sizes
     assert made.returncode == 0, made.stderr
     out = _make_demo(tmp_path, f"DATA_DIR={tmp_path / 'data'}")
-    assert "EpochID 1, BatchID 3517, Test Loss" in out  # 1,000,209 ratings, a tenth held out, batches of 256
-    assert "Test Loss: the chapter's cost, mean square error in label space 2*stars-5 on the test ratings" in out
-    assert 'Predict Rating of user id 1 on movie "' in out and "Top 10 movies for user id 1" in out
+    assert "EpochID 1, BatchID 3908, Train Loss" in out  # a model to serve: all 1,000,209 ratings, batches of 256
+    assert "the all split trains on every rating: no test split" in out
+    assert 'Predict Rating of user id 1 on movie "' in out and "Top 10 movies for user id 1 not rated (" in out
 
 
 def test_make_demo_on_ml100k(tmp_path):
     out = _make_demo(tmp_path, "DATASET=ml-100k", f"DATA_DIR={need_ml100k()}")
-    assert "ml-100k from " in out and "EpochID 1, BatchID 352, Test Loss" in out  # 90,000 training ratings
+    assert "ml-100k from " in out and "EpochID 1, BatchID 391, Train Loss" in out  # all 100,000 ratings
     assert 'Predict Rating of user id 1 on movie "Milk Money" is' in out  # ml-100k's movie 783
-    assert "Top 10 movies for user id 1 not rated in the training split" in out
+    assert "Top 10 movies for user id 1 not rated (" in out
 
 
 def test_infer_checks_the_data_flags_against_the_model_dir(trained):
