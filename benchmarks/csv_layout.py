@@ -48,7 +48,7 @@ def write_folder(folder: Path, n: int) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--ratings", type=int, default=32_000_204)
     ap.add_argument("--dir", type=Path, help="reuse (or create) the folder here instead of a temp one")
     args = ap.parse_args()

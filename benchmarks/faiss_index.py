@@ -48,7 +48,7 @@ def recall(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("model_dir")
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--ef-construction", type=int, nargs="+", default=[40, 100, 200])

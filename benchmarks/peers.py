@@ -135,7 +135,7 @@ def table(dataset: str, split: str, folder: Path, tmp: Path) -> dict[str, tuple[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--folds", nargs="*", default=["u1", "u2", "u3", "u4", "u5"])
     ap.add_argument("--ml1m-ratings", type=int, default=1_000_209)
     ap.add_argument("--no-ml1m", action="store_true")

@@ -64,7 +64,7 @@ def measure(data: movielens.MovieLens, chunks: int = 6, chunk: int = 50, batch: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--data-dir")
     ap.add_argument("--chunks", type=int, default=6)
     ap.add_argument("--chunk", type=int, default=50)

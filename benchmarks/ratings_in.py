@@ -25,7 +25,7 @@ from recsys import Recommender
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("model_dir", nargs="?")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, default=4)

@@ -30,7 +30,7 @@ def measure(folder: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--ratings", type=int, default=1_000_209)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

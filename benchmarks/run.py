@@ -128,7 +128,7 @@ def latencies(model: Path, repeat: int = 300) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--ratings", type=int, default=1_000_209)
     ap.add_argument("--rounds", type=int, default=3, help="child processes per framework, alternating")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)

@@ -120,7 +120,7 @@ def first_stage(md: ModelDir, users: list[int]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--dataset", choices=["ml-32m", "ml-1m"], default="ml-32m", help="layout (default: %(default)s)")
     ap.add_argument("--ratings", type=int, help="default: 32,000,204 (ml-32m), 1,000,209 (ml-1m)")
     ap.add_argument("--users", type=int, default=200_948, help="ml-32m layout (default: %(default)s)")

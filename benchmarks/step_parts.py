@@ -54,7 +54,7 @@ def step(t, idx: np.ndarray) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--data-dir", help="default: a full-size synthetic ml-1m archive under /tmp/recsys-bench")
     ap.add_argument("--history-cap", type=int, help="the retrieval step's (default: the CLI's)")

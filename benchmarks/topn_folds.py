@@ -60,7 +60,7 @@ def fold(dataset: str, split: str, data_dir: str, out: Path) -> dict[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--data-dir", default=str(META.parent))
     ap.add_argument("--folds", nargs="+", default=["u1", "u2", "u3", "u4", "u5"])

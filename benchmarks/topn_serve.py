@@ -150,7 +150,7 @@ def load_test(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--ratings", type=int, default=1_000_209)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=4)

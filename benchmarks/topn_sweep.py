@@ -42,7 +42,7 @@ def train(model: Path, dataset: str, split: str, data_dir: str, flags: list[str]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("flag_sets", nargs="+", help='retrieval flags per line, quoted ("" for the defaults)')
     ap.add_argument("--ranking", nargs="*", default=[], help="ranking flag sets, trained on each retrieval model")
     ap.add_argument("--dataset", default="ml-100k")

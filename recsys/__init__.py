@@ -42,3 +42,17 @@ def __getattr__(name: str):
 
         return RecsysError
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")
+
+
+def _check_dependencies() -> None:
+    """A command (`python -m recsys.NAME`, whose argv[0] is "-m" while this package loads, or a `recsys-NAME`
+    script) says in one line what is not installed, before its own imports would end in a traceback."""
+    import sys
+
+    if sys.argv[:1] == ["-m"] or _os.path.basename(sys.argv[0] if sys.argv else "").startswith("recsys-"):
+        from recsys.errors import check_dependencies
+
+        check_dependencies()
+
+
+_check_dependencies()

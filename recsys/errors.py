@@ -16,6 +16,8 @@ _INSTALLS = {
     "starlette": ("FastAPI", "serve"),
     "pydantic": ("FastAPI", "serve"),
 }
+# what every command imports (the package's own dependencies), checked before a command imports any of them
+DEPENDENCIES = ("numpy", "numba", "scipy", "matplotlib", "tqdm", "pyarrow", "threadpoolctl", "faiss")
 
 
 class RecsysError(Exception):
@@ -57,8 +59,23 @@ def missing_module(e: ModuleNotFoundError) -> str:
     )
 
 
+def check_dependencies() -> None:
+    """Before a command imports anything: one `error:` line naming the install command (exit 2) when one of
+    the package's dependencies is not installed for this Python, instead of a traceback from deep inside."""
+    import importlib.util
+
+    for name in DEPENDENCIES:
+        if importlib.util.find_spec(name) is None:
+            print(f"error: {missing_module(ModuleNotFoundError(name=name))}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block."""
+    """argparse, but a bad flag is one `error: ...` line (exit 2) instead of a usage block, and a flag is only
+    its whole name (`--epoch 1` is an error, never taken as `--epochs`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False} | kwargs)
 
     raise_errors = False  # True: a bad flag raises RecsysError (a caller from Python), with the same text
 

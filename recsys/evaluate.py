@@ -5,7 +5,9 @@ biases and a small matrix factorisation fitted here on the same training split; 
 (mean square error on 2*stars-5), RMSE and MAE in stars with predictions clipped to 1..5. Top-N: full
 ranking of every movie a test user did not rate in training (see `recsys.topn` for the metrics), the
 model beside popularity and EASE; `--rerank RATING_DIR` with a retrieval model adds the rating model alone
-and the two stages.
+and the two stages. The lists leave out the training ratings alone, as the protocol requires (a served list
+leaves out the test ratings too: `infer --exclude-rated train` gives the lists ranked here). A model trained
+with `--split all` has no test split, and is refused.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
 from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.rating.metrics import scores
-from recsys.recommender import Recommender, check_data
+from recsys.recommender import Recommender
 from recsys.topn import nearest, stages
+from recsys.topn.checks import check_data, check_tested
 
 
 def model_scores(md: ModelDir, data: MovieLens, idx: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     search = nearest.search_for(args.exact)
     rec = Recommender.load(args.model_dir, args.rerank, args.candidates, search)
     md, rerank, rating = rec.model, rec.rerank, rec.rating_model
+    check_tested(md)
     data = _data_for(md, args)
     rows = compare(rating, data, args.baselines) if rating is not None or args.baselines else []
     candidates = max(rec.candidates, args.k)  # the rule of infer and serve too

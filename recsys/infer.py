@@ -2,7 +2,10 @@
 
     python -m recsys.infer --user 1 --movie 783                  the chapter's prediction (+ the actual rating)
     python -m recsys.infer --user 1 --top-k 10                   best movies the user has not rated
+    python -m recsys.infer --user 1 --top-k 10 --genres Comedy,Drama --years 1990-1999 --exclude 1,2
+                                      the same, filtered (--exclude-genres Horror leaves a genre out)
     python -m recsys.infer --gender F --age 25 --job 4 --top-k 10   a new user, known only by features
+    python -m recsys.infer --user 1 --top-k 10 --explain         ... and the rated movies each one is there for
     python -m recsys.infer --similar-to 783 --top-k 10           nearest movies by their movie-tower vectors
     python -m recsys.infer --model-dir RETRIEVAL --rerank RATING --user 1 --top-k 10
                                       two stages: the retrieval model's top max(--candidates, --top-k),
@@ -13,7 +16,8 @@ A single prediction runs the saved inference model through `paddle.inference`, a
 `load_inference_model` did; rankings use the precomputed unit tower vectors (one matrix product).
 A new user is the reserved user id 0 with the given gender, age and job (see `train --cold-start-rate`), or, for
 other data, its own user features (`--feature country=DE`, repeatable; features not given are unknown).
-Users and movies are named by the dataset's own ids.
+Users and movies are named by the dataset's own ids. A list never holds a movie the user rated, in any split
+of the model's data (`--exclude-rated train`: the training split alone, the lists `evaluate` ranks).
 A retrieval model (`train --objective retrieval`) ranks by cosine and predicts no ratings.
 """
 
@@ -26,7 +30,9 @@ import sys
 from recsys.data import history
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.recommender import Recommender
-from recsys.topn import nearest
+from recsys.topn import filters, nearest
+
+FILTERS = ("genres", "exclude_genres", "exclude", "years")  # the list filters, as `Recommender.recommend` names them
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,11 +72,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
         "for a rating model; a larger --top-k widens them to --top-k)",
     )
+    ap.add_argument("--exclude-rated", choices=filters.EXCLUDE_RATED, help=filters.EXCLUDE_RATED_HELP)
+    ap.add_argument("--genres", metavar="GENRE,...", help="list only movies of any of these genres")
+    ap.add_argument("--exclude-genres", metavar="GENRE,...", help="list no movie of these genres")
+    ap.add_argument("--exclude", metavar="MOVIE,...", help="list none of these movie ids")
+    ap.add_argument(
+        "--years", metavar="FIRST-LAST", help="list only movies released in these years (e.g. 1990-1999, or 1995)"
+    )
     ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="with --top-k for a user: under each movie, the rated movies it is recommended because of, with "
+        'their share of its score (JSON: each movie\'s "because" list; see recsys.topn.reasons)',
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dataset", help="the model dir records its data: given, it must be the model's (checked)")
     ap.add_argument("--split", help="the model dir records its split: given, it must be the model's (checked)")
     args = ap.parse_args(argv)
+    filtered = [f"--{k.replace('_', '-')}" for k in FILTERS if getattr(args, k) is not None]
+    if filtered and (args.top_k is None or args.similar_to is not None or args.movie is not None):
+        ap.error(f"{filtered[0]} filters recommendations: give it with --top-k for a user")
+    if args.exclude_rated is not None and (args.user is None or args.top_k is None or args.movie is not None):
+        ap.error("--exclude-rated is for a known user's recommendations: give it with --user and --top-k")
     if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
         ap.error("--rerank reorders recommendations: give it with --top-k for a user")
     if args.candidates is not None and args.candidates < 1:
@@ -79,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     new = any(x is not None for x in cold) or bool(args.feature) or args.rated is not None
     if args.top_k is not None and args.top_k < 1:
         ap.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.explain and (args.top_k is None or args.similar_to is not None or args.movie is not None):
+        ap.error(
+            "--explain says why movies are recommended: give it with --top-k for a user (not --movie or --similar-to)"
+        )
     if args.similar_to is not None:
         if args.user is not None or new or args.movie is not None:
             ap.error("--similar-to takes only --top-k")
@@ -119,8 +147,13 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     """The object `--json` prints: one call of the recommender."""
     if args.similar_to is not None:
         return rec.similar(args.similar_to, args.top_k)
+    given = {k: getattr(args, k) for k in FILTERS if getattr(args, k) is not None}
+    if args.user is not None and args.movie is not None:
+        return rec.predict(args.user, args.movie)
     if args.user is not None:
-        return rec.predict(args.user, args.movie) if args.movie is not None else rec.recommend(args.user, args.top_k)
+        return rec.recommend(
+            args.user, args.top_k, explain=args.explain, exclude_rated=args.exclude_rated or "all", **given
+        )
     chapter = [args.gender, args.age, args.job]
     if rec.chapter_features and (args.feature or None in chapter):
         raise RecsysError(f"a new user needs all of --gender, --age and --job for {rec.dataset}")
@@ -130,7 +163,7 @@ def answer(rec: Recommender, args: argparse.Namespace) -> dict:
     if args.movie is not None:
         return rec.predict_new(args.movie, **new)
     rated = history.parse_rated(args.rated, rec.model.has_movie, rec.model.rating_scale) if args.rated else []
-    return rec.recommend_new(args.top_k, rated=rated, **new)
+    return rec.recommend_new(args.top_k, rated=rated, **new, explain=args.explain, **given)
 
 
 def _who(rec: Recommender, doc: dict) -> str:
@@ -148,7 +181,7 @@ def _id_width(rows: list[dict]) -> int:
     return max([5] + [len(str(r["movie_id"])) for r in rows])
 
 
-def _lines(doc: dict, who: str, known: bool) -> list[str]:
+def _lines(doc: dict, who: str, seen: str) -> list[str]:
     """The text form of a `*_doc` object."""
     if "similar" in doc:
         head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(doc["genres"])}):'
@@ -166,7 +199,7 @@ def _lines(doc: dict, who: str, known: bool) -> list[str]:
         if doc.get("actual_rating") is not None:
             lines.append(f'Actual Rating of {who} on movie "{title}" is {doc["actual_rating"]}.')
         return lines
-    rows, seen = doc["recommendations"], " not rated in the training split" if known else ""
+    rows = doc["recommendations"]
     how = {
         ("rating",): "score in 2*stars-5",
         ("retrieval",): "retrieval model, by cosine"
@@ -184,7 +217,16 @@ def _lines(doc: dict, who: str, known: bool) -> list[str]:
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
         origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
         lines.append(f"{i:3d}. {r['movie_id']:{w}d}  {value}  {r['title']}  ({genres}){origin}")
+        if "because" in r:
+            lines.append(f"     {_because(r)}")
     return lines
+
+
+def _because(movie: dict) -> str:
+    """A recommended movie's reasons on one line (`--explain`)."""
+    if not movie["because"]:
+        return movie["reason"]
+    return "because you rated " + ", ".join(f'"{b["title"]}" ({b["share"]:.0%})' for b in movie["because"])
 
 
 def _rated_line(rec: Recommender, doc: dict) -> str | None:
@@ -206,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     rated = _rated_line(rec, doc)
     if rated is not None:  # on stderr: stdout stays the list
         print(rated, file=sys.stderr)
-    print("\n".join(_lines(doc, _who(rec, doc), "user" not in doc)))
+    seen = {"all": " not rated", "train": " not rated in the training split"}[args.exclude_rated or "all"]
+    print("\n".join(_lines(doc, _who(rec, doc), seen if "user" not in doc else "")))
     return 0
 
 

@@ -3,6 +3,7 @@
     from recsys import Recommender
     rec = Recommender.load("retrieval.model", rerank="ranking.model")    # or one model dir alone
     rec.recommend(1, k=10)                                # a known user: the movies they have not rated
+    rec.recommend(1, k=10, genres="Comedy,Drama", years="1990-1999", exclude=[1, 2])   # filtered
     rec.recommend_new(k=10, gender="F", age=25, job=4, rated=[(1193, 5)])   # a new user
     rec.similar(783, k=10)                                # nearest movies by their movie-tower vectors
     rec.predict(1, 783)                                   # a rating model's predicted stars
@@ -20,12 +21,15 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, evaluate, fingerprint, first_stage, nearest, stages
+from recsys.topn import Interactions, evaluate, filters, nearest, reasons, stages
+from recsys.topn.checks import check_data, check_pair, check_tested
+from recsys.topn.filters import Filters
 from recsys.topn.lists import chunk_rows
 
 Path = str | os.PathLike
@@ -41,54 +45,11 @@ def stars_value(x) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
-    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
-    or a ranking model trained on `retrieval`'s candidates."""
-    if retrieval.objective != "retrieval":
-        raise RecsysError(
-            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
-            "(train one with --objective retrieval)"
-        )
-    if rerank.objective == "retrieval":
-        raise RecsysError(
-            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
-        )
-    a, b = retrieval.meta, rerank.meta
-    for key, what in (
-        ("dataset", "dataset"), ("split", "split"), ("sizes", "id ranges"), ("users", "users"), ("movies", "movies"),
-        ("title_words", "title vocabulary"), ("categories", "genres"), ("jobs", "jobs"),
-    ):  # fmt: skip
-        if a.get(key) != b.get(key):
-            raise RecsysError(
-                f"{retrieval.path} and {rerank.path} disagree on their {what} "
-                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
-            )
-    if rerank.objective == "ranking":
-        want = rerank.meta["settings"].get("candidates_params_sha256")
-        if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
-            raise RecsysError(
-                f"{rerank.path} was trained on the candidates of another retrieval model "
-                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
-                "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
-                "network again on this one"
-            )
-
-
-def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
-    """`retrieval` is the refit of the retrieval model whose candidates the ranking network `rerank` learnt
-    from: trained with the same settings on the same data, but with `--holdout 0` (every training rating,
-    the held-out tenth the ranker's labels came from included)."""
-    given = rerank.meta["settings"].get("candidates_settings")
-    mine = retrieval.meta["settings"]
-    if given is None or mine.get("holdout") or not given.get("holdout"):
-        return False
-    return {k: v for k, v in given.items() if k != "holdout"} == {k: v for k, v in mine.items() if k != "holdout"}
-
-
-def check_data(md: ModelDir, data) -> None:
-    """One-line error unless `data` (a `recsys.movielens.load` result) is the data `md` was trained on."""
-    if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
-        raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
+def _flag(name: str, value) -> bool:
+    """A keyword that must be True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise RecsysError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _movie(md: ModelDir, row: int, **values) -> dict:
@@ -258,13 +219,37 @@ class Recommender:
             raise RecsysError(f"k must be a whole number, at least 1, got {k!r}")
         return int(k)
 
+    @functools.cached_property
+    def catalogue(self) -> filters.Catalogue:
+        """What the filters read of each movie: its genres and release year."""
+        return filters.Catalogue(self.model)
+
+    def banned(self, rows: Sequence[int | None], exclude_rated: str = "all", **given) -> sp.csr_matrix | None:
+        """The catalogue columns ([n, M] sparse 0/1, None for none) that the lists of these user rows (None: a
+        new user) leave out besides their histories (`recsys.topn.filters.banned`); `given`: the filters."""
+        return filters.banned(self.model, self.catalogue, rows, exclude_rated, Filters.parse(**given))
+
     # answers
 
-    def recommend(self, user: int, k: int = 10, rated: Sequence[tuple[int, float]] = ()) -> dict:
-        """The k best movies a known user has not rated in the training split. `rated`: (movie id, stars) the
-        user gave since (a ratings store's): never listed, and, with models that read history, part of it."""
-        k, row = self._k(k), self.user_row(user)
-        return {"user_id": user} | self._lists(k, row, rated=self._rated_rows(rated, strict=False))
+    def recommend(
+        self,
+        user: int,
+        k: int = 10,
+        rated: Sequence[tuple[int, float]] = (),
+        explain: bool = False,
+        *,
+        exclude_rated: str = "all",
+        **given,
+    ) -> dict:
+        """The k best movies a known user has not rated: in any split of the model's data (`exclude_rated`
+        "all"), or in its training split alone ("train": the lists evaluation ranks). `rated`: (movie id, stars)
+        the user gave since (a ratings store's): never listed, and, with models that read history, part of it.
+        `explain`: each movie says which rated movies it is there because of (`recsys.topn.reasons`). Filters
+        (`given`): genres= (any of them), exclude_genres=, exclude= (movie ids), years= ("1990-1999")."""
+        k, row, explain = self._k(k), self.user_row(user), _flag("explain", explain)
+        rows, banned = self._rated_rows(rated, strict=False), self.banned([row], exclude_rated, **given)
+        out = {"user_id": user} | self._lists(k, row, rated=rows, banned=banned)
+        return self._explained(out, row, None, rows) if explain else out
 
     def recommend_new(
         self,
@@ -276,21 +261,33 @@ class Recommender:
         features: dict[str, str] | None = None,
         rated: Sequence[tuple[int, float]] = (),
         strict: bool = True,
+        explain: bool = False,
+        **given,
     ) -> dict:
         """The k best movies for a new user: the chapter's `gender` ("M"/"F"), `age` (years) and `job`, or the
         data's own `features` (name -> value; one not given is unknown); `rated`, (movie id, stars) pairs, is
         their history (with a model that reads one) and is never recommended back. `strict`: refuse `rated`
-        unless every model reads history (else those movies are only left out of the list)."""
-        k = self._k(k)
+        unless every model reads history (else those movies are only left out of the list). `explain`: each
+        movie says which of the movies in `rated` it is there because of (`recsys.topn.reasons`). Filters
+        (`given`): as `recommend`'s."""
+        k, explain = self._k(k), _flag("explain", explain)
         cold, shown = self._new_user(gender, age, job, features)
-        rows = self._rated_rows(rated, strict)
+        rows, banned = self._rated_rows(rated, strict), self.banned([None], **given)
         person = {"user": shown} | ({"rated": [[m, stars_value(s)] for m, s in rated]} if rated else {})
-        return person | self._lists(k, None, cold, rows)
+        out = person | self._lists(k, None, cold, rows, banned)
+        return self._explained(out, None, cold, rows) if explain else out
 
-    def _lists(self, k: int, user: int | None, cold=None, rated=()) -> dict:
+    def _explained(self, out: dict, user: int | None, cold, rated) -> dict:
+        """`out` with each recommendation's reasons, from the retrieval model and the user's history."""
+        md = self.model
+        vector = stages.vector(md, user, cold, rated)
+        out["recommendations"] = reasons.because(md, vector, stages.seen(md, user, rated), out["recommendations"])
+        return out
+
+    def _lists(self, k: int, user: int | None, cold=None, rated=(), banned=None) -> dict:
         md, rerank = self.model, self.rerank
         if rerank is None:
-            recs = stages.top_k(md, user, k, cold, rated, self.search)
+            recs = stages.top_k(md, user, k, cold, rated, self.search, banned)
             if md.objective == "rating":
                 rows = [_movie(md, m, score=s, stars=stars(s)) for m, s, _ in recs]
             elif md.first_stage_beta:  # the first stage's score: the cosine plus the item-item score
@@ -300,37 +297,45 @@ class Recommender:
             return {"stages": self.stages, "recommendations": rows}
         candidates = max(self.candidates, k)
         rows = []
-        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated, self.search):
+        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated, self.search, banned):
             extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
             rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
         return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
 
-    def recommend_many(self, users: Sequence[int], k: int = 10, chunk: int | None = None) -> list[list[int]]:
+    def recommend_many(
+        self, users: Sequence[int], k: int = 10, chunk: int | None = None, *, exclude_rated: str = "all", **given
+    ) -> list[list[int]]:
         """`recommend` for many known users at once: each one's k movie ids, best first (a chunk of users at a
         time, so memory stays chunk x catalogue: `recsys.topn.lists.chunk_rows` by default)."""
         k, rows = self._k(k), np.array([self.user_row(u) for u in users], np.int64)
         md, rank, out = self.model, self.ranker(), []
+        self.banned([], exclude_rated, **given)  # bad values fail before any list
         chunk = chunk or chunk_rows(len(md.movie_ids))
         for s in range(0, len(rows), chunk):
             part = rows[s : s + chunk]
             seen = np.stack([np.isin(md.movie_ids, stages.seen(md, int(r))) for r in part])
-            out += [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in rank(part, seen, k)]
+            best = rank(part, seen, k, self.banned(part.tolist(), exclude_rated, **given))
+            out += [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in best]
         return out
 
     def ranker(self, pools: list | None = None):
         """The batch form: `(user rows, seen [n, M] catalogue columns, k) -> [n, k] catalogue columns` (-1: none),
-        as `recsys.topn.evaluate` takes it. With two stages, each batch's candidates are appended to `pools`."""
+        as `recsys.topn.evaluate` takes it (the training ratings alone left out, as the protocol requires), and
+        `banned` ([n, M] sparse, see `banned`) left out too when given. With two stages, each batch's
+        candidates are appended to `pools`."""
         md, rerank = self.model, self.rerank
         if rerank is None:
             users, movies, ix = md.arrays["user_vectors"], md.catalogue_vectors, stages.movie_index(md, self.search)
             stage = stages.first_stage(md)
-            return lambda u, seen, k: first_stage.top_k(stage, ix, movies, users[u], seen, k)[0]
+            return lambda u, seen, k, banned=None: filters.top_k_outside(stage, ix, movies, users[u], seen, banned, k)[
+                0
+            ]
         first = md.arrays["user_vectors"]
         second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
 
-        def rank(users, seen, k):
+        def rank(users, seen, k, banned=None):
             pool, _, best = stages.two_stage_lists(
-                md, rerank, first[users], second[users], seen, k, max(self.candidates, k), self.search
+                md, rerank, first[users], second[users], seen, k, max(self.candidates, k), self.search, banned
             )
             if pools is not None:
                 pools.append(pool)
@@ -340,8 +345,10 @@ class Recommender:
 
     def evaluate(self, data, k: int = 10, relevant: int = 4) -> dict[str, float]:
         """Top-k metrics over every test user of `data` (a `recsys.movielens.load` result, the model's data):
-        precision, recall, ndcg, hr at k, catalogue coverage and the number of users (see `recsys.topn`)."""
+        precision, recall, ndcg, hr at k, catalogue coverage and the number of users (see `recsys.topn`). The
+        lists leave out the training ratings alone (`recommend(..., exclude_rated="train")`'s)."""
         md = self.model
+        check_tested(md)
         check_data(md, data)
         ranking = Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
         return evaluate(self.ranker(), ranking, self._k(k))

@@ -12,7 +12,9 @@ its shard of every batch (data parallel).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from recsys import movielens
 from recsys.data import store
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
+from recsys.modeldir.load import NoModel
 from recsys.topn import first_stage, neighbours
 from recsys.topn.lists import usable_cores
 from recsys.training import checkpoint
+from recsys.training.lock import locked
 from recsys.training.loop import check_environment, set_device, split_indices, train
 
 __all__ = ["main", "parse_args", "run", "split_indices", "train"]
@@ -42,7 +46,8 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         "--split",
         default="random",
         help="random: the chapter's 10%% rule; temporal: each user's last tenth by time; ml-100k: also u1..u5, "
-        "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set)",
+        "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set); all: every "
+        "rating trains, no test set (a model to serve)",
     )
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
     ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
@@ -238,7 +243,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     if args.threads is not None and not 1 <= args.threads <= usable_cores():
         ap.error(f"--threads must be 1..{usable_cores()} (the cores this process may use), got {args.threads}")
     if args.resume:  # the recorded run's settings and data, unless given
-        checkpoint.resume_settings(args, ap.given(argv), log=lambda msg: print(msg, file=sys.stderr))
+        _resume_settings(args, ap.given(argv))
     objective = args.objective
     adam = objective != "rating"
     if args.optimizer is None:
@@ -296,6 +301,36 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     return args
 
 
+def _resume_settings(args: argparse.Namespace, given: set[str]) -> None:
+    """`--resume`: the recorded run's settings (`checkpoint.resume_settings`); one line when nothing was saved."""
+    try:
+        checkpoint.resume_settings(args, given, log=lambda msg: print(msg, file=sys.stderr))
+    except NoModel:
+        raise RecsysError(
+            f"--resume: nothing to resume in {args.model_dir}: no run has saved a checkpoint there (a run saves its "
+            "first at the end of its first epoch; one stopped sooner leaves none); start again without --resume"
+        ) from None
+
+
+def _the_only_trainer(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Hold the model dir's lock (`recsys.training.lock`) from before the data loads, so that a second trainer
+    is refused at once; only rank 0 writes the model dir, so only it takes the lock."""
+    import paddle.distributed as dist
+
+    return locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (from `timeout`, a service manager, `kill`) stops training as Ctrl-C does: one `error:
+    interrupted` line, the model dir as the last save left it. Paddle installs its own handler, which prints
+    a C++ stack, when it is imported: this runs after that."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(_signum: int, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
     """The dataset and split of these settings, with the ratings database's rows in its training split when
     `--ratings-db` is given (a resumed run reads exactly the rows its record names, or refuses)."""
@@ -351,7 +386,8 @@ def run(
     args = parse_args(argv, raise_errors=True)
     check_environment()
     set_device(args.use_cuda)
-    return train(args, load_data(args), log, on_eval)[1]
+    with _the_only_trainer(args):
+        return train(args, load_data(args), log, on_eval)[1]
 
 
 @cli
@@ -359,18 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     import paddle.distributed as dist
     from tqdm import tqdm
 
+    _stop_on_sigterm()
     args = parse_args(argv)
     check_environment()
     set_device(args.use_cuda)
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         dist.init_parallel_env()
-    data = load_data(args, tqdm.write if dist.get_rank() == 0 else None)
-    n_test = int(data.is_test.sum())
-    if dist.get_rank() == 0:
-        tqdm.write(
-            f"{data.meta.dataset} from {data.source}: {len(data.user) - n_test} training and {n_test} test ratings"
-        )
-    train(args, data, tqdm.write)
+    with _the_only_trainer(args):
+        data = load_data(args, tqdm.write if dist.get_rank() == 0 else None)
+        n_test = int(data.is_test.sum())
+        if dist.get_rank() == 0:
+            tqdm.write(
+                f"{data.meta.dataset} from {data.source}: {len(data.user) - n_test} training and {n_test} test ratings"
+            )
+        train(args, data, tqdm.write)
     return 0
 
 

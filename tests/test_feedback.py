@@ -23,10 +23,11 @@ from conftest import assert_one_line_error, free_port, infer_json, need_ml100k, 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from recsys import Recommender  # noqa: E402
 from recsys.modeldir import ModelDir  # noqa: E402
 from recsys.serve import create_app  # noqa: E402
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -82,6 +83,47 @@ def test_a_new_user_rates_and_gets_lists_that_read_the_ratings(served):
     assert c.get("/api/users/946/recommendations").status_code == 404
 
 
+def test_deleting_a_stored_rating_changes_the_list_at_once(served, u1_models):
+    c, rows = served
+    before = c.get("/api/users/1/recommendations?k=20").json()
+    archive = {r["movie_id"] for r in c.get("/api/users/1").json()["ratings"]}  # training and test ratings
+    top, second = [m for m in _ids(before) if m not in archive][:2]
+    for movie in (top, second):
+        assert (
+            c.post("/api/ratings", json={"user_id": 1, "movie_id": movie, "rating": 5}, headers=AUTH).status_code == 201
+        )
+    assert top not in _ids(c.get("/api/users/1/recommendations?k=20").json())
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = c.delete(f"/api/users/1/ratings/{top}", headers=headers)
+        assert r.status_code == 401 and list(r.json()) == ["error"] and r.headers["www-authenticate"] == "Bearer"
+    assert len(rows("SELECT * FROM ratings")) == 2
+    r = c.delete(f"/api/users/1/ratings/{top}", headers=AUTH)
+    assert r.status_code == 204 and r.content == b""
+    assert rows("SELECT user_id, movie_id FROM ratings") == [(1, second)]
+    assert [s["movie_id"] for s in c.get("/api/users/1/ratings").json()["ratings"]] == [second]
+    left = Recommender.load(u1_models[0]).recommend(1, 20, rated=[(second, 5)])  # the one stored rating left
+    assert c.get("/api/users/1/recommendations?k=20").json() == left and top in _ids(left)
+    # deleting all of them gives back the list of no stored rating, exactly
+    assert c.delete("/api/users/1/ratings", headers=AUTH).status_code == 204
+    assert rows("SELECT * FROM ratings") == [] and c.get("/api/users/1/ratings").json()["ratings"] == []
+    assert c.get("/api/users/1/recommendations?k=20").json() == before
+    assert c.delete("/api/users/1/ratings", headers=AUTH).status_code == 204  # none left: still done
+    # what cannot be deleted: a rating not stored, one of the archive (read-only), unknown ids
+    for url, status, needle in (
+        (f"/api/users/1/ratings/{top}", 404, "no stored rating"),
+        (f"/api/users/1/ratings/{min(archive)}", 409, "read-only"),
+        ("/api/users/1/ratings/99999", 404, "unknown movie id 99999"),
+        ("/api/users/99999/ratings/1", 404, "unknown user id 99999"),
+        ("/api/users/99999/ratings", 404, "unknown user id 99999"),
+        ("/api/users/1/ratings/x", 422, "movie"),
+    ):
+        r = c.delete(url, headers=AUTH)
+        assert r.status_code == status and list(r.json()) == ["error"] and needle in r.json()["error"], (url, r.text)
+        assert "\n" not in r.text
+    with TestClient(create_app(u1_models[0], reload_interval=0)) as plain:  # no ratings database: no writes
+        assert plain.delete("/api/users/1/ratings/1", headers=AUTH).status_code == 403
+
+
 @pytest.mark.parametrize(
     "body, status, needle",
     [
@@ -93,7 +135,7 @@ def test_a_new_user_rates_and_gets_lists_that_read_the_ratings(served):
         ({"user_id": 1, "movie_id": 1, "rating": "4"}, 422, "rating: Input should be a valid number"),
         ({"user_id": 1, "movie_id": 1}, 422, "rating: Field required"),
         ({"user_id": 1, "movie_id": 1, "rating": 4, "at": 0}, 422, "at: Extra inputs are not permitted"),
-        ({"user_id": 2**64, "movie_id": 1, "rating": 4}, 404, "unknown user id 18446744073709551616"),
+        ({"user_id": 2**64, "movie_id": 1, "rating": 4}, 422, "user_id: a whole number within"),
         ({"user_id": True, "movie_id": 1, "rating": 4}, 422, "user_id: Input should be a valid integer"),
     ],
 )
@@ -178,6 +220,7 @@ def test_nothing_acknowledged_is_lost_when_the_server_is_killed(u1_models, ratin
     SIGKILLed mid-load; restarted on the same database, every 201 is there exactly once, no 4xx is."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     db, port = ratings_db[0], free_port()
     server = _start(u1_models[0], db, port, token)
     acked, refused, lock, stop = {}, set(), threading.Lock(), threading.Event()
@@ -239,6 +282,7 @@ def test_training_reads_the_database_while_a_server_writes_it(u1_models, ratings
     db, rows = ratings_db
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     port = free_port()
     server = _start(u1_models[0], db, port, token)
     answers, stop = [], threading.Event()
@@ -370,6 +414,26 @@ def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, rati
         assert again.json()["replaced"]
     proc = run_cli("recsys.train", "--model-dir", str(model), "--resume", "--epochs", "3")
     assert_one_line_error(proc, "no longer holds the rows this run read")
+
+
+def test_retraining_never_reads_deleted_ratings(u1_models, tmp_path):
+    db = tmp_path / "ratings.db"
+    with TestClient(create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)) as c:
+        new = c.post("/api/users", json={"gender": "F", "age": 30, "job": 4}, headers=AUTH).json()["user_id"]
+        for movie in (50, 181, 172):
+            c.post("/api/ratings", json={"user_id": new, "movie_id": movie, "rating": 5}, headers=AUTH)
+        c.post("/api/ratings", json={"user_id": 2, "movie_id": 3, "rating": 4}, headers=AUTH)
+        assert c.delete(f"/api/users/{new}/ratings/181", headers=AUTH).status_code == 204
+        assert c.delete("/api/users/2/ratings", headers=AUTH).status_code == 204
+    model = tmp_path / "retrained"
+    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
+    proc = run_cli("recsys.train", *data, "--objective", "retrieval", "--epochs", "1", "--model-dir", str(model),
+                   "--ratings-db", str(db))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "2 stored ratings (up to seq 3) and 1 new users" in proc.stdout
+    md = ModelDir.load(model)
+    assert sorted(md.ratings_of(new)[0].tolist()) == [50, 172]
+    assert 3 not in md.ratings_of(2)[0].tolist() and md.meta["settings"]["ratings_db_read"]["ratings"] == 2
 
 
 def test_the_readmes_loop_runs_as_written(u1_models, tmp_path):

@@ -101,7 +101,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(small_dir, tmp_pa
     proc = run_cli("recsys.train", *base, "--epochs", "2", "--eval-every", "50", "--resume")
     assert proc.returncode == 0 and "training already finished at epoch 2" in proc.stderr + proc.stdout
     empty = ["--data-dir", str(small_dir), "--model-dir", str(tmp_path / "none"), "--resume"]
-    assert_one_line_error(run_cli("recsys.train", *empty), "train first")
+    assert_one_line_error(run_cli("recsys.train", *empty), "nothing to resume", "start again without --resume")
 
 
 def _digests(folder):

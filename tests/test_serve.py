@@ -71,7 +71,7 @@ def test_every_endpoint_answers_as_the_cli(client, u1_models):
         ("get", "/api/predict?user=1&movie=99999", None, 404, "unknown movie id 99999"),
         ("get", "/api/users/1/recommendations?k=0", None, 422, "k: Input should be greater than or equal to 1"),
         ("get", "/api/users/1/recommendations?k=abc", None, 422, "k: Input should be a valid integer"),
-        ("get", "/api/users/abc/recommendations", None, 422, "user: Input should be a valid integer"),
+        ("get", "/api/users/abc/recommendations", None, 422, "user: an id is whole digits"),
         ("get", "/api/recommendations?gender=F&age=0&job=4", None, 422, "age must be a number of years, 1..120"),
         ("get", "/api/recommendations?gender=F&age=25&job=99", None, 422, "job must be 0..20 for ml-100k, got 99"),
         ("get", "/api/recommendations?gender=X&age=25&job=4", None, 422, "gender: String should match"),
@@ -311,7 +311,7 @@ def test_rating_a_movie_on_the_page_changes_its_list(u1_models, monkeypatch, tmp
     cmd = ["recsys.serve", "--model-dir", str(u1_models[0]), "--port", str(port), "--log-level", "warning",
            "--ratings-db", str(db)]  # fmt: skip
     server = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "RECSYS_WRITE_TOKEN": "page-token"})  # fmt: skip
+                              env={**os.environ, "RECSYS_WRITE_TOKEN": "page-token-0123456789"})  # fmt: skip
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
@@ -331,7 +331,7 @@ def test_rating_a_movie_on_the_page_changes_its_list(u1_models, monkeypatch, tmp
         driver.get(f"http://127.0.0.1:{port}/?user=1")
         WebDriverWait(driver, 30).until(lambda d: len(movie_ids()) == 10)
         before = movie_ids()
-        driver.find_element(By.ID, "token").send_keys("page-token")
+        driver.find_element(By.ID, "token").send_keys("page-token-0123456789")
         driver.find_elements(By.CSS_SELECTOR, "#recs li .rate button")[4].click()  # five stars for the first
         WebDriverWait(driver, 30).until(lambda d: movie_ids() and movie_ids()[0] != before[0])
         assert before[0] not in movie_ids() and movie_ids()[:9] != before[:9]

@@ -14,7 +14,7 @@ import numpy as np
 from recsys.data.schema import MovieInfo
 from recsys.errors import RecsysError
 
-_TITLE = re.compile(r"^(.*)\((\d+)\)$")
+_TITLE = re.compile(r"^(.*)\(([0-9]{4})\)$")
 
 
 @dataclass
@@ -41,17 +41,27 @@ def bad_line(source: Path, member: str, line_no: int, line: str) -> RecsysError:
 
 
 def chapter_title(full: str) -> str:
-    """The chapter's title rule: a trailing `(year)` is dropped (the blank before it stays)."""
+    """The chapter's title rule: a trailing `(year)`, four digits, is dropped (the blank before it stays); other
+    trailing `(digits)` are part of the title."""
     m = _TITLE.match(full)
     return m.group(1) if m else full
 
 
+def title_year(full: str) -> int | None:
+    """The release year a title ends with, `(1995)`, or None."""
+    m = _TITLE.match(full.strip())
+    return int(m.group(2)) if m and len(m.group(2)) == 4 else None
+
+
 def movies_from(raw: list[tuple[int, str, list[str]]], categories: list[str]) -> tuple[dict[int, MovieInfo], list[str]]:
-    """MovieInfo by row from (row, title, genres) triples, and the sorted title vocabulary (lower-cased words)."""
+    """MovieInfo by row from (row, full title, genres) triples (the title's year kept apart, the title by the
+    chapter's rule), and the sorted title vocabulary (lower-cased words)."""
+    years = {row: title_year(t) for row, t, _ in raw}
+    raw = [(row, chapter_title(t), cs) for row, t, cs in raw]
     words = {w: i for i, w in enumerate(sorted({w.lower() for _, t, _ in raw for w in t.split()}))}
     cat_ids = {c: i for i, c in enumerate(categories)}
     movies = {
-        row: MovieInfo(row, cs, t, [cat_ids[c] for c in cs], [words[w.lower()] for w in t.split()])
+        row: MovieInfo(row, cs, t, [cat_ids[c] for c in cs], [words[w.lower()] for w in t.split()], years[row])
         for row, t, cs in raw
     }
     return movies, list(words)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.data import fetch
-from recsys.data.common import Ratings, chapter_title
+from recsys.data.common import Ratings, chapter_title, title_year
 from recsys.data.schema import Meta, MovieInfo
 from recsys.errors import RecsysError
 
@@ -248,6 +248,7 @@ def _movies(source: Path, dataset: str) -> tuple[np.ndarray, list[str], list[lis
 def _vocabularies(titles: list[str], genres: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
     """Titles (the chapter's rule), categories and title words (sorted), and each movie's category / title
     word ids as flat arrays with per-movie lengths (what the cache keeps, so a cached load builds no vocabulary)."""
+    years = [title_year(t) for t in titles]
     titles = [chapter_title(t) for t in titles]
     genres = [[g for g in (gs or "").split("|") if g and g != NO_GENRE] for gs in genres]
     categories = sorted({g for gs in genres for g in gs})
@@ -261,7 +262,7 @@ def _vocabularies(titles: list[str], genres: list[str]) -> tuple[dict, dict[str,
         "title_flat": np.fromiter(itertools.chain.from_iterable(title_ids), np.int64),
         "title_len": np.array([len(t) for t in title_ids], np.int64),
     }
-    return {"titles": titles, "categories": categories, "words": words}, arrays
+    return {"titles": titles, "years": years, "categories": categories, "words": words}, arrays
 
 
 def meta_from(dataset: str, arrays) -> Meta:
@@ -276,9 +277,10 @@ def meta_from(dataset: str, arrays) -> Meta:
         cat_flat, title_flat = arrays["category_flat"].tolist(), arrays["title_flat"].tolist()
         cat_end, title_end = np.cumsum(arrays["category_len"]).tolist(), np.cumsum(arrays["title_len"]).tolist()
         movies, c0, t0 = {}, 0, 0
-        for row, (title, c1, t1) in enumerate(zip(extra["titles"], cat_end, title_end), 1):
+        years = extra.get("years") or [None] * len(extra["titles"])
+        for row, (title, c1, t1, year) in enumerate(zip(extra["titles"], cat_end, title_end, years), 1):
             cs = cat_flat[c0:c1]
-            movies[row] = MovieInfo(row, [categories[c] for c in cs], title, cs, title_flat[t0:t1])
+            movies[row] = MovieInfo(row, [categories[c] for c in cs], title, cs, title_flat[t0:t1], year)
             c0, t0 = c1, t1
     return Meta(
         dataset,

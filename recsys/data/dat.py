@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.data import fetch
-from recsys.data.common import Ratings, bad_line, chapter_title, int_rows, lines, movies_from, whole_star_ratings
+from recsys.data.common import Ratings, bad_line, int_rows, lines, movies_from, whole_star_ratings
 from recsys.data.schema import Meta, UserInfo
 from recsys.errors import RecsysError
 
@@ -41,7 +41,7 @@ def read_meta(source: Path) -> Meta:
     for i, line in lines(fetch.read_member(source, DATASET, "movies.dat")):
         try:
             mid, title, genres = line.split("::")
-            raw.append((int(mid), chapter_title(title), genres.split("|")))
+            raw.append((int(mid), title, genres.split("|")))
         except ValueError:
             raise bad_line(source, "movies.dat", i, line) from None
     users = {}

@@ -2,7 +2,8 @@
 
 Splits: `random` (the chapter's rule: seed, then one `random() < test_ratio` per rating line in file order),
 `temporal` (each user's last `(n + 5) // 10` ratings by timestamp, ties in file order, are the test set),
-ml-100k's shipped `u1`..`u5`, `ua`, `ub`, and `NAME:val`: NAME's training ratings alone, split again
+`all` (every rating trains and there is no test set: a model to serve, not to measure), ml-100k's shipped
+`u1`..`u5`, `ua`, `ub`, and `NAME:val`: NAME's training ratings alone, split again
 (`random`, shipped splits: a seeded tenth; `temporal`: the temporal rule) for choosing settings without
 looking at the test ratings.
 """
@@ -26,10 +27,11 @@ CHAPTER = {"ml-1m": dat, "ml-100k": uitem}  # the chapter's text layouts: one mo
 CSV_LAYOUTS = (*fetch.CSV_RELEASES, "csv")
 DATASETS = (*CHAPTER, *CSV_LAYOUTS)
 VALIDATION = ":val"  # `--split u1:val`: u1's training ratings alone, split again as the test set
-SPLITS = {name: ("random", "temporal") for name in DATASETS} | {
-    "ml-100k": ("random", "temporal", *uitem.SHIPPED_SPLITS)
+ALL = "all"  # every rating trains: no test set
+SPLITS = {name: ("random", "temporal", ALL) for name in DATASETS} | {
+    "ml-100k": ("random", "temporal", ALL, *uitem.SHIPPED_SPLITS)
 }
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: movies keep their release years
 _OPTIONAL = {"csv": ("movies.csv", "users.csv")}
 
 
@@ -193,7 +195,9 @@ def load(
     user, movie, half, ts = r.user.astype(np.int64), r.movie.astype(np.int64), r.half, r.timestamp
     if base == "temporal" and ts is None:
         raise RecsysError(f"{source}: the temporal split needs timestamps, and the ratings have none")
-    if base == "temporal":
+    if base == ALL:
+        is_test = np.zeros(len(user), bool)
+    elif base == "temporal":
         is_test = temporal_mask(user, ts)
     else:
         is_test = r.is_test if r.is_test is not None else split_mask(len(user), rand_seed, test_ratio)

@@ -35,8 +35,17 @@ def age_index(age: int) -> int:
 class MovieInfo:
     """Movie id, title and categories, as in the chapter; `value()` is the sample's movie part."""
 
-    def __init__(self, index: int, categories: list[str], title: str, category_ids: list[int], title_ids: list[int]):
+    def __init__(
+        self,
+        index: int,
+        categories: list[str],
+        title: str,
+        category_ids: list[int],
+        title_ids: list[int],
+        year: int | None = None,
+    ):
         self.index = int(index)
+        self.year = year  # the release year in the data's title (None: it gives none)
         self.categories = categories
         self.title = title
         self.category_ids = category_ids

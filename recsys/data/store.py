@@ -9,6 +9,11 @@ the rating; WAL's usual NORMAL may lose the last commits). PostgreSQL commits wi
 `BUSY_TIMEOUT` seconds for another writer's lock, then gets a one-line error; several processes may use one
 database at once (servers, and `train --ratings-db`).
 
+Deletion: a stored rating (or all of a user's) can be deleted; the row is gone from the next read on, so the
+served lists stop reading it at once and the next `train --ratings-db` never sees it. A model already trained on
+it keeps what it learnt from it until it is trained again: deletion forgets at the next training. The ratings of
+the model's own archive are not in the database and cannot be deleted here.
+
 The rule for repeats: a (user, movie) pair has one stored rating, the latest. A re-rating replaces the
 row and gets a new, larger `seq`. Writers take the tables' write lock before they write, so rows commit in
 `seq` order: the rows up to a `seq` are exactly what was stored up to then, and a training run records the
@@ -93,7 +98,8 @@ class _SQLite:
 
     def __init__(self, path: Path, create: bool):
         self.path = path
-        _check_file(path, create)
+        if _check_file(path, create):
+            _create_private(path)
 
     def connect(self):
         # transactions by hand; used by one thread at a time (`RatingsStore.close` may close it from another)
@@ -104,8 +110,17 @@ class _SQLite:
         return con
 
     def tables(self) -> set[str]:
+        """The file's tables, once `PRAGMA quick_check` has found it whole (it only reads: a damaged file is
+        refused before anything is written to it)."""
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)  # no PRAGMA: reads only
         try:
+            problems = [str(r[0]) for r in con.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                found = " ".join("; ".join(problems).split())
+                raise RecsysError(
+                    f"ratings database {self.path} is damaged (PRAGMA quick_check: {found[:200]}); left untouched: "
+                    "restore it from a backup, or give a new file"
+                )
             return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
@@ -271,6 +286,17 @@ class RatingsStore:
 
         return self._run(rate, self._db.begin_write)
 
+    def delete_rating(self, user_id: int, movie_id: int) -> bool:
+        """Delete the user's stored rating of the movie, durable on return: whether there was one."""
+        sql = "DELETE FROM ratings WHERE user_id = ? AND movie_id = ?"
+        return self._run(lambda q: q(sql, (user_id, movie_id)).rowcount > 0, self._db.begin_write)
+
+    def delete_ratings(self, user_id: int) -> int:
+        """Delete every stored rating of the user in one transaction, durable on return: how many there were."""
+        return self._run(
+            lambda q: q("DELETE FROM ratings WHERE user_id = ?", (user_id,)).rowcount, self._db.begin_write
+        )
+
     # reads
 
     def user(self, user_id: int) -> dict | None:
@@ -315,11 +341,12 @@ class RatingsStore:
             c.close()
 
 
-def _check_file(path: Path, create: bool) -> None:
+def _check_file(path: Path, create: bool) -> bool:
     """A one-line error for a path that cannot be a ratings database file, by its metadata alone: the file is
     never opened here. (Closing any descriptor of a file drops every POSIX lock this process holds on it, the
     locks by which SQLite knows that a connection is open: another process closing its last connection could
-    then take the WAL away from under this process's connections. SQLite reads the header itself.)"""
+    then take the WAL away from under this process's connections. SQLite reads the header itself.) True when
+    there is no file yet, to be created."""
     if path.is_dir():
         raise RecsysError(f"ratings database {path} is a folder, not a file")
     if not path.exists():
@@ -327,11 +354,23 @@ def _check_file(path: Path, create: bool) -> None:
             raise RecsysError(f"ratings database {path} does not exist")
         if not path.parent.is_dir():
             raise RecsysError(f"ratings database {path}: its folder {path.parent} does not exist")
-        return
+        return True
     if not os.access(path, os.R_OK):
         raise RecsysError(f"cannot read ratings database {path}: permission denied")
     if path.stat().st_size == 0 and not create:
         raise RecsysError(f"ratings database {path} is empty")
+    return False
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600): SQLite gives its `-wal` and `-shm` files
+    the database's mode. A file another process created just now is left as it is."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RecsysError(f"cannot create ratings database {path}: {e.strerror or e}") from None
 
 
 def with_stored(data: MovieLens, snap: Snapshot) -> tuple[MovieLens, dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.data import fetch
-from recsys.data.common import Ratings, bad_line, chapter_title, int_rows, lines, movies_from, whole_star_ratings
+from recsys.data.common import Ratings, bad_line, int_rows, lines, movies_from, whole_star_ratings
 from recsys.data.schema import Meta, UserInfo, age_table
 from recsys.errors import RecsysError
 
@@ -30,7 +30,7 @@ def read_meta(source: Path) -> Meta:
             flags = [int(x) for x in f[-len(genres) :]]
             if len(f) < 5 + len(genres):
                 raise ValueError
-            raw.append((int(f[0]), chapter_title(f[1]), [g for g, on in zip(genres, flags) if on]))
+            raw.append((int(f[0]), f[1], [g for g, on in zip(genres, flags) if on]))
         except ValueError:
             raise bad_line(source, "u.item", i, line) from None
     users = {}

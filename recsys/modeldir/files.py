@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.modeldir import checks
 
 MANIFEST = "manifest.json"
 
@@ -25,29 +28,67 @@ def damaged(path: Path, name: str, why: str) -> RecsysError:
     return RecsysError(f"model dir {path} is damaged: {name} ({why}); train again: python -m recsys.train")
 
 
+def _kind(mode: int) -> str:
+    """What a directory entry that is not a regular file is, for a message."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    return next((f"{what}, not a file" for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _open_file(name: str, dir_fd: int) -> io.BufferedReader | str:
+    """The regular file `name` in the dir open as `dir_fd`, opened for reading (a symlink followed); else what
+    it is instead, in words. Nothing else is ever opened (a FIFO would block, a device act on being opened),
+    and no descriptor outlives a refusal."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd).st_mode
+        if not stat.S_ISREG(mode):
+            return _kind(mode)
+        # O_NONBLOCK: should the entry turn into a FIFO between the stat and the open, the open cannot hang
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:  # a symlink loop or a broken one, no permission, gone since the listing
+        return "a symlink loop" if e.errno == errno.ELOOP else f"cannot be opened: {e.strerror or e}"
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return _kind(mode)
+        os.set_blocking(fd, True)
+        f, fd = open(fd, "rb"), None  # the file object owns the descriptor now
+        return f
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 class Files:
-    """Every file of one model dir, opened at once: later reads see this save even if the dir is swapped."""
+    """Every file of one model dir, opened at once: later reads see this save even if the dir is swapped.
+    Only regular files are opened; other entries (a subfolder such as `.ipynb_checkpoints/`, a FIFO) are
+    ignored unless the manifest names them, which makes the dir damaged."""
 
     def __init__(self, path: Path):
         self.path = path
         self.open: dict[str, io.BufferedReader] = {}
+        self.other: dict[str, str] = {}  # entries that are no regular file: name -> what they are instead
         self.expected: dict[str, dict] | None = None  # from the manifest; None for a dir saved before it
         self.verified: set[str] = set()
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.inode = os.fstat(dir_fd).st_dev, os.fstat(dir_fd).st_ino
+            st = os.fstat(dir_fd)
+            self.inode = st.st_dev, st.st_ino
             for name in os.listdir(dir_fd):
-                try:
-                    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-                except IsADirectoryError:
-                    continue
-                f = open(fd, "rb")
-                if os.fstat(fd).st_mode & 0o170000 == 0o100000:  # a regular file
-                    self.open[name] = f
+                f = _open_file(name, dir_fd)
+                if isinstance(f, str):
+                    self.other[name] = f
                 else:
-                    f.close()
+                    self.open[name] = f
+        except BaseException:
+            self.close()
+            raise
         finally:
             os.close(dir_fd)
+
+    def missing(self, name: str) -> RecsysError:
+        """The error for a file this dir should have and has not (or has as something else)."""
+        return damaged(self.path, name, self.other.get(name, "missing"))
 
     def close(self) -> None:
         for f in self.open.values():
@@ -57,13 +98,13 @@ class Files:
         """Against the manifest: every file present with its size (hashes wait for each file's first read)."""
         if MANIFEST not in self.open:
             if meta.get("manifest"):
-                raise damaged(self.path, MANIFEST, "missing")
+                raise self.missing(MANIFEST)
             notice = f"notice: model dir {self.path} has no manifest (saved by an older recsys); files not checked"
             print(notice, file=sys.stderr)
             return
         for name, want in self.expected.items():
             if name not in self.open:
-                raise damaged(self.path, name, "missing")
+                raise self.missing(name)
             size = os.fstat(self.open[name].fileno()).st_size
             if size != want["size"]:
                 raise damaged(self.path, name, f"size {size}, expected {want['size']}")
@@ -82,7 +123,7 @@ class Files:
     def read(self, name: str) -> bytes:
         """The whole file, checked against its manifest entry."""
         if name not in self.open:
-            raise damaged(self.path, name, "missing")
+            raise self.missing(name)
         f = self.open[name]
         f.seek(0)
         data = f.read()
@@ -104,8 +145,14 @@ class Files:
             raise damaged(self.path, name, "unreadable") from None
 
     def npz(self, name: str) -> dict[str, np.ndarray]:
+        """Every array of the npz file, once its members are known to unpack to no more than it holds."""
+        data = self.read(name)
         try:
-            with np.load(io.BytesIO(self.read(name)), allow_pickle=False) as z:
+            checks.npz_members(data)
+        except checks.Bad as e:
+            raise damaged(self.path, name, str(e)) from None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             raise damaged(self.path, name, "unreadable") from None

@@ -20,6 +20,7 @@ load, each file's SHA-256 when it is first read: a damaged dir is an error, neve
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 
 from recsys.data.history import Histories, history_weights
 from recsys.errors import RecsysError
-from recsys.modeldir import index
+from recsys.modeldir import checks, index
 from recsys.modeldir.files import Files, damaged, still_at
 from recsys.modeldir.predictor import Predictor, dynamic_mode
 from recsys.movielens import Tables
@@ -78,6 +79,71 @@ def cold_feeds(sizes: list[int]) -> dict[str, np.ndarray]:
     return {"user_id": np.zeros(n, np.int64)} | {f"f{i}_id": c.astype(np.int64) for i, c in enumerate(combos)}
 
 
+class NoModel(RecsysError):
+    """A model dir that holds no trained model (or is not there at all)."""
+
+
+def _open(path: Path) -> tuple[Path, Files]:
+    """The dir's files, all of one save (a save may swap the dir while they are opened: then again)."""
+    previous = path.with_name(f".{path.name}.previous") if path.name else path  # `.` has no name, no previous
+    for attempt in itertools.count():
+        where = previous if not path.is_dir() and previous.is_dir() else path  # a save cut off between renames
+        try:
+            files = Files(where)
+        except FileNotFoundError:
+            if attempt < 4 and (path.exists() or previous.exists()):
+                continue
+            raise NoModel(f"no trained model in {path}; train first: python -m recsys.train") from None
+        except NotADirectoryError:
+            raise RecsysError(f"{path} is not a model dir; train first: python -m recsys.train") from None
+        except OSError as e:
+            raise RecsysError(f"cannot open the model dir {path}: {e.strerror or e}") from None
+        if attempt < 4 and not still_at(path, where, files):  # swapped out as we opened it: again
+            files.close()
+            continue
+        return where, files
+
+
+def _no_model(path: Path) -> RecsysError:
+    """The error for a folder without a model: it may hold model dirs (`--model-dir .` above them)."""
+    try:
+        inner = sorted(p.name for p in path.iterdir() if (p / "manifest.json").is_file() or (p / "meta.json").is_file())
+    except OSError:
+        inner = []
+    if inner:
+        shown = ", ".join(inner[:3]) + (", ..." if len(inner) > 3 else "")
+        return RecsysError(f"{path} is not a model dir but holds model dirs ({shown}); give one of them as --model-dir")
+    return NoModel(f"no trained model in {path}; train first: python -m recsys.train")
+
+
+def _meta(where: Path, files: Files) -> dict:
+    """meta.json, once the manifest (if any) has checked every file's presence and size."""
+    files.read_manifest()
+    if "meta.json" not in files.open and files.expected is None:
+        raise files.missing("meta.json") if "meta.json" in files.other else _no_model(where)
+    meta = files.json("meta.json")
+    if not isinstance(meta, dict):
+        raise damaged(where, "meta.json", "unreadable")
+    files.check(meta)
+    if meta.get("format") != FORMAT:
+        raise RecsysError(f"model dir {where} has format {meta.get('format')}, this recsys reads {FORMAT}; train again")
+    return meta
+
+
+def _arrays(where: Path, files: Files, meta: dict) -> dict[str, np.ndarray]:
+    """arrays.npz, every array checked against meta.json (`recsys.modeldir.checks`)."""
+    arrays = files.npz("arrays.npz")
+    required = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
+    required |= {"rated_movie", "rated_stars", "rated_is_test"}
+    if required - set(arrays):
+        raise damaged(where, "arrays.npz", f"no {', '.join(sorted(required - set(arrays)))}")
+    try:
+        checks.model_arrays(meta, arrays)
+    except checks.Bad as e:
+        raise damaged(where, "arrays.npz", str(e)) from None
+    return arrays
+
+
 @dataclass
 class ModelDir:
     """A loaded model dir: metadata, arrays, and the inference predictor on demand."""
@@ -90,42 +156,13 @@ class ModelDir:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelDir:
         path = Path(path)
-        for attempt in range(5):  # a save may swap the dir while it is being opened: open it again
-            if not path.is_dir() and path.with_name(f".{path.name}.previous").is_dir():
-                where = path.with_name(f".{path.name}.previous")  # a save was cut off between its two renames
-            else:
-                where = path
-            try:
-                files = Files(where)
-                if attempt < 4 and not still_at(path, where, files):  # swapped out as we opened it: again
-                    files.close()
-                    continue
-            except FileNotFoundError:
-                if attempt < 4 and (path.exists() or path.with_name(f".{path.name}.previous").exists()):
-                    continue
-                raise RecsysError(f"no trained model in {path}; train first: python -m recsys.train") from None
-            except NotADirectoryError:
-                raise RecsysError(f"{path} is not a model dir; train first: python -m recsys.train") from None
-            break
-        files.read_manifest()
-        if "meta.json" not in files.open and files.expected is None:
-            raise RecsysError(f"no trained model in {where}; train first: python -m recsys.train")
-        meta = files.json("meta.json")
-        if not isinstance(meta, dict):
-            raise damaged(where, "meta.json", "unreadable")
-        files.check(meta)
-        if meta.get("format") != FORMAT:
-            raise RecsysError(
-                f"model dir {where} has format {meta.get('format')}, this recsys reads {FORMAT}; train again"
-            )
-        arrays = files.npz("arrays.npz")
-        required = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
-        if required - set(arrays):
-            raise damaged(where, "arrays.npz", f"no {', '.join(sorted(required - set(arrays)))}")
-        for key in ("user_vectors", "movie_vectors", "cold_vectors"):
-            if key in arrays and not np.isfinite(arrays[key]).all():
-                raise damaged(where, "arrays.npz", f"non-finite {key}")
-        return cls(where, meta, arrays, files)
+        where, files = _open(path)
+        try:
+            meta = _meta(where, files)
+            return cls(where, meta, _arrays(where, files, meta), files)
+        except BaseException:
+            files.close()
+            raise
 
     @functools.cached_property
     def tables(self) -> Tables:
@@ -292,7 +329,12 @@ class ModelDir:
 
         kind = RankingNet if self.objective == "ranking" else RecommenderNet
         net = kind(**self.meta["sizes"], history=self.history)
-        net.set_state_dict({k: paddle.to_tensor(v) for k, v in self.params().items()})
+        params = self.params()
+        try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
+            checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)
+        except checks.Bad as e:
+            raise damaged(self.path, "params.npz", str(e)) from None
+        net.set_state_dict({k: paddle.to_tensor(v) for k, v in params.items()})
         net.eval()
         return net
 

@@ -92,6 +92,14 @@ def _ratings_csr(data: MovieLens) -> dict[str, np.ndarray]:
     }
 
 
+def _movie_years(data: MovieLens) -> np.ndarray:
+    """Each movie row's release year from its title (0: none), which the served lists' year filters read."""
+    years = np.zeros(len(data.tables.category), np.int16)
+    for row, movie in data.meta.movies.items():
+        years[row] = movie.year or 0
+    return years
+
+
 def save(
     path: str | os.PathLike,
     net,
@@ -138,6 +146,7 @@ def save(
             tmp / "arrays.npz",
             user_table=data.tables.user,
             movie_category=data.tables.category,
+            movie_year=_movie_years(data),
             movie_title=data.tables.title,
             **vectors,
             user_ids=data.meta.user_ids,
@@ -269,7 +278,8 @@ def write_metrics(folder: Path, metrics: list[dict], plot: bool = True) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(steps, [m["train_cost"] for m in metrics], "o-", label="Train cost")
-    ax.plot(steps, [m["test_cost"] for m in metrics], "s-", label="Test cost")
+    if "test_cost" in metrics[0]:  # the all split has no test set
+        ax.plot(steps, [m["test_cost"] for m in metrics], "s-", label="Test cost")
     ax.set_xlabel("training batches")
     ax.set_ylabel("mean square error (label = 2*stars-5)")
     ax.legend()

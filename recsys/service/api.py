@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from recsys.data.store import RatingsStore
@@ -23,15 +23,18 @@ from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
 from recsys.movielens import AGE_GROUPS, age_table
 from recsys.recommender import Recommender, UnknownId
-from recsys.service import contract, feedback
-from recsys.service.contract import Pair, Whole
+from recsys.service import contract, feedback, guard
+from recsys.service.contract import MAX_RATED, Pairs, Whole
+from recsys.service.guard import Id
+from recsys.service.options import BodyOptions, ListOptions, NewUserOptions
 from recsys.service.reload import Holder
+from recsys.topn.filters import NothingPasses
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 1000
 K = Query(10, ge=1, le=MAX_K, description="list length")
 
-router = APIRouter()
+router = APIRouter(route_class=guard.Guarded)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -39,7 +42,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def recsys_error(_request: Request, exc: RecsysError) -> JSONResponse:
-    return _error(404 if isinstance(exc, UnknownId) else 422, str(exc))
+    return _error(404 if isinstance(exc, UnknownId | NothingPasses) else 422, str(exc))
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -57,15 +60,27 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 400:  # a body FastAPI cannot read (not UTF-8): malformed, as any unparsable JSON
         return _error(422, f"malformed JSON body: {exc.detail}")
     response = _error(exc.status_code, exc.detail)
-    response.headers.update(exc.headers or {})  # a 405's Allow
+    response.headers.update(exc.headers or {})  # a 401's WWW-Authenticate
+    if exc.status_code == 405:  # HEAD and OPTIONS are answered wherever GET is
+        methods = set(exc.headers["Allow"].split(", ")) if exc.headers else set()
+        response.headers["Allow"] = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"}))
+    if exc.status_code == 413:  # the rest of the body is not waited for
+        response.headers["Connection"] = "close"
     return response
 
 
+async def server_fault(_request: Request, exc: feedback.Unavailable) -> JSONResponse:
+    return _error(503, str(exc))
+
+
 async def unexpected(_request: Request, exc: Exception) -> JSONResponse:  # never a traceback on the wire
-    return _error(422, f"cannot answer this request: {type(exc).__name__}")
+    if isinstance(exc, MemoryError | OSError):  # this server's resources: another try may be answered
+        return _error(503, f"the server cannot answer now: {type(exc).__name__}")
+    return _error(500, f"the server failed on this request: {type(exc).__name__}")
 
 
 HANDLERS = {
+    feedback.Unavailable: server_fault,
     RecsysError: recsys_error,
     RequestValidationError: invalid,
     HTTPException: http_error,
@@ -96,11 +111,11 @@ def _describe(md: ModelDir | None) -> dict | None:
     if md is None:
         return None
     keys = ("dataset", "split", "objective", "settings", "paddle", "saved")
-    return {"path": str(md.path), **{k: md.meta.get(k) for k in keys}, "objective": md.objective}
+    return {"path": md.path.name, **{k: md.meta.get(k) for k in keys}, "objective": md.objective}  # no absolute path
 
 
 @router.get("/api/health")
-async def health(request: Request):
+def health(request: Request):
     """Dataset, objective, training settings and versions of the served model dirs."""
     rec, holder = _rec(request), request.app.state.holder
     return {
@@ -112,45 +127,66 @@ async def health(request: Request):
         "candidates": rec.candidates,
         "ratings": request.app.state.writes.status,
         "reload_interval_s": holder.interval,
-        "reload_error": holder.last_error,
+        "reload_error": _names_only(holder.last_error, holder.paths),
     }
 
 
+def _names_only(text: str | None, paths) -> str | None:
+    """A message with the served dirs' absolute paths shown as their names."""
+    for path in (p for p in paths if p is not None):
+        for spelled in sorted({str(path.resolve()), str(path.absolute()), str(path)}, key=len, reverse=True):
+            text = text.replace(spelled, path.name) if text else text
+    return text
+
+
 @router.get("/api/predict")
-async def predict(request: Request, user: int, movie: int):
+def predict(request: Request, user: Id, movie: Id):
     """The predicted rating of a user for a movie (and the actual one when rated), as `infer --movie`."""
     rec = _rec(request)
     rec.user_row(user), rec.movie_row(movie)
     if rec.rating_model is None:
-        how = "start the server with --rerank RATING_DIR to predict ratings"
-        raise HTTPException(404, f"no rating model is served: {how}")
+        raise HTTPException(404, f"no rating model is served: {_no_rating_model(rec)}")
     return rec.predict(user, movie)
 
 
+def _no_rating_model(rec: Recommender) -> str:
+    """What predicting ratings needs, said for the models this server has."""
+    served = " and ".join(f"a {md.objective} model ({md.path.name})" for md in (rec.model, rec.rerank) if md)
+    if rec.rerank is None:
+        return f"this server has {served}; start it with --rerank RATING_DIR (a rating model) to predict ratings"
+    return (
+        f"this server has {served}, which rank movies but predict no ratings; a rating model (train "
+        "--objective rating) given as --rerank RATING_DIR predicts them"
+    )
+
+
 @router.get("/api/users/{user}/recommendations", responses={404: feedback.RESPONSES[404]})
-async def recommend(request: Request, user: int, k: int = K):
-    """Top-k movies the user has not rated, as `infer --top-k` (two stages with --rerank: the retrieval
-    model's top max(candidates, k), reordered by the second model). With a ratings database, the user's
-    stored ratings are never listed and, with models that read history, are part of it; a user made by
-    `POST /api/users` is answered too."""
-    return feedback.recommend(request, user, k)
+def recommend(request: Request, user: Id, options: ListOptions, k: int = K):
+    """Top-k movies the user has not rated (in any split of the model's data; `exclude_rated=train`: the
+    training split alone, the lists `evaluate` ranks), as `infer --top-k` (two stages with --rerank: the
+    retrieval model's top max(candidates, k), reordered by the second model), filtered as asked. With a
+    ratings database, the user's stored ratings are never listed and, with models that read history, are part
+    of it; a user made by `POST /api/users` is answered too. 404 also when no movie passes the filters."""
+    return feedback.recommend(request, user, k, **options)
 
 
 @router.get("/api/recommendations")
-async def recommend_new(
+def recommend_new(
     request: Request,
+    options: NewUserOptions,
     gender: str = Query(..., pattern="^[MF]$"),
     age: int = Query(..., description="age in years, or the bucket code (1, 18, 25, 35, 45, 50, 56)"),
     job: int = Query(...),
     k: int = K,
 ):
-    """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`."""
+    """Top-k movies for a new user known by gender (M/F), age and job, as `infer --gender ...`, filtered as
+    asked."""
     rec = _rec(request)
     _chapter_only(rec)
-    return rec.recommend_new(k, gender=gender, age=age, job=job)
+    return rec.recommend_new(k, gender=gender, age=age, job=job, **options)
 
 
-class Who(BaseModel):
+class Who(BodyOptions):
     """A JSON request for recommendations: a known user, or a new one by features."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -159,49 +195,57 @@ class Who(BaseModel):
     age: Whole | None = None
     job: Whole | None = None
     features: dict[str, str] | None = Field(None, description="a new user's features, for data with its own")
-    rated: list[Pair] | None = Field(None, description="a new user's rated movies: [movie id, stars] pairs")
+    rated: Pairs | None = Field(
+        None, description=f"a new user's rated movies: [movie id, stars] pairs, at most {MAX_RATED}"
+    )
     k: Whole = Field(10, ge=1, le=MAX_K)
 
 
 @router.post("/api/recommend")
-async def recommend_json(request: Request, who: Who):
+def recommend_json(request: Request, who: Who):
     """Top-k as a JSON request: `{"user_id": 1, "k": 10}` or `{"gender": "F", "age": 25, "job": 4}`, a new
-    user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history)."""
+    user, who may name the movies they rated: `"rated": [[1193, 5], [661, 3]]` (their history).
+    `"explain": true`: each movie says which rated movies it is there because of. The list options of
+    `GET /api/users/{user}/recommendations` are fields here: `"genres": "Comedy,Drama"` (or a list), ...; a
+    known user's list reads their stored ratings as that one does."""
     rec = _rec(request)
     if who.user_id is not None:
         if any(v is not None for v in (who.gender, who.age, who.job, who.rated, who.features)):
             raise RecsysError("give user_id, or a new user's features (and rated), not both")
-        return rec.recommend(who.user_id, who.k)
+        return feedback.recommend(request, who.user_id, who.k, **who.options())
+    if who.exclude_rated is not None:
+        raise RecsysError("exclude_rated is a known user's (user_id): a new user's rated movies are never listed")
     pairs = [(int(m), float(s)) for m, s in who.rated or []]
     chapter = (who.gender, who.age, who.job)
     if any(v is not None for v in chapter):
         _chapter_only(rec)
     if rec.chapter_features and (None in chapter or who.features is not None):
         raise RecsysError("give user_id, or all of gender, age and job")
-    return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs)
+    return rec.recommend_new(who.k, gender=who.gender, age=who.age, job=who.job, features=who.features, rated=pairs,
+                             **who.options())  # fmt: skip
 
 
 @router.get("/api/movies/{movie}/similar")
-async def similar(request: Request, movie: int, k: int = K):
+def similar(request: Request, movie: Id, k: int = K):
     """The k movies nearest to this one by their movie-tower vectors, as `infer --similar-to`."""
     return _rec(request).similar(movie, k)
 
 
 @router.get("/api/users/{user}")
-async def user_history(request: Request, user: int):
+def user_history(request: Request, user: Id):
     """A user's features (age as the bucket code and its range) and every rating in the archive (split:
     train or test), best first."""
     return _rec(request).user(user)
 
 
 @router.get("/api/movies/{movie}")
-async def movie_details(request: Request, movie: int):
+def movie_details(request: Request, movie: Id):
     """A movie's title, genres, and its number of ratings and mean stars in the archive."""
     return _rec(request).movie(movie)
 
 
 @router.get("/api/meta")
-async def choices(request: Request):
+def choices(request: Request):
     """What the page needs for its forms: users, and the chapter's age buckets (codes and ranges) and jobs, or
     the data's own user features (name -> values; "" is unknown)."""
     rec = _rec(request)
@@ -223,9 +267,11 @@ def create_app(
     search: str = "auto",
     ratings_db=None,
     write_token: str | None = None,
+    max_body_bytes: int = guard.MAX_BODY_BYTES,
 ):
     """The FastAPI application serving these model dirs (Swagger UI at /docs, from local assets); with
-    `ratings_db` (a path) it takes ratings and new users from clients that send `write_token`."""
+    `ratings_db` (a path) it takes ratings and new users from clients that send `write_token`. A request body
+    over `max_body_bytes` is answered 413."""
     holder = Holder(model_dir, rerank, reload_interval, candidates, search)
     store = None if ratings_db is None else RatingsStore(ratings_db, holder.current.dataset)
 
@@ -241,7 +287,9 @@ def create_app(
         title="recsys",
         description="The chapter's recommender: two-stage top-N, ratings, similar movies",
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the validator's site
+        redirect_slashes=False,  # its redirect would echo the Host header; `Guard` reads /path/ as /path
     )
+    app.add_middleware(guard.Guard, max_body=max_body_bytes, csp={"/": guard.page_csp(STATIC / "index.html")})
     app.state.holder = holder
     app.state.writes = feedback.Writes(store, write_token)
     app.include_router(router)

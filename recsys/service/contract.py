@@ -5,8 +5,9 @@ invalid is refused (a schema-based fuzzer checks both in the tests).
 Written in from the served models: the rating scale and its steps (`POST /api/ratings`, rated movies), the
 new-user form this data takes (the chapter's gender, age 1..120 and job, or the data's own features), that
 `POST /api/recommend` takes a known user or a new one and never both, and whether rated movies are taken
-(only by models that read history). Every 4xx is documented with the one-line `{"error": ...}` body, every
-POST with its 415, and the write token as a bearer scheme on the write operations.
+(only by models that read history). Every error status is documented with the one-line `{"error": ...}`
+body: 4xx for the client's request (every POST with its 413 and 415), 500 and 503 for the server's own
+faults; every integer within 64 bits. (The write token's bearer scheme comes from the routes' dependency.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Annotated
 
 from fastapi.openapi.utils import get_openapi
 from pydantic import BeforeValidator, Strict, StrictFloat
+from pydantic_core import PydanticCustomError
 
 from recsys.recommender import Recommender
+from recsys.service.guard import MAX_ID
+from recsys.topn.filters import IDS_PATTERN, YEARS_PATTERN, names_pattern
 
 NULL = {"type": "null"}
 ERROR = {
@@ -26,22 +30,37 @@ ERROR = {
     "required": ["error"],
 }
 NOT_FOUND = "unknown user or movie"
+OPTIONS = ("explain", "exclude_rated", "genres", "exclude_genres", "exclude", "years")  # a list's (`options`)
 STATUS = {
     404: NOT_FOUND,
+    413: "the request body is over the server's bound (serve --max-body-bytes)",
     415: "the body is not sent as application/json",
     422: "a value the served data does not take, or a malformed body",
+    500: "the server failed on this request (its own fault, not the request's)",
+    503: "the server cannot answer now (its ratings database or its memory); try again later",
 }
-WRITES = ("/api/ratings", "/api/users")
+MAX_RATED = 1000  # a new user's rated movies in one request
 
 
 def _integral(value):
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    value = int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ID:  # never echoed back
+        raise PydanticCustomError("too_large", f"a whole number within ±{MAX_ID}")
+    return value
+
+
+def _at_most_rated(value):
+    if isinstance(value, list) and len(value) > MAX_RATED:  # refused before any pair is read
+        raise PydanticCustomError("too_long", f"at most {MAX_RATED} [movie id, stars] pairs, got {len(value)}")
+    return value
 
 
 # A JSON body's whole number: 2 or 2.0 (one number to JSON and to its schema's "integer"), never true or "2"
 Whole = Annotated[int, BeforeValidator(_integral), Strict()]
 # A rated movie: [movie id, stars], a JSON array read as a pair
 Pair = Annotated[tuple[Whole, StrictFloat], Strict(False)]
+# A new user's rated movies
+Pairs = Annotated[list[Pair], BeforeValidator(_at_most_rated)]
 
 
 def schema(app) -> dict:
@@ -54,7 +73,8 @@ def schema(app) -> dict:
     doc = copy.deepcopy(doc)
     _errors(doc)
     _values(doc, rec)
-    _security(doc)
+    _filters(doc, rec)
+    _int64(doc)
     app.state.contract = (rec, doc)
     return doc
 
@@ -66,21 +86,25 @@ def _operations(doc: dict):
 
 
 def _errors(doc: dict) -> None:
-    """Every error answer as the one-line body: 404 where an id is looked up, 415 on every POST."""
+    """Every error answer as the one-line body: 404 where an id is looked up, 413 and 415 on every POST, 500
+    and 503 everywhere."""
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     components["Error"] = ERROR
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    for path, method, op in _operations(doc):
+    for path, _method, op in _operations(doc):
         responses = op["responses"]
-        if "{" in path or path in ("/api/predict", "/api/recommend", "/api/ratings"):
+        if "{" in path or path in ("/api/predict", "/api/recommend", "/api/recommendations", "/api/ratings"):
             responses.setdefault("404", {"description": NOT_FOUND})
-        if method == "post":
+        if "requestBody" in op:
+            responses.setdefault("413", {"description": STATUS[413]})
             responses.setdefault("415", {"description": STATUS[415]})
         responses["422"] = {"description": STATUS[422]}
+        for code in (500, 503):
+            responses[str(code)] = {"description": STATUS[code]}
         for code, answer in responses.items():
-            if code.startswith("4"):
+            if code[0] in "45":
                 answer["content"] = body
     doc["paths"]["/api/predict"]["get"]["responses"]["404"]["description"] = (
         f"{NOT_FOUND}, or no rating model is served"
@@ -100,6 +124,7 @@ def _values(doc: dict, rec: Recommender) -> None:
         "type": "array", "prefixItems": [{"type": "integer"}, _stars(rec)], "minItems": 2, "maxItems": 2,
         "items": False, "description": "[movie id, stars]",
     }}  # fmt: skip
+    rated["maxItems"] = MAX_RATED
     if not rec.reads_history:  # the served models cannot read them
         rated = {"type": "array", "maxItems": 0}
     new = _new_user(rec, schemas["NewUser"]["properties"])
@@ -109,7 +134,7 @@ def _values(doc: dict, rec: Recommender) -> None:
     named["rated"] = {"anyOf": [rated, NULL], "description": who["rated"]["description"]}
     if rec.chapter_features:
         named["features"] = NULL  # the chapter's new user is gender, age and job alone
-    known = {k: (NULL if k not in ("user_id", "k") else v) for k, v in who.items()}
+    known = {k: (NULL if k not in ("user_id", "k", *OPTIONS) else v) for k, v in who.items()}
     known["user_id"] = {"type": "integer"}
     schemas["Who"] = {
         "title": "Who",
@@ -159,8 +184,37 @@ def _new_user(rec: Recommender, given: dict) -> dict:
     return {"properties": {"gender": NULL, "age": NULL, "job": NULL, "features": {"anyOf": [features, NULL]}}}
 
 
-def _security(doc: dict) -> None:
-    """The write token as a bearer scheme on the write operations."""
-    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for path in WRITES:
-        doc["paths"][path]["post"]["security"] = [{"bearer": []}]
+def _filters(doc: dict, rec: Recommender) -> None:
+    """The list filters' values as the server reads them: genres among the served data's, movie ids and years
+    as text (or lists, in a body); a known user's `exclude_rated`; 404 also for a filter no movie passes."""
+    genres = names_pattern(rec.catalogue.genres)
+    text = {"genres": genres, "exclude_genres": genres, "exclude": IDS_PATTERN, "years": YEARS_PATTERN}
+    lists = {"genres": {"type": "string", "enum": rec.catalogue.genres}, "exclude": {"type": "integer"}}
+    lists["exclude_genres"] = lists["genres"]
+    for path, _method, op in _operations(doc):
+        for p in op.get("parameters", []):
+            if p["in"] == "query" and p["name"] in text:
+                p["schema"] = {"type": "string", "pattern": text[p["name"]], "description": p.get("description")}
+        if path.endswith("/recommendations") or path == "/api/recommend":
+            op["responses"]["404"]["description"] = f"{NOT_FOUND}, or no movie passes the filters"
+    known, new = doc["components"]["schemas"]["Who"]["oneOf"]
+    for branch in (known, new):
+        props = branch["properties"]
+        for name, pattern in text.items():
+            forms = [{"type": "string", "pattern": pattern}]
+            forms += [{"type": "array", "items": lists[name]}] if name in lists else []
+            props[name] = {"anyOf": [*forms, NULL], "description": props[name].get("description")}
+    new["properties"]["exclude_rated"] = NULL  # a new user's rated movies are never listed
+
+
+def _int64(node) -> None:
+    """Every integer of the schema within 64 bits, as the server takes them (a larger id is no one's)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            node.setdefault("minimum", -MAX_ID)
+            node.setdefault("maximum", MAX_ID)
+        for value in node.values():
+            _int64(value)
+    elif isinstance(node, list):
+        for value in node:
+            _int64(value)

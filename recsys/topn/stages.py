@@ -9,8 +9,8 @@ import scipy.sparse as sp
 
 from recsys.modeldir import ModelDir
 from recsys.topn import nearest
+from recsys.topn.filters import top_k_outside
 from recsys.topn.first_stage import FirstStage
-from recsys.topn.first_stage import top_k as top_first
 from recsys.topn.lists import contains, rerank_pool
 from recsys.topn.rerank import head_scores, pair_features
 
@@ -56,14 +56,15 @@ def first_stage(md: ModelDir) -> FirstStage | None:
 
 
 def rank(
-    md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto", history: bool = False
+    md: ModelDir, vector: np.ndarray, k: int, exclude=(), search: str = "auto", history: bool = False, banned=None
 ) -> list[tuple[int, float]]:
-    """The k movies (rows) outside `exclude` (rows) of largest dot product of their unit movie vectors with
-    `vector`, or, when `exclude` is the user's `history`, of largest first-stage score: (row, value). Ties go
-    to the smaller movie id."""
+    """The k movies (rows) outside `exclude` (rows) and `banned` (catalogue columns, [1, M] sparse 0/1 or None:
+    left out, not history) of largest dot product of their unit movie vectors with `vector`, or, when
+    `exclude` is the user's `history`, of largest first-stage score: (row, value). Ties go to the smaller
+    movie id."""
     seen = seen_columns(md, np.asarray(list(exclude), np.int64))
     stage = first_stage(md) if history else None
-    cols, values = top_first(stage, movie_index(md, search), md.catalogue_vectors, vector[None], seen, k)
+    cols, values = top_k_outside(stage, movie_index(md, search), md.catalogue_vectors, vector[None], seen, banned, k)
     return [(int(md.movie_ids[c]), float(v)) for c, v in zip(cols[0], values[0]) if c >= 0]
 
 
@@ -103,13 +104,14 @@ def seen_columns(md: ModelDir, rows: np.ndarray) -> sp.csr_matrix:
 
 
 def top_k(
-    md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=(), search: str = "auto"
+    md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=(), search: str = "auto", banned=None
 ) -> list[tuple[int, float, float]]:
     """The k best-scored movies (rows) the user has not rated in the training split, or, for a new user with
-    feature ids `cold`, has not named in `rated`: (row, score, cosine) triples. A rating model's score is 5 cos
-    (label space); a retrieval model's is its first stage's (the cosine alone, or plus the item-item score)."""
+    feature ids `cold`, has not named in `rated`, nor `banned` (see `rank`): (row, score, cosine) triples. A
+    rating model's score is 5 cos (label space); a retrieval model's is its first stage's (the cosine alone,
+    or plus the item-item score)."""
     v = vector(md, user, cold, rated)
-    values = rank(md, v, k, seen(md, user, rated), search, history=True)
+    values = rank(md, v, k, seen(md, user, rated), search, history=True, banned=banned)
     return [(m, scale(md) * s, float(md.arrays["movie_vectors"][m] @ v)) for m, s in values]
 
 
@@ -132,12 +134,22 @@ def second_stage_scores(
 
 
 def two_stage_lists(
-    md: ModelDir, rerank: ModelDir, first, second, seen: np.ndarray, k: int, candidates: int, search: str = "auto"
+    md: ModelDir,
+    rerank: ModelDir,
+    first,
+    second,
+    seen: np.ndarray,
+    k: int,
+    candidates: int,
+    search: str = "auto",
+    banned=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
-    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns,
-    and those reordered by the second model's scores, cut to k. Returns (candidates, their scores, top k)."""
-    pool = top_first(first_stage(md), movie_index(md, search), md.catalogue_vectors, first, seen, candidates)[0]
+    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns
+    outside `banned` ([n, M] sparse 0/1 or None: left out, not history), and those reordered by the second
+    model's scores, cut to k. Returns (candidates, their scores, top k)."""
+    ix = movie_index(md, search)
+    pool = top_k_outside(first_stage(md), ix, md.catalogue_vectors, first, seen, banned, candidates)[0]
     scores = second_stage_scores(md, rerank, first, second, pool, seen)
     return pool, scores, rerank_pool(pool, scores, k)
 
@@ -158,13 +170,16 @@ def two_stage(
     cold=None,
     rated=(),
     search: str = "auto",
+    banned=None,
 ) -> list[tuple[int, float, float, int]]:
-    """The first stage's top `candidates` unrated movies, reordered by the second model's score:
+    """The first stage's top `candidates` unrated movies outside `banned` (see `rank`), reordered by the second
+    model's score:
     (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
     model's label-space score, or a ranking model's logit."""
     first, second = user_vectors(md, rerank, user, cold, rated)
     mask = seen_columns(md, seen(md, user, rated))
-    pool, scores, best = (a[0] for a in two_stage_lists(md, rerank, first, second, mask, k, candidates, search))
+    lists = two_stage_lists(md, rerank, first, second, mask, k, candidates, search, banned)
+    pool, scores, best = (a[0] for a in lists)
     place = {c: i for i, c in enumerate(pool.tolist())}
     return [
         (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first[0]), place[c] + 1)

@@ -9,14 +9,20 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 
+_HELD: set[Path] = set()  # the locks this process holds, by their file's path
+
 
 @contextlib.contextmanager
 def locked(path: str | os.PathLike):
     """Make this process the model dir's only trainer while the block runs: an exclusive lock on
     `.NAME.lock` beside it, which names our pid, removed when the block ends. The kernel drops the lock when
-    the process ends, however it ends, so a lock file left by a killed process is simply taken."""
+    the process ends, however it ends, so a lock file left by a killed process is simply taken. Inside a block
+    that holds it already, the lock is simply kept."""
     path = Path(path)
     where = path.with_name(f".{path.name}.lock")
+    if where.absolute() in _HELD:
+        yield
+        return
     while True:
         try:
             where.parent.mkdir(parents=True, exist_ok=True)
@@ -34,11 +40,13 @@ def locked(path: str | os.PathLike):
         if _same_file(where, fd):
             break
         os.close(fd)  # the trainer before us removed that file as we opened it: lock the one at `where` now
+    _HELD.add(where.absolute())
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        _HELD.discard(where.absolute())
         with contextlib.suppress(OSError):
             where.unlink()  # still holding the lock, so no other trainer has it
         os.close(fd)

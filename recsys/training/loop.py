@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys import topn
+from recsys.data.loader import ALL
 from recsys.errors import RecsysError
 from recsys.movielens import MovieLens
 from recsys.training import checkpoint, lock, ranking
@@ -38,6 +39,7 @@ LEGEND = {
     "ranking": "Test Loss: the weighted logistic loss of liked test movies against sampled negatives; NDCG@10: the "
     "reordered top-10 lists (higher is better; the loss can rise while the lists improve)",
 }
+UNTESTED = "Train Loss: the training cost of the epoch's batches; the all split trains on every rating: no test split"
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 SAVE_GAP = 60.0  # ... and at least this many seconds have passed since the run's start or its last save
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
@@ -60,9 +62,10 @@ def set_device(use_cuda: bool) -> None:
 
 
 def split_indices(data: MovieLens, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training, validation (carved from the training split, never the test split) and test rating indices."""
+    """Training, validation (carved from the training split, never the test split) and test rating indices (none
+    for the all split)."""
     train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
-    if len(train_idx) == 0 or len(test_idx) == 0:
+    if len(train_idx) == 0 or (len(test_idx) == 0 and data.split != ALL):
         which = "training" if len(train_idx) == 0 else "test"
         raise RecsysError(f"{data.source}: the {data.split} split leaves no {which} ratings")
     n_val = int(round(len(train_idx) * val_ratio))
@@ -149,12 +152,13 @@ class Run:
                     t.catalogue, data.user[fit], data.movie[fit], data.stars[fit], is_val[fit], args.positive
                 ).sample_users(EVAL_USERS, args.seed)
             train_idx, val_idx, test_idx = (i[data.stars[i] >= args.positive] for i in (train_idx, val_idx, test_idx))
-            if not len(train_idx) or not len(test_idx):
+            if not len(train_idx) or (not len(test_idx) and data.split != ALL):
                 which = "training" if not len(train_idx) else "test"
                 raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
             t.sample_from(train_idx)
             self.between = self.sample_between(train_idx, test_idx)
         self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
+        self.tested = len(test_idx) > 0  # the all split has no test ratings: the epoch lines show the training cost
 
     def sample_between(self, train_idx: np.ndarray, test_idx: np.ndarray) -> tuple | None:
         """The test users (top-N `Interactions`) and their test ratings that a top-N objective's evaluations
@@ -183,17 +187,21 @@ class Run:
             more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
             self.log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
             return self.t, pr.metrics
-        self.log(LEGEND[args.objective])
+        self.log(LEGEND[args.objective] if self.tested else UNTESTED)
         for epoch in range(pr.epoch + 1, args.epochs + 1):
             if not self.epoch(epoch):
                 break
         if self.lead:
             best = self.best_params is not None
             rec = [m for m in pr.metrics if m["epoch"] == pr.best_epoch][-1] if best else pr.metrics[-1]
+            cost = (
+                f"test cost {rec['test_cost']:.4f}, {_summary(rec, long=True)}"
+                if self.tested
+                else f"train cost {rec['train_cost']:.4f} (no test split)"
+            )
             self.log(
                 f"saved {Path(args.model_dir).resolve()}: epoch {rec['epoch']}, batch {rec['batch']}"
-                f"{' (best on validation)' if best else ''}, test cost {rec['test_cost']:.4f}, "
-                f"{_summary(rec, long=True)}; {pr.metrics[-1]['seconds']:.1f} s"
+                f"{' (best on validation)' if best else ''}, {cost}; {pr.metrics[-1]['seconds']:.1f} s"
             )
         return self.t, pr.metrics
 
@@ -257,16 +265,16 @@ class Run:
         record["train_cost"] = since["cost"] / max(since["n"], 1)
         if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
             record.update({f"val_{k}": v for k, v in t.evaluate(self.val_idx, full=False).items() if k != "mae"})
-        if self.lead:
+        if self.lead and self.tested:
             record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
             if self.top_n:
                 top = t.top_n(ranking)
                 record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
                 if ranking is not self.ranking:
                     record["test_users"] = len(ranking.eval_users())
-                if self.val_ranking is not None:
-                    val = self.val_ranking if final or self.val_between is None else self.val_between
-                    record["val_ndcg@10"] = t.top_n(val, full=False)["ndcg"]
+        if self.lead and self.val_ranking is not None:
+            val = self.val_ranking if final or self.val_between is None else self.val_between
+            record["val_ndcg@10"] = t.top_n(val, full=False)["ndcg"]
         if not all(math.isfinite(x) for x in record.values()):
             raise RecsysError(
                 f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
@@ -278,10 +286,17 @@ class Run:
         pr.metrics.append(record)
         since.update(cost=0.0, n=0, samples=0, seconds=0.0)
         if self.lead:
-            self.log(f"EpochID {epoch}, BatchID {batch}, Test Loss {record['test_cost']:0.2}  ({_summary(record)})")
+            self.log(f"EpochID {epoch}, BatchID {batch}, {_loss(record)}  ({_summary(record)})")
             if self.on_eval is not None:
                 self.on_eval(pr.metrics)
         return record
+
+
+def _loss(record: dict) -> str:
+    """The evaluation line's cost: the test cost, or, without a test split, the training cost."""
+    if "test_cost" in record:
+        return f"Test Loss {record['test_cost']:0.2}"
+    return f"Train Loss {record['train_cost']:0.2}"
 
 
 def _summary(record: dict, long: bool = False) -> str:
@@ -294,6 +309,8 @@ def _summary(record: dict, long: bool = False) -> str:
             else f"RMSE {record['test_rmse']:.4f} stars"
         )
     val = f", validation {record['val_cost']:.3f}" if "val_cost" in record else ""
+    if "test_cost" not in record:
+        return f"train {record['train_cost']:.3f}{val}, no test split"
     if "test_ndcg@10" in record:
         return (
             f"train {record['train_cost']:.3f}{val}, NDCG@10 {record['test_ndcg@10']:.3f}, "

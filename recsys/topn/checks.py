@@ -1,0 +1,70 @@
+"""What model dirs and data must agree on before a list is made: a retrieval model and its second stage, a
+model and the data it is scored on, and a model that has a test split to measure."""
+
+from __future__ import annotations
+
+from recsys.data.loader import ALL
+from recsys.errors import RecsysError
+from recsys.modeldir import ModelDir
+from recsys.topn.rerank import fingerprint
+
+__all__ = ["check_data", "check_pair", "check_tested", "is_refit"]
+
+
+def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
+    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
+    or a ranking model trained on `retrieval`'s candidates."""
+    if retrieval.objective != "retrieval":
+        raise RecsysError(
+            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
+            "(train one with --objective retrieval)"
+        )
+    if rerank.objective == "retrieval":
+        raise RecsysError(
+            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
+        )
+    a, b = retrieval.meta, rerank.meta
+    for key, what in (
+        ("dataset", "dataset"), ("split", "split"), ("sizes", "id ranges"), ("users", "users"), ("movies", "movies"),
+        ("title_words", "title vocabulary"), ("categories", "genres"), ("jobs", "jobs"),
+    ):  # fmt: skip
+        if a.get(key) != b.get(key):
+            raise RecsysError(
+                f"{retrieval.path} and {rerank.path} disagree on their {what} "
+                f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
+            )
+    if rerank.objective == "ranking":
+        want = rerank.meta["settings"].get("candidates_params_sha256")
+        if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
+            raise RecsysError(
+                f"{rerank.path} was trained on the candidates of another retrieval model "
+                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
+                "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
+                "network again on this one"
+            )
+
+
+def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
+    """`retrieval` is the refit of the retrieval model whose candidates the ranking network `rerank` learnt
+    from: trained with the same settings on the same data, but with `--holdout 0` (every training rating,
+    the held-out tenth the ranker's labels came from included)."""
+    given = rerank.meta["settings"].get("candidates_settings")
+    mine = retrieval.meta["settings"]
+    if given is None or mine.get("holdout") or not given.get("holdout"):
+        return False
+    return {k: v for k, v in given.items() if k != "holdout"} == {k: v for k, v in mine.items() if k != "holdout"}
+
+
+def check_data(md: ModelDir, data) -> None:
+    """One-line error unless `data` (a `recsys.movielens.load` result) is the data `md` was trained on."""
+    if md.meta["sizes"] != data.sizes() or md.meta["title_words"] != data.meta.title_words:
+        raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
+
+
+def check_tested(md: ModelDir) -> None:
+    """One-line error when `md` was trained on every rating (`--split all`): it has no test split to measure."""
+    if md.meta["split"] == ALL:
+        raise RecsysError(
+            f"{md.path} was trained with --split {ALL}, on every rating: there is no test split to evaluate it on "
+            "(train on an evaluation split, e.g. --split random, to measure a model)"
+        )
