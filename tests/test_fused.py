@@ -292,7 +292,9 @@ def test_covers_only_the_chapter_network():
 
 
 def _task(data, objective: str = "rating", **kw) -> Task:
-    """The objective's task; a ranking network's on stand-in candidates (`_candidates`)."""
+    """The objective's task (a training example reads its whole history unless `history_cap` says otherwise); a
+    ranking network's on stand-in candidates (`_candidates`)."""
+    kw.setdefault("history_cap", 0)
     if objective == "ranking":
         cand = _candidates(data)
         return RankingTask(data, Stack(cand, cand), **kw)
@@ -333,7 +335,7 @@ def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives, with_hist
     data = movielens.load(data_dir=small_dir)
     positives = np.flatnonzero(~data.is_test & (data.stars >= 4))
     # plain SGD keeps the comparison at the gradients' precision (Adam divides by their running size)
-    kw = {"temperature": 0.25, "negatives": negatives, "lr": 0.05, "with_history": with_history}
+    kw = {"temperature": 0.25, "negatives": negatives, "optimizer": "sgd", "lr": 0.05, "with_history": with_history}
     fast, plain = _trainers(data, objective="retrieval", **kw)
     for t in (fast, plain):
         t.positives(positives)
@@ -422,7 +424,7 @@ def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
     (each movie gets a share of its raters' rows), too small for the comparisons of whole steps' parameters to
     see an error in them."""
     data = movielens.load(data_dir=small_dir)
-    t = task_class(objective)(data, with_history=True)  # retrieval: temperature 0.25
+    t = _task(data, objective, with_history=True)  # retrieval: temperature 0.25
     idx = np.flatnonzero(~data.is_test & (data.stars >= 4))[:256]
     t.positives(idx)
     f = t.features(idx, training=True)
@@ -500,7 +502,7 @@ def _candidates(data, seed: int = 0):
 def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     """The ranking network's steps (by default only the head learns; the towers stay as they are)."""
     data = movielens.load(data_dir=small_dir)
-    fast, plain = _trainers(data, objective="ranking")
+    fast, plain = _trainers(data, objective="ranking", optimizer="sgd", with_history=False, train_towers=True)
     for t in (fast, plain):
         for name, p in t.net.named_parameters():
             p.stop_gradient = not (train_towers or name.startswith("head."))

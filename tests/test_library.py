@@ -363,8 +363,16 @@ def test_every_objective_is_one_task_with_its_defaults_and_the_clis_choice():
     assert all(issubclass(cls, Task) and cls.name == name for name, cls in TASKS.items())
     objective = next(a for a in train.parser()._actions if a.dest == "objective")
     assert tuple(objective.choices) == OBJECTIVES
-    # the constructor's default temperature is the flag's
-    assert inspect.signature(RetrievalTask).parameters["temperature"].default == TrainConfig().temperature == 0.25
+    # a task's constructor defaults are the flags' (an objective's own: its row of DEFAULTS, given as None)
+    defaults, rows = TrainConfig(), {"optimizer", "lr", "with_history"}
+    for cls in TASKS.values():
+        params = {k: p.default for c in cls.__mro__[:-1] for k, p in inspect.signature(c).parameters.items()}
+        for name, default in params.items():
+            if name in rows:
+                assert default is None, (cls, name)
+            elif getattr(defaults, name, None) is not None:  # (None: decided when the run starts, as --sparse)
+                assert default == getattr(defaults, name), (cls, name, default)
+    assert inspect.signature(RetrievalTask).parameters["temperature"].default == 0.25
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def test_history_weights_are_the_mean_without_the_examples_own_movie():
 
 def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_dir):
     data = movielens.load("ml-1m", small_dir)
-    t = RetrievalTask(data, with_history=True)
+    t = RetrievalTask(data, with_history=True, history_cap=0)
     train_idx = np.flatnonzero(~data.is_test)
     t.use_history(train_idx)
     idx = train_idx[:64]

@@ -23,10 +23,9 @@ from recsys.topn import first_stage, neighbours
 
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
 HISTORY_CAP = 50  # chosen on ml-100k validation, against every movie (0) and caps of 25, 10 and 5 (README)
-RANKING_FLAGS = ("candidates_from", "candidates", "negatives_per_positive", "hard_negatives", "positive_weight",
-                 "train_towers", "exact")  # fmt: skip
-# each objective's defaults of the flags left out (`lr`: by optimizer), and the objective's own flags: those of
-# the other objectives are None in its settings
+# each objective's defaults of the flags left out (`lr`: by optimizer; the ranking network trains its head alone,
+# on few labels: a larger step), and the objective's own flags: those of the other objectives are None in its
+# settings
 DEFAULTS = {
     "rating": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 20, "lr_schedule": "constant",
                "history": False, "flags": ()},
@@ -34,7 +33,9 @@ DEFAULTS = {
                   "history": True, "flags": ("positive", "temperature", "negatives", "holdout", "item_share",
                                              "item_neighbours")},
     "ranking": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.05}, "epochs": 3, "lr_schedule": "cosine",
-                "history": True, "flags": ("positive", *RANKING_FLAGS, "item_neighbours")},
+                "history": True, "flags": ("positive", "candidates_from", "candidates", "negatives_per_positive",
+                                           "hard_negatives", "positive_weight", "train_towers", "exact",
+                                           "item_neighbours")},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -150,7 +151,7 @@ class TrainConfig:
         table = DEFAULTS[self.objective]
         if self.optimizer is None:
             self.optimizer = table["optimizer"]
-        if self.lr is None:  # the ranking network trains its head alone, on few labels: a larger step
+        if self.lr is None:
             self.lr = table["lr"][self.optimizer]
         if self.epochs is None:
             self.epochs = table["epochs"]

@@ -26,7 +26,7 @@ from recsys.training import registry, splits
 from recsys.training.candidates import Candidates
 from recsys.training.registry import register
 from recsys.training.retrieval import RetrievalTask
-from recsys.training.task import Task, catalogue, catalogue_columns
+from recsys.training.task import D, Task, catalogue, catalogue_columns
 
 
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
@@ -126,8 +126,9 @@ class RankingTask(Task):
     ranking_head = True
     reads_histories = True
 
-    def __init__(self, data, stacked: Stack, negatives_per_positive: int = 4, hard_negatives: float = 0.2,
-                 positive_weight: str = "stars", train_towers: bool = True, **settings):  # fmt: skip
+    def __init__(self, data, stacked: Stack, negatives_per_positive: int = D.negatives_per_positive,
+                 hard_negatives: float = D.hard_negatives, positive_weight: str = D.positive_weight,
+                 train_towers: bool = D.train_towers, **settings):  # fmt: skip
         super().__init__(data, **settings)
         self.stack = stacked
         self.fit_candidates, self.candidates = stacked.fit_candidates, stacked.candidates

@@ -7,7 +7,7 @@ import numpy as np
 from recsys import topn
 from recsys.topn import first_stage, neighbours
 from recsys.training.registry import register
-from recsys.training.task import Task
+from recsys.training.task import D, Task
 
 EVAL_RATINGS = 200_000  # the cost is the full softmax's over at most this many ratings (a sample)
 EVAL_CELLS = 1 << 31  # ... and at most this many ratings x movies (24,519 ratings at ml-32m's 87,585 movies)
@@ -26,7 +26,7 @@ class RetrievalTask(Task):
     ranks = True
     serves_candidates = True  # a ranking network reorders its lists
 
-    def __init__(self, data, temperature: float = 0.25, negatives: str = "in-batch", **settings):
+    def __init__(self, data, temperature: float = D.temperature, negatives: str = D.negatives, **settings):
         super().__init__(data, **settings)
         self.temperature, self.negatives = temperature, negatives
         self.log_q = np.zeros(len(self.column), np.float32)  # log frequency of each movie among the positives

@@ -6,8 +6,6 @@ step, its evaluation and what its model dir keeps besides the network; `recsys.t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from recsys import threads as recsys_threads
@@ -17,11 +15,10 @@ from recsys.fused.optim import make_optimizer
 from recsys.movielens import MovieLens
 from recsys.topn import neighbours
 from recsys.training import splits
-
-if TYPE_CHECKING:
-    from recsys.training.config import TrainConfig
+from recsys.training.config import DEFAULTS, TrainConfig
 
 FIXED_BYTES = 1 << 27  # an evaluation keeps at most this much of its unchanging inputs
+D = TrainConfig()  # a run's defaults: the constructors' too
 
 
 def use_cpu_cores(threads: int | None = None) -> int:
@@ -60,23 +57,29 @@ class Task:
     def __init__(
         self,
         data: MovieLens,
-        lr: float = 0.2,
+        lr: float | None = None,
         sparse: bool = True,
-        seed: int = 0,
-        optimizer: str = "sgd",
-        weight_decay: float = 0.0,
-        cold_start_rate: float = 0.0,
+        seed: int = D.seed,
+        optimizer: str | None = None,
+        weight_decay: float = D.weight_decay,
+        cold_start_rate: float = D.cold_start_rate,
         world: int = 1,
-        with_history: bool = False,
-        fused: bool = True,
-        threads: int | None = None,
-        history_cap: int = 0,
+        with_history: bool | None = None,
+        fused: bool = D.fused,
+        threads: int | None = D.threads,
+        history_cap: int = D.history_cap,
     ):
+        """`optimizer`, `lr` and `with_history` left out (None) are the objective's defaults (`DEFAULTS`), as
+        every other setting is the flags' (`TrainConfig`)."""
         import paddle
 
         from recsys.fused.step import FusedStep
         from recsys.model import RankingNet, RecommenderNet
 
+        recipe = DEFAULTS[self.name]
+        optimizer = optimizer or recipe["optimizer"]
+        lr = recipe["lr"][optimizer] if lr is None else lr
+        with_history = recipe["history"] if with_history is None else with_history
         self.threads = use_cpu_cores(threads)
         paddle.seed(seed)
         self.data = data
