@@ -146,7 +146,8 @@ def _candidates(md: ModelDir, user: int, n: int) -> tuple[np.ndarray, np.ndarray
 
 def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_stage):
     retrieval, ranking = u1_two_stage
-    doc = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    protocol = ["--exclude-rated", "train"]  # the candidates below leave out the training ratings alone
+    doc = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10", *protocol)
     assert doc["stages"] == ["retrieval", "ranking"]
     r, k = ModelDir.load(retrieval), ModelDir.load(ranking)
     # the candidates, computed here from the saved arrays: user 1's top N unrated movies by the first stage's
@@ -333,13 +334,14 @@ def test_a_refit_first_stage_serves_with_the_ranker_and_other_flags_are_refused(
     for model, more in ((refit, ["--epochs", "8"]), (other, ["--epochs", "1", "--max-batches", "5"])):
         proc = run_cli("recsys.train", *flags, *more, "--holdout", "0", "--model-dir", str(model))
         assert proc.returncode == 0, proc.stderr
-    doc = infer_json("--model-dir", str(refit), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    user = ["--user", "1", "--top-k", "10", "--exclude-rated", "train"]  # candidates as `_candidates` finds them
+    doc = infer_json("--model-dir", str(refit), "--rerank", str(ranking), *user)
     # the served first stage is the refit: the candidates are its top 200, not the held-out model's
     r = ModelDir.load(refit)
     pool = r.movie_ids[_candidates(r, 1, 200)[1]]
     for row in doc["recommendations"]:
         assert pool[row["retrieval_rank"] - 1] == row["movie_id"]
-    held_out = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), "--user", "1", "--top-k", "10")
+    held_out = infer_json("--model-dir", str(retrieval), "--rerank", str(ranking), *user)
     ranks = [row["retrieval_rank"] for row in doc["recommendations"]]
     assert ranks != [row["retrieval_rank"] for row in held_out["recommendations"]]
     proc = run_cli("recsys.infer", "--model-dir", str(other), "--rerank", str(ranking), "--user", "1", "--top-k", "5")

@@ -31,7 +31,9 @@ def models(small_dir, tmp_path_factory) -> dict[str, Path]:
     train.run(data_dir=small_dir, split="all", model_dir=out / "all-rating", epochs=1, val_ratio=0.1, log=lines.append)
     (out / "all-rating.log").write_text("\n".join(lines))
     train.run(data_dir=small_dir, split="random", objective="retrieval", model_dir=out / "random", epochs=1, **QUIET)
-    return {name: out / name for name in ("all", "all-ranking", "all-rating", "random")}
+    train.run(data_dir=small_dir, split="random", objective="ranking", model_dir=out / "random-ranking", epochs=1,
+              candidates_from=out / "random", **QUIET)  # fmt: skip
+    return {name: out / name for name in ("all", "all-ranking", "all-rating", "random", "random-ranking")}
 
 
 def _ids(doc: dict) -> list[int]:
@@ -64,12 +66,12 @@ def test_split_all_trains_on_every_rating_and_has_nothing_to_evaluate(models, sm
         rec.evaluate(data)
 
 
-@pytest.mark.parametrize("kind", ["all", "all two stages", "random"])
+@pytest.mark.parametrize("kind", ["all", "all two stages", "random", "random two stages"])
 def test_no_served_list_holds_a_movie_the_user_rated(models, kind):
     """Every user, through Python (one by one and in a batch) and HTTP; the CLI for the users whose lists
     leaving out the training split alone hold a test rating (an evaluation split's) or for the first three."""
-    model = models["random" if kind == "random" else "all"]
-    rerank = models["all-ranking"] if "two" in kind else None
+    split = kind.split()[0]
+    model, rerank = models[split], models[f"{split}-ranking"] if "two" in kind else None
     rec = Recommender.load(model, rerank)
     users = rec.users
     many = rec.recommend_many(users, K)
@@ -85,7 +87,7 @@ def test_no_served_list_holds_a_movie_the_user_rated(models, kind):
             assert c.post("/api/recommend", json={"user_id": user, "k": K}).json() == doc
             if rated & set(_ids(rec.recommend(user, K, exclude_rated="train"))):
                 leaky.append(user)
-    assert bool(leaky) == (kind == "random")  # today's lists, the evaluation's, held test ratings
+    assert bool(leaky) == (split == "random")  # the evaluation's lists hold test ratings
     for user in (leaky or users)[:3]:
         shown = infer_json(*flags, "--user", str(user), "--top-k", str(K))
         assert shown == rec.recommend(user, K) and not _rated(rec, user) & set(_ids(shown))
@@ -122,6 +124,20 @@ def test_exclude_rated_train_is_what_evaluate_ranks(models, small_dir):
     shown = infer_json("--model-dir", str(models["random"]), "--user", str(user), "--top-k", str(K),
                        "--exclude-rated", "train")  # fmt: skip
     assert _ids(shown) == evaluated[user]
+
+
+def test_a_known_users_stored_ratings_are_never_listed(models, tmp_path):
+    """A stored rating of the top movie leaves every list of the user, GET and POST alike, either exclude_rated."""
+    token = {"Authorization": "Bearer t0ken"}
+    app = create_app(models["random"], reload_interval=0, ratings_db=tmp_path / "r.db", write_token="t0ken")
+    with TestClient(app) as c:
+        top = _ids(c.get("/api/users/4/recommendations?k=5").json())[0]
+        rated = c.post("/api/ratings", json={"user_id": 4, "movie_id": top, "rating": 2}, headers=token)
+        assert rated.status_code == 201, rated.text
+        for which in ("all", "train"):
+            got = c.get(f"/api/users/4/recommendations?k=5&exclude_rated={which}").json()
+            assert top not in _ids(got) and len(_ids(got)) == 5
+            assert c.post("/api/recommend", json={"user_id": 4, "k": 5, "exclude_rated": which}).json() == got
 
 
 def _movies_dat(small_dir: Path) -> dict[int, tuple[int | None, set[str]]]:

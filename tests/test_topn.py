@@ -118,7 +118,7 @@ def test_short_retrieval_training_beats_popularity_and_the_rating_model(u1_model
 
 def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_models):
     retrieval, rating = u1_models
-    args = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1", "--json"]
+    args = ["--model-dir", str(retrieval), "--rerank", str(rating), "--user", "1", "--exclude-rated", "train", "--json"]
     doc = json.loads(run_cli("recsys.infer", *args, "--top-k", "20", "--candidates", "20").stdout)
     md, rr = ModelDir.load(retrieval), ModelDir.load(rating)
     first = [m for m, _, _ in stages.top_k(md, 1, 20)]
@@ -131,9 +131,8 @@ def test_two_stage_is_the_retrieval_candidates_reordered_by_the_rating_model(u1_
         assert r["score"] == pytest.approx(float(predicted[first.index(r["movie_id"])]), abs=1e-4)
     five = json.loads(run_cli("recsys.infer", *args, "--top-k", "5", "--candidates", "20").stdout)
     assert [r["movie_id"] for r in five["recommendations"]] == got[:5] and five["stages"] == ["retrieval", "rating"]
-    alone = json.loads(
-        run_cli("recsys.infer", "--model-dir", str(retrieval), "--user", "1", "--top-k", "3", "--json").stdout
-    )
+    one = ["--model-dir", str(retrieval), "--user", "1", "--top-k", "3", "--exclude-rated", "train", "--json"]
+    alone = json.loads(run_cli("recsys.infer", *one).stdout)
     assert [r["movie_id"] for r in alone["recommendations"]] == first[:3] and set(alone["recommendations"][0]) == {
         "movie_id", "title", "genres", "score", "cosine"}  # fmt: skip
 

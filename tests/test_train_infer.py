@@ -97,8 +97,8 @@ def test_infer_cli_top_k_and_json(trained):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Top 5 movies for user id 3") and len(lines) == 6
-    proc = run_cli("recsys.infer", "--model-dir", str(trained), "--user", "3", "--top-k", "5", "--json")
-    doc = json.loads(proc.stdout)
+    flags = ["--user", "3", "--top-k", "5", "--exclude-rated", "train", "--json"]  # as the top-N protocol ranks
+    doc = json.loads(run_cli("recsys.infer", "--model-dir", str(trained), *flags).stdout)
     assert doc["user_id"] == 3 and len(doc["recommendations"]) == 5
     for r in doc["recommendations"]:
         assert set(r) == {"movie_id", "title", "genres", "score", "stars"}

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from recsys.data.store import RatingsStore
 from recsys.errors import RecsysError
@@ -62,11 +63,17 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     response = _error(exc.status_code, exc.detail)
     response.headers.update(exc.headers or {})  # a 401's WWW-Authenticate
     if exc.status_code == 405:  # HEAD and OPTIONS are answered wherever GET is
-        methods = set(exc.headers["Allow"].split(", ")) if exc.headers else set()
+        methods = _allowed(_request) | (set(exc.headers["Allow"].split(", ")) if exc.headers else set())
         response.headers["Allow"] = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"}))
     if exc.status_code == 413:  # the rest of the body is not waited for
         response.headers["Connection"] = "close"
     return response
+
+
+def _allowed(request: Request) -> set[str]:
+    """Every method an API route of the request's path takes (a 405 names the first such route's alone)."""
+    routes = [*router.routes, *feedback.router.routes]
+    return {m for route in routes if route.matches(request.scope)[0] != Match.NONE for m in route.methods}
 
 
 async def server_fault(_request: Request, exc: feedback.Unavailable) -> JSONResponse:

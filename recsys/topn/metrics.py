@@ -125,7 +125,8 @@ def metrics(lists: np.ndarray, relevant: list[set[int]], k: int, n_catalogue: in
 def evaluate(rank_fn, data: Interactions, k: int = 10, chunk: int | None = None) -> dict[str, float]:
     """Top-k lists of every evaluation user from `rank_fn(user ids, seen [n, M], k) -> [n, k] columns`
     (see `by_score`), scored against the users' relevant test ratings, a chunk of users at a time
-    (`lists.chunk_rows` by default)."""
+    (`lists.chunk_rows` by default). `seen` is the training ratings alone, as the protocol requires (a served
+    list leaves out the test ratings too: `Recommender.recommend(..., exclude_rated="train")` is this list)."""
     users, chunk = data.eval_users(), chunk or chunk_rows(len(data.catalogue))
     lists = [
         rank_fn(users[s : s + chunk], data.train_matrix(users[s : s + chunk], bool), k)
