@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import signal
+import threading
 
 from recsys import movielens
 from recsys.data import store
@@ -251,11 +252,20 @@ def _the_only_trainer(args: TrainConfig) -> contextlib.AbstractContextManager:
     return locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext()
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (from `timeout`, a service manager, `kill`) stops training as Ctrl-C does: one `error:
-    interrupted` line, the model dir as the last save left it. Paddle installs its own handler, which prints
-    a C++ stack, when it is imported: this runs after that."""
-    signal.signal(signal.SIGTERM, _interrupt)
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """While the block runs, SIGTERM (from `timeout`, a service manager, `kill`) stops training as Ctrl-C
+    does: one `error: interrupted` line, the model dir as the last save left it. Paddle installs its own
+    handler, which prints a C++ stack, when it is imported: this comes after that. The handler before is put
+    back at the end (the default one, where it was not Python's); outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def _interrupt(_signum: int, _frame) -> None:
@@ -319,20 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     import paddle.distributed as dist
     from tqdm import tqdm
 
-    _stop_on_sigterm()
-    args = parse_args(argv)
-    check_environment()
-    set_device(args.use_cuda)
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
-        dist.init_parallel_env()
-    with _the_only_trainer(args):
-        data = load_data(args, tqdm.write if dist.get_rank() == 0 else None)
-        n_test = int(data.is_test.sum())
-        if dist.get_rank() == 0:
-            tqdm.write(
-                f"{data.meta.dataset} from {data.source}: {len(data.user) - n_test} training and {n_test} test ratings"
-            )
-        train(args, data, tqdm.write)
+    with _sigterm_as_ctrl_c():
+        args = parse_args(argv)
+        check_environment()
+        set_device(args.use_cuda)
+        if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+            dist.init_parallel_env()
+        with _the_only_trainer(args):
+            data = load_data(args, tqdm.write if dist.get_rank() == 0 else None)
+            n_test = int(data.is_test.sum())
+            if dist.get_rank() == 0:
+                tqdm.write(
+                    f"{data.meta.dataset} from {data.source}: {len(data.user) - n_test} training and "
+                    f"{n_test} test ratings"
+                )
+            train(args, data, tqdm.write)
     return 0
 
 

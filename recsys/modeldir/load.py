@@ -14,7 +14,9 @@ manifest.json                         every other file's size and SHA-256, writt
 A save writes a temp dir beside the model dir and swaps it in by rename, then removes the dir it replaced.
 A reader opens every file of one dir at once (open files outlive a later swap and removal) and opens them
 again when the dir was swapped while it opened them, so it never mixes two saves. Sizes are checked at
-load, each file's SHA-256 when it is first read: a damaged dir is an error, never an answer.
+load, each file's SHA-256 when it is first read: a damaged dir is an error, never an answer. Only regular
+files are opened (an entry the manifest does not name, such as `.ipynb_checkpoints/`, is ignored), and every
+array is checked against the sizes meta.json records before anything reads it (`recsys.modeldir.checks`).
 """
 
 from __future__ import annotations
