@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from recsys import modeldir, threads
+from recsys import modeldir
 from recsys.errors import RecsysError
 from recsys.modeldir import save as modelsave
 from recsys.training.config import FREE, TrainConfig, flag
@@ -49,7 +49,7 @@ def restore(args: TrainConfig, trainer) -> tuple[Progress, dict[str, np.ndarray]
     trainer.set_params({k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")})
     trainer.set_optimizer_state({k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")})
     if "threads" in state:  # the math's thread count decides its rounding: compute as the recorded run did
-        trainer.threads = threads.use(state["threads"])
+        trainer.use_threads(state["threads"])
     rng = state["rng"]
     trainer.rng.set_state((rng[0], arrays["rng_keys"], *rng[1:]))
     if "lr" in state:

@@ -264,6 +264,10 @@ class Task:
             self._vectors[key] = users, tower_outputs(self.net.movie_tower, tables.movie_features(self.catalogue), unit)
         return self._vectors[key]
 
+    def use_threads(self, threads: int) -> None:
+        """Compute on `threads` threads from now on (a resumed run: the count its checkpoint recorded)."""
+        self.threads = use_cpu_cores(threads)
+
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
 
