@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     md, rerank, rating = rec.model, rec.rerank, rec.rating_model
     check_tested(md)
     data = _data_for(md, args)
+    check_tested(md, data)
     rows = compare(rating, data, args.baselines) if rating is not None or args.baselines else []
     candidates = max(rec.candidates, args.k)  # the rule of infer and serve too
     ranked, n_users = top_n(

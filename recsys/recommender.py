@@ -3,6 +3,7 @@
     from recsys import Recommender
     rec = Recommender.load("retrieval.model", rerank="ranking.model")    # or one model dir alone
     rec.recommend(1, k=10)                                # a known user: the movies they have not rated
+    rec.recommend(1, k=10, explain=True)                  # ... each with the rated movies it is there for
     rec.recommend(1, k=10, genres="Comedy,Drama", years="1990-1999", exclude=[1, 2])   # filtered
     rec.recommend_new(k=10, gender="F", age=25, job=4, rated=[(1193, 5)])   # a new user
     rec.similar(783, k=10)                                # nearest movies by their movie-tower vectors
@@ -348,7 +349,7 @@ class Recommender:
         precision, recall, ndcg, hr at k, catalogue coverage and the number of users (see `recsys.topn`). The
         lists leave out the training ratings alone (`recommend(..., exclude_rated="train")`'s)."""
         md = self.model
-        check_tested(md)
+        check_tested(md, data)
         check_data(md, data)
         ranking = Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
         return evaluate(self.ranker(), ranking, self._k(k))

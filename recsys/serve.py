@@ -22,7 +22,7 @@ from recsys.topn import nearest
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "RECSYS_WRITE_TOKEN"
 MIN_TOKEN = 16  # characters: `python -c 'import secrets; print(secrets.token_urlsafe(24))'` writes 32
-MAX_BODY_BYTES = 1_000_000
+MAX_BODY_BYTES = 65_536  # as recsys.service.guard.MAX_BODY_BYTES (this module imports no FastAPI)
 IDLE_TIMEOUT = 5.0
 
 

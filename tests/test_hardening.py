@@ -296,7 +296,7 @@ def test_a_missing_dependency_is_one_line_with_the_install_command(model, tmp_pa
 def test_sigterm_stops_training_as_ctrl_c_does_and_keeps_the_saved_model(small_dir, tmp_path):
     model = tmp_path / "model"
     cmd = [sys.executable, "-m", "recsys.train", "--data-dir", str(small_dir), "--model-dir", str(model),
-           "--epochs", "100", "--save-every-epoch"]  # fmt: skip
+           "--epochs", "100", "--batch-size", "4096", "--save-every-epoch"]  # fmt: skip
     trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in trainer.stdout:  # epoch 1 was saved before epoch 2 ends
@@ -310,7 +310,25 @@ def test_sigterm_stops_training_as_ctrl_c_does_and_keeps_the_saved_model(small_d
     for name in md.files.expected:
         md.files.read(name)  # each file whole: its size and SHA-256 as the manifest has them
     assert md.checkpoint()[0]["epoch"] >= 1
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no lock and no half save left beside it
+    assert not (tmp_path / ".model.lock").exists() and not (tmp_path / ".model.previous").exists()
+
+
+def test_ctrl_c_during_a_swap_takes_effect_once_the_new_dir_is_in(model, tmp_path, monkeypatch):
+    path, new = tmp_path / "model", tmp_path / ".model.1.tmp"
+    shutil.copytree(model, path)
+    shutil.copytree(model, new)
+    (new / "saved").write_text("the new save")
+    replace = os.replace
+
+    def interrupted(src, dst):  # Ctrl-C just as the old dir is renamed away
+        replace(src, dst)
+        if dst.name == ".model.previous":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        modelsave._swap(new, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (path / "saved").exists()
 
 
 def test_a_second_trainer_is_refused_before_it_loads_its_data(tmp_path):

@@ -37,6 +37,7 @@ MOVIES = (
 USERS = "userId,country,Gender\n7,DE,F\n1000000,FR,M\n42,DE,\n3,US,F\n15,FR,M\n"
 CATALOGUE = {5, 12, 300, 777, 99999, 1234567}
 USER_IDS = [3, 7, 15, 42, 900, 1000000]
+GENRES = ["Action", "Comedy", "Drama"]  # the catalogue's, sorted ("(no genres listed)" is none)
 FEATURES = {"country": ["", "DE", "FR", "US"], "gender": ["", "F", "M"]}  # "" (unknown) first, then sorted
 
 
@@ -134,7 +135,7 @@ def test_own_ids_and_half_stars_from_train_through_infer_to_the_service(own_mode
             "ratings": 3,
             "mean_stars": 4.0,
         }  # fmt: skip  (3.5, 3.5, 5)
-        assert c.get("/api/meta").json() == {"users": USER_IDS, "features": FEATURES}
+        assert c.get("/api/meta").json() == {"users": USER_IDS, "features": FEATURES, "genres": GENRES}
         _one_line_4xx(c.get("/api/users/8"), 404, "unknown user id 8; csv has no such user (6 users, ids 3..1000000)")
         _one_line_4xx(c.get("/api/movies/4"), 404, "unknown movie id 4")
         _one_line_4xx(c.get("/api/predict?user=7&movie=13"), 404, "unknown movie id 13")
@@ -218,7 +219,7 @@ def test_ml_latest_layout_a_new_user_known_only_by_rated_movies(latest_model):
         assert set(_ids(known)) == CATALOGUE - trained
         assert c.get("/api/users/42/recommendations?k=10").json() == known
         assert c.get("/api/movies/777").json()["mean_stars"] == pytest.approx((0.5 + 4 + 4 + 3.5) / 4)
-        assert c.get("/api/meta").json() == {"users": USER_IDS, "features": {}}
+        assert c.get("/api/meta").json() == {"users": USER_IDS, "features": {}, "genres": GENRES}
         _one_line_4xx(c.post("/api/recommend", json={"rated": [[5, 3.25]]}), 422,
                       "rating 3.25 of movie 5 is not one of the data's ratings 0.5, 1, ..., 5")  # fmt: skip
         _one_line_4xx(c.post("/api/recommend", json={"rated": [[4, 3]]}), 404, "rated movie 4 is unknown")

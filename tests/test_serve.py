@@ -21,6 +21,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from recsys.serve import create_app  # noqa: E402
+from recsys.topn import reasons  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -226,13 +227,20 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
         WebDriverWait(driver, seconds).until(lambda d: condition())
 
     def titles(where: str = "recs") -> list[str]:
-        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"#{where} li .movie")]
+        return texts(f"#{where} li .movie")
 
     def heading() -> str:
         return driver.find_element(By.ID, "history-title").text
 
     def want(*who: str) -> list[str]:
         return [r["title"] for r in infer_json(*pair, *who, "--top-k", "10")["recommendations"]]
+
+    def texts(selector: str) -> list[str]:  # read in one script: the list may be redrawn between two lookups
+        return driver.execute_script(f"return [...document.querySelectorAll('{selector}')].map((e) => e.textContent)")
+
+    def served(query: str) -> dict:
+        with urllib.request.urlopen(f"{base}api/users/1/recommendations?{query}", timeout=30) as r:
+            return json.load(r)
 
     def all_local() -> list[str]:
         names = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
@@ -246,6 +254,43 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
         wait(lambda: len(titles()) == 10)
         assert titles() == want("--user", "1") and "retrieval #" in driver.find_element(By.ID, "recs").text
         assert heading() == "Rated by user 1 (M, 18–24, technician): 272"
+        # reasons under each movie, as infer --explain gives them
+        explained = infer_json(*pair, "--user", "1", "--top-k", "10", "--explain")["recommendations"]
+        assert texts("#recs li .because") == [
+            "because you rated " + ", ".join(b["title"] for b in r["because"]) for r in explained
+        ]
+        # the rated movies: the latest five, then all of them; the (test) marks of an evaluation split explained
+        assert len(texts("#history li")) == 5 and driver.find_element(By.ID, "show-all").text == "show all 272"
+        driver.find_element(By.ID, "show-all").click()
+        assert len(texts("#history li")) == 272 and driver.find_element(By.ID, "show-all").text == "show fewer"
+        assert any(t.endswith("(test)") for t in texts("#history li .stars"))
+        assert driver.find_element(By.ID, "test-note").is_displayed()
+        driver.find_element(By.ID, "show-all").click()
+        assert len(texts("#history li")) == 5
+        # long titles and right-to-left text keep to their box; a favicon from the page itself
+        title = driver.find_element(By.CSS_SELECTOR, "#recs li .movie")
+        assert title.get_attribute("dir") == "auto"
+        assert title.value_of_css_property("overflow-wrap") == "anywhere"
+        assert title.value_of_css_property("unicode-bidi") == "plaintext"
+        icon = driver.execute_script("return document.querySelector('link[rel=icon]').href")
+        assert icon.startswith("data:image/svg+xml,")
+        # filters: into the URL, and the list is the server's answer to them
+        driver.find_element(By.CSS_SELECTOR, "#filters summary").click()
+        Select(driver.find_element(By.ID, "genres")).select_by_visible_text("Comedy")
+        driver.find_element(By.ID, "year-from").send_keys("1990")
+        driver.find_element(By.ID, "year-to").send_keys("1999")
+        driver.find_element(By.ID, "apply-filters").click()
+        wait(lambda: "genres=Comedy" in driver.current_url)
+        assert driver.current_url == base + "?user=1&genres=Comedy&years=1990-1999"
+        filtered = served("k=10&genres=Comedy&years=1990-1999")
+        wait(lambda: titles() == [r["title"] for r in filtered["recommendations"]])
+        assert driver.find_element(By.ID, "filter-summary").text == "(2 set)"
+        driver.find_element(By.ID, "year-to").clear()
+        driver.find_element(By.ID, "apply-filters").click()
+        wait(lambda: driver.find_element(By.ID, "error").text.startswith("give both years"))
+        unfiltered = want("--user", "1")
+        driver.find_element(By.ID, "clear-filters").click()
+        wait(lambda: driver.current_url == base + "?user=1" and titles() == unfiltered)
         ages = [o.text for o in Select(driver.find_element(By.ID, "age")).options]
         assert ages == ["Under 18", "18–24", "25–34", "35–44", "45–49", "50–55", "56+"]
         driver.find_elements(By.CSS_SELECTOR, "#recs li .movie")[0].click()
@@ -282,6 +327,8 @@ def test_the_page_and_the_docs_in_a_real_browser(u1_models, monkeypatch):
         wait(lambda: heading() == "A new user has no ratings" and len(titles()) == 10)
         assert driver.current_url == base + "?gender=F&age=25&job=4"
         assert titles() == want("--gender", "F", "--age", "25", "--job", "4")
+        assert driver.find_element(By.ID, "user").get_attribute("value") == ""  # no user id of before
+        assert set(texts("#recs li .because")) == {reasons.NO_HISTORY}
         assert all_local() == []
         driver.get(base + "docs")
         wait(lambda: "recsys" in driver.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text)
@@ -342,6 +389,14 @@ def test_rating_a_movie_on_the_page_changes_its_list(u1_models, monkeypatch, tmp
         driver.find_element(By.ID, "token").send_keys("wrong")
         driver.find_elements(By.CSS_SELECTOR, "#recs li .rate button")[0].click()
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "error").text == "wrong write token")
+        # the stored rating's ✕ deletes it: the list is the one before it again
+        driver.find_element(By.ID, "token").clear()
+        driver.find_element(By.ID, "token").send_keys("page-token-0123456789")
+        driver.find_element(By.CSS_SELECTOR, "#history li .delete").click()
+        WebDriverWait(driver, 30).until(lambda d: movie_ids() == before)
+        assert "(rated here)" not in driver.find_element(By.ID, "history").text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users/1/ratings", timeout=10) as r:
+            assert json.load(r)["ratings"] == []
     finally:
         if driver is not None:
             driver.quit()

@@ -64,6 +64,8 @@ def test_split_all_trains_on_every_rating_and_has_nothing_to_evaluate(models, sm
     assert_one_line_error(run_cli("recsys.evaluate", "--model-dir", str(models["all"])), "--split all", "no test split")
     with pytest.raises(RecsysError, match="no test split"):
         rec.evaluate(data)
+    proc = run_cli("recsys.evaluate", "--model-dir", str(models["random"]), "--split", "all")
+    assert_one_line_error(proc, "the all split has no test ratings to evaluate on")
 
 
 @pytest.mark.parametrize("kind", ["all", "all two stages", "random", "random two stages"])
@@ -84,7 +86,8 @@ def test_no_served_list_holds_a_movie_the_user_rated(models, kind):
             assert len(_ids(doc)) == K and not rated & set(_ids(doc)), user
             assert listed == _ids(doc)
             assert c.get(f"/api/users/{user}/recommendations?k={K}").json() == doc
-            assert c.post("/api/recommend", json={"user_id": user, "k": K}).json() == doc
+            if user % 20 == 0:  # the JSON request: the same list
+                assert c.post("/api/recommend", json={"user_id": user, "k": K}).json() == doc
             if rated & set(_ids(rec.recommend(user, K, exclude_rated="train"))):
                 leaky.append(user)
     assert bool(leaky) == (split == "random")  # the evaluation's lists hold test ratings

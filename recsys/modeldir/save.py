@@ -4,9 +4,12 @@ builds a temp dir beside the model dir and swaps it in by rename."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -258,13 +261,33 @@ def _swap(new: Path, path: Path) -> None:
     """Replace `path` by `new`; at every instant one complete model dir exists (the old one until the last
     rename). The replaced dir is renamed `.NAME.previous`, then removed: a reader that was opening it just
     then sees that it moved and opens the new one (`ModelDir.load`). Only a save cut off between its two
-    renames leaves `.NAME.previous`, which readers then use and the next save replaces."""
+    renames leaves `.NAME.previous`, which readers then use and the next save replaces: Ctrl-C or SIGTERM
+    during the swap takes effect once it is done."""
     old = path.with_name(f".{path.name}.previous")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)  # left by a save cut off after its last rename: nobody reads it
-        os.replace(path, old)
-    os.replace(new, path)
-    shutil.rmtree(old, ignore_errors=True)  # only once `path` is whole again
+    with _signals_deferred():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by a save cut off after its last rename: nobody reads it
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)  # only once `path` is whole again
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Ctrl-C (SIGINT) or SIGTERM that comes while the block runs is delivered once it has run, to the handler
+    before (Python runs signal handlers in the main thread only: elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def write_metrics(folder: Path, metrics: list[dict], plot: bool = True) -> None:

@@ -1,9 +1,11 @@
 """The HTTP API: handlers on one router, errors as one-line JSON, the page, and docs served from local assets.
 
 Every answer mirrors `recsys.infer --json`. Errors speak of the API's own parameters: 404 for an unknown
-user or movie, 422 for a bad value, `{"error": "..."}` on one line. JSON bodies are typed strictly (a
-`true` is not a user id). Swagger UI's scripts come from the `fastapi-offline` package, so `/docs` makes no
-request off this machine.
+user or movie, 413 for a body over the bound, 422 for a bad value; 500 and 503 for the server's own faults
+(never blamed on the client); `{"error": "..."}` on one line. JSON bodies are typed strictly (a `true` is not
+a user id, a key may not be given twice). Handlers are plain functions: FastAPI runs them on its threadpool,
+so the event loop stays free for other requests. `guard` holds what every request passes first. Swagger UI's
+scripts come from the `fastapi-offline` package, so `/docs` makes no request off this machine.
 """
 
 from __future__ import annotations
@@ -118,7 +120,16 @@ def _describe(md: ModelDir | None) -> dict | None:
     if md is None:
         return None
     keys = ("dataset", "split", "objective", "settings", "paddle", "saved")
-    return {"path": md.path.name, **{k: md.meta.get(k) for k in keys}, "objective": md.objective}  # no absolute path
+    return _names({"path": str(md.path), **{k: md.meta.get(k) for k in keys}, "objective": md.objective})
+
+
+def _names(value):
+    """A value with every absolute path in it shown as its name: no client learns this machine's folders."""
+    if isinstance(value, dict):
+        return {k: _names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_names(v) for v in value]
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 @router.get("/api/health")
@@ -253,12 +264,13 @@ def movie_details(request: Request, movie: Id):
 
 @router.get("/api/meta")
 def choices(request: Request):
-    """What the page needs for its forms: users, and the chapter's age buckets (codes and ranges) and jobs, or
-    the data's own user features (name -> values; "" is unknown)."""
+    """What the page needs for its forms: users, the genres, and the chapter's age buckets (codes and ranges) and
+    jobs, or the data's own user features (name -> values; "" is unknown)."""
     rec = _rec(request)
+    genres = {"genres": list(rec.model.meta["categories"])}
     if not rec.chapter_features:
-        return {"users": rec.users, "features": rec.features}
-    return {"users": rec.users, "ages": age_table, "age_groups": AGE_GROUPS, "jobs": rec.model.meta["jobs"]}
+        return {"users": rec.users, "features": rec.features} | genres
+    return {"users": rec.users, "ages": age_table, "age_groups": AGE_GROUPS, "jobs": rec.model.meta["jobs"]} | genres
 
 
 @router.get("/", include_in_schema=False)

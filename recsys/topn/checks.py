@@ -61,10 +61,13 @@ def check_data(md: ModelDir, data) -> None:
         raise RecsysError(f"{md.path} was trained on other data ({md.meta['dataset']} from {md.meta['source']})")
 
 
-def check_tested(md: ModelDir) -> None:
-    """One-line error when `md` was trained on every rating (`--split all`): it has no test split to measure."""
+def check_tested(md: ModelDir, data=None) -> None:
+    """One-line error when `md` was trained on every rating (`--split all`): it has no test split to measure;
+    or when `data` (a `recsys.movielens.load` result) holds no test rating to measure it on."""
     if md.meta["split"] == ALL:
         raise RecsysError(
             f"{md.path} was trained with --split {ALL}, on every rating: there is no test split to evaluate it on "
             "(train on an evaluation split, e.g. --split random, to measure a model)"
         )
+    if data is not None and not data.is_test.any():
+        raise RecsysError(f"the {data.split} split has no test ratings to evaluate on; give an evaluation split")

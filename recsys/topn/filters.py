@@ -134,13 +134,15 @@ def banned(md: ModelDir, catalogue: Catalogue, rows, exclude_rated: str, chosen:
     for m in chosen.exclude:
         if not md.has_movie(m):
             raise UnknownId(f"unknown movie id {m} to exclude; {md.meta['dataset']} has no such movie")
-    excluded = np.searchsorted(md.movie_ids, [md.movie_row(m) for m in chosen.exclude]).astype(np.int64)
-    fails = catalogue.failing(chosen, excluded) if chosen else np.zeros(len(md.movie_ids), bool)
-    out = sp.csr_matrix(np.broadcast_to(fails, (len(rows), len(fails))))
+    parts = []
+    if chosen:
+        excluded = np.searchsorted(md.movie_ids, [md.movie_row(m) for m in chosen.exclude]).astype(np.int64)
+        fails = catalogue.failing(chosen, excluded)
+        parts.append(sp.csr_matrix(np.broadcast_to(fails, (len(rows), len(fails)))))
     if exclude_rated == "all" and len(rows):
-        tested = [_tested(md, r) for r in rows]
-        out = out + sp.vstack([_columns(md, t) for t in tested])
-    return out if out.nnz else None
+        parts.append(sp.vstack([_columns(md, _tested(md, r)) for r in rows], format="csr"))
+    out = sum(parts[1:], parts[0]) if parts else None
+    return out if out is not None and out.nnz else None
 
 
 def _tested(md: ModelDir, row: int | None) -> np.ndarray:
