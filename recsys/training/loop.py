@@ -75,7 +75,7 @@ def train(args: TrainConfig, data: MovieLens, log=print, on_eval=None) -> tuple[
 
 
 class Run:
-    """One invocation of the loop: the trainer, its splits and progress, and what each epoch ends with."""
+    """One invocation of the loop: the task, its splits and progress, and what each epoch ends with."""
 
     def __init__(self, args: TrainConfig, data: MovieLens, log, on_eval):
         import paddle.distributed as dist
