@@ -15,12 +15,12 @@ import paddle
 from recsys import movielens
 from recsys.model import rating_loss
 from recsys.movielens import FEED_NAMES
-from recsys.training.trainer import Trainer
+from recsys.training.rating import RatingTask
 
 PHASES = ("feeds", "forward", "backward", "update")
 
 
-def _plain(t: Trainer, idx: np.ndarray) -> list[float]:
+def _plain(t: RatingTask, idx: np.ndarray) -> list[float]:
     c0 = time.perf_counter()
     f = t.features(idx, training=True)
     x, label = [paddle.to_tensor(f[n]) for n in FEED_NAMES], paddle.to_tensor(t.label[idx])
@@ -34,7 +34,7 @@ def _plain(t: Trainer, idx: np.ndarray) -> list[float]:
     return [c1 - c0, c2 - c1, c3 - c2, time.perf_counter() - c3]
 
 
-def _fused(t: Trainer, idx: np.ndarray) -> list[float]:
+def _fused(t: RatingTask, idx: np.ndarray) -> list[float]:
     c0 = time.perf_counter()
     x, label = t.fused.arrays(t.features(idx, training=True)), t.label[idx]
     c1 = time.perf_counter()
@@ -50,7 +50,7 @@ def measure(data: movielens.MovieLens, chunks: int = 6, chunk: int = 50, batch: 
     """Best chunk's mean microseconds per step of each phase, for "plain" and "fused" (chunk 0 warms up)."""
     order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test))
     batches = [order[s : s + batch] for s in range(0, (chunks + 1) * chunk * batch, batch)]
-    runs = {"plain": (Trainer(data, fused=False), _plain), "fused": (Trainer(data), _fused)}
+    runs = {"plain": (RatingTask(data, fused=False), _plain), "fused": (RatingTask(data), _fused)}
     best: dict[str, list[float]] = {}
     for c in range(chunks + 1):
         for name, (t, step) in runs.items():

@@ -29,7 +29,7 @@ from recsys import movielens
 from recsys.modeldir import ModelDir
 from recsys.movielens import FEED_NAMES
 from recsys.topn import stages
-from recsys.training.trainer import Trainer
+from recsys.training.rating import RatingTask
 
 
 def _worker(framework: str, folder: str, first: int, chunks: int, chunk: int, batch: int = 256) -> list[float]:
@@ -39,7 +39,7 @@ def _worker(framework: str, folder: str, first: int, chunks: int, chunk: int, ba
     start = first * chunk * batch
     batches = [order[s : s + batch] for s in range(start, start + (chunks + 1) * chunk * batch, batch)]
     if framework in ("recsys", "plain"):
-        run = Trainer(data, fused=framework == "recsys").step  # "plain": the layers under autograd
+        run = RatingTask(data, fused=framework == "recsys").step  # "plain": the layers under autograd
     else:
         import torch
         from torch_reference import make_step

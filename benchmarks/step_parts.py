@@ -29,7 +29,7 @@ PARTS = ("feeds", "history", "forward", "head", "backward", "update")
 
 
 def step(t, idx: np.ndarray) -> list[float]:
-    """One fused step of trainer `t` (rating or in-batch retrieval) on the ratings `idx`: seconds per part."""
+    """One fused step of task `t` (rating or in-batch retrieval) on the ratings `idx`: seconds per part."""
     c = [time.perf_counter()]
     user, movie = t.data.user[idx], t.data.movie[idx]
     f = t.data.tables.features(user, movie)
@@ -40,7 +40,7 @@ def step(t, idx: np.ndarray) -> list[float]:
     x = t.fused.arrays(f)
     u, m, saved = t.fused.forward(x[: t.nu], x[t.nu :], t.fused.history(f))
     c.append(time.perf_counter())
-    if t.objective == "rating":
+    if t.name == "rating":  # the task's objective
         d_user, d_movie = cos_mse_grad(cos_mse(u, m, x[t.nu + 4], t.label[idx])[1])
     else:
         target, add = in_batch(movie, t.log_q)

@@ -7,15 +7,19 @@ on a quiet machine, and beside one busy process each product waits for the threa
 
 from __future__ import annotations
 
+import os
 import sys
 
 _chosen: int | None = None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def chosen() -> int:
     """The count `use` set; before any, this process's usable cores (a library caller's lists of many users)."""
-    from recsys.topn.lists import usable_cores
-
     return _chosen or usable_cores()
 
 

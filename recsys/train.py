@@ -15,47 +15,51 @@ import argparse
 import contextlib
 import os
 import signal
-import sys
 import threading
-from pathlib import Path
 
 from recsys import movielens
 from recsys.data import store
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.modeldir import index
-from recsys.modeldir.load import NoModel
-from recsys.topn import first_stage, neighbours
-from recsys.topn.lists import usable_cores
-from recsys.training import checkpoint
+from recsys.training.config import CHOICES, ConfigError, TrainConfig
 from recsys.training.lock import locked
-from recsys.training.loop import check_environment, set_device, split_indices, train
+from recsys.training.loop import check_environment, set_device, train
+from recsys.training.splits import split_indices
 
 __all__ = ["main", "parse_args", "run", "split_indices", "train"]
 
-OBJECTIVES = ("rating", "retrieval", "ranking")
-HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
-HISTORY_CAP = 50  # chosen on ml-100k validation, against every movie (0) and caps of 25, 10 and 5 (README)
+D = TrainConfig()  # the flags' defaults
 
 
-def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> TrainConfig:
     """The flags as settings, checked; `raise_errors`: a bad one raises `RecsysError` instead of exiting."""
-    ap = ArgumentParser(prog="python -m recsys.train", description=__doc__.split("\n\n")[0])
+    ap = parser()
     ap.raise_errors = raise_errors
+    config = TrainConfig(**vars(ap.parse_args(argv)))
+    try:
+        return config.resolve(ap.given(argv))
+    except ConfigError as e:
+        ap.error(str(e))
+
+
+def parser() -> ArgumentParser:
+    """The command line's flags; their defaults are `TrainConfig`'s."""
+    ap = ArgumentParser(prog="python -m recsys.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--use-cuda", action="store_true", help="train on the GPU (needs paddlepaddle-gpu)")
-    ap.add_argument("--dataset", default="ml-1m", choices=sorted(movielens.SPLITS), help="default: %(default)s")
+    ap.add_argument("--dataset", default=D.dataset, choices=CHOICES["dataset"], help="default: %(default)s")
     ap.add_argument(
         "--split",
-        default="random",
+        default=D.split,
         help="random: the chapter's 10%% rule; temporal: each user's last tenth by time; ml-100k: also u1..u5, "
         "ua, ub; NAME:val: NAME's validation split (a tenth of its training ratings as the test set); all: every "
         "rating trains, no test set (a model to serve)",
     )
     ap.add_argument("--data-dir", help="folder with the archive (zip or extracted); default $RECSYS_DATA_HOME")
-    ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
+    ap.add_argument("--model-dir", default=D.model_dir, help="default: %(default)s")
     ap.add_argument(
         "--objective",
-        choices=OBJECTIVES,
-        default="rating",
+        choices=CHOICES["objective"],
+        default=D.objective,
         help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N); "
         "ranking: the ranking network over a retrieval model's candidates (needs --candidates-from)",
     )
@@ -69,7 +73,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ap.add_argument(
         "--history-cap",
         type=int,
-        default=HISTORY_CAP,
+        default=D.history_cap,
         help="with --history: a training example reads at most this many of the user's movies, drawn at random "
         "each step (0: all of them; the saved model reads all) (default: %(default)s)",
     )
@@ -78,11 +82,15 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         type=int,
         help="passes over the training split (default: the chapter's PASS_NUM 20; retrieval 30; ranking 3)",
     )
-    ap.add_argument("--batch-size", type=int, default=256, help="global batch size (default: %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=D.batch_size, help="global batch size (default: %(default)s)")
     ap.add_argument("--lr", type=float, help="learning rate (default: 0.2 for sgd, 0.001 for adam, 0.05 ranking)")
-    ap.add_argument("--seed", type=int, default=0, help="parameter initialisation and shuffling")
-    ap.add_argument("--max-batches", type=int, default=0, help="stop after this many batches in all (0: no limit)")
-    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N batches (0: at epoch ends only)")
+    ap.add_argument("--seed", type=int, default=D.seed, help="parameter initialisation and shuffling")
+    ap.add_argument(
+        "--max-batches", type=int, default=D.max_batches, help="stop after this many batches in all (0: no limit)"
+    )
+    ap.add_argument(
+        "--eval-every", type=int, default=D.eval_every, help="also evaluate every N batches (0: at epoch ends only)"
+    )
     ap.add_argument(
         "--sparse",
         action=argparse.BooleanOptionalAction,
@@ -100,7 +108,7 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ap.add_argument(
         "--fused",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=D.fused,
         help="the fused training step on the CPU (recsys.fused.step: the same numbers, without a Paddle op per layer); "
         "--no-fused: the plain layers under autograd",
     )
@@ -120,63 +128,66 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
         "is never touched",
     )
     recipe = ap.add_argument_group("recipe options (off by default: the chapter's recipe)")
-    recipe.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd (rating), adam (retrieval)")
+    recipe.add_argument("--optimizer", choices=CHOICES["optimizer"], help="default: sgd (rating), adam (retrieval)")
     recipe.add_argument(
         "--lr-schedule",
-        choices=("constant", "cosine"),
+        choices=CHOICES["lr_schedule"],
         help="cosine: decay the learning rate towards 0 over the epochs (default: constant; retrieval cosine)",
     )
     recipe.add_argument(
         "--weight-decay",
         type=float,
-        default=0.0,
+        default=D.weight_decay,
         help="L2 penalty on every parameter (sgd) or decoupled weight decay (adam: AdamW)",
     )
     recipe.add_argument(
         "--val-ratio",
         type=float,
-        default=0.0,
+        default=D.val_ratio,
         help="carve this share of the training split as a validation slice; the saved model "
         "is then the epoch best on it",
     )
     recipe.add_argument(
         "--patience",
         type=int,
-        default=0,
+        default=D.patience,
         help="with --val-ratio: stop after this many epochs without improvement (0: never)",
     )
     recipe.add_argument(
         "--cold-start-rate",
         type=float,
-        default=0.0,
+        default=D.cold_start_rate,
         help="share of training samples whose user id is replaced by the unknown-user id 0, "
         "so that users the model never saw get a meaningful vector",
     )
     retrieval = ap.add_argument_group("retrieval options (with --objective retrieval)")
     retrieval.add_argument(
-        "--temperature", type=float, default=0.25, help="logits are cos(user, movie) / T (default: %(default)s)"
+        "--temperature",
+        type=float,
+        default=D.temperature,
+        help="logits are cos(user, movie) / T (default: %(default)s)",
     )
     retrieval.add_argument(
-        "--positive", type=int, default=4, help="training ratings of this many stars or more are the positives"
+        "--positive", type=int, default=D.positive, help="training ratings of this many stars or more are the positives"
     )
     retrieval.add_argument(
         "--negatives",
-        choices=("full", "in-batch"),
-        default="in-batch",
+        choices=CHOICES["negatives"],
+        default=D.negatives,
         help="full: softmax over the whole catalogue every step; in-batch: the batch's other positives, "
         "log-Q corrected (default: %(default)s)",
     )
     retrieval.add_argument(
         "--holdout",
         type=float,
-        default=HOLDOUT,
+        default=D.holdout,
         help="leave this share of the training ratings out of training and of the histories, as the labels a "
         "ranking network learns from (default: %(default)s)",
     )
     retrieval.add_argument(
         "--item-share",
         type=float,
-        default=first_stage.SHARE,
+        default=D.item_share,
         help="the first stage scores a movie by the network's cosine plus the item-item score of the user's "
         "history (sparse EASE, fitted on the ratings the network trains on); this is the item-item part's share, "
         "each score in units of its spread, in [0, 1) (0: the network alone; default: %(default)s)",
@@ -188,30 +199,33 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     ranking.add_argument(
         "--candidates",
         type=int,
-        default=200,
+        default=D.candidates,
         help="the retrieval model's top N per user that the ranker learns to reorder, and reorders at inference "
         "(default: %(default)s)",
     )
     ranking.add_argument(
-        "--negatives-per-positive", type=int, default=4, help="negatives drawn per positive (default: %(default)s)"
+        "--negatives-per-positive",
+        type=int,
+        default=D.negatives_per_positive,
+        help="negatives drawn per positive (default: %(default)s)",
     )
     ranking.add_argument(
         "--hard-negatives",
         type=float,
-        default=0.2,
+        default=D.hard_negatives,
         help="share of the negatives drawn from the user's candidates, the rest from the catalogue "
         "(default: %(default)s)",
     )
     ranking.add_argument(
         "--train-towers",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=D.train_towers,
         help="train the towers (copied from the retrieval model) with the head; default: only the head learns",
     )
     ranking.add_argument(
         "--item-neighbours",
         type=int,
-        default=neighbours.K,
+        default=D.item_neighbours,
         help="the item-item model (sparse EASE) of a retrieval model's first stage and of a ranker's pair feature "
         "keeps this many weights into each movie, those of largest magnitude (default: %(default)s)",
     )
@@ -223,97 +237,14 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> arg
     )
     ranking.add_argument(
         "--positive-weight",
-        choices=("stars", "one"),
-        default="stars",
+        choices=CHOICES["positive_weight"],
+        default=D.positive_weight,
         help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
     )
-    args = ap.parse_args(argv)
-
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
-
-    if args.candidates_from is not None:  # recorded as an absolute path: it names the same dir from anywhere
-        args.candidates_from = str(Path(args.candidates_from).resolve())
-    if args.ratings_db is not None and store.shown(args.ratings_db) != args.ratings_db:
-        ap.error("--ratings-db: give the PostgreSQL password in PGPASSWORD or ~/.pgpass, not in the URL "
-                 "(the model dir records the URL)")  # fmt: skip
-    if args.ratings_db is not None and not store.is_url(args.ratings_db):
-        args.ratings_db = str(Path(args.ratings_db).resolve())
-    args.ratings_db_read = None  # set by `load_data`; a resumed run reads the rows its record names
-    if args.threads is not None and not 1 <= args.threads <= usable_cores():
-        ap.error(f"--threads must be 1..{usable_cores()} (the cores this process may use), got {args.threads}")
-    if args.resume:  # the recorded run's settings and data, unless given
-        _resume_settings(args, ap.given(argv))
-    objective = args.objective
-    adam = objective != "rating"
-    if args.optimizer is None:
-        args.optimizer = "adam" if adam else "sgd"
-    if args.lr is None:  # the ranking network trains its head alone, on few labels: a larger step
-        args.lr = (0.05 if objective == "ranking" else 0.001) if args.optimizer == "adam" else 0.2
-    if args.epochs is None:
-        args.epochs = {"rating": 20, "retrieval": 30, "ranking": 3}[objective]
-    if args.lr_schedule is None:
-        args.lr_schedule = "cosine" if adam else "constant"
-    if args.history is None:
-        args.history = objective != "rating"
-    if not args.history:
-        args.history_cap = None
-    elif args.history_cap is None or args.history_cap < 0:  # None: a run recorded before the cap existed
-        if args.history_cap is not None:
-            ap.error(f"--history-cap must be 0 (all) or more, got {args.history_cap}")
-        args.history_cap = 0
-    if objective != "retrieval":
-        args.temperature = args.negatives = args.holdout = args.item_share = None
-    if objective != "ranking":
-        args.candidates_from = args.candidates = args.negatives_per_positive = None
-        args.hard_negatives = args.positive_weight = args.train_towers = args.exact = None
-    if objective == "rating" or (objective == "retrieval" and not args.item_share):
-        args.item_neighbours = None
-    if objective == "rating":
-        args.positive = None  # not part of the chapter's recipe
-    else:
-        need(1 <= args.positive <= 5, "--positive", "1..5")
-    if objective == "retrieval":
-        need(args.temperature > 0, "--temperature", "positive")
-        need(0 <= args.holdout < 1, "--holdout", "in [0, 1)")
-        need(0 <= args.item_share < 1, "--item-share", "in [0, 1)")
-    if objective == "ranking":
-        if args.candidates_from is None:
-            ap.error("--objective ranking needs --candidates-from RETRIEVAL_DIR")
-        need(args.candidates >= 1, "--candidates", "at least 1")
-        need(args.negatives_per_positive >= 1, "--negatives-per-positive", "at least 1")
-        need(0 <= args.hard_negatives <= 1, "--hard-negatives", "in [0, 1]")
-    if args.item_neighbours is not None:
-        need(args.item_neighbours >= 1, "--item-neighbours", "at least 1")
-    if args.sparse is None:
-        args.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
-    for name in ("epochs", "batch_size"):
-        need(getattr(args, name) >= 1, f"--{name.replace('_', '-')}", "at least 1")
-    need(args.lr > 0, "--lr", "positive")
-    for name in ("max_batches", "eval_every", "weight_decay", "patience"):
-        need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", "0 or more")
-    for name in ("val_ratio", "cold_start_rate"):
-        need(0 <= getattr(args, name) < 1, f"--{name.replace('_', '-')}", "in [0, 1)")
-    if args.patience and not args.val_ratio:
-        ap.error("--patience needs a validation slice: give --val-ratio")
-    if args.optimizer == "adam" and args.weight_decay and args.sparse:
-        ap.error("--optimizer adam with --weight-decay needs dense embedding gradients: add --no-sparse")
-    return args
+    return ap
 
 
-def _resume_settings(args: argparse.Namespace, given: set[str]) -> None:
-    """`--resume`: the recorded run's settings (`checkpoint.resume_settings`); one line when nothing was saved."""
-    try:
-        checkpoint.resume_settings(args, given, log=lambda msg: print(msg, file=sys.stderr))
-    except NoModel:
-        raise RecsysError(
-            f"--resume: nothing to resume in {args.model_dir}: no run has saved a checkpoint there (a run saves its "
-            "first at the end of its first epoch; one stopped sooner leaves none); start again without --resume"
-        ) from None
-
-
-def _the_only_trainer(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+def _the_only_trainer(args: TrainConfig) -> contextlib.AbstractContextManager:
     """Hold the model dir's lock (`recsys.training.lock`) from before the data loads, so that a second trainer
     is refused at once; only rank 0 writes the model dir, so only it takes the lock."""
     import paddle.distributed as dist
@@ -341,7 +272,7 @@ def _interrupt(_signum: int, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def load_data(args: argparse.Namespace, log=None) -> movielens.MovieLens:
+def load_data(args: TrainConfig, log=None) -> movielens.MovieLens:
     """The dataset and split of these settings, with the ratings database's rows in its training split when
     `--ratings-db` is given (a resumed run reads exactly the rows its record names, or refuses)."""
     data = movielens.load(args.dataset, args.data_dir, args.split)
@@ -383,17 +314,10 @@ def run(
     `history=False` is `--no-history`), with the same checks: a bad value raises one `RecsysError` with the
     CLI's text. `log` gets the chapter's lines, `on_eval(metrics)` runs after each evaluation (live plots).
     Returns the metrics, one record per evaluation; the model dir holds the model."""
-    argv = ["--dataset", dataset, "--split", split, "--objective", objective, "--model-dir", str(model_dir)]
-    argv += [] if data_dir is None else ["--data-dir", str(data_dir)]
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append("--no-" + key.replace("_", "-"))
-        elif value is not None:
-            argv += [flag, str(value)]
-    args = parse_args(argv, raise_errors=True)
+    given = {"dataset", "split", "objective", "model_dir"} | {k for k, v in flags.items() if v is not None}
+    config = TrainConfig.of(dataset=dataset, split=split, objective=objective, model_dir=model_dir,
+                            data_dir=data_dir, **flags)  # fmt: skip
+    args = config.resolve(given | (set() if data_dir is None else {"data_dir"}))
     check_environment()
     set_device(args.use_cuda)
     with _the_only_trainer(args):

@@ -23,7 +23,10 @@ from recsys.model import (
     rating_loss,
     softmax_loss,
 )
-from recsys.training.trainer import Trainer
+from recsys.training.ranking import RankingTask, Stack
+from recsys.training.rating import RatingTask
+from recsys.training.task import catalogue
+from recsys.training.tasks import Task, task_class
 
 N_USERS, N_AGES, N_JOBS, N_MOVIES, N_CATS, N_WORDS = 30, 7, 21, 25, 18, 40
 
@@ -288,14 +291,24 @@ def test_covers_only_the_chapter_network():
     assert not fused.FusedStep.covers(other)
 
 
-def _trainers(data, **kw) -> tuple[Trainer, Trainer]:
-    fast, plain = Trainer(data, **kw), Trainer(data, fused=False, **kw)
+def _task(data, objective: str = "rating", **kw) -> Task:
+    """The objective's task (a training example reads its whole history unless `history_cap` says otherwise); a
+    ranking network's on stand-in candidates (`_candidates`)."""
+    kw.setdefault("history_cap", 0)
+    if objective == "ranking":
+        cand = _candidates(data)
+        return RankingTask(data, Stack(cand, cand), **kw)
+    return task_class(objective)(data, **kw)
+
+
+def _trainers(data, **kw) -> tuple[Task, Task]:
+    fast, plain = _task(data, **kw), _task(data, fused=False, **kw)
     assert fast.fused is not None and plain.fused is None
     np.testing.assert_equal(fast.params(), plain.params())  # same seed, same initial parameters
     return fast, plain
 
 
-def _assert_params_close(a: Trainer, b: Trainer, tol: float = 1e-6) -> None:
+def _assert_params_close(a: Task, b: Task, tol: float = 1e-6) -> None:
     pa, pb = a.params(), b.params()
     for k in pa:
         _close(pa[k], pb[k], tol, k)
@@ -313,7 +326,7 @@ def test_fused_training_steps_equal_plain_steps(small_dir, kw):
         idx = order[b * 256 : (b + 1) * 256]
         _close(float(fast.step(idx)), float(plain.step(idx)))
     _assert_params_close(fast, plain)
-    assert not np.array_equal(fast.params()["user_tower.fc.weight"], Trainer(data).params()["user_tower.fc.weight"])
+    assert not np.array_equal(fast.params()["user_tower.fc.weight"], RatingTask(data).params()["user_tower.fc.weight"])
 
 
 @pytest.mark.parametrize("with_history", [False, True])
@@ -322,10 +335,10 @@ def test_fused_retrieval_steps_equal_plain_steps(small_dir, negatives, with_hist
     data = movielens.load(data_dir=small_dir)
     positives = np.flatnonzero(~data.is_test & (data.stars >= 4))
     # plain SGD keeps the comparison at the gradients' precision (Adam divides by their running size)
-    kw = {"temperature": 0.25, "negatives": negatives, "lr": 0.05, "with_history": with_history}
+    kw = {"temperature": 0.25, "negatives": negatives, "optimizer": "sgd", "lr": 0.05, "with_history": with_history}
     fast, plain = _trainers(data, objective="retrieval", **kw)
     for t in (fast, plain):
-        t.sample_from(positives)
+        t.positives(positives)
         t.use_history(np.flatnonzero(~data.is_test))
     order = np.random.RandomState(0).permutation(positives)
     for b in range(4):
@@ -392,18 +405,16 @@ def test_phase_benchmark_runs_both_steps(small_dir):
         assert min(us) > 0 and abs(sum(us[:4]) - us[4]) <= 2, out.stdout
 
 
-def test_feeds_or_objectives_it_does_not_know_take_the_plain_layers(small_dir):
+def test_feeds_it_does_not_know_take_the_plain_layers(small_dir):
     data = movielens.load(data_dir=small_dir)
-    t = Trainer(data)
+    t = RatingTask(data)
     idx = np.flatnonzero(~data.is_test)[:64]
     f = t.features(idx)
     assert t.fused_loss(idx, dict(f, history=np.zeros((64, 3), np.int64))) is None  # no history part to feed
-    h = Trainer(data, with_history=True)
+    h = RatingTask(data, with_history=True)
     assert h.fused is not None
     assert h.fused_loss(idx, f) is None  # a history network without its history feed
     assert h.fused_loss(idx, dict(h.features(idx), extra=np.zeros(64))) is None
-    t.objective = "ranking"
-    assert t.fused_loss(idx, f) is None  # the chapter's network has no ranking head
 
 
 @pytest.mark.parametrize("objective", ["rating", "retrieval"])
@@ -413,9 +424,9 @@ def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
     (each movie gets a share of its raters' rows), too small for the comparisons of whole steps' parameters to
     see an error in them."""
     data = movielens.load(data_dir=small_dir)
-    t = Trainer(data, objective=objective, with_history=True, temperature=0.25)
+    t = _task(data, objective, with_history=True)  # retrieval: temperature 0.25
     idx = np.flatnonzero(~data.is_test & (data.stars >= 4))[:256]
-    t.sample_from(idx)
+    t.positives(idx)
     f = t.features(idx, training=True)
     want = _autograd(t.net, [t.loss(idx, f)], [paddle.to_tensor(1.0)])
     step, x, h = t.fused, t.fused.arrays(f), t.fused.history(f)
@@ -465,21 +476,21 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     _assert_same(_fused_grads(head, grads), want_grads)
 
 
-def _candidates(data, t: Trainer, seed: int = 0):
+def _candidates(data, seed: int = 0):
     """Stand-in retrieval candidates for a ranking trainer: random unit vectors, scores and shares."""
     import scipy.sparse as sp
 
     from recsys.topn import neighbours
     from recsys.topn.lists import rating_keys
-    from recsys.training.ranking import Candidates
+    from recsys.training.candidates import Candidates
 
     rng = np.random.RandomState(seed)
-    n_users, n_movies = data.sizes()["n_users"], len(t.catalogue)
+    n_users, n_movies = data.sizes()["n_users"], len(catalogue(data))
     users, movies = (rng.normal(size=(n, 8)).astype(np.float32) for n in (n_users, n_movies))
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     movies /= np.linalg.norm(movies, axis=1, keepdims=True)
     train = ~data.is_test
-    user, col = data.user[train], np.searchsorted(t.catalogue, data.movie[train])
+    user, col = data.user[train], np.searchsorted(catalogue(data), data.movie[train])
     history = neighbours.history_matrix(n_users, n_movies, user, col)
     weights = sp.random(n_movies, n_movies, density=0.1, format="csr", dtype=np.float32, random_state=seed)
     pool = np.argsort(-(users @ movies.T), axis=1)[:, :10]
@@ -491,9 +502,8 @@ def _candidates(data, t: Trainer, seed: int = 0):
 def test_fused_ranking_steps_equal_plain_steps(small_dir, train_towers):
     """The ranking network's steps (by default only the head learns; the towers stay as they are)."""
     data = movielens.load(data_dir=small_dir)
-    fast, plain = _trainers(data, objective="ranking")
+    fast, plain = _trainers(data, objective="ranking", optimizer="sgd", with_history=False, train_towers=True)
     for t in (fast, plain):
-        t.fit_candidates = t.candidates = _candidates(data, t)
         for name, p in t.net.named_parameters():
             p.stop_gradient = not (train_towers or name.startswith("head."))
     start = fast.params()

@@ -18,8 +18,8 @@ from recsys.modeldir import ModelDir
 from recsys.topn import Interactions, evaluate
 from recsys.topn.lists import rating_keys, rerank_pool
 from recsys.training import loop
-from recsys.training.ranking import Candidates
-from recsys.training.trainer import Trainer
+from recsys.training.candidates import Candidates
+from recsys.training.retrieval import RetrievalTask
 
 U1 = ["--dataset", "ml-100k", "--split", "u1"]
 
@@ -36,7 +36,7 @@ def test_history_weights_are_the_mean_without_the_examples_own_movie():
 
 def test_training_feeds_leave_out_the_own_movie_and_hold_no_test_rating(small_dir):
     data = movielens.load("ml-1m", small_dir)
-    t = Trainer(data, objective="retrieval", with_history=True)
+    t = RetrievalTask(data, with_history=True, history_cap=0)
     train_idx = np.flatnonzero(~data.is_test)
     t.use_history(train_idx)
     idx = train_idx[:64]

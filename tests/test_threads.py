@@ -47,7 +47,7 @@ def u1_runs(tmp_path_factory) -> tuple[dict, dict]:
         "retrieval": Recommender.load(out / "retrieval"),
         "ranking": Recommender.load(out / "retrieval", rerank=out / "ranking"),
     }
-    return metrics, {name: rec.recommend_many(USERS, k=10) for name, rec in recommenders.items()}
+    return metrics, {name: rec.recommend_many(USERS, k=10, exclude_rated="train") for name, rec in recommenders.items()}
 
 
 @pytest.mark.parametrize("objective", ["rating", "retrieval", "ranking"])

@@ -193,16 +193,16 @@ def test_the_rating_cost_read_a_chunk_of_ratings_at_a_time_is_the_whole_splits(s
     """The rating objective's test cost gathers the tower vectors of `EVAL_CHUNK` ratings at a time (bounded
     memory at ml-32m size): with chunks of 7 ratings it equals, bit for bit, one chunk of the whole split, and the
     cost is the mean square error of 5 cos(user, movie) from the vectors, computed here in NumPy."""
-    from recsys.training import trainer as trainer_module
+    from recsys.training import rating as rating_module
 
     data = movielens.load(data_dir=small_dir)
-    t = trainer_module.Trainer(data)
+    t = rating_module.RatingTask(data)
     order = np.random.RandomState(0).permutation(np.flatnonzero(~data.is_test))
     for s in range(0, 20 * 256, 256):
         t.step(order[s : s + 256])
     test = np.flatnonzero(data.is_test)
     whole = t.evaluate(test)
-    monkeypatch.setattr(trainer_module, "EVAL_CHUNK", 7)
+    monkeypatch.setattr(rating_module, "EVAL_CHUNK", 7)
     assert t.evaluate(test) == whole and len(test) > 7 * 100
     users, movies = t.vectors()
     pred = 5.0 * (users[data.user[test]] * movies[t.column[data.movie[test]]]).sum(axis=1)

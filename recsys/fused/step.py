@@ -128,8 +128,8 @@ class FusedStep:
 
     def ranking(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray, towers: bool):
         """The ranking network's step on pairs: their feeds `f` (history included), `features` [N, 3], 0/1
-        `label` and `weight` [N] (`Trainer.ranking_pairs`); the towers learn too where `towers` (by default only
-        the head does: `Trainer.freeze_towers`). Returns the loss."""
+        `label` and `weight` [N] (`RankingTask.ranking_pairs`); the towers learn too where `towers` (by default only
+        the head does: `RankingTask.freeze_towers`). Returns the loss."""
         loss, (saved, head) = self.ranking_loss(f, features, label, weight)
         grads: list = []
         d_u, d_m = ranking_xent_grad(head, grads, towers)

@@ -3,11 +3,10 @@ score. Ties go to the smaller column (the smaller movie id, in catalogue order),
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.threads import usable_cores  # noqa: F401 (where the lists' callers find it)
 
 CELLS = 1 << 24  # a chunk of users' dense [users, catalogue] rows holds at most this many cells (64 MB of float32)
 
@@ -16,11 +15,6 @@ def chunk_rows(n_cols: int) -> int:
     """How many users' dense rows over `n_cols` catalogue columns one chunk takes: `CELLS` cells, at least 16
     rows, so that memory stays flat at any catalogue size."""
     return max(16, CELLS // max(n_cols, 1))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:

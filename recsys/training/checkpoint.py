@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -10,61 +9,7 @@ import numpy as np
 from recsys import modeldir
 from recsys.errors import RecsysError
 from recsys.modeldir import save as modelsave
-from recsys.training.trainer import use_cpu_cores
-
-# what a setting was before it existed: a run recorded before it resumes as it was trained
-BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None, "item_share": None}
-# recorded settings that hold for one invocation only: a resumed run takes them from its own command line
-FREE = ("max_batches", "eval_every", "save_every_epoch")
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def resume_settings(args: argparse.Namespace, given: set[str], log=print) -> None:
-    """`--resume`: continue the run recorded in --model-dir. Every setting it recorded (any flag) that the
-    command line does not give is taken from the record, and so is its data (the archive it was trained on),
-    except --max-batches and --eval-every, which hold for one invocation. A given flag must agree with the
-    record, except those two and --epochs above the recorded number, which extends the run. The run computes on
-    the thread count its checkpoint recorded (a matmul's rounding depends on it): a --threads given must equal
-    it. A cosine schedule then follows the longer run's curve from the next epoch on (`log` says so): the
-    learning rate steps up, and the result differs from a run trained that long from the start."""
-    md = modeldir.ModelDir.load(args.model_dir)
-    ckpt = md.checkpoint()
-    if ckpt is None:
-        raise RecsysError(f"{args.model_dir} has no checkpoint to resume; train without --resume")
-    state, saved = ckpt[0], BEFORE | ckpt[0]["settings"]
-    conflicts = []
-    for key, value in saved.items():
-        if not hasattr(args, key) or key in FREE or key in ("data_dir", "model_dir", "resume", "use_cuda"):
-            continue  # a setting this recsys no longer has, or one for a single invocation
-        if key not in given:
-            setattr(args, key, value)
-        elif key == "epochs" and args.epochs < value:
-            conflicts.append(f"--epochs {value} (not {args.epochs}: --epochs can only extend a run)")
-        elif key != "epochs" and getattr(args, key) != value:
-            conflicts.append(f"{_flag(key)} {value!r}" + ("" if value is None else f" (not {getattr(args, key)!r})"))
-    if "threads" in state:  # the math's rounding depends on it: the recorded count, never another
-        if "threads" in given and args.threads != state["threads"]:
-            conflicts.append(f"--threads {state['threads']} (not {args.threads}: the rounding depends on it)")
-        args.threads = state["threads"]
-    if conflicts:
-        raise RecsysError(
-            f"--resume continues the run in {args.model_dir}, which was trained with {', '.join(conflicts)}; "
-            "leave those flags out, or train a new --model-dir"
-        )
-    if args.data_dir is None and args.dataset == md.meta["dataset"]:
-        args.data_dir = str(md.source())
-    done, recorded = state["epoch"], saved.get("epochs", args.epochs)
-    if args.epochs > recorded and args.lr_schedule == "cosine" and done < args.epochs:
-        before = 0.5 * (1 + math.cos(math.pi * (done - 1) / recorded)) if done else 1.0
-        after = 0.5 * (1 + math.cos(math.pi * done / args.epochs))
-        log(
-            f"notice: extending a cosine schedule from {recorded} to {args.epochs} epochs: from epoch {done + 1} on "
-            f"it follows the {args.epochs}-epoch curve, so the learning rate goes from {before:.3f} to "
-            f"{after:.3f} times --lr; the result differs from a run of {args.epochs} epochs from the start"
-        )
+from recsys.training.config import FREE, TrainConfig, flag
 
 
 class Progress:
@@ -81,7 +26,7 @@ class Progress:
         self.checkpointed = resumed is not None  # the model dir holds a checkpoint of this run
 
 
-def restore(args: argparse.Namespace, trainer) -> tuple[Progress, dict[str, np.ndarray] | None]:
+def restore(args: TrainConfig, trainer) -> tuple[Progress, dict[str, np.ndarray] | None]:
     """Load the checkpoint in --model-dir into the trainer; refuse one written with other settings.
 
     Returns the progress and, with a validation slice, the saved best-on-validation parameters."""
@@ -94,7 +39,7 @@ def restore(args: argparse.Namespace, trainer) -> tuple[Progress, dict[str, np.n
         raise RecsysError(f"--resume: {args.model_dir} was trained on other data ({md.meta['source']})")
     saved = state["settings"]
     diff = [
-        f"{_flag(k)} {v!r}"
+        f"{flag(k)} {v!r}"
         for k, v in saved.items()
         if hasattr(args, k) and k not in FREE and k != "epochs" and getattr(args, k) != v
     ]
@@ -104,7 +49,7 @@ def restore(args: argparse.Namespace, trainer) -> tuple[Progress, dict[str, np.n
     trainer.set_params({k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")})
     trainer.set_optimizer_state({k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")})
     if "threads" in state:  # the math's thread count decides its rounding: compute as the recorded run did
-        trainer.threads = use_cpu_cores(state["threads"])
+        trainer.use_threads(state["threads"])
     rng = state["rng"]
     trainer.rng.set_state((rng[0], arrays["rng_keys"], *rng[1:]))
     if "lr" in state:

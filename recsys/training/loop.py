@@ -9,12 +9,12 @@ are drawn in the last save. A top-N objective's evaluations before the last epoc
 test users (`BETWEEN_PAIRS`), and as many validation users for the validation lists; the last one reads all
 of them (up to `EVAL_USERS`; `recsys.evaluate`: all).
 
-`train(args, data)` runs it for the settings `recsys.train` parsed (its flags, as an `argparse.Namespace`).
+`train(args, data)` runs it for a run's settings (`recsys.training.config.TrainConfig`), with the task of its
+objective (`recsys.training.tasks`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -27,18 +27,10 @@ from recsys import topn
 from recsys.data.loader import ALL
 from recsys.errors import RecsysError
 from recsys.movielens import MovieLens
-from recsys.training import checkpoint, lock, ranking
-from recsys.training.trainer import Trainer
+from recsys.training import checkpoint, lock
+from recsys.training.config import TrainConfig
+from recsys.training.tasks import Task, task_class
 
-# what the evaluation lines' figures are, said once before the first of them
-LEGEND = {
-    "rating": "Test Loss: the chapter's cost, mean square error in label space 2*stars-5 on the test ratings; "
-    "RMSE and MAE: the same predictions in stars",
-    "retrieval": "Test Loss: softmax cross-entropy of each liked test movie against the catalogue (lower is better); "
-    "NDCG@10 and Recall@10: the top-10 lists against the liked test movies (higher is better)",
-    "ranking": "Test Loss: the weighted logistic loss of liked test movies against sampled negatives; NDCG@10: the "
-    "reordered top-10 lists (higher is better; the loss can rise while the lists improve)",
-}
 UNTESTED = "Train Loss: the training cost of the epoch's batches; the all split trains on every rating: no test split"
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 SAVE_GAP = 60.0  # ... and at least this many seconds have passed since the run's start or its last save
@@ -61,18 +53,6 @@ def set_device(use_cuda: bool) -> None:
     paddle.set_device("gpu" if use_cuda else "cpu")
 
 
-def split_indices(data: MovieLens, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training, validation (carved from the training split, never the test split) and test rating indices (none
-    for the all split)."""
-    train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
-    if len(train_idx) == 0 or (len(test_idx) == 0 and data.split != ALL):
-        which = "training" if len(train_idx) == 0 else "test"
-        raise RecsysError(f"{data.source}: the {data.split} split leaves no {which} ratings")
-    n_val = int(round(len(train_idx) * val_ratio))
-    carve = np.random.RandomState(seed + 1).permutation(train_idx)
-    return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
-
-
 def check_environment() -> None:
     """Refuse, before any training, a setting under which the model could not be saved."""
     if os.environ.get("FLAGS_enable_pir_api", "").strip().lower() in ("0", "false", "off"):
@@ -82,7 +62,7 @@ def check_environment() -> None:
         )
 
 
-def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) -> tuple[Trainer, list[dict]]:
+def train(args: TrainConfig, data: MovieLens, log=print, on_eval=None) -> tuple[Task, list[dict]]:
     """Run the training loop; save the model dir (with a checkpoint) at epoch ends (see the module's text).
 
     `log` gets the chapter's lines; `on_eval(metrics)`, if given, runs after every evaluation (live plots).
@@ -95,9 +75,9 @@ def train(args: argparse.Namespace, data: MovieLens, log=print, on_eval=None) ->
 
 
 class Run:
-    """One invocation of the loop: the trainer, its splits and progress, and what each epoch ends with."""
+    """One invocation of the loop: the task, its splits and progress, and what each epoch ends with."""
 
-    def __init__(self, args: argparse.Namespace, data: MovieLens, log, on_eval):
+    def __init__(self, args: TrainConfig, data: MovieLens, log, on_eval):
         import paddle.distributed as dist
 
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
@@ -106,20 +86,13 @@ class Run:
         self.lead = self.rank == 0  # only rank 0 logs, evaluates the test split and writes the model dir
         self.args, self.data = args, data
         self.log, self.on_eval = (log, on_eval) if self.lead else ((lambda _msg: None), None)
-        self.top_n = args.objective != "rating"
-        self.t = Trainer(
-            data, args.lr, args.sparse, args.seed, args.optimizer, args.weight_decay, args.cold_start_rate,
-            self.world, args.objective, args.temperature, args.negatives, args.history, args.fused, args.threads,
-        )  # fmt: skip
-        self.t.history_cap = args.history_cap or 0
+        self.t = task_class(args.objective).of(args, data, self.world)
+        self.top_n = self.t.ranks
         self.ranking = self.val_ranking = self.val_between = self.between = None
         self.splits()
         # where and how, not what was trained (the checkpoint records the thread count, which --resume keeps)
         skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused", "threads")
-        self.settings = {k: v for k, v in vars(args).items() if k not in skip}
-        if args.objective == "ranking":  # the retrieval model it reorders: its parameters' hash
-            self.settings["candidates_params_sha256"] = self.t.retrieval_fingerprint
-            self.settings["candidates_settings"] = self.t.retrieval_settings  # its refit is accepted (`is_refit`)
+        self.settings = {k: v for k, v in vars(args).items() if k not in skip} | self.t.recorded()
         self.pr, best = checkpoint.restore(args, self.t) if args.resume else (checkpoint.Progress(), None)
         self.best_params = best if len(self.val_idx) else None
         self.start = time.perf_counter() - (self.pr.metrics[-1]["seconds"] if self.pr.metrics else 0.0)
@@ -130,22 +103,14 @@ class Run:
     def splits(self) -> None:
         """The training, validation and test ratings, and with a top-N objective the users' positives."""
         args, data, t = self.args, self.data, self.t
-        if args.objective == "ranking":
-            train_idx, val_idx, test_idx = ranking.prepare(t, args, data)
-        else:
-            train_idx, val_idx, test_idx = split_indices(data, args.val_ratio, args.seed)
-            held = ranking.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
-            train_idx = train_idx[~held[train_idx]]
-            t.use_history(train_idx)
-            if args.objective == "retrieval":
-                t.fit_first_stage(args.item_share or 0.0, args.item_neighbours)
+        train_idx, val_idx, test_idx = t.splits(args)
         if self.top_n:  # the positives of each split; the top-N metrics rank against the whole training split
             build = topn.Interactions.build
             self.ranking = build(t.catalogue, data.user, data.movie, data.stars, data.is_test)
             self.ranking = self.ranking.sample_users(EVAL_USERS, args.seed)  # `evaluate` ranks for every user
             if len(val_idx):  # validation: ranked against the ratings the model trains on, scored on the slice
                 fit = np.zeros(len(data.user), bool)
-                fit[val_idx] = fit[t.fit_idx if args.objective == "ranking" else train_idx] = True
+                fit[val_idx] = fit[t.fit_idx] = True
                 is_val = np.zeros(len(data.user), bool)
                 is_val[val_idx] = True
                 self.val_ranking = build(
@@ -155,7 +120,7 @@ class Run:
             if not len(train_idx) or (not len(test_idx) and data.split != ALL):
                 which = "training" if not len(train_idx) else "test"
                 raise RecsysError(f"the {data.split} split has no {which} ratings of {args.positive} stars or more")
-            t.sample_from(train_idx)
+            t.positives(train_idx)
             self.between = self.sample_between(train_idx, test_idx)
         self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
         self.tested = len(test_idx) > 0  # the all split has no test ratings: the epoch lines show the training cost
@@ -164,11 +129,7 @@ class Run:
         """The test users (top-N `Interactions`) and their test ratings that a top-N objective's evaluations
         before the last read (see `BETWEEN_PAIRS`); None where that is every user."""
         args = self.args
-        if args.objective == "ranking":  # each positive and its negatives; each user's candidates
-            pairs, per_user = len(train_idx) * (1 + args.negatives_per_positive), args.candidates
-        else:  # each positive against the batch's movies (or the catalogue); each user against the catalogue
-            per_user = len(self.t.catalogue)
-            pairs = len(train_idx) * (per_user if args.negatives == "full" else min(args.batch_size, per_user))
+        pairs, per_user = self.t.pairs_per_epoch(args, len(train_idx))
         n_users = max(BETWEEN_USERS, int(pairs * BETWEEN_PAIRS) // per_user)
         sample = self.ranking.sample_users(n_users, args.seed)
         if sample is self.ranking:
@@ -181,13 +142,13 @@ class Run:
         args, pr = self.args, self.pr
         return pr.epoch >= args.epochs or bool(args.patience and pr.epoch - pr.best_epoch >= args.patience)
 
-    def run(self) -> tuple[Trainer, list[dict]]:
+    def run(self) -> tuple[Task, list[dict]]:
         args, pr = self.args, self.pr
         if self.finished():
             more = "" if pr.epoch < args.epochs else f" (--resume --epochs N above {pr.epoch} trains on)"
             self.log(f"{args.model_dir}: training already finished at epoch {pr.epoch}{more}")
             return self.t, pr.metrics
-        self.log(LEGEND[args.objective] if self.tested else UNTESTED)
+        self.log(self.t.legend if self.tested else UNTESTED)
         for epoch in range(pr.epoch + 1, args.epochs + 1):
             if not self.epoch(epoch):
                 break

@@ -1,4 +1,4 @@
-"""The ranking network's training data: the chapter's second stage, stacked on a retrieval model.
+"""The ranking network (`--objective ranking`): the chapter's second stage, stacked on a retrieval model.
 
 A stacked ranker must learn from labels the retrieval model did not train on (its scores on its own positives
 are inflated). A retrieval model trained with `--holdout F` leaves a share F of the training ratings out of its
@@ -10,82 +10,28 @@ see at inference: the retrieval model's top N outside each user's history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import topn
+from recsys.data import history
 from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import candidate_pool, fingerprint, log_share
 from recsys.topn.stages import first_stage, movie_index
-
-
-def holdout_mask(n: int, train_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """[n] bool: the training ratings held out for the ranker (a seeded `share` of `train_idx`)."""
-    mask = np.zeros(n, bool)
-    if share > 0:
-        pick = np.random.RandomState(seed + 2).random_sample(len(train_idx)) < share
-        mask[train_idx[pick]] = True
-    return mask
-
-
-@dataclass
-class Candidates:
-    """What the ranking network reads, per user: the retrieval model's top candidates and the pair features.
-
-    `user_vectors` [U, D] and `movie_vectors` [M, D] (catalogue order) are the retrieval model's unit vectors
-    as computed from the users' histories; `history` [U, M] (sparse 0/1) those histories, whose item-item score
-    of a movie is their product with its column of the sparse neighbour weights `item_item` [M, M]
-    (`recsys.topn.neighbours`); `log_share` [M] each movie's log share of the ratings (from the same histories);
-    `rated` the sorted keys `user * M + column` of every training rating (the held-out ones too), which no
-    negative may be; `pool` [U, N] each user's top-N catalogue columns outside their history (-1: none). Nothing
-    here is a users x movies array."""
-
-    user_vectors: np.ndarray
-    movie_vectors: np.ndarray
-    history: sp.csr_matrix
-    item_item: sp.csc_matrix
-    log_share: np.ndarray
-    rated: np.ndarray
-    pool: np.ndarray
-
-    def features(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval
-        model's cosine, the movie's log share of the ratings, the item-item score of the user's history (the
-        ranker's own weights)."""
-        cosine = np.einsum("nd,nd->n", self.user_vectors[user], self.movie_vectors[col])
-        item = neighbours.scores(self.history, self.item_item, user, col)
-        return np.stack([cosine, self.log_share[col], item], axis=1).astype(np.float32)
-
-    def is_rated(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """[n] bool: the user rated the column's movie in training."""
-        return contains(self.rated, user.astype(np.int64) * len(self.movie_vectors) + col)
-
-    def negatives(self, user: np.ndarray, per: int, hard: float, rng: np.random.RandomState) -> np.ndarray:
-        """`per` negative catalogue columns for each user in `user` ([len(user) * per], user-major): a share
-        `hard` from the user's candidates, the rest uniform over the catalogue; never a movie the user rated in
-        training. A draw that lands on a rated movie is drawn again (uniformly); -1 where none was found."""
-        users = np.repeat(user, per)
-        n_cols = len(self.movie_vectors)
-        cols = rng.randint(n_cols, size=len(users))
-        from_pool = rng.random_sample(len(users)) < hard
-        if from_pool.any():
-            pick = self.pool[users[from_pool], rng.randint(self.pool.shape[1], size=int(from_pool.sum()))]
-            cols[from_pool] = np.where(pick >= 0, pick, cols[from_pool])
-        for _ in range(8):
-            bad = self.is_rated(users, cols)
-            if not bad.any():
-                break
-            cols[bad] = rng.randint(n_cols, size=int(bad.sum()))
-        cols[self.is_rated(users, cols)] = -1
-        return cols
+from recsys.training import registry, splits
+from recsys.training.candidates import Candidates
+from recsys.training.registry import register
+from recsys.training.retrieval import RetrievalTask
+from recsys.training.task import D, Task, catalogue, catalogue_columns
 
 
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
     """One-line error unless `md` is a retrieval model (of `data`, when given)."""
-    if md.objective != "retrieval":
+    if registry.TASKS.get(md.objective) is not RetrievalTask:
         raise RecsysError(
             f"{what} needs a retrieval model: {md.path} is a {md.objective} model "
             "(train one with --objective retrieval)"
@@ -102,14 +48,31 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
         )
 
 
-def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Set up trainer `t` to train a ranking network on the candidates of the retrieval model
-    `args.candidates_from`: its held-out ratings are the ranker's labels, its training ratings the histories,
-    and the ranker's towers start from its towers. Returns the ranker's training, validation (carved from the
-    held-out ratings by `args.val_ratio`) and test rating indices."""
+@dataclass
+class Stack:
+    """What a ranking network learns from: the candidates of the users' training histories (`fit_candidates`,
+    histories of the ratings `fit_idx`) and of every training rating (`candidates`, as the saved model and the
+    evaluation read them), the saved item-item weights, the parameters its towers start from (`start`; `beta`:
+    the first stage's, which the untrained head starts from), and its training, validation and test ratings."""
+
+    fit_candidates: Candidates
+    candidates: Candidates
+    item_item: sp.csr_matrix | None = None
+    fit_idx: np.ndarray | None = None
+    idx: tuple = ()  # training, validation and test rating indices
+    start: dict = field(default_factory=dict)
+    beta: float | None = None
+    recorded: dict = field(default_factory=dict)  # what the model dir records of the retrieval model
+
+
+def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exact: bool, val_ratio: float,
+          seed: int) -> Stack:  # fmt: skip
+    """The `Stack` of a ranking network on the candidates of the retrieval model `candidates_from`: its
+    held-out ratings are the ranker's labels (those among the fit candidates; validation carved from them by
+    `val_ratio`), its training ratings the histories, and the ranker's towers start from its towers."""
     from recsys.modeldir import ModelDir
 
-    retrieval = ModelDir.load(args.candidates_from)
+    retrieval = ModelDir.load(candidates_from)
     check_retrieval(retrieval, data)
     rs = retrieval.meta["settings"]
     if not rs.get("holdout"):
@@ -117,50 +80,190 @@ def prepare(t, args, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"{retrieval.path} held no training ratings out for a ranker to learn from; "
             "train the retrieval model with --holdout 0.1 (its default)"
         )
-    train_idx, test_idx = np.flatnonzero(~data.is_test), np.flatnonzero(data.is_test)
-    n_val = int(round(len(train_idx) * rs["val_ratio"]))  # the retrieval model's own validation slice
-    train_idx = np.sort(np.random.RandomState(rs["seed"] + 1).permutation(train_idx)[n_val:])
-    held = holdout_mask(len(data.user), train_idx, rs["holdout"], rs["seed"])
+    train_idx = splits.carve(np.flatnonzero(~data.is_test), rs["val_ratio"], rs["seed"])[0]  # its own slice
+    held = splits.holdout_mask(len(data.user), train_idx, rs["holdout"], rs["seed"])
     fit, labels = train_idx[~held[train_idx]], train_idx[held[train_idx]]
-    t.use_history(fit)
-    feeds = data.tables.user_features(np.arange(data.sizes()["n_users"]))
-    fit_users = retrieval.user_vector(feeds, histories=t.fit_history if retrieval.history else None)
-    movies, n_cols = retrieval.catalogue_vectors, len(t.catalogue)
+    sizes, movies_of = data.sizes(), catalogue(data)
+    feeds = data.tables.user_features(np.arange(sizes["n_users"]))
+    histories = history.Histories.of(sizes["n_users"], sizes["n_movies"], data.user[fit], data.movie[fit])
+    fit_users = retrieval.user_vector(feeds, histories=histories if retrieval.history else None)
+    movies, n_cols = retrieval.catalogue_vectors, len(movies_of)
     trained = np.flatnonzero(~data.is_test)
-    rated, fit_history = t.columns(trained), t.columns(fit)
-    rated_keys = rating_keys(data.user[trained], np.searchsorted(t.catalogue, data.movie[trained]), n_cols)
-    ix, stage = movie_index(retrieval, nearest.search_for(args.exact)), first_stage(retrieval)
-    fit_pool = candidate_pool(fit_users, movies, fit_history, args.candidates, ix, stage)
+    rated, fit_history = catalogue_columns(data, movies_of, trained), catalogue_columns(data, movies_of, fit)
+    rated_keys = rating_keys(data.user[trained], np.searchsorted(movies_of, data.movie[trained]), n_cols)
+    ix, stage = movie_index(retrieval, nearest.search_for(exact)), first_stage(retrieval)
+    fit_pool = candidate_pool(fit_users, movies, fit_history, n_candidates, ix, stage)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
     sorted_pool = np.sort(fit_pool, axis=1).ravel()  # a row's candidates are distinct: its keys, ascending
     rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
     in_pool = (rows * n_cols + sorted_pool)[sorted_pool >= 0]
-    keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(t.catalogue, data.movie[labels])
+    keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
-    n_val = int(round(len(labels) * args.val_ratio))
-    carve = np.random.RandomState(args.seed + 1).permutation(labels)
-    n_neighbours = args.item_neighbours
-    t.fit_candidates = Candidates(
-        fit_users,
-        movies,
-        fit_history,
-        neighbours.fit(fit_history, n_neighbours).tocsc(),
-        log_share(fit_history),
-        rated_keys,
-        fit_pool,
-    )
-    t.item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
-    full_pool = candidate_pool(retrieval.arrays["user_vectors"], movies, rated, args.candidates, ix, stage)
+    fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
+    fit_candidates = Candidates(fit_users, movies, fit_history, fit_weights, log_share(fit_history), rated_keys,
+                                fit_pool)  # fmt: skip
+    item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
     users = retrieval.arrays["user_vectors"]
-    t.candidates = Candidates(users, movies, rated, t.item_item.tocsc(), log_share(rated), rated_keys, full_pool)
-    t.negatives_per_positive, t.hard_negatives = args.negatives_per_positive, args.hard_negatives
-    t.positive_weight = args.positive_weight
-    t.retrieval_fingerprint, t.retrieval_settings = fingerprint(retrieval), rs
-    current = t.params()  # the ranker's towers start as the retrieval model's, where their shapes agree
-    towers = {k: v for k, v in retrieval.params().items() if k in current and v.shape == current[k].shape}
-    if stage is not None:  # the untrained head orders candidates by the first stage's score, cos + beta * item
-        towers["head.linear"] = np.array([[4.0], [0.0], [4.0 * stage.beta]], np.float32)
-    t.set_params(current | towers)
-    if not args.train_towers:  # only the head learns: the towers stay the retrieval model's
-        t.freeze_towers()
-    return np.sort(carve[n_val:]), np.sort(carve[:n_val]), test_idx
+    full_pool = candidate_pool(users, movies, rated, n_candidates, ix, stage)
+    candidates = Candidates(users, movies, rated, item_item.tocsc(), log_share(rated), rated_keys, full_pool)
+    recorded = {"candidates_params_sha256": fingerprint(retrieval), "candidates_settings": rs}  # refit: `is_refit`
+    return Stack(fit_candidates, candidates, item_item, fit, (*splits.carve(labels, val_ratio, seed),
+                 np.flatnonzero(data.is_test)), retrieval.params(), None if stage is None else stage.beta,
+                 recorded)  # fmt: skip
+
+
+@register("ranking")
+class RankingTask(Task):
+    """The ranking network: its head scores the retrieval model's candidates from both towers' outputs and the
+    pair features (`Candidates.features`); its loss is a weighted logistic loss of each positive against
+    `negatives_per_positive` drawn negatives (a share `hard_negatives` from the user's candidates)."""
+
+    legend = (
+        "Test Loss: the weighted logistic loss of liked test movies against sampled negatives; NDCG@10: the "
+        "reordered top-10 lists (higher is better; the loss can rise while the lists improve)"
+    )
+    ranks = True
+    ranking_head = True
+    reads_histories = True
+
+    def __init__(self, data, stacked: Stack, negatives_per_positive: int = D.negatives_per_positive,
+                 hard_negatives: float = D.hard_negatives, positive_weight: str = D.positive_weight,
+                 train_towers: bool = D.train_towers, **settings):  # fmt: skip
+        super().__init__(data, **settings)
+        self.stack = stacked
+        self.fit_candidates, self.candidates = stacked.fit_candidates, stacked.candidates
+        self.item_item = stacked.item_item  # what the saved model scores with (`saved_arrays`)
+        self.negatives_per_positive, self.hard_negatives = negatives_per_positive, hard_negatives
+        self.positive_weight = positive_weight
+        if stacked.fit_idx is not None:
+            self.use_history(stacked.fit_idx)
+        current = self.params()  # the towers start as the retrieval model's, where their shapes agree
+        towers = {k: v for k, v in stacked.start.items() if k in current and v.shape == current[k].shape}
+        if stacked.beta is not None:  # the untrained head orders candidates by the first stage's score
+            towers["head.linear"] = np.array([[4.0], [0.0], [4.0 * stacked.beta]], np.float32)
+        self.set_params(current | towers)
+        if not train_towers:  # only the head learns: the towers stay the retrieval model's
+            self.freeze_towers()
+
+    @classmethod
+    def of(cls, config, data, world: int = 1) -> RankingTask:
+        """The ranking network of a run's settings, on the candidates of `config.candidates_from`."""
+        stacked = stack(data, config.candidates_from, config.candidates, config.item_neighbours, config.exact,
+                        config.val_ratio, config.seed)  # fmt: skip
+        return cls(data, stacked, config.negatives_per_positive, config.hard_negatives, config.positive_weight,
+                   config.train_towers, world=world, **cls.settings(config))  # fmt: skip
+
+    def splits(self, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The held-out ratings among the fit candidates (less the validation slice), and the test ratings."""
+        return self.stack.idx
+
+    def recorded(self) -> dict:
+        """The retrieval model it reorders: its parameters' hash, and its settings."""
+        return self.stack.recorded
+
+    def pairs_per_epoch(self, config, n_train: int) -> tuple[int, int]:
+        """Each positive and its negatives; each user's candidates."""
+        return n_train * (1 + self.negatives_per_positive), config.candidates
+
+    def freeze_towers(self) -> None:
+        """From now on only the head learns: the towers (and their vectors) stay as they are."""
+        for name, p in self.net.named_parameters():
+            p.stop_gradient = not name.startswith("head.")
+        self.towers_learn = False
+        self.vectors(unit=False)  # what every evaluation's pairs read, computed once, before the first epoch
+
+    def step_feeds(self, idx: np.ndarray) -> None:
+        return None  # the pairs are drawn in the step
+
+    def fused_loss(self, idx: np.ndarray, f: None):
+        pairs = self.ranking_pairs(idx, self.fit_candidates, self.rng, training=True)
+        return self.fused.ranking(*pairs, towers=self.towers_learn)
+
+    def loss(self, idx: np.ndarray, f: None):
+        return self.ranking_loss(idx, self.fit_candidates, self.rng, training=True)
+
+    def ranking_loss(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
+        """The weighted logistic loss of the positives `idx` against `negatives_per_positive` drawn negatives
+        each, scored with the candidates' retrieval scores (`cand`: training or evaluation histories)."""
+        import paddle
+
+        from recsys.model import weighted_logistic_loss
+
+        f, features, label, weight = self.ranking_pairs(idx, cand, rng, training)
+        logit = self.model(*self.tensors(f), paddle.to_tensor(features))
+        return weighted_logistic_loss(logit, paddle.to_tensor(label[:, None]), paddle.to_tensor(weight[:, None]))
+
+    def ranking_pairs(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
+        """The pairs `ranking_loss` scores: each positive of `idx`, then `negatives_per_positive` negatives drawn
+        for each; returns their feeds, pair features [N, 3], 0/1 labels and weights [N]."""
+        users, cols, features, label, weight = self.ranking_draws(idx, cand, rng)
+        f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
+        return f, features, label, weight
+
+    def ranking_draws(self, idx: np.ndarray, cand: Candidates, rng):
+        """`ranking_pairs`' users, catalogue columns, pair features, labels and weights (no feeds)."""
+        user, per = self.data.user[idx], self.negatives_per_positive
+        neg = cand.negatives(user, per, self.hard_negatives, rng)
+        cols = np.concatenate([self.column[self.data.movie[idx]], np.maximum(neg, 0)])
+        users = np.concatenate([user, np.repeat(user, per)])
+        pos_w = self.data.stars[idx].astype(np.float32) if self.positive_weight == "stars" else np.ones(len(idx))
+        weight = np.concatenate([pos_w, (neg >= 0).astype(np.float32)]).astype(np.float32)
+        label = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))]).astype(np.float32)
+        return users, cols, cand.features(users, cols), label, weight
+
+    def _pairs_loss(self, draw: tuple, full: bool) -> float:
+        """The ranking loss of drawn pairs (see `ranking_draws`): with frozen towers, the head over the tower
+        vectors of every user and movie (a pair's history is the user's whole one: neither a held-out or test
+        positive nor a negative is in it); else through the fused towers, pair by pair."""
+        from recsys.fused import layers  # with the network: Paddle
+
+        users, cols, features, label, weight = draw
+        if self.towers_learn:
+            f = self.pair_features(users, self.catalogue[cols], full=full)
+            return float(self.fused.ranking_loss(f, features, label, weight)[0])
+        user_out, movie_out = self.vectors(unit=False, full=full)
+        head = layers.plan(self.net.head)
+        return float(layers.ranking_xent(head, user_out[users], movie_out, cols, features, label, weight)[0])
+
+    def evaluate(self, idx: np.ndarray, full: bool = True) -> dict[str, float]:
+        """The weighted logistic loss with negatives drawn by a fixed seed (the same every time)."""
+        import paddle
+
+        rng, cand = np.random.RandomState(12345), self.candidates if full else self.fit_candidates
+        parts = [idx[s : s + 4096] for s in range(0, len(idx), 4096)]
+        if self.fused is None and self.towers_learn:
+            with paddle.no_grad():
+                losses = [float(self.ranking_loss(part, cand, rng)) for part in parts]
+        else:  # the same loss in NumPy (far faster on the histories), on draws kept
+            size = len(idx) * (1 + self.negatives_per_positive) * 36  # bytes of the users, columns, features...
+            key = ("pairs", id(cand), hash(idx.tobytes()))
+            draws = self._unchanging(key, lambda: [self.ranking_draws(p, cand, rng) for p in parts], size)
+            losses = [self._pairs_loss(draw, full=cand is self.candidates) for draw in draws]
+        total = sum(loss * len(part) for loss, part in zip(losses, parts))
+        return {"cost": total / max(len(idx), 1)}
+
+    def top_n(self, data: topn.Interactions, k: int = 10, full: bool = True) -> dict[str, float]:
+        """Top-k metrics of the retrieval model's candidates, reordered by the network (the two stages)."""
+        users, movies = self.vectors(unit=False, full=full)
+        cand = self.candidates if full else self.fit_candidates
+        params = {f"head.{k}": v.numpy() for k, v in self.net.head.state_dict().items()}  # all `head_scores` reads
+
+        def rank(u, _seen, k):
+            pool = cand.pool[u]
+
+            def features():
+                return cand.features(np.repeat(u, pool.shape[1]), np.maximum(pool, 0).ravel()).reshape(*pool.shape, -1)
+
+            f = self._unchanging(("pool", id(cand), hash(u.tobytes())), features, pool.size * 12)
+            return topn.rerank_pool(pool, topn.head_scores(params, users[u][:, None], movies[pool], f), k)
+
+        return topn.evaluate(rank, data, k)
+
+    def saved_arrays(self) -> dict[str, np.ndarray]:
+        """The pair features' item-item weights and the movies' log shares of the ratings, both from every
+        training rating (catalogue order)."""
+        w = self.item_item
+        return {
+            "item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
+            "log_share": self.candidates.log_share,
+        }  # fmt: skip
