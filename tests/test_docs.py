@@ -269,11 +269,14 @@ def test_the_readme_quick_start_runs_offline_as_written(tmp_path):
     assert predicted.startswith('Predict Rating of user id 1 on movie "'), predicted
     two = next(out for cmd, out in outputs.items() if "--rerank" in cmd)
     assert "reordered by the ranking network" in two
+    explained = next(out for cmd, out in outputs.items() if "--explain" in cmd)
+    assert "because you rated" in explained, explained
     python = block("quickstart-python")
     proc = subprocess.run([sys.executable, "-c", python.text], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'stages': ['retrieval']" in proc.stdout and "'title':" in proc.stdout
+    assert "'share':" in proc.stdout.splitlines()[-1], proc.stdout  # the reasons of the last line
     shutil.rmtree(tmp_path / "data")
 
 
