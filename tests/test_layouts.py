@@ -90,8 +90,8 @@ def test_release_zip_folder_and_bare_folder_agree(tmp_path):
     _check_release(ml.load("ml-latest-small", tmp_path / "z"))  # again, from the cache
     assert sorted(p.name for p in (tmp_path / "z").iterdir()) == [
         "ml-latest-small.zip",
-        "ml-latest-small.zip.meta.recsys-v3.npz",
-        "ml-latest-small.zip.ratings.recsys-v3.npz",
+        "ml-latest-small.zip.meta.recsys-v4.npz",
+        "ml-latest-small.zip.ratings.recsys-v4.npz",
     ]
     _check_release(ml.load("ml-25m", _write(tmp_path / "f" / "ml-25m", ratings=RATINGS, movies=MOVIES).parent))
     _check_release(ml.load("ml-32m", _write(tmp_path / "bare", ratings=RATINGS, movies=MOVIES)))

@@ -114,7 +114,8 @@ def save(
     extra: dict[str, np.ndarray] | None = None,
     plot: bool = True,
 ) -> Path:
-    """Write the whole model dir into a temp dir beside `path`, then swap it in by rename.
+    """Write the whole model dir into a temp dir beside `path`, then swap it in by rename. Ctrl-C or SIGTERM
+    during the save takes effect once the new dir is in place.
 
     `checkpoint` is (JSON-able training state, arrays) for `--resume`; it lands atomically with the model.
     Without one, `keep_checkpoint` carries the checkpoint already in `path` over into the new dir. `extra`
@@ -126,48 +127,49 @@ def save(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _remove_stale_temps(path)
-        tmp.mkdir(parents=True)
-        lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
-        specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
-        history = settings.get("history", False)
-        if history:
-            specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
-        if hasattr(net, "head"):
-            specs.append(InputSpec([None, 3], "float32", "ranking_features"))
-        net.eval()
-        paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
-        net.train()
-        params = {k: v.numpy() for k, v in net.state_dict().items()}
-        np.savez(tmp / "params.npz", **params)
-        vectors = tower_vectors(
-            net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
-        )
-        catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
-        indexed = _write_index(tmp, vectors["movie_vectors"][catalogue], settings)
-        np.savez(
-            tmp / "arrays.npz",
-            user_table=data.tables.user,
-            movie_category=data.tables.category,
-            movie_year=_movie_years(data),
-            movie_title=data.tables.title,
-            **vectors,
-            user_ids=data.meta.user_ids,
-            movie_ids=data.meta.movie_ids,
-            **_ratings_csr(data),
-            **(extra or {}),
-        )
-        doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
-        (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
-        write_metrics(tmp, metrics, plot)
-        if checkpoint is not None:
-            (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
-            np.savez(tmp / "checkpoint.npz", **checkpoint[1])
-        elif keep_checkpoint:
-            for name in ("checkpoint.json", "checkpoint.npz"):
-                shutil.copy2(path / name, tmp / name)
-        write_manifest(tmp)
-        _swap(tmp, path)
+        with _signals_deferred():  # a signal inside Paddle's export would surface as its own C++ error
+            _remove_stale_temps(path)
+            tmp.mkdir(parents=True)
+            lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
+            specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
+            history = settings.get("history", False)
+            if history:
+                specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
+            if hasattr(net, "head"):
+                specs.append(InputSpec([None, 3], "float32", "ranking_features"))
+            net.eval()
+            paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
+            net.train()
+            params = {k: v.numpy() for k, v in net.state_dict().items()}
+            np.savez(tmp / "params.npz", **params)
+            vectors = tower_vectors(
+                net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
+            )
+            catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
+            indexed = _write_index(tmp, vectors["movie_vectors"][catalogue], settings)
+            np.savez(
+                tmp / "arrays.npz",
+                user_table=data.tables.user,
+                movie_category=data.tables.category,
+                movie_year=_movie_years(data),
+                movie_title=data.tables.title,
+                **vectors,
+                user_ids=data.meta.user_ids,
+                movie_ids=data.meta.movie_ids,
+                **_ratings_csr(data),
+                **(extra or {}),
+            )
+            doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
+            (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
+            write_metrics(tmp, metrics, plot)
+            if checkpoint is not None:
+                (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
+                np.savez(tmp / "checkpoint.npz", **checkpoint[1])
+            elif keep_checkpoint:
+                for name in ("checkpoint.json", "checkpoint.npz"):
+                    shutil.copy2(path / name, tmp / name)
+            write_manifest(tmp)
+            _swap(tmp, path)
     except OSError as e:
         raise RecsysError(
             f"could not save the model dir {path}: {e.strerror or e} ({e.filename or path.parent}); "
