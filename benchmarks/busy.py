@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from common import results_table, write_results
 from topn_serve import load_test
 
 from recsys.modeldir import ModelDir
@@ -91,17 +92,26 @@ def main() -> None:
                 with neighbour(busy, args.burn_seconds):
                     served.setdefault(busy, []).append(load_test(retrieval, None, users, movies, args.requests, 2))
     rows = [("objective", "threads", "quiet s", "busy s", "busy/quiet")]
+    numbers = []  # [label, threads, quiet, busy, busy/quiet] per row, as printed: the results file holds the same
     for objective in OBJECTIVES:
         for name, _threads in settings:
             quiet, busy = (statistics.median(times[objective, name, b]) for b in (False, True))
-            rows.append((objective, name, f"{quiet:.3f}", f"{busy:.3f}", f"{busy / quiet:.2f}x"))
+            numbers.append([f"{objective} epoch (s)", name, round(quiet, 3), round(busy, 3), round(busy / quiet, 2)])
     for stat in ("p50", "p99"):
         quiet, busy = (statistics.median(r[f"all_{stat}"] for r in served[b]) for b in (False, True))
-        rows.append((f"serve {stat} (ms)", "one a request", f"{quiet:.1f}", f"{busy:.1f}", f"{busy / quiet:.2f}x"))
+        numbers.append([f"serve {stat} (ms)", "one a request", round(quiet, 1), round(busy, 1), round(busy / quiet, 2)])
+    for label, name, quiet, busy, ratio in numbers:
+        digits = 3 if "epoch" in label else 1  # seconds to the millisecond, latencies to a tenth of one
+        rows.append(
+            (label.removesuffix(" epoch (s)"), name, f"{quiet:.{digits}f}", f"{busy:.{digits}f}", f"{ratio:.2f}x")
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print("per-epoch step time (median of each run's epochs) on ml-100k u1, quiet and beside one busy neighbour")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    title = "Each objective's epoch (step time) and serving, quiet and beside one busy neighbour, ml-100k u1"
+    table = results_table("busy", title, ["", "threads", "quiet", "busy", "busy / quiet"], numbers)
+    write_results("busy", "python benchmarks/busy.py", [table])
 
 
 if __name__ == "__main__":
