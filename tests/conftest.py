@@ -70,6 +70,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def get_json(url: str, timeout: float = 120) -> dict:
+    """GET `url`'s JSON, asking again until a server that is still starting answers (or `timeout` s pass)."""
+    end = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            if time.time() > end:
+                raise
+            time.sleep(0.2)
+
+
 def start_server(*args: str, port: int, timeout: float = 120) -> subprocess.Popen:
     """`python -m recsys.serve ARGS --port PORT` (quiet), once `/api/health` answers."""
     cmd = [sys.executable, "-m", "recsys.serve", *args, "--port", str(port), "--log-level", "warning"]

@@ -12,13 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, run_cli
+from conftest import ROOT, free_port, get_json, run_cli
 from docblocks import Block, block, blocks, documents
 
 BIN = Path(sys.executable).parent
@@ -255,7 +253,7 @@ def test_the_readme_quick_start_runs_offline_as_written(tmp_path):
             server = subprocess.Popen(["bash", "-c", f"{command} --port {port}"], cwd=tmp_path, env=env,
                                       start_new_session=True, **quiet)  # fmt: skip
             try:
-                recs = _get(f"http://127.0.0.1:{port}/api/users/1/recommendations?k=10")
+                recs = get_json(f"http://127.0.0.1:{port}/api/users/1/recommendations?k=10")
             finally:
                 os.killpg(server.pid, 15)
                 server.wait(30)
@@ -278,15 +276,3 @@ def test_the_readme_quick_start_runs_offline_as_written(tmp_path):
     assert "'stages': ['retrieval']" in proc.stdout and "'title':" in proc.stdout
     assert "'share':" in proc.stdout.splitlines()[-1], proc.stdout  # the reasons of the last line
     shutil.rmtree(tmp_path / "data")
-
-
-def _get(url: str, timeout: float = 120) -> dict:
-    end = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            if time.time() > end:
-                raise
-            time.sleep(0.3)

@@ -8,13 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import HEAD, ROOT, assert_one_line_error, free_port, need_ml1m_meta, run_cli
+from conftest import HEAD, ROOT, assert_one_line_error, free_port, get_json, need_ml1m_meta, run_cli
 from docblocks import block
 
 from recsys import synthetic
@@ -26,18 +24,6 @@ BIN = Path(sys.executable).parent
 def _use_block() -> list[str]:
     """The command lines of the block marked `runnable: use` (docs/usage.md), comments and blank lines left out."""
     return block("use").commands()
-
-
-def _get(url: str, timeout: float = 60) -> dict:
-    end = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            if time.time() > end:
-                raise
-            time.sleep(0.2)
 
 
 def test_the_use_block_as_written(tmp_path):
@@ -65,8 +51,8 @@ def test_the_use_block_as_written(tmp_path):
             server = subprocess.Popen(["bash", "-c", f"{prefix}exec {command} --port {port}"], cwd=work, env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             try:
-                health = _get(f"http://127.0.0.1:{port}/api/health")
-                recs = _get(f"http://127.0.0.1:{port}/api/users/1/recommendations?k=10")
+                health = get_json(f"http://127.0.0.1:{port}/api/health")
+                recs = get_json(f"http://127.0.0.1:{port}/api/users/1/recommendations?k=10")
             finally:
                 server.terminate()
                 server.wait(30)
