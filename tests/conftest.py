@@ -139,6 +139,15 @@ def trained(small_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_epoch(small_dir, tmp_path_factory) -> Path:
+    """One epoch of the chapter's model on the small archive, trained once: tests copy it before they spoil it."""
+    model = tmp_path_factory.mktemp("one-epoch") / "model"
+    proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(model), "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr
+    return model
+
+
+@pytest.fixture(scope="session")
 def u1_models(tmp_path_factory) -> tuple[Path, Path]:
     """A short retrieval training and a one-epoch rating model, both on ml-100k u1."""
     data = str(need_ml100k())

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -376,6 +377,16 @@ def test_a_second_app_in_one_process_never_hides_the_first_ones_writes(u1_models
     assert sorted(m for (m,) in sqlite3.connect(db).execute("SELECT movie_id FROM ratings")) == [1, 2, 3, 4]
 
 
+def _retrain(db: Path | str, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """One retrieval epoch on ml-100k u1 that reads the ratings database `db`, into tmp_path/retrained."""
+    model = tmp_path / "retrained"
+    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
+    proc = run_cli("recsys.train", *data, "--objective", "retrieval", "--epochs", "1", "--model-dir", str(model),
+                   "--ratings-db", str(db))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return model, proc
+
+
 def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, ratings_db, tmp_path):
     db = ratings_db[0]
     app = create_app(u1_models[0], reload_interval=0, ratings_db=db, write_token=TOKEN)
@@ -385,11 +396,7 @@ def test_retraining_reads_the_database_and_the_new_user_is_known(u1_models, rati
             c.post("/api/ratings", json={"user_id": new, "movie_id": movie, "rating": stars}, headers=AUTH)
         c.post("/api/ratings", json={"user_id": 1, "movie_id": 1, "rating": 1}, headers=AUTH)  # a training pair
         c.post("/api/ratings", json={"user_id": 1, "movie_id": 6, "rating": 5}, headers=AUTH)  # a u1 test pair
-    model = tmp_path / "retrained"
-    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
-    proc = run_cli("recsys.train", *data, "--objective", "retrieval", "--epochs", "1", "--model-dir", str(model),
-                   "--ratings-db", str(db))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    model, proc = _retrain(db, tmp_path)
     assert "4 stored ratings (up to seq 5) and 1 new users" in proc.stdout
     assert "1 archive ratings replaced" in proc.stdout and "1 left out" in proc.stdout
     read = ModelDir.load(model).meta["settings"]["ratings_db_read"]
@@ -425,11 +432,7 @@ def test_retraining_never_reads_deleted_ratings(u1_models, tmp_path):
         c.post("/api/ratings", json={"user_id": 2, "movie_id": 3, "rating": 4}, headers=AUTH)
         assert c.delete(f"/api/users/{new}/ratings/181", headers=AUTH).status_code == 204
         assert c.delete("/api/users/2/ratings", headers=AUTH).status_code == 204
-    model = tmp_path / "retrained"
-    data = ["--dataset", "ml-100k", "--split", "u1", "--data-dir", str(need_ml100k())]
-    proc = run_cli("recsys.train", *data, "--objective", "retrieval", "--epochs", "1", "--model-dir", str(model),
-                   "--ratings-db", str(db))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    model, proc = _retrain(db, tmp_path)
     assert "2 stored ratings (up to seq 3) and 1 new users" in proc.stdout
     md = ModelDir.load(model)
     assert sorted(md.ratings_of(new)[0].tolist()) == [50, 172]

@@ -29,13 +29,10 @@ from recsys.modeldir import save as modelsave
 TOP3 = ["--user", "1", "--top-k", "3"]
 
 
-@pytest.fixture(scope="module")
-def model(small_dir, tmp_path_factory) -> Path:
-    """One epoch on the small archive."""
-    out = tmp_path_factory.mktemp("hardening") / "model"
-    proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(out), "--epochs", "1")
-    assert proc.returncode == 0, proc.stderr
-    return out
+@pytest.fixture
+def model(one_epoch) -> Path:
+    """One epoch on the small archive (conftest's, trained once for the session)."""
+    return one_epoch
 
 
 @pytest.fixture

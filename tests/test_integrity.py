@@ -58,14 +58,6 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
 
 
-@pytest.fixture(scope="module")
-def one_epoch(small_dir, tmp_path_factory) -> Path:
-    model = tmp_path_factory.mktemp("intact") / "model"
-    proc = run_cli("recsys.train", "--data-dir", str(small_dir), "--model-dir", str(model), "--epochs", "1")
-    assert proc.returncode == 0, proc.stderr
-    return model
-
-
 def test_every_damaged_file_is_an_error_or_changes_nothing(one_epoch, small_dir, tmp_path):
     names = sorted(p.name for p in one_epoch.iterdir())
     assert {"manifest.json", "meta.json", "arrays.npz", "inference.pdiparams", "checkpoint.npz"} <= set(names)
