@@ -94,7 +94,10 @@ def _chunked_until_answered(port: int, path: str, piece: bytes, limit: int) -> t
                   "transfer-encoding: chunked\r\n\r\n".encode())  # fmt: skip
         sent = 0
         while sent < limit and not select.select([s], [], [], 0)[0]:
-            s.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            try:
+                s.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # answered and closed between the select and the send
+                break
             sent += len(piece)
         return _answer(s), time.monotonic() - start
 
