@@ -25,7 +25,8 @@ U1 = ["--dataset", "ml-100k", "--split", "u1"]
 
 
 def test_history_weights_are_the_mean_without_the_examples_own_movie():
-    rows = history.history_rows(3, 6, np.array([1, 1, 1, 2]), np.array([0, 2, 5, 4]))
+    rows = np.zeros((3, 6), np.float32)
+    rows[[1, 1, 1, 2], [0, 2, 5, 4]] = 1.0  # user 1 rated movies 0, 2, 5; user 2 rated 4
     got = history.history_weights(rows[[1, 1, 2, 0]], leave_out=np.array([2, 3, 4, 3]))
     want = np.zeros((4, 6), np.float32)
     want[0, [0, 5]] = 1 / 2  # user 1 rated 0, 2, 5; the example is movie 2

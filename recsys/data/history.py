@@ -19,13 +19,6 @@ import numpy as np
 from recsys.errors import RecsysError, UnknownId
 
 
-def history_rows(n_users: int, n_movies: int, user: np.ndarray, movie: np.ndarray) -> np.ndarray:
-    """[n_users, n_movies] float32: 1 where the user rated the movie in these ratings, else 0."""
-    rows = np.zeros((n_users, n_movies), np.float32)
-    rows[user, movie] = 1.0
-    return rows
-
-
 def history_weights(rows: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
     """The tower's history input from 0/1 rows [N, n_movies]: each row divided by its count (zeros stay
     zeros); `leave_out` [N] movie ids are removed from their rows first (a training example's own movie)."""

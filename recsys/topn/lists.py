@@ -40,14 +40,9 @@ def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def rerank(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Each row's candidate columns (-1: none) reordered by `scores` [U, M], best first, then cut to k.
-    Equal scores keep the candidates' order."""
-    return rerank_pool(candidates, np.take_along_axis(scores, np.maximum(candidates, 0), 1), k)
-
-
 def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """`rerank` with the candidates' own scores [U, N] (aligned with `candidates`)."""
+    """Each row's candidate columns (-1: none) reordered by their own scores [U, N] (aligned with
+    `candidates`), best first, then cut to k. Equal scores keep the candidates' order."""
     s = np.array(scores, np.float64)
     s[candidates < 0] = 0.0
     if not np.isfinite(s).all():
