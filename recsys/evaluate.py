@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from recsys import movielens, topn
+from recsys import modelflags, movielens, topn
 from recsys.errors import ArgumentParser, cli
 from recsys.modeldir import ModelDir
 from recsys.movielens import MovieLens
@@ -123,18 +123,7 @@ def _data_for(md: ModelDir, args: argparse.Namespace) -> MovieLens:
 @cli
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m recsys.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
-    ap.add_argument(
-        "--rerank",
-        metavar="RANKING_DIR",
-        help="with a retrieval --model-dir: also rank in two stages, by this ranking network (or rating model)",
-    )
-    ap.add_argument(
-        "--candidates",
-        type=int,
-        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
-        "for a rating model; a larger --k widens them to --k)",
-    )
+    modelflags.add(ap, "--k")
     ap.add_argument("--dataset", choices=sorted(movielens.SPLITS), help="default: the model's")
     ap.add_argument("--split", help="default: the model's")
     ap.add_argument("--data-dir", help="default: where the model's training data was found")
@@ -154,18 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also score the baselines (global mean, biases, ALS; popularity, EASE) (default: on)",
     )
-    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     for flag, ok, rule in (
         ("--k", args.k >= 1, "at least 1"),
-        ("--candidates", args.candidates is None or args.candidates >= 1, "at least 1"),
         ("--relevant", 1 <= args.relevant <= 5, "1..5"),
         ("--ease-lambda", args.ease_lambda > 0, "positive"),
         ("--ease-items", args.ease_items >= 0, "0 or more"),
     ):
         if not ok:
             ap.error(f"{flag} must be {rule}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    modelflags.check(ap, args)
     search = nearest.search_for(args.exact)
     rec = Recommender.load(args.model_dir, args.rerank, args.candidates, search)
     md, rerank, rating = rec.model, rec.rerank, rec.rating_model

@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 
+from recsys import modelflags
 from recsys.data import history
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.recommender import Recommender
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = ArgumentParser(
         prog="python -m recsys.infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
+    modelflags.add(ap, "--top-k")
     ap.add_argument("--user", type=int, help="user id")
     ap.add_argument("--gender", choices=("M", "F"), help="a new user's gender")
     ap.add_argument(
@@ -61,17 +62,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MOVIE:STARS,...",
         help="a new user's rated movies (e.g. 1193:5,661:3): their history, with a model that reads one",
     )
-    ap.add_argument(
-        "--rerank",
-        metavar="RANKING_DIR",
-        help="reorder a retrieval model's candidates by this ranking network (or rating model)",
-    )
-    ap.add_argument(
-        "--candidates",
-        type=int,
-        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
-        "for a rating model; a larger --top-k widens them to --top-k)",
-    )
     ap.add_argument("--exclude-rated", choices=filters.EXCLUDE_RATED, help=filters.EXCLUDE_RATED_HELP)
     ap.add_argument("--genres", metavar="GENRE,...", help="list only movies of any of these genres")
     ap.add_argument("--exclude-genres", metavar="GENRE,...", help="list no movie of these genres")
@@ -79,7 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--years", metavar="FIRST-LAST", help="list only movies released in these years (e.g. 1990-1999, or 1995)"
     )
-    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
     ap.add_argument(
         "--explain",
         action="store_true",
@@ -97,8 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--exclude-rated is for a known user's recommendations: give it with --user and --top-k")
     if args.rerank is not None and (args.top_k is None or args.similar_to is not None):
         ap.error("--rerank reorders recommendations: give it with --top-k for a user")
-    if args.candidates is not None and args.candidates < 1:
-        ap.error(f"--candidates must be at least 1, got {args.candidates}")
+    modelflags.check(ap, args)
     cold = [args.gender, args.age, args.job]
     new = any(x is not None for x in cold) or bool(args.feature) or args.rated is not None
     if args.top_k is not None and args.top_k < 1:

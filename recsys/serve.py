@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 
+from recsys import modelflags
 from recsys.errors import ArgumentParser, RecsysError, cli
 from recsys.topn import nearest
 
@@ -96,17 +97,7 @@ def one_thread_per_request() -> None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m recsys.serve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", default="recommender_system.inference.model", help="default: %(default)s")
-    ap.add_argument(
-        "--rerank", metavar="RANKING_DIR", help="with a retrieval --model-dir: two-stage top-N by this ranking network"
-    )
-    ap.add_argument(
-        "--candidates",
-        type=int,
-        help="with --rerank: retrieval candidates (default: the number the ranking model was trained on, 100 "
-        "for a rating model; a larger k widens them to k)",
-    )
-    ap.add_argument("--exact", action="store_true", help=nearest.EXACT_HELP)
+    modelflags.add(ap, "k")
     ap.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     ap.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     ap.add_argument(
@@ -146,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace = ap.parse_args(argv)
     if not 0 < args.port < 65536:
         ap.error(f"--port must be 1..65535, got {args.port}")
-    if args.candidates is not None and args.candidates < 1:
-        ap.error(f"--candidates must be at least 1, got {args.candidates}")
+    modelflags.check(ap, args)
     if args.reload_interval < 0:
         ap.error(f"--reload-interval must not be negative, got {args.reload_interval}")
     if args.max_body_bytes < 1:

@@ -237,7 +237,7 @@ LAYERS = [
     ["recsys.modeldir"],
     ["recsys.rating", "recsys.topn"],
     ["recsys.training"],
-    ["recsys.recommender"],
+    ["recsys.recommender", "recsys.modelflags"],
     ["recsys.service"],
     ["recsys.train", "recsys.infer", "recsys.evaluate", "recsys.serve"],
 ]
