@@ -28,6 +28,11 @@ class Popularity:
 EASE_MAX_ITEMS = 10_000  # EASE's item-item matrix covers at most this many of the most-rated movies
 
 
+def most_rated(counts: np.ndarray, n: int) -> np.ndarray:
+    """The columns of the `n` largest `counts` (ties: the smaller column), ascending."""
+    return np.sort(np.lexsort((np.arange(len(counts)), -counts))[:n])
+
+
 def cooccurrence(indptr: np.ndarray, cols: np.ndarray, n_cols: int, dense_from: int | None = None) -> np.ndarray:
     """X'X [n_cols, n_cols] float64 of the 0/1 rows given as CSR (columns >= 0, distinct within a row): rows
     with `dense_from` (default: n_cols / 30, where the two cost about the same) or more entries go through
@@ -117,7 +122,7 @@ class EASE:
         m = len(counts)
         self.keep = np.arange(m)
         if m > self.max_items:
-            self.keep = np.sort(np.lexsort((np.arange(m), -counts))[: self.max_items])
+            self.keep = most_rated(counts, self.max_items)
             self.name = f"EASE (lambda {self.lam:g}, top {self.max_items:,} movies)"
         self.rest = np.setdiff1d(np.arange(m), self.keep)
         self.rest_counts = counts[self.rest].astype(np.float32)

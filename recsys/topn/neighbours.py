@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn.baselines import EASE_MAX_ITEMS, _weights_from_gram, cooccurrence
+from recsys.topn.baselines import EASE_MAX_ITEMS, _weights_from_gram, cooccurrence, most_rated
 
 K = 300  # weights per movie: chosen on the ml-100k folds' validation splits (README, "Choosing the defaults")
 LAMBDA = 500.0  # EASE's L2 weight, as the baseline's
@@ -36,7 +36,7 @@ def fit(history: sp.csr_matrix, k: int = K, lam: float = LAMBDA, max_items: int 
     n_cols = history.shape[1]
     counts = np.asarray(history.sum(axis=0)).ravel()
     rated = int(np.count_nonzero(counts))  # an unrated movie's weights are all 0: it is left out of the inverse
-    keep = np.sort(np.lexsort((np.arange(n_cols), -counts))[: min(max_items, rated)])
+    keep = most_rated(counts, min(max_items, rated))
     x = history[:, keep].tocsr()
     x.sort_indices()
     w = _weights_from_gram(cooccurrence(x.indptr, x.indices.astype(np.int64), len(keep)), lam)
