@@ -32,8 +32,17 @@ def use_cpu_cores(threads: int | None = None) -> int:
 def phase_count(config: TrainConfig) -> int:
     """The thread count of a run's phases with large products (evaluation's full-catalogue scoring, item-item
     weights, candidate pools, saving): the one a resumed run recorded, else `--threads`, else what pays on this
-    machine now (`recsys.threads.wide`). The checkpoint records it too: `--resume` computes as the run did."""
-    return config.phase_threads or config.threads or recsys_threads.wide()
+    machine now (`recsys.threads.wide`; one where several ranks share it). The checkpoint records it too:
+    `--resume` computes as the run did."""
+    import paddle.distributed as dist
+
+    return config.phase_threads or config.threads or wide_count(dist.get_world_size())
+
+
+def wide_count(world: int) -> int:
+    """The large products' default thread count for a run of `world` ranks: `recsys.threads.wide` alone, one
+    for each of several ranks (they share the machine's cores, and each must evaluate alike)."""
+    return recsys_threads.wide() if world == 1 else 1
 
 
 def catalogue(data: MovieLens) -> np.ndarray:
@@ -90,7 +99,7 @@ class Task:
         lr = recipe["lr"][optimizer] if lr is None else lr
         with_history = recipe["history"] if with_history is None else with_history
         self.threads = use_cpu_cores(threads)
-        self.phase_threads = phase_threads or threads or recsys_threads.wide()
+        self.phase_threads = phase_threads or threads or wide_count(world)
         paddle.seed(seed)
         self.data = data
         self.label = data.label
