@@ -57,7 +57,7 @@ def use(threads: int) -> int:
 
 def measure(repeat: int = 5) -> int:
     """1 or all usable cores, whichever computes `PRODUCT` faster (median of `repeat` alternating tries; all
-    cores must take at most `PAYS` of one thread's time); about 0.1 s."""
+    cores must take at most `PAYS` of one thread's time): 0.1-0.3 s."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
