@@ -1,12 +1,16 @@
-"""Epochs and serving beside a busy neighbour: each objective's training epoch on ml-100k u1, quiet and beside one
-process that keeps a core busy, for two threads (`--threads 2`, the default before one) and the default;
-then `serve`'s latency, quiet and busy. Runs alternate quiet and busy in one sitting:
+"""Epochs, whole fits and serving beside a busy neighbour: each objective's training epoch on ml-100k u1, quiet and
+beside one process that keeps a core busy, for two threads (`--threads 2`, the default before one) and the
+default; then whole fits in one process (`benchmarks/fit_phases.py`: retrieval on ml-100k u1 with an evaluation
+after each epoch, the ranker on it, EASE on ml-100k u1 and on a full-size synthetic ml-1m archive) with
+everything on one thread (`--threads 1`), with the phases that have large products on two threads, and the
+default (those phases on what a short measurement at start-up picks); then `serve`'s latency, quiet and busy.
+Runs alternate quiet and busy in one sitting:
 
     python benchmarks/busy.py [--epochs 3] [--rounds 1] [--requests 400]   (part of `make bench`)
 
-An epoch's time is its training steps alone (metrics.json `step_seconds`, the median over the run's epochs).
-The neighbour is `python -c` spinning in a loop that ends by itself after `--burn-seconds`, started before a
-busy run and killed after it.
+An epoch's time is its training steps alone (metrics.json `step_seconds`, the median over the run's epochs); a
+fit's is its wall time. The neighbour is `python -c` spinning in a loop that ends by itself after
+`--burn-seconds`, started before a busy run and killed after it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import results_table, write_results
+from common import full_size_archive, results_table, write_results
 from topn_serve import load_test
 
 from recsys.modeldir import ModelDir
@@ -58,6 +62,36 @@ def step_seconds(model: Path, objective: str, threads: int | None, epochs: int, 
     return statistics.median(m["step_seconds"] for m in json.loads((model / "metrics.json").read_text()))
 
 
+def fit_seconds(setting: list[str], ml1m: Path) -> dict:
+    """`benchmarks/fit_phases.py`'s JSON line (seconds by fit, the large products' count) in a new process."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fit_phases.py"), "--data-dir", str(SHARED), "--ml1m", str(ml1m)]
+    proc = subprocess.run(cmd + setting, check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fits_table(rounds: int, burn_seconds: float, tmp: Path) -> list[list]:
+    """Whole fits, quiet and busy, alternating, for each thread setting: [label, setting, quiet, busy, ratio]."""
+    ml1m = full_size_archive(tmp / "ml-1m")
+    settings = [("1 everywhere", ["--one-thread"])]
+    settings += [("phases on 2", ["--wide", "2"])] if usable_cores() >= 2 else []
+    settings.append(("default", []))
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(rounds):
+        for name, setting in settings:
+            for busy in (False, True):
+                with neighbour(busy, burn_seconds):
+                    runs.setdefault((name, busy), []).append(fit_seconds(setting, ml1m))
+    picked = {busy: "/".join(map(str, sorted({r["wide"] for r in runs["default", busy]}))) for busy in (False, True)}
+    shown = {name: name for name, _ in settings}
+    shown["default"] = f"default (picked {picked[False]} quiet, {picked[True]} busy)"
+    numbers = []
+    for fit in runs[settings[0][0], False][0]["seconds"]:
+        for name, _ in settings:
+            quiet, busy = (statistics.median(r["seconds"][fit] for r in runs[name, b]) for b in (False, True))
+            numbers.append([f"{fit} fit (s)", shown[name], round(quiet, 2), round(busy, 2), round(busy / quiet, 2)])
+    return numbers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run (default: %(default)s)")
@@ -84,6 +118,7 @@ def main() -> None:
                         with neighbour(busy, args.burn_seconds):
                             s = step_seconds(model, objective, threads, args.epochs, *more.get(objective, ()))
                         times.setdefault((objective, name, busy), []).append(s)
+        fits = fits_table(args.rounds, args.burn_seconds, Path(tmp))
         md = ModelDir.load(retrieval)
         users, movies = sorted(md.user_ids)[:300], [int(m) for m in md.movie_ids]
         served = {}
@@ -105,13 +140,24 @@ def main() -> None:
         rows.append(
             (label.removesuffix(" epoch (s)"), name, f"{quiet:.{digits}f}", f"{busy:.{digits}f}", f"{ratio:.2f}x")
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     print("per-epoch step time (median of each run's epochs) on ml-100k u1, quiet and beside one busy neighbour")
+    print_rows(rows)
+    print("whole fits in one process (wall time), quiet and beside one busy neighbour")
+    print_rows([("fit", "threads", "quiet s", "busy s", "busy/quiet")]
+               + [(label.removesuffix(" fit (s)"), name, f"{q:.2f}", f"{b:.2f}", f"{r:.2f}x")
+                  for label, name, q, b, r in fits])  # fmt: skip
+    columns = ["", "threads", "quiet", "busy", "busy / quiet"]
+    title = "Each objective's epoch (step time) and serving, quiet and beside one busy neighbour, ml-100k u1"
+    table = results_table("busy", title, columns, numbers)
+    title = "Whole fits in one process (wall time), quiet and beside one busy neighbour, by thread setting"
+    write_results("busy", "python benchmarks/busy.py", [table, results_table("busy-fits", title, columns, fits)])
+
+
+def print_rows(rows: list[tuple]) -> None:
+    """Rows of text as aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    title = "Each objective's epoch (step time) and serving, quiet and beside one busy neighbour, ml-100k u1"
-    table = results_table("busy", title, ["", "threads", "quiet", "busy", "busy / quiet"], numbers)
-    write_results("busy", "python benchmarks/busy.py", [table])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import threads
 from recsys.data import history
 from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
@@ -312,11 +313,12 @@ class Recommender:
         md, rank, out = self.model, self.ranker(), []
         self.banned([], exclude_rated, **given)  # bad values fail before any list
         chunk = chunk or chunk_rows(len(md.movie_ids))
-        for s in range(0, len(rows), chunk):
-            part = rows[s : s + chunk]
-            seen = np.stack([np.isin(md.movie_ids, stages.seen(md, int(r))) for r in part])
-            best = rank(part, seen, k, self.banned(part.tolist(), exclude_rated, **given))
-            out += [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in best]
+        with threads.phase():  # many users' lists: large products, on what pays (`recsys.threads.wide`)
+            for s in range(0, len(rows), chunk):
+                part = rows[s : s + chunk]
+                seen = np.stack([np.isin(md.movie_ids, stages.seen(md, int(r))) for r in part])
+                best = rank(part, seen, k, self.banned(part.tolist(), exclude_rated, **given))
+                out += [[md.own_movie(int(md.movie_ids[c])) for c in row if c >= 0] for row in best]
         return out
 
     def ranker(self, pools: list | None = None):
@@ -352,7 +354,8 @@ class Recommender:
         check_tested(md, data)
         check_data(md, data)
         ranking = Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
-        return evaluate(self.ranker(), ranking, self._k(k))
+        with threads.phase():  # every test user's list: large products
+            return evaluate(self.ranker(), ranking, self._k(k))
 
     def similar(self, movie: int, k: int = 10) -> dict:
         """The k movies nearest to `movie` by the cosine of their movie-tower vectors."""

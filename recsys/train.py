@@ -115,10 +115,11 @@ def parser() -> ArgumentParser:
     ap.add_argument(
         "--threads",
         type=int,
-        help="threads of the training math (NumPy's BLAS, faiss, the first stage's pools), at most this process's "
-        "cores (default: 1: batch 256's products are too small to share, and beside a busy process a second "
-        "thread waits for its core); --resume computes on the count the run recorded, bit for bit, and refuses "
-        "another",
+        help="threads of all the training math (NumPy's BLAS, faiss, the first stage's pools), at most this "
+        "process's cores (default: the steps on 1: batch 256's products are too small to share, and beside a busy "
+        "process a second thread waits for its core; evaluation, item-item weights and candidate pools on 1 or all "
+        "cores, whichever a product timed at start-up runs faster); --resume computes on the counts the run "
+        "recorded, bit for bit, and refuses another",
     )
     ap.add_argument(
         "--ratings-db",

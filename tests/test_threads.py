@@ -1,10 +1,12 @@
-"""The training math's thread count: its default's numbers on ml-100k u1, `--threads`, and what `--resume` keeps."""
+"""The training math's thread counts: the defaults' numbers on ml-100k u1, `--threads`, the phases with large
+products (`recsys.threads.phase`), and what `--resume` keeps."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import threadpoolctl
 from conftest import assert_one_line_error, need_ml100k, run_cli
 
 from recsys import Recommender, threads, train
@@ -30,10 +32,15 @@ TOP_10 = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def u1_runs(tmp_path_factory) -> tuple[dict, dict]:
-    """One epoch of each objective on ml-100k u1 with the default thread count: (last metrics, top-10 lists of
-    users 1-3) by objective."""
+@pytest.fixture(scope="module", params=["measured", "all cores"])
+def u1_runs(request, tmp_path_factory) -> tuple[dict, dict]:
+    """One epoch of each objective on ml-100k u1 with the default thread counts: (last metrics, top-10 lists of
+    users 1-3) by objective. The large products' count is what this machine's measurement picks, or all cores
+    (what a quiet machine picks): the numbers must not depend on it."""
+    if request.param == "all cores" and usable_cores() < 2:
+        pytest.skip("needs two cores")
+    threads.set_wide(None if request.param == "measured" else usable_cores())
+    request.addfinalizer(lambda: threads.set_wide(None))
     out = tmp_path_factory.mktemp("golden")
     flags = {"dataset": "ml-100k", "split": "u1", "data_dir": need_ml100k(), "log": lambda _msg: None, "epochs": 1}
     metrics = {
@@ -100,3 +107,115 @@ def test_the_thread_count_is_recorded_and_resume_keeps_it(small_dir, tmp_path):
 def test_the_default_is_one_thread(small_dir, tmp_path):
     train.run(model_dir=tmp_path / "m", epochs=1, data_dir=small_dir, log=lambda _msg: None)
     assert threads.chosen() == 1 and _checkpoint(tmp_path / "m")["threads"] == 1
+
+
+def test_a_phase_runs_on_its_count_and_restores_the_one_before():
+    """`phase(n)` sets BLAS to n and gives back the count before; a phase without a count inside another keeps
+    the outer one; outside any, it takes `wide()`."""
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+
+    def blas() -> set[int]:
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+    threads.use(1)
+    threads.set_wide(2)
+    try:
+        with threads.phase() as outer:
+            assert outer == threads.chosen() == 2 and blas() == {2}
+            with threads.phase(1):
+                assert threads.chosen() == 1 and blas() == {1}
+            with threads.phase() as inner:
+                assert inner == threads.chosen() == 2
+        assert threads.chosen() == 1 and blas() == {1}
+    finally:
+        threads.set_wide(None)
+    assert threads.measure() in (1, usable_cores())
+
+
+def _spy_evaluate(monkeypatch, task) -> list[int]:
+    """The thread count each evaluation of `task` (a task class) computed on."""
+    seen = []
+    original = task.evaluate
+
+    def evaluate(self, *args, **kwargs):
+        seen.append(threads.chosen())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(task, "evaluate", evaluate)
+    return seen
+
+
+def test_the_phase_count_is_recorded_and_resume_keeps_it(small_dir, tmp_path, monkeypatch):
+    """A default run records one thread for its steps and the measured count for its evaluation; resumed in a
+    process that measures another, it evaluates on the recorded count and ends where the uninterrupted run
+    ends; the CLI's `--resume` keeps it too."""
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+    from recsys.training.rating import RatingTask
+
+    seen = _spy_evaluate(monkeypatch, RatingTask)
+    flags = {"data_dir": small_dir, "log": lambda _msg: None, "optimizer": "adam", "lr": 0.003}
+    try:
+        threads.set_wide(2)
+        full = train.run(model_dir=tmp_path / "full", epochs=2, **flags)
+        cut = tmp_path / "cut"
+        train.run(model_dir=cut, epochs=1, **flags)
+        assert {k: _checkpoint(cut)[k] for k in ("threads", "phase_threads")} == {"threads": 1, "phase_threads": 2}
+        assert seen == [2, 2, 2] and threads.chosen() == 1
+        threads.set_wide(1)  # as a process whose measurement picks one thread
+        resumed = train.run(model_dir=cut, epochs=2, resume=True, data_dir=small_dir, log=lambda _msg: None)
+    finally:
+        threads.set_wide(None)
+    assert seen[3:] == [2] and _checkpoint(cut)["phase_threads"] == 2
+    assert [m["test_cost"] for m in resumed] == [m["test_cost"] for m in full]
+    proc = run_cli("recsys.train", "--model-dir", str(cut), "--resume", "--epochs", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert {k: _checkpoint(cut)[k] for k in ("epoch", "threads", "phase_threads")} == {
+        "epoch": 3,
+        "threads": 1,
+        "phase_threads": 2,
+    }
+
+
+def test_threads_given_are_every_phase_count(small_dir, tmp_path):
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+    threads.set_wide(1)  # what was measured does not count where --threads is given
+    try:
+        train.run(model_dir=tmp_path / "m", epochs=1, threads=2, data_dir=small_dir, log=lambda _msg: None)
+    finally:
+        threads.set_wide(None)
+    recorded = _checkpoint(tmp_path / "m")
+    assert (recorded["threads"], recorded["phase_threads"]) == (2, 2)
+
+
+def test_lists_of_many_users_after_training_run_on_the_large_products_count(small_dir, tmp_path, monkeypatch):
+    """Training leaves the process on one thread; a library caller's `recommend_many` computes on `wide()` and
+    gives the count back."""
+    if usable_cores() < 2:
+        pytest.skip("needs two cores")
+    train.run(model_dir=tmp_path / "m", objective="retrieval", epochs=1, data_dir=small_dir, log=lambda _msg: None)
+    assert threads.chosen() == 1
+    seen = []
+    ranker = Recommender.ranker
+
+    def spy(self, pools=None):
+        rank = ranker(self, pools)
+
+        def counted(*args, **kwargs):
+            blas = {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+            seen.append((threads.chosen(), blas))
+            return rank(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(Recommender, "ranker", spy)
+    rec = Recommender.load(tmp_path / "m")
+    threads.set_wide(2)
+    try:
+        lists = rec.recommend_many([1, 2, 3], k=5, chunk=2)
+    finally:
+        threads.set_wide(None)
+    assert seen == [(2, {2}), (2, {2})] and len(lists) == 3 and all(len(x) == 5 for x in lists)
+    assert threads.chosen() == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys import threads
 from recsys.topn.lists import by_score, top_k_lists
 from recsys.topn.metrics import Interactions
 
@@ -135,7 +136,8 @@ class EASE:
         self.indptr = np.zeros_like(indptr)
         np.cumsum(np.bincount(owner[kept], minlength=len(indptr) - 1), out=self.indptr[1:])
         self.cols = cols[kept]
-        self.b = _weights_from_gram(cooccurrence(self.indptr, self.cols, len(self.keep)), self.lam)
+        with threads.phase():  # X'X and its inverse: large products
+            self.b = _weights_from_gram(cooccurrence(self.indptr, self.cols, len(self.keep)), self.lam)
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys import threads
 from recsys.errors import RecsysError
 from recsys.threads import usable_cores  # noqa: F401 (where the lists' callers find it)
 
@@ -53,8 +54,14 @@ def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarra
 
 
 def by_score(score_fn):
-    """A ranker from a scorer: `score_fn(user ids) -> [n, M]` becomes `(user ids, seen, k) -> top-k columns`."""
-    return lambda users, seen, k: top_k_lists(score_fn(users), seen, k)
+    """A ranker from a scorer: `score_fn(user ids) -> [n, M]` becomes `(user ids, seen, k) -> top-k columns`,
+    scoring inside `recsys.threads.phase` (a chunk of users by the catalogue: large products)."""
+
+    def rank(users, seen, k):
+        with threads.phase():
+            return top_k_lists(score_fn(users), seen, k)
+
+    return rank
 
 
 def rating_keys(user: np.ndarray, col: np.ndarray, n_cols: int) -> np.ndarray:

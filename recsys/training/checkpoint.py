@@ -49,7 +49,7 @@ def restore(args: TrainConfig, trainer) -> tuple[Progress, dict[str, np.ndarray]
     trainer.set_params({k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")})
     trainer.set_optimizer_state({k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")})
     if "threads" in state:  # the math's thread count decides its rounding: compute as the recorded run did
-        trainer.use_threads(state["threads"])
+        trainer.use_threads(state["threads"], state.get("phase_threads"))
     rng = state["rng"]
     trainer.rng.set_state((rng[0], arrays["rng_keys"], *rng[1:]))
     if "lr" in state:
@@ -76,6 +76,7 @@ def save(args, t, data, settings: dict, pr: Progress, best_params, complete: boo
             "rng": [rng[0], *map(_plain, rng[2:])],
             "lr": t.opt.get_lr(),
             "threads": t.threads,
+            "phase_threads": t.phase_threads,
         }
         arrays = {"rng_keys": rng[1], **{f"param/{k}": v for k, v in current.items()}}
         checkpoint = (state, arrays | {f"opt/{k}": v for k, v in t.optimizer_state().items()})

@@ -98,6 +98,7 @@ class TrainConfig:
     exact: bool | None = False
     positive_weight: str | None = "stars"
     ratings_db_read: dict | None = None  # the ratings database's rows read (`recsys.train.load_data`)
+    phase_threads: int | None = None  # large products' count (`Task.phase`): a resumed run's recorded one
 
     @classmethod
     def of(cls, **values) -> TrainConfig:
@@ -105,7 +106,7 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         out = {}
         for name, value in values.items():
-            if name not in fields or name == "ratings_db_read":
+            if name not in fields or name in ("ratings_db_read", "phase_threads"):
                 raise ConfigError(f"unrecognized arguments: {flag(name)}")
             if value is not None:
                 out[name] = _typed(name, str(fields[name].type).split()[0], value)
@@ -235,10 +236,11 @@ def resume_settings(args: TrainConfig, given: set[str], log=print) -> None:
             conflicts.append(f"--epochs {value} (not {args.epochs}: --epochs can only extend a run)")
         elif key != "epochs" and getattr(args, key) != value:
             conflicts.append(f"{flag(key)} {value!r}" + ("" if value is None else f" (not {getattr(args, key)!r})"))
-    if "threads" in state:  # the math's rounding depends on it: the recorded count, never another
+    if "threads" in state:  # the math's rounding depends on it: the recorded counts, never others
         if "threads" in given and args.threads != state["threads"]:
             conflicts.append(f"--threads {state['threads']} (not {args.threads}: the rounding depends on it)")
         args.threads = state["threads"]
+        args.phase_threads = state.get("phase_threads", state["threads"])  # before it was recorded: one count
     if conflicts:
         raise RecsysError(
             f"--resume continues the run in {args.model_dir}, which was trained with {', '.join(conflicts)}; "

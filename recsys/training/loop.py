@@ -89,9 +89,10 @@ class Run:
         self.t = task_class(args.objective).of(args, data, self.world)
         self.top_n = self.t.ranks
         self.ranking = self.val_ranking = self.val_between = self.between = None
-        self.splits()
-        # where and how, not what was trained (the checkpoint records the thread count, which --resume keeps)
-        skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused", "threads")
+        with self.t.phase():  # a first stage's item-item weights
+            self.splits()
+        # where and how, not what was trained (the checkpoint records the thread counts, which --resume keeps)
+        skip = ("data_dir", "model_dir", "resume", "use_cuda", "fused", "threads", "phase_threads")
         self.settings = {k: v for k, v in vars(args).items() if k not in skip} | self.t.recorded()
         self.pr, best = checkpoint.restore(args, self.t) if args.resume else (checkpoint.Progress(), None)
         self.best_params = best if len(self.val_idx) else None
@@ -208,7 +209,8 @@ class Run:
         budget = now - self.saved_at >= SAVE_GAP and self.saving <= SAVE_SHARE * (now - self.start)
         cut_next = complete and not last and pr.step + n_batches > total  # the next epoch ends short: keep this
         if self.lead and (last or args.save_every_epoch or budget or cut_next):
-            checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete, last)
+            with t.phase():  # what the model dir keeps of the vectors: every user's, scored on the catalogue
+                checkpoint.save(args, t, self.data, self.settings, pr, self.best_params, complete, last)
             self.saved_at = time.perf_counter()
             record["save_seconds"] = self.saved_at - now  # on disk with the next save
             self.saving += record["save_seconds"]
@@ -224,18 +226,8 @@ class Run:
         ranking, test_idx = (self.ranking, self.test_idx) if final or self.between is None else self.between
         record = {"epoch": epoch, "batch": batch, "step": pr.step}
         record["train_cost"] = since["cost"] / max(since["n"], 1)
-        if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
-            record.update({f"val_{k}": v for k, v in t.evaluate(self.val_idx, full=False).items() if k != "mae"})
-        if self.lead and self.tested:
-            record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
-            if self.top_n:
-                top = t.top_n(ranking)
-                record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
-                if ranking is not self.ranking:
-                    record["test_users"] = len(ranking.eval_users())
-        if self.lead and self.val_ranking is not None:
-            val = self.val_ranking if final or self.val_between is None else self.val_between
-            record["val_ndcg@10"] = t.top_n(val, full=False)["ndcg"]
+        with t.phase():  # full-catalogue scoring: large products
+            self.figures(record, ranking, test_idx, final)
         if not all(math.isfinite(x) for x in record.values()):
             raise RecsysError(
                 f"got NaN loss at epoch {epoch}, batch {batch}; training failed (try a smaller --lr); "
@@ -251,6 +243,23 @@ class Run:
             if self.on_eval is not None:
                 self.on_eval(pr.metrics)
         return record
+
+    def figures(self, record: dict, ranking, test_idx: np.ndarray, final: bool) -> None:
+        """`evaluate`'s figures into `record`: the validation cost, and on the lead rank the test figures of the
+        ratings `test_idx` and the users of `ranking`, and the validation lists."""
+        t = self.t
+        if len(self.val_idx):  # every rank: early stopping must decide alike everywhere
+            record.update({f"val_{k}": v for k, v in t.evaluate(self.val_idx, full=False).items() if k != "mae"})
+        if self.lead and self.tested:
+            record.update({f"test_{k}": v for k, v in t.evaluate(test_idx).items()})
+            if self.top_n:
+                top = t.top_n(ranking)
+                record.update({f"test_{k}@10": top[k] for k in ("precision", "recall", "ndcg", "hr")})
+                if ranking is not self.ranking:
+                    record["test_users"] = len(ranking.eval_users())
+        if self.lead and self.val_ranking is not None:
+            val = self.val_ranking if final or self.val_between is None else self.val_between
+            record["val_ndcg@10"] = t.top_n(val, full=False)["ndcg"]
 
 
 def _loss(record: dict) -> str:

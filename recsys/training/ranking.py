@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import threads as recsys_threads
 from recsys import topn
 from recsys.data import history
 from recsys.errors import RecsysError
@@ -26,7 +27,7 @@ from recsys.training import registry, splits
 from recsys.training.candidates import Candidates
 from recsys.training.registry import register
 from recsys.training.retrieval import RetrievalTask
-from recsys.training.task import D, Task, catalogue, catalogue_columns
+from recsys.training.task import D, Task, catalogue, catalogue_columns, phase_count
 
 
 def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
@@ -148,8 +149,9 @@ class RankingTask(Task):
     @classmethod
     def of(cls, config, data, world: int = 1) -> RankingTask:
         """The ranking network of a run's settings, on the candidates of `config.candidates_from`."""
-        stacked = stack(data, config.candidates_from, config.candidates, config.item_neighbours, config.exact,
-                        config.val_ratio, config.seed)  # fmt: skip
+        with recsys_threads.phase(phase_count(config)):  # candidate pools and item-item weights: large products
+            stacked = stack(data, config.candidates_from, config.candidates, config.item_neighbours, config.exact,
+                            config.val_ratio, config.seed)  # fmt: skip
         return cls(data, stacked, config.negatives_per_positive, config.hard_negatives, config.positive_weight,
                    config.train_towers, world=world, **cls.settings(config))  # fmt: skip
 

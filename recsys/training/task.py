@@ -29,6 +29,22 @@ def use_cpu_cores(threads: int | None = None) -> int:
     return recsys_threads.use(1 if threads is None else threads)
 
 
+def phase_count(config: TrainConfig) -> int:
+    """The thread count of a run's phases with large products (evaluation's full-catalogue scoring, item-item
+    weights, candidate pools, saving): the one a resumed run recorded, else `--threads`, else what pays on this
+    machine now (`recsys.threads.wide`; one where several ranks share it). The checkpoint records it too:
+    `--resume` computes as the run did."""
+    import paddle.distributed as dist
+
+    return config.phase_threads or config.threads or wide_count(dist.get_world_size())
+
+
+def wide_count(world: int) -> int:
+    """The large products' default thread count for a run of `world` ranks: `recsys.threads.wide` alone, one
+    for each of several ranks (they share the machine's cores, and each must evaluate alike)."""
+    return recsys_threads.wide() if world == 1 else 1
+
+
 def catalogue(data: MovieLens) -> np.ndarray:
     """The movie ids of the catalogue, ascending: a catalogue column's movie."""
     return np.array(sorted(data.meta.movies), np.int64)
@@ -43,7 +59,8 @@ def catalogue_columns(data: MovieLens, catalogue: np.ndarray, idx: np.ndarray):
 class Task:
     """The network, its optimizer and the data; one `step` per batch of rating indices.
 
-    The math runs on `threads` threads (default one: `use_cpu_cores`). With `world > 1` (inside
+    The steps' math runs on `threads` threads (default one: `use_cpu_cores`), the phases with large products
+    (`phase`) on `phase_threads` (default: `threads` where given, else `recsys.threads.wide`). With `world > 1` (inside
     `paddle.distributed.launch`) the network is wrapped in `paddle.DataParallel`, so gradients are averaged over
     the ranks before every update. A subclass gives `loss` (the plain layers under autograd), `fused_loss` (the
     same step through `recsys.fused.step`), `evaluate` and, for a top-N objective (`ranks`), `top_n`."""
@@ -68,6 +85,7 @@ class Task:
         fused: bool = D.fused,
         threads: int | None = D.threads,
         history_cap: int = D.history_cap,
+        phase_threads: int | None = None,
     ):
         """`optimizer`, `lr` and `with_history` left out (None) are the objective's defaults (`DEFAULTS`), as
         every other setting is the flags' (`TrainConfig`)."""
@@ -81,6 +99,7 @@ class Task:
         lr = recipe["lr"][optimizer] if lr is None else lr
         with_history = recipe["history"] if with_history is None else with_history
         self.threads = use_cpu_cores(threads)
+        self.phase_threads = phase_threads or threads or wide_count(world)
         paddle.seed(seed)
         self.data = data
         self.label = data.label
@@ -115,7 +134,7 @@ class Task:
             "lr": config.lr, "sparse": config.sparse, "seed": config.seed, "optimizer": config.optimizer,
             "weight_decay": config.weight_decay, "cold_start_rate": config.cold_start_rate,
             "with_history": config.history, "fused": config.fused, "threads": config.threads,
-            "history_cap": config.history_cap or 0,
+            "history_cap": config.history_cap or 0, "phase_threads": phase_count(config),
         }  # fmt: skip
 
     @classmethod
@@ -264,9 +283,15 @@ class Task:
             self._vectors[key] = users, tower_outputs(self.net.movie_tower, tables.movie_features(self.catalogue), unit)
         return self._vectors[key]
 
-    def use_threads(self, threads: int) -> None:
-        """Compute on `threads` threads from now on (a resumed run: the count its checkpoint recorded)."""
+    def use_threads(self, threads: int, phase_threads: int | None = None) -> None:
+        """Compute on `threads` threads from now on, and the large products on `phase_threads` (default:
+        `threads`): a resumed run's counts, as its checkpoint recorded them."""
         self.threads = use_cpu_cores(threads)
+        self.phase_threads = phase_threads or threads
+
+    def phase(self):
+        """A block whose products are large runs on `phase_threads` (`recsys.threads.phase`)."""
+        return recsys_threads.phase(self.phase_threads)
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy().copy() for k, v in self.net.state_dict().items()}
