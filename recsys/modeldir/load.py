@@ -135,8 +135,8 @@ def _meta(where: Path, files: Files) -> dict:
 def _arrays(where: Path, files: Files, meta: dict) -> dict[str, np.ndarray]:
     """arrays.npz, every array checked against meta.json (`recsys.modeldir.checks`)."""
     arrays = files.npz("arrays.npz")
-    required = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
-    required |= {"rated_movie", "rated_stars", "rated_is_test"}
+    required = {"user_table", "movie_category", "movie_title", "rated_indptr", "rated_movie", "rated_stars"}
+    required |= {"rated_is_test"} | ({"user_vectors", "movie_vectors"} if meta.get("network", True) else set())
     if required - set(arrays):
         raise damaged(where, "arrays.npz", f"no {', '.join(sorted(required - set(arrays)))}")
     try:
@@ -329,9 +329,9 @@ class ModelDir:
 
         from recsys.model import RankingNet, RecommenderNet
 
-        kind = RankingNet if self.objective == "ranking" else RecommenderNet
-        net = kind(**self.meta["sizes"], history=self.history)
         params = self.params()
+        kind = RankingNet if any(k.startswith("head.") for k in params) else RecommenderNet  # a head: a ranker's
+        net = kind(**self.meta["sizes"], history=self.history)
         try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
             checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)
         except checks.Bad as e:
