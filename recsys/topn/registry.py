@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
-from recsys.topn import towers
+from recsys.topn import closed_form, item_knn, towers
 from recsys.topn.stage import FirstStage, SecondStage
 
 # the objective a model dir records -> its class as a first stage (every model dir ranks alone) ...
@@ -13,6 +13,9 @@ FIRST: dict[str, type[FirstStage]] = {
     "rating": towers.RatingStage,
     "retrieval": towers.RetrievalStage,
     "ranking": towers.TowerStage,
+    "ease": closed_form.EaseStage,
+    "popularity": closed_form.PopularityStage,
+    "item-knn": item_knn.ItemKnnStage,
 }
 # ... and as a second stage, for those that reorder a first stage's candidates
 SECOND: dict[str, type[SecondStage]] = {
