@@ -11,6 +11,10 @@ metrics.json, loss.png                one record per evaluation, and the cost cu
 checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
 manifest.json                         every other file's size and SHA-256, written last
 
+A stage fitted in closed form (`python -m recsys.train --objective ease`, `popularity`, `item-knn`) has no
+network: meta.json records `"network": false`, arrays.npz holds the data's tables and ratings and the stage's
+own arrays (no tower vectors), and there is no inference model, params.npz or checkpoint.
+
 A save writes a temp dir beside the model dir and swaps it in by rename, then removes the dir it replaced.
 A reader opens every file of one dir at once (open files outlive a later swap and removal) and opens them
 again when the dir was swapped while it opened them, so it never mixes two saves. Sizes are checked at
@@ -274,7 +278,9 @@ class ModelDir:
 
     @property
     def objective(self) -> str:
-        """ "rating" (the chapter's regression), "retrieval" (the candidate-generation softmax) or "ranking"."""
+        """The objective it was trained with: "rating" (the chapter's regression), "retrieval" (the
+        candidate-generation softmax), "ranking", or a stage fitted in closed form ("ease", "popularity",
+        "item-knn"); `recsys.topn.registry` maps it to the model dir's stage."""
         return self.meta.get("objective", "rating")
 
     @property
