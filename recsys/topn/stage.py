@@ -52,15 +52,15 @@ class FirstStage:
 
     def because(self, user: int | None, cold, rated, recommendations: list[dict]) -> list[dict]:
         """`recommendations` with each movie's reasons (`recsys.topn.reasons`)."""
-        raise RecsysError(f"{self.md.path} is {self.kind()}: it cannot say why a movie is on a list (no --explain)")
+        raise RecsysError(f"{self.md.path.name} is {self.kind()}: it cannot say why a movie is on a list (--explain)")
 
     def similar(self, row: int, k: int, search: str = "auto") -> list[tuple[int, float]]:
         """The k movies (rows) nearest to the movie row `row`: (row, cosine)."""
-        raise RecsysError(f"{self.md.path} is {self.kind()}: it has no movie vectors to find similar movies by")
+        raise RecsysError(f"{self.md.path.name} is {self.kind()}: it has no movie vectors to find similar movies by")
 
     def predict(self, user: int, movies, cold=None) -> np.ndarray:
         """A user's scores (label space 2*stars-5) of movies (rows)."""
-        raise RecsysError(f"{self.md.path} is {self.kind()}: it ranks movies but predicts no ratings")
+        raise RecsysError(f"{self.md.path.name} is {self.kind()}: it ranks movies but predicts no ratings")
 
     def warm(self, search: str = "auto") -> None:
         """Build now what the first request would otherwise wait for."""
@@ -70,7 +70,8 @@ class FirstStage:
         return self.describe
 
     def kind(self) -> str:
-        """The model in words, for error lines: "a retrieval model", "an ease model"."""
+        """The model in words, for error lines: "a retrieval model", "an ease model". (The lines name the dir by
+        its name alone: the service answers them, and no client learns this machine's folders.)"""
         name = self.md.objective
         return f"{'an' if name[:1] in 'aeiou' else 'a'} {name} model"
 
