@@ -34,7 +34,7 @@ from common import full_size_archive, median_ms, print_table, results_table, wri
 
 from recsys import evaluate, movielens
 from recsys.modeldir import ModelDir
-from recsys.topn import stages
+from recsys.topn import registry, stages
 
 
 def epoch(folder: Path, model: Path, *flags: str) -> dict:
@@ -174,16 +174,16 @@ def main() -> None:
                                "--max-batches", "200")  # fmt: skip
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
         full_epoch_s = full_s * (n_pos / 256) / 200  # 200 batches timed, scaled to the epoch's batches
-        md, rr = ModelDir.load(retrieval), ModelDir.load(ranking)
+        md, rr = ModelDir.load(retrieval), registry.second_stage(ModelDir.load(ranking))
         data = movielens.load(data_dir=folder)
         t = time.perf_counter()
         rows, n_users = evaluate.top_n(md, data)
         top_n_s = time.perf_counter() - t
         t = time.perf_counter()
-        two_rows, _ = evaluate.top_n(md, data, rerank=rr)
+        two_rows, _ = evaluate.top_n(md, data, rerank=rr.md)
         two_n_s = time.perf_counter() - t - top_n_s  # the two-stage ranking alone: the rest is the same as above
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        two_ms = median_ms(lambda u: stages.two_stage(md, rr, 10, stages.candidates_for(rr), u), users)
+        two_ms = median_ms(lambda u: stages.two_stage(md, rr, 10, rr.candidates(), u), users)
         one_ms = median_ms(lambda u: stages.top_k(md, u, 10), users)
         t = time.perf_counter()
         for _ in range(5):
@@ -213,7 +213,7 @@ def main() -> None:
         (f"top-N evaluate, {n_users:,} users x {len(md.movie_ids):,} movies (s)", f"{top_n_s:.1f}",
          f"NDCG@10 popularity {ndcg['popularity']:.3f}, EASE {ndcg['EASE']:.3f}, retrieval {ndcg['retrieval']:.3f}",
          "<= 10 s"),
-        (f"two-stage evaluate, all users, top {stages.candidates_for(rr)} -> ranking (s)", f"{two_n_s:.1f}",
+        (f"two-stage evaluate, all users, top {rr.candidates()} -> ranking (s)", f"{two_n_s:.1f}",
          f"NDCG@10 two-stage {two['ndcg']:.3f}, candidates' recall {two['candidates_recall']:.3f}", "<= 30 s"),
         ("two-stage top-10 for one user, warm (ms)", f"{two_ms:.2f}", f"{one_ms:.2f} (retrieval top-10 alone)",
          "<= 5 ms"),

@@ -25,7 +25,7 @@ from recsys.movielens import MovieLens
 from recsys.rating.baselines import Biases, GlobalMean, MatrixFactorization
 from recsys.rating.metrics import scores
 from recsys.recommender import Recommender
-from recsys.topn import nearest, stages
+from recsys.topn import nearest
 from recsys.topn.checks import check_data, check_tested
 
 
@@ -76,29 +76,26 @@ def top_n(
     baselines: bool = True,
     search: str = "auto",
 ) -> tuple[list[dict], int]:
-    """One row per recommender (popularity, EASE, the model, and with `rerank` the rating model alone and
-    the two stages over `stages.candidates_for(rerank, candidates)` candidates, with their recall): precision,
-    recall, ndcg, hr at k, coverage, seconds. Also returns the number of users. EASE covers the `ease_items`
-    most-rated movies (0: no EASE row); `baselines` False leaves popularity and EASE out. `search`: the first
-    stage's (see `Recommender`)."""
+    """One row per recommender (popularity, EASE, the model, and with `rerank` the second stage alone where it
+    ranks alone (a rating model) and the two stages over the second stage's candidates (`candidates`, else its
+    own number), with their recall): precision, recall, ndcg, hr at k, coverage, seconds. Also returns the
+    number of users. EASE covers the `ease_items` most-rated movies (0: no EASE row); `baselines` False leaves
+    popularity and EASE out. `search`: the first stage's (see `Recommender`)."""
     check_data(md, data)
-    candidates = stages.candidates_for(rerank, candidates)
     two = Recommender(md, rerank, candidates, search) if rerank is not None else None
     ranking = topn.Interactions.build(md.movie_ids, data.user, data.movie, data.stars, data.is_test, relevant)
     rankers = []
     chosen = [topn.Popularity()] + ([topn.EASE(ease_lambda, ease_items)] if ease_items else [])
     for baseline in chosen if baselines else []:  # named once fitted: EASE says when it is capped
         rankers.append((lambda b=baseline: b.name, lambda b=baseline: b.fit(ranking).ranker()))
-    kind = "retrieval" if md.objective == "retrieval" else "chapter model"
-    rankers.append((f"{kind} ({md.path.name})", lambda: Recommender(md, search=search).ranker()))
+    one = Recommender(md, search=search)
+    rankers.append((f"{one.first.label} ({md.path.name})", one.ranker))
     pools: list[np.ndarray] = []
-    if rerank is not None:
-        second = "ranking network"
-        if rerank.objective == "rating":
-            second = "chapter model"
-            rankers.append((f"chapter model ({rerank.path.name})", lambda: Recommender(rerank, search=search).ranker()))
-        name = f"two-stage: retrieval top {candidates} -> {second}"
-        rankers.append((name, lambda: two.ranker(pools)))
+    if two is not None:
+        second, alone = two.second.label, two.second.alone
+        if alone is not None:
+            rankers.append((f"{alone.label} ({rerank.path.name})", lambda: alone.ranker(search)))
+        rankers.append((f"two-stage: retrieval top {two.candidates} -> {second}", lambda: two.ranker(pools)))
     rows = []
     for name, make in rankers:
         t = time.perf_counter()

@@ -169,7 +169,7 @@ def _id_width(rows: list[dict]) -> int:
     return max([5] + [len(str(r["movie_id"])) for r in rows])
 
 
-def _lines(doc: dict, who: str, seen: str) -> list[str]:
+def _lines(doc: dict, who: str, seen: str, how: str = "") -> list[str]:
     """The text form of a `*_doc` object."""
     if "similar" in doc:
         head = f'{len(doc["similar"])} movies nearest to "{doc["title"]}" ({"|".join(doc["genres"])}):'
@@ -188,16 +188,6 @@ def _lines(doc: dict, who: str, seen: str) -> list[str]:
             lines.append(f'Actual Rating of {who} on movie "{title}" is {doc["actual_rating"]}.')
         return lines
     rows = doc["recommendations"]
-    how = {
-        ("rating",): "score in 2*stars-5",
-        ("retrieval",): "retrieval model, by cosine"
-        + (" + item-item score of the history" if rows and "score" in rows[0] else ""),
-        (
-            "retrieval",
-            "rating",
-        ): f"retrieval top {doc.get('candidates')} reordered by the rating model, score in 2*stars-5",
-        ("retrieval", "ranking"): f"retrieval top {doc.get('candidates')} reordered by the ranking network, logit",
-    }[tuple(doc["stages"])]
     lines, w = [f"Top {len(rows)} movies for {who}{seen} ({how}):"], _id_width(rows)
     for i, r in enumerate(rows, 1):
         genres = "|".join(r["genres"])
@@ -237,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if rated is not None:  # on stderr: stdout stays the list
         print(rated, file=sys.stderr)
     seen = {"all": " not rated", "train": " not rated in the training split"}[args.exclude_rated or "all"]
-    print("\n".join(_lines(doc, _who(rec, doc), seen if "user" not in doc else "")))
+    how = rec.how(doc) if "recommendations" in doc else ""
+    print("\n".join(_lines(doc, _who(rec, doc), seen if "user" not in doc else "", how)))
     return 0
 
 

@@ -26,25 +26,17 @@ import scipy.sparse as sp
 
 from recsys import threads
 from recsys.data import history
-from recsys.data.schema import AGE_GROUPS, age_index, age_table
 from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
-from recsys.topn import Interactions, evaluate, filters, nearest, reasons, stages
-from recsys.topn.checks import check_data, check_pair, check_tested
+from recsys.topn import Interactions, answers, evaluate, filters, nearest, newuser, registry, stages
+from recsys.topn.answers import stars_value
+from recsys.topn.checks import check_data, check_leads, check_pair, check_tested
 from recsys.topn.filters import Filters
 from recsys.topn.lists import chunk_rows
+from recsys.topn.stage import FirstStage, SecondStage
+from recsys.topn.towers import TwoStages, stars
 
 Path = str | os.PathLike
-
-
-def stars(score: float) -> float:
-    """Label-space score (2*stars-5) to stars."""
-    return (float(score) + 5) / 2
-
-
-def stars_value(x) -> int | float:
-    """A rating as the data gave it: 4 stays 4, 3.5 stays 3.5."""
-    return int(x) if float(x).is_integer() else float(x)
 
 
 def _flag(name: str, value) -> bool:
@@ -54,23 +46,22 @@ def _flag(name: str, value) -> bool:
     return bool(value)
 
 
-def _movie(md: ModelDir, row: int, **values) -> dict:
-    """One movie of an answer: its own id, title and genres, and `values`."""
-    return {"movie_id": md.own_movie(row), "title": md.title(row), "genres": md.genres(row)} | values
-
-
 class Recommender:
-    """A model dir, or a retrieval model and its second stage (a ranking network or a rating model), that
-    answers in the data's own ids. `candidates`: how many retrieval candidates the second stage reorders
-    (default: the number a ranking network was trained on, 100 for a rating model). `search`: how the first
-    stage finds a user's top movies: "exact" over the whole catalogue, "faiss" through the model dir's index,
-    or "auto", the index from `recsys.modeldir.index.SAVED_FROM` movies on (see `recsys.topn.nearest`)."""
+    """A model dir (a first stage, `recsys.topn.stage`), or a first stage that leads two (a retrieval model) and
+    its second stage (a ranking network or a rating model), that answers in the data's own ids. `candidates`:
+    how many retrieval candidates the second stage reorders (default: the number a ranking network was trained
+    on, 100 for a rating model). `search`: how the first stage finds a user's top movies: "exact" over the whole
+    catalogue, "faiss" through the model dir's index, or "auto", the index from
+    `recsys.modeldir.index.SAVED_FROM` movies on (see `recsys.topn.nearest`)."""
 
     def __init__(
         self, model: ModelDir, rerank: ModelDir | None = None, candidates: int | None = None, search: str = "auto"
     ):
+        self.first, self.second = registry.first_stage(model), None
         if rerank is not None:
-            check_pair(model, rerank)
+            check_leads(self.first)
+            self.second = registry.second_stage(rerank)
+            check_pair(self.first, self.second)
         if candidates is not None and candidates < 1:
             raise RecsysError(f"candidates must be at least 1, got {candidates}")
         nearest.check_search(search)
@@ -97,12 +88,25 @@ class Recommender:
     @property
     def candidates(self) -> int:
         """How many retrieval candidates the second stage reorders (a larger k widens them to k)."""
-        return stages.candidates_for(self.rerank, self._candidates)
+        second = self.second or SecondStage(self.model)
+        return second.candidates(self._candidates)
+
+    @property
+    def predictor(self) -> FirstStage | None:
+        """The stage that predicts ratings: the first, or the second used alone, whichever predicts them."""
+        alone = self.second.alone if self.second is not None else None
+        return next((s for s in (self.first, alone) if s is not None and s.predicts), None)
 
     @property
     def rating_model(self) -> ModelDir | None:
-        """The model that predicts ratings: the first or the second, whichever is a rating model."""
-        return next((m for m in (self.model, self.rerank) if m is not None and m.objective == "rating"), None)
+        """The model dir that predicts ratings (see `predictor`)."""
+        return None if self.predictor is None else self.predictor.md
+
+    def warm(self) -> None:
+        """Build now what the first request would wait for: predictors, the history networks, the index."""
+        self.first.warm(self.search)
+        if self.second is not None:
+            self.second.warm()
 
     @property
     def users(self) -> list[int]:
@@ -138,13 +142,7 @@ class Recommender:
 
     def no_chapter_features(self) -> str:
         """Why a new user of this data cannot be given by the chapter's gender, age and job."""
-        md = self.model
-        if not md.features:
-            return (
-                f"{self.dataset} has no user features (no gender, age or job): "
-                "a new user is known by the movies they rated"
-            )
-        return f"{self.dataset} users have the features {', '.join(md.features)}, not the chapter's gender, age and job"
+        return newuser.no_chapter_features(self.model)
 
     def new_user(
         self, gender: str | None = None, age: int | None = None, job: int | None = None, features: dict | None = None
@@ -156,60 +154,24 @@ class Recommender:
         return {"features": {str(k): str(v) for k, v in (features or {}).items()}}
 
     def _new_user(self, gender, age, job, features: dict | None) -> tuple[tuple[int, ...], dict]:
-        """A new user's feature ids, and the features as the answers show them."""
-        md = self.model
-        if not md.chapter_features:
-            if any(x is not None for x in (gender, age, job)):
-                raise RecsysError(self.no_chapter_features())
-            given = {str(k): str(v) for k, v in (features or {}).items()}
-            return self._feature_ids(given), given
-        if features:
-            raise RecsysError(f"{self.dataset} takes a new user's gender, age and job, not features")
-        if None in (gender, age, job):
-            raise RecsysError(f"a new user needs all of gender, age and job for {self.dataset}")
-        if gender not in ("M", "F"):
-            raise RecsysError(f"gender must be M or F, got {gender!r}")
-        if isinstance(age, bool) or not isinstance(age, int | np.integer) or not 1 <= age <= 120:
-            raise RecsysError(f"age must be a number of years, 1..120 (or a bucket code: 1, 18, 25, ...), got {age!r}")
-        n_jobs = len(md.features["job"])
-        if isinstance(job, bool) or not isinstance(job, int | np.integer) or not 0 <= job < n_jobs:
-            raise RecsysError(f"job must be 0..{n_jobs - 1} for {self.dataset}, got {job!r}")
-        shown = {"gender": gender, "age": int(age), "age_group": AGE_GROUPS[age_index(age)], "job": int(job)}
-        return (0 if gender == "M" else 1, age_index(age), int(job)), shown
-
-    def _feature_ids(self, given: dict[str, str]) -> tuple[int, ...]:
-        """A new user's feature values (name -> value as in the data) as ids; a feature not given is unknown."""
-        md = self.model
-        for name in given:
-            if name not in md.features:
-                if not md.features:
-                    raise RecsysError(f"{self.dataset} has no user features (got {name!r})")
-                raise RecsysError(
-                    f"{self.dataset} has no user feature {name!r}; its features: {', '.join(md.features)}"
-                )
-        out = []
-        for name, labels in md.features.items():
-            value = given.get(name, "")
-            if value not in labels:
-                shown = ", ".join(v for v in labels[:20] if v) + (" ..." if len(labels) > 20 else "")
-                raise RecsysError(f"{name} {value!r} is not a value of {self.dataset}'s {name}: {shown}")
-            out.append(labels.index(value))
-        return tuple(out)
+        """A new user's feature ids, and the features as the answers show them (`recsys.topn.newuser`)."""
+        return newuser.parse(self.model, gender, age, job, features)
 
     @property
     def reads_history(self) -> bool:
         """Whether every model a list goes through reads the user's history, so that a new rating changes the
         list at once (otherwise only after retraining)."""
-        return all(md.history for md in (self.model, self.rerank) if md is not None)
+        return all(s.reads_history for s in (self.first, self.second) if s is not None)
 
     def _rated_rows(self, rated, strict: bool = True) -> list[tuple[int, float]]:
         """Rated movies ((movie id, stars) pairs), checked, as (row, stars); `strict`: refuse them unless every
         model reads history."""
         rated = [(m, s) for m, s in rated]
-        for md in (self.model, self.rerank):
-            if strict and md is not None and rated and not md.history:
+        for stage in (self.first, self.second):
+            if strict and stage is not None and rated and not stage.reads_history:
                 raise RecsysError(
-                    f"{md.path} has no history input (it was trained without one): rated movies cannot change its list"
+                    f"{stage.md.path} has no history input (it was trained without one): rated movies cannot change "
+                    "its list"
                 )
         for movie, value in rated:
             history.check_rated(movie, value, self.model.has_movie, self.model.rating_scale)
@@ -280,29 +242,25 @@ class Recommender:
         return self._explained(out, None, cold, rows) if explain else out
 
     def _explained(self, out: dict, user: int | None, cold, rated) -> dict:
-        """`out` with each recommendation's reasons, from the retrieval model and the user's history."""
-        md = self.model
-        vector = stages.vector(md, user, cold, rated)
-        out["recommendations"] = reasons.because(md, vector, stages.seen(md, user, rated), out["recommendations"])
+        """`out` with each recommendation's reasons, from the first stage and the user's history."""
+        out["recommendations"] = self.lists.because(user, cold, rated, out["recommendations"])
         return out
 
+    @property
+    def lists(self) -> FirstStage:
+        """What makes the lists: the first stage, or the two stages as one."""
+        return self.first if self.second is None else TwoStages(self.first, self.second, self.candidates)
+
     def _lists(self, k: int, user: int | None, cold=None, rated=(), banned=None) -> dict:
-        md, rerank = self.model, self.rerank
-        if rerank is None:
-            recs = stages.top_k(md, user, k, cold, rated, self.search, banned)
-            if md.objective == "rating":
-                rows = [_movie(md, m, score=s, stars=stars(s)) for m, s, _ in recs]
-            elif md.first_stage_beta:  # the first stage's score: the cosine plus the item-item score
-                rows = [_movie(md, m, score=s, cosine=c) for m, s, c in recs]
-            else:
-                rows = [_movie(md, m, cosine=c) for m, _, c in recs]
-            return {"stages": self.stages, "recommendations": rows}
-        candidates = max(self.candidates, k)
-        rows = []
-        for m, s, c, r in stages.two_stage(md, rerank, k, candidates, user, cold, rated, self.search, banned):
-            extra = {"stars": stars(s)} if rerank.objective == "rating" else {}
-            rows.append(_movie(md, m, score=s, **extra, cosine=c, retrieval_rank=r))
-        return {"stages": self.stages, "candidates": candidates, "recommendations": rows}
+        recs = self.lists.top_k(user, k, cold, rated, self.search, banned)
+        width = {} if self.second is None else {"candidates": max(self.candidates, k)}
+        return (
+            {"stages": self.stages} | width | {"recommendations": [answers.movie(self.model, m, **v) for m, v in recs]}
+        )
+
+    def how(self, doc: dict) -> str:
+        """What the values of a list answer `doc` are, in words (`infer`'s heading)."""
+        return self.lists.how(doc)
 
     def recommend_many(
         self, users: Sequence[int], k: int = 10, chunk: int | None = None, *, exclude_rated: str = "all", **given
@@ -326,25 +284,9 @@ class Recommender:
         as `recsys.topn.evaluate` takes it (the training ratings alone left out, as the protocol requires), and
         `banned` ([n, M] sparse, see `banned`) left out too when given. With two stages, each batch's
         candidates are appended to `pools`."""
-        md, rerank = self.model, self.rerank
-        if rerank is None:
-            users, movies, ix = md.arrays["user_vectors"], md.catalogue_vectors, stages.movie_index(md, self.search)
-            stage = stages.first_stage(md)
-            return lambda u, seen, k, banned=None: filters.top_k_outside(stage, ix, movies, users[u], seen, banned, k)[
-                0
-            ]
-        first = md.arrays["user_vectors"]
-        second = rerank.arrays["user_outputs" if rerank.objective == "ranking" else "user_vectors"]
-
-        def rank(users, seen, k, banned=None):
-            pool, _, best = stages.two_stage_lists(
-                md, rerank, first[users], second[users], seen, k, max(self.candidates, k), self.search, banned
-            )
-            if pools is not None:
-                pools.append(pool)
-            return best
-
-        return rank
+        if self.second is None:
+            return self.first.ranker(self.search)
+        return self.lists.ranker(self.search, pools)
 
     def evaluate(self, data, k: int = 10, relevant: int = 4) -> dict[str, float]:
         """Top-k metrics over every test user of `data` (a `recsys.movielens.load` result, the model's data):
@@ -360,19 +302,23 @@ class Recommender:
     def similar(self, movie: int, k: int = 10) -> dict:
         """The k movies nearest to `movie` by the cosine of their movie-tower vectors."""
         md, row, k = self.model, self.movie_row(movie), self._k(k)
-        rows = [_movie(md, m, cosine=c) for m, c in stages.similar(md, row, k, self.search)]
+        rows = [answers.movie(md, m, cosine=c) for m, c in self.lists.similar(row, k, self.search)]
         return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "similar": rows}
+
+    def _predicting(self) -> FirstStage:
+        """The stage that predicts ratings, or one error line."""
+        if self.predictor is None:
+            raise RecsysError(
+                f"{self.model.path} is {self.first.kind()}: it ranks movies but predicts no ratings; use a rating "
+                "model (or --top-k)"
+            )
+        return self.predictor
 
     def predict(self, user: int, movie: int) -> dict:
         """A rating model's predicted rating of a known user for a movie (and the actual one, when rated)."""
-        md = self.rating_model
-        if md is None:
-            raise RecsysError(
-                f"{self.model.path} is a retrieval model: it ranks movies but predicts no ratings; use a rating model "
-                "(or --top-k)"
-            )
-        user_row, row = self.user_row(user), self.movie_row(movie)
-        score = float(stages.predict(md, user_row, [row])[0])
+        stage = self._predicting()
+        md, user_row, row = stage.md, self.user_row(user), self.movie_row(movie)
+        score = float(stage.predict(user_row, [row])[0])
         movies, given, _ = md.ratings_of(user_row)
         actual = stars_value(given[movies == row][0]) if row in movies else None
         return {"user_id": user, "movie_id": movie, "title": md.title(row), "score": score, "stars": stars(score)} | {
@@ -383,43 +329,21 @@ class Recommender:
         self, movie: int, *, gender=None, age=None, job=None, features: dict[str, str] | None = None
     ) -> dict:
         """A rating model's predicted rating of a new user (see `recommend_new`) for a movie."""
-        md = self.rating_model
-        if md is None:
-            self.predict(0, movie)  # the same error
+        stage = self._predicting()
         cold, shown = self._new_user(gender, age, job, features)
         row = self.movie_row(movie)
-        score = float(stages.predict(md, 0, [row], cold)[0])
-        return {"user": shown, "movie_id": movie, "title": md.title(row), "score": score, "stars": stars(score)}
+        score = float(stage.predict(0, [row], cold)[0])
+        return {"user": shown, "movie_id": movie, "title": stage.md.title(row), "score": score, "stars": stars(score)}
 
     def user(self, user: int) -> dict:
         """A known user's features (the chapter's: age as its bucket code and range) and every rating in the
         archive (split: train or test), best first."""
-        md, row = self.model, self.user_row(user)
-        movies, given, is_test = md.ratings_of(row)
-        order = np.lexsort((md.own_movie_ids[movies], -given))
-        ratings = [
-            _movie(md, int(movies[i]), stars=stars_value(given[i]), split="test" if is_test[i] else "train")
-            for i in order
-        ]
-        values = [int(x) for x in md.tables.user[row]]
-        if not md.chapter_features:
-            return {"user_id": user, "features": {f: md.features[f][v] for f, v in zip(md.features, values)}} | {
-                "ratings": ratings
-            }
-        gender, age, job = values
-        return {"user_id": user, "gender": "MF"[gender], "age": age_table[age], "age_group": AGE_GROUPS[age],
-                "job": md.meta["jobs"][job], "ratings": ratings}  # fmt: skip
+        return answers.user(self.model, self.user_row(user), user)
 
     def movie(self, movie: int) -> dict:
         """A movie's title, genres, and its number of ratings and mean stars in the archive."""
-        md, row = self.model, self.movie_row(movie)
-        counts, sums = self._movie_stats
-        n = int(counts[row])
-        mean = float(sums[row] / n) if n else None
-        return {"movie_id": movie, "title": md.title(row), "genres": md.genres(row), "ratings": n, "mean_stars": mean}
+        return answers.movie_details(self.model, self.movie_row(movie), movie, self._movie_stats)
 
     @functools.cached_property
     def _movie_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per movie row: the number of its ratings in the archive, and their stars summed."""
-        a, n = self.model.arrays, len(self.model.arrays["movie_vectors"])
-        return np.bincount(a["rated_movie"], minlength=n), np.bincount(a["rated_movie"], a["rated_stars"], n)
+        return answers.movie_stats(self.model)

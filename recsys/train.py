@@ -61,7 +61,8 @@ def parser() -> ArgumentParser:
         choices=CHOICES["objective"],
         default=D.objective,
         help="rating: the chapter's regression on stars; retrieval: the candidate-generation softmax (top-N); "
-        "ranking: the ranking network over a retrieval model's candidates (needs --candidates-from)",
+        "ranking: the ranking network over a retrieval model's candidates (needs --candidates-from); ease, "
+        "popularity, item-knn: first stages fitted in closed form, no network",
     )
     ap.add_argument(
         "--history",
@@ -241,6 +242,17 @@ def parser() -> ArgumentParser:
         choices=CHOICES["positive_weight"],
         default=D.positive_weight,
         help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
+    )
+    ease = ap.add_argument_group("EASE options (with --objective ease)")
+    ease.add_argument(
+        "--ease-lambda", type=float, default=D.ease_lambda, help="EASE's L2 weight (default: %(default)s)"
+    )
+    ease.add_argument(
+        "--ease-items",
+        type=int,
+        default=D.ease_items,
+        help="EASE's item-item matrix covers this many of the most-rated movies, the rest rank after them by "
+        "popularity (its cost grows with users x items^2) (default: %(default)s)",
     )
     return ap
 

@@ -22,7 +22,7 @@ from conftest import assert_one_line_error, run_cli
 from recsys import evaluate, infer, movielens, train
 from recsys.modeldir import ModelDir
 from recsys.modeldir import save as modelsave
-from recsys.topn import stages
+from recsys.topn import registry, stages
 
 COMMANDS = {
     "predict": ("infer", ["--user", "1", "--movie", "5"]),
@@ -170,7 +170,7 @@ def test_readers_never_fail_or_mix_two_saves_while_training_saves(small_dir, tmp
         while time.time() < end and trainer.poll() is None:
             md = ModelDir.load(model)
             user = 1 + reads % 50
-            recs = stages.top_k(md, user, 5)
+            recs = registry.first_stage(md).scored(user, 5)  # (movie, 5 cos, cos)
             # the predictor and the tower vectors must come from the same save
             got = stages.predict(md, user, [m for m, _, _ in recs])
             np.testing.assert_allclose(got, [s for _, s, _ in recs], atol=1e-4)

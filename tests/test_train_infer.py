@@ -15,7 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from recsys import movielens, train
 from recsys.model import RecommenderNet
 from recsys.modeldir import ModelDir
-from recsys.topn import stages
+from recsys.topn import registry, stages
 
 
 def _net_from(md: ModelDir) -> RecommenderNet:
@@ -85,7 +85,7 @@ def test_top_k_equals_scoring_every_pair_with_the_full_network(trained):
     movies = np.array(sorted(int(m) for m in md.meta["movies"] if int(m) not in set(rated[~is_test])))
     full = stages.predict(md, user, movies)
     want = movies[np.argsort(-full, kind="stable")][:10]
-    got = stages.top_k(md, user, 10)
+    got = registry.first_stage(md).scored(user, 10)  # the rating model's stage: (movie, 5 cos, cos)
     assert [m for m, _, _ in got] == want.tolist()
     np.testing.assert_allclose([s for _, s, _ in got], np.sort(full)[::-1][:10], atol=1e-4)
     np.testing.assert_allclose([5 * c for _, _, c in got], [s for _, s, _ in got], atol=1e-5)

@@ -115,7 +115,7 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
         if name in arrays:
             array(arrays, name, "int", (rows,))
     for kind in ("vectors", "outputs"):
-        if f"user_{kind}" not in arrays and kind == "outputs":
+        if f"user_{kind}" not in arrays:  # (a model dir without a network has no vectors: `_arrays` checks)
             continue
         array(arrays, f"user_{kind}", "float", (users, None))
         width = arrays[f"user_{kind}"].shape[1]
@@ -131,8 +131,16 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
     array(arrays, "rated_stars", "float", (n,))
     array(arrays, "rated_is_test", "bool", (n,))
     _csr(arrays, "item_item", len(catalogue), len(catalogue))
+    _csr(arrays, "knn", len(catalogue), len(catalogue))
     if "log_share" in arrays:
         array(arrays, "log_share", "float", (len(catalogue),))
+    if "rating_counts" in arrays:
+        array(arrays, "rating_counts", "float", (len(catalogue),))
+    if "ease_keep" in arrays:
+        array(arrays, "ease_keep", "int", (None,), below=len(catalogue))
+        if "ease_weights" not in arrays:
+            raise Bad("ease_keep without ease_weights")
+        array(arrays, "ease_weights", "float", (len(arrays["ease_keep"]),) * 2)
     if "first_stage_beta" in arrays:
         array(arrays, "first_stage_beta", "float", ())
 

@@ -11,6 +11,10 @@ metrics.json, loss.png                one record per evaluation, and the cost cu
 checkpoint.json, checkpoint.npz       the last complete epoch's parameters, optimizer and RNG state (--resume)
 manifest.json                         every other file's size and SHA-256, written last
 
+A stage fitted in closed form (`python -m recsys.train --objective ease`, `popularity`, `item-knn`) has no
+network: meta.json records `"network": false`, arrays.npz holds the data's tables and ratings and the stage's
+own arrays (no tower vectors), and there is no inference model, params.npz or checkpoint.
+
 A save writes a temp dir beside the model dir and swaps it in by rename, then removes the dir it replaced.
 A reader opens every file of one dir at once (open files outlive a later swap and removal) and opens them
 again when the dir was swapped while it opened them, so it never mixes two saves. Sizes are checked at
@@ -135,8 +139,8 @@ def _meta(where: Path, files: Files) -> dict:
 def _arrays(where: Path, files: Files, meta: dict) -> dict[str, np.ndarray]:
     """arrays.npz, every array checked against meta.json (`recsys.modeldir.checks`)."""
     arrays = files.npz("arrays.npz")
-    required = {"user_table", "movie_category", "movie_title", "user_vectors", "movie_vectors", "rated_indptr"}
-    required |= {"rated_movie", "rated_stars", "rated_is_test"}
+    required = {"user_table", "movie_category", "movie_title", "rated_indptr", "rated_movie", "rated_stars"}
+    required |= {"rated_is_test"} | ({"user_vectors", "movie_vectors"} if meta.get("network", True) else set())
     if required - set(arrays):
         raise damaged(where, "arrays.npz", f"no {', '.join(sorted(required - set(arrays)))}")
     try:
@@ -274,7 +278,9 @@ class ModelDir:
 
     @property
     def objective(self) -> str:
-        """ "rating" (the chapter's regression), "retrieval" (the candidate-generation softmax) or "ranking"."""
+        """The objective it was trained with: "rating" (the chapter's regression), "retrieval" (the
+        candidate-generation softmax), "ranking", or a stage fitted in closed form ("ease", "popularity",
+        "item-knn"); `recsys.topn.registry` maps it to the model dir's stage."""
         return self.meta.get("objective", "rating")
 
     @property
@@ -329,9 +335,9 @@ class ModelDir:
 
         from recsys.model import RankingNet, RecommenderNet
 
-        kind = RankingNet if self.objective == "ranking" else RecommenderNet
-        net = kind(**self.meta["sizes"], history=self.history)
         params = self.params()
+        kind = RankingNet if any(k.startswith("head.") for k in params) else RecommenderNet  # a head: a ranker's
+        net = kind(**self.meta["sizes"], history=self.history)
         try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
             checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)
         except checks.Bad as e:

@@ -103,6 +103,49 @@ def _movie_years(data: MovieLens) -> np.ndarray:
     return years
 
 
+def data_arrays(data: MovieLens) -> dict[str, np.ndarray]:
+    """What every model dir keeps of its data: the feature tables, the ids, every rating (by user row)."""
+    return {
+        "user_table": data.tables.user, "movie_category": data.tables.category, "movie_year": _movie_years(data),
+        "movie_title": data.tables.title, "user_ids": data.meta.user_ids, "movie_ids": data.meta.movie_ids,
+        **_ratings_csr(data),
+    }  # fmt: skip
+
+
+def save_fitted(
+    path: str | os.PathLike,
+    data: MovieLens,
+    settings: dict,
+    arrays: dict[str, np.ndarray],
+    metrics: list[dict],
+    history: bool,
+    score: str,
+) -> Path:
+    """A model dir without a network (a stage fitted in closed form): meta.json (`network` false, `history`:
+    whether a user's rated movies change their list, `score`: what its scores are), the data's arrays and
+    `arrays`, metrics.json and the manifest, swapped in as `save` does."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with _signals_deferred():
+            _remove_stale_temps(path)
+            tmp.mkdir(parents=True)
+            np.savez(tmp / "arrays.npz", **data_arrays(data), **arrays)
+            doc = _meta(data, settings, [], history) | {"network": False, "score": score, "index": None}
+            (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
+            write_metrics(tmp, metrics, plot=False)
+            write_manifest(tmp)
+            _swap(tmp, path)
+    except OSError as e:
+        raise RecsysError(
+            f"could not save the model dir {path}: {e.strerror or e} ({e.filename or path.parent}); "
+            f"{path} keeps the last good model"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def save(
     path: str | os.PathLike,
     net,
@@ -146,19 +189,8 @@ def save(
                 net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
             )
             catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
-            indexed = _write_index(tmp, vectors["movie_vectors"][catalogue], settings)
-            np.savez(
-                tmp / "arrays.npz",
-                user_table=data.tables.user,
-                movie_category=data.tables.category,
-                movie_year=_movie_years(data),
-                movie_title=data.tables.title,
-                **vectors,
-                user_ids=data.meta.user_ids,
-                movie_ids=data.meta.movie_ids,
-                **_ratings_csr(data),
-                **(extra or {}),
-            )
+            indexed = None if hasattr(net, "head") else _write_index(tmp, vectors["movie_vectors"][catalogue])
+            np.savez(tmp / "arrays.npz", **data_arrays(data), **vectors, **(extra or {}))
             doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
             (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
             write_metrics(tmp, metrics, plot)
@@ -180,10 +212,10 @@ def save(
     return path
 
 
-def _write_index(folder: Path, catalogue_vectors: np.ndarray, settings: dict) -> dict | None:
+def _write_index(folder: Path, catalogue_vectors: np.ndarray) -> dict | None:
     """The first stage's faiss index of the catalogue vectors, saved from `index.SAVED_FROM` movies on (a
-    ranking model needs none): what meta.json says of it, None when none was saved."""
-    if settings.get("objective") == "ranking" or len(catalogue_vectors) < index.SAVED_FROM:
+    ranking network, which is no first stage, saves none): what meta.json says of it, None when none was saved."""
+    if len(catalogue_vectors) < index.SAVED_FROM:
         return None
     t = time.perf_counter()
     (folder / index.FILE).write_bytes(index.to_bytes(index.build(catalogue_vectors)))
@@ -205,7 +237,7 @@ def _meta(data: MovieLens, settings: dict, feed_names: list[str], history: bool)
         "feed_names": feed_names,
         "objective": settings.get("objective", "rating"),
         "history": history,
-        "score": SCORES[settings.get("objective", "rating")],
+        "score": SCORES.get(settings.get("objective", "rating")),
         "age_table": age_table,
         "jobs": meta.jobs,
         "features": meta.features,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 from recsys.recommender import Recommender
-from recsys.topn import stages
 
 
 def _stamp(path: Path | None) -> tuple:
@@ -28,12 +27,7 @@ def load(paths: tuple[Path, Path | None], candidates: int | None, search: str) -
     except OSError:
         stamp = ()  # ModelDir.load says what is missing
     rec = Recommender.load(paths[0], paths[1], candidates, search)
-    if rec.rating_model is not None:
-        rec.rating_model.predictor  # noqa: B018 -- created here, off the request path
-    for md in (rec.model, rec.rerank):
-        if md is not None and md.history:  # rated movies (a new user's, or stored ones) go through the tower
-            md.network  # noqa: B018 -- built here: a second or more that would stall the requests behind it
-    stages.movie_index(rec.model, search)
+    rec.warm()
     return rec, stamp
 
 

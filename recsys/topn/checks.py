@@ -1,4 +1,4 @@
-"""What model dirs and data must agree on before a list is made: a retrieval model and its second stage, a
+"""What model dirs and data must agree on before a list is made: a first stage and its second stage, a
 model and the data it is scored on, and a model that has a test split to measure."""
 
 from __future__ import annotations
@@ -6,23 +6,25 @@ from __future__ import annotations
 from recsys.data.loader import ALL
 from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
-from recsys.topn.rerank import fingerprint
+from recsys.topn.stage import FirstStage, SecondStage
 
-__all__ = ["check_data", "check_pair", "check_tested", "is_refit"]
+__all__ = ["check_data", "check_leads", "check_pair", "check_tested", "is_refit"]
 
 
-def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
-    """One-line error unless `retrieval` is a retrieval model and `rerank` a rating model of the same data
-    or a ranking model trained on `retrieval`'s candidates."""
-    if retrieval.objective != "retrieval":
+def check_leads(first: FirstStage) -> None:
+    """One-line error unless a second stage may reorder `first`'s candidates."""
+    if not first.leads:
         raise RecsysError(
-            f"two stages need a retrieval model first: {retrieval.path} is a {retrieval.objective} model "
+            f"two stages need a retrieval model first: {first.md.path} is {first.kind()} "
             "(train one with --objective retrieval)"
         )
-    if rerank.objective == "retrieval":
-        raise RecsysError(
-            f"--rerank needs a rating or ranking model: {rerank.path} was trained with --objective retrieval"
-        )
+
+
+def check_pair(first: FirstStage, second: SecondStage) -> None:
+    """One-line error unless `first` leads two stages and `second` (a model dir as a second stage) may reorder
+    its candidates: the same data, and the candidates it learnt from (`SecondStage.check_first`)."""
+    check_leads(first)
+    retrieval, rerank = first.md, second.md
     a, b = retrieval.meta, rerank.meta
     for key, what in (
         ("dataset", "dataset"), ("split", "split"), ("sizes", "id ranges"), ("users", "users"), ("movies", "movies"),
@@ -33,15 +35,7 @@ def check_pair(retrieval: ModelDir, rerank: ModelDir) -> None:
                 f"{retrieval.path} and {rerank.path} disagree on their {what} "
                 f"({a['dataset']} {a['split']} vs {b['dataset']} {b['split']}); train both on the same data"
             )
-    if rerank.objective == "ranking":
-        want = rerank.meta["settings"].get("candidates_params_sha256")
-        if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
-            raise RecsysError(
-                f"{rerank.path} was trained on the candidates of another retrieval model "
-                f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
-                "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
-                "network again on this one"
-            )
+    second.check_first(first)
 
 
 def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:

@@ -40,7 +40,7 @@ def contributions(md: ModelDir, user_vector: np.ndarray, history: np.ndarray, mo
     cosine = np.maximum(vectors[movies].astype(np.float64) @ np.asarray(user_vector, np.float64), 0.0)
     total = near.sum(axis=1, keepdims=True)
     out = np.divide(near * cosine[:, None], total, out=np.zeros_like(near), where=total > 0)
-    beta = md.first_stage_beta if md.objective == "retrieval" else 0.0
+    beta = md.first_stage_beta  # 0 for a model without item-item weights
     if beta:
         cols = np.searchsorted(md.movie_ids, history), np.searchsorted(md.movie_ids, movies)
         weights = md.item_item_by_row[cols[0]][:, cols[1]].toarray().T.astype(np.float64)  # [movies, history]

@@ -12,19 +12,7 @@ from recsys.topn import nearest
 from recsys.topn.filters import top_k_outside
 from recsys.topn.first_stage import FirstStage
 from recsys.topn.lists import contains, rerank_pool
-from recsys.topn.rerank import head_scores, pair_features
-
-CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
-
-
-def candidates_for(rerank: ModelDir | None, given: int | None = None) -> int:
-    """How many retrieval candidates the second stage reorders: `given`, else the number a ranking model was
-    trained to reorder (its `--candidates`), else `CANDIDATES`."""
-    if given is not None:
-        return given
-    if rerank is not None and rerank.objective == "ranking":
-        return int(rerank.meta["settings"].get("candidates") or CANDIDATES)
-    return CANDIDATES
+from recsys.topn.stage import SecondStage
 
 
 def predict(md: ModelDir, user: int, movies, cold: tuple | None = None) -> np.ndarray:
@@ -68,11 +56,6 @@ def rank(
     return [(int(md.movie_ids[c]), float(v)) for c, v in zip(cols[0], values[0]) if c >= 0]
 
 
-def scale(md: ModelDir) -> float:
-    """Cosine to score: the rating head's 5 * cos (label space); a retrieval model's score is the cosine."""
-    return 5.0 if md.objective == "rating" else 1.0
-
-
 def vector(md: ModelDir, user: int | None, cold: tuple | None, rated=(), unit: bool = True) -> np.ndarray:
     """The user's tower output (unit length, or raw: `*_outputs`, saved for ranking models): a known user's
     (row) or a new user's saved vector, or, for a user with rated movies beyond the training split ((row,
@@ -104,38 +87,27 @@ def seen_columns(md: ModelDir, rows: np.ndarray) -> sp.csr_matrix:
 
 
 def top_k(
-    md: ModelDir, user: int | None, k: int, cold: tuple | None = None, rated=(), search: str = "auto", banned=None
+    md: ModelDir,
+    user: int | None,
+    k: int,
+    cold: tuple | None = None,
+    rated=(),
+    search: str = "auto",
+    banned=None,
+    scale: float = 1.0,
 ) -> list[tuple[int, float, float]]:
     """The k best-scored movies (rows) the user has not rated in the training split, or, for a new user with
-    feature ids `cold`, has not named in `rated`, nor `banned` (see `rank`): (row, score, cosine) triples. A
-    rating model's score is 5 cos (label space); a retrieval model's is its first stage's (the cosine alone,
-    or plus the item-item score)."""
+    feature ids `cold`, has not named in `rated`, nor `banned` (see `rank`): (row, score, cosine) triples. The
+    score is the first stage's (the cosine alone, or plus the item-item score) times `scale` (a rating model's
+    5: 5 cos, label space)."""
     v = vector(md, user, cold, rated)
     values = rank(md, v, k, seen(md, user, rated), search, history=True, banned=banned)
-    return [(m, scale(md) * s, float(md.arrays["movie_vectors"][m] @ v)) for m, s in values]
-
-
-def second_stage_scores(
-    md: ModelDir, rerank: ModelDir, first: np.ndarray, second: np.ndarray, pool: np.ndarray, seen: np.ndarray
-) -> np.ndarray:
-    """The second stage's scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    users' vectors in the retrieval model (`first` [n, D], unit) and in the second model (`second` [n, D]: a
-    rating model's unit vectors, scored 5 cos in label space; a ranking model's raw outputs, scored by its
-    head from the towers and the pair features, which read each user's history: `seen` [n, M], their
-    catalogue columns)."""
-    cols = np.maximum(pool, 0)
-    if rerank.objective == "rating":
-        return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
-    cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
-    a = rerank.arrays
-    features = pair_features(cosine, a["log_share"], rerank.item_item, seen, pool)
-    movies = a["movie_outputs"][rerank.movie_ids[cols]]
-    return head_scores(rerank.head_params, second[:, None, :], movies, features)
+    return [(m, scale * s, float(md.arrays["movie_vectors"][m] @ v)) for m, s in values]
 
 
 def two_stage_lists(
     md: ModelDir,
-    rerank: ModelDir,
+    second_stage: SecondStage,
     first,
     second,
     seen: np.ndarray,
@@ -144,26 +116,20 @@ def two_stage_lists(
     search: str = "auto",
     banned=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two stages for a batch of users given by their vectors in each model (see `second_stage_scores`) and
-    their seen catalogue columns [n, M] (their histories): the retrieval model's top `candidates` columns
-    outside `banned` ([n, M] sparse 0/1 or None: left out, not history), and those reordered by the second
-    model's scores, cut to k. Returns (candidates, their scores, top k)."""
+    """Two stages for a batch of users given by their vectors in each model (`first` [n, D], unit, in the
+    retrieval model `md`; `second` in the second stage, see `SecondStage.scores`) and their seen catalogue
+    columns [n, M] (their histories): the retrieval model's top `candidates` columns outside `banned` ([n, M]
+    sparse 0/1 or None: left out, not history), and those reordered by the second stage's scores, cut to k.
+    Returns (candidates, their scores, top k)."""
     ix = movie_index(md, search)
     pool = top_k_outside(first_stage(md), ix, md.catalogue_vectors, first, seen, banned, candidates)[0]
-    scores = second_stage_scores(md, rerank, first, second, pool, seen)
+    scores = second_stage.scores(md, first, second, pool, seen)
     return pool, scores, rerank_pool(pool, scores, k)
-
-
-def user_vectors(md: ModelDir, rerank: ModelDir, user: int | None, cold=None, rated=()) -> tuple:
-    """One user's vectors in each of the two models, [1, D] each (see `second_stage_scores`)."""
-    first = vector(md, user, cold, rated)
-    second = vector(rerank, user, cold, rated, unit=rerank.objective != "ranking")
-    return first[None], second[None]
 
 
 def two_stage(
     md: ModelDir,
-    rerank: ModelDir,
+    rerank: SecondStage,
     k: int,
     candidates: int,
     user: int | None = None,
@@ -176,7 +142,7 @@ def two_stage(
     model's score:
     (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
     model's label-space score, or a ranking model's logit."""
-    first, second = user_vectors(md, rerank, user, cold, rated)
+    first, second = vector(md, user, cold, rated)[None], rerank.user_vectors(user, cold, rated)[None]
     mask = seen_columns(md, seen(md, user, rated))
     lists = two_stage_lists(md, rerank, first, second, mask, k, candidates, search, banned)
     pool, scores, best = (a[0] for a in lists)

@@ -20,8 +20,10 @@ from recsys.errors import RecsysError
 from recsys.modeldir.load import NoModel
 from recsys.threads import usable_cores
 from recsys.topn import first_stage, neighbours
+from recsys.topn.baselines import EASE_MAX_ITEMS
 
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
+EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 HISTORY_CAP = 50  # chosen on ml-100k validation, against every movie (0) and caps of 25, 10 and 5 (README)
 # each objective's defaults of the flags left out (`lr`: by optimizer; the ranking network trains its head alone,
 # on few labels: a larger step), and the objective's own flags: those of the other objectives are None in its
@@ -36,6 +38,13 @@ DEFAULTS = {
                 "history": True, "flags": ("positive", "candidates_from", "candidates", "negatives_per_positive",
                                            "hard_negatives", "positive_weight", "train_towers", "exact",
                                            "item_neighbours")},
+    # fitted in closed form (`recsys.training.closed_form`): no network, one pass; the network's flags are unread
+    "ease": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
+             "history": False, "flags": ("ease_lambda", "ease_items")},
+    "popularity": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
+                   "history": False, "flags": ()},
+    "item-knn": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
+                 "history": False, "flags": ()},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -97,6 +106,8 @@ class TrainConfig:
     item_neighbours: int | None = neighbours.K
     exact: bool | None = False
     positive_weight: str | None = "stars"
+    ease_lambda: float | None = 500.0
+    ease_items: int | None = EASE_MAX_ITEMS
     ratings_db_read: dict | None = None  # the ratings database's rows read (`recsys.train.load_data`)
     phase_threads: int | None = None  # large products' count (`Task.phase`): a resumed run's recorded one
 
@@ -190,6 +201,9 @@ class TrainConfig:
             self.need(0 <= self.hard_negatives <= 1, "--hard-negatives", "in [0, 1]")
         if self.item_neighbours is not None:
             self.need(self.item_neighbours >= 1, "--item-neighbours", "at least 1")
+        if self.ease_lambda is not None:
+            self.need(self.ease_lambda > 0 and math.isfinite(self.ease_lambda), "--ease-lambda", "positive")
+            self.need(self.ease_items >= 1, "--ease-items", "at least 1")
         for name in ("epochs", "batch_size"):
             self.need(getattr(self, name) >= 1, flag(name), "at least 1")
         self.need(self.lr > 0, "--lr", "positive")

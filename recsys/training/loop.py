@@ -28,13 +28,12 @@ from recsys.data.loader import ALL
 from recsys.errors import RecsysError
 from recsys.movielens import MovieLens
 from recsys.training import checkpoint, lock
-from recsys.training.config import TrainConfig
+from recsys.training.config import EVAL_USERS, TrainConfig
 from recsys.training.tasks import Task, task_class
 
 UNTESTED = "Train Loss: the training cost of the epoch's batches; the all split trains on every rating: no test split"
 SAVE_SHARE = 0.05  # an epoch's end saves the model dir while saving has taken at most this share of the run
 SAVE_GAP = 60.0  # ... and at least this many seconds have passed since the run's start or its last save
-EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 # A top-N objective's evaluations before its last epoch's end read a seeded sample of test users: their top-N
 # lists score at most BETWEEN_PAIRS (user, movie) pairs per pair an epoch's logits hold (and at least
 # BETWEEN_USERS users), and their test cost reads only their ratings. The last evaluation reads every user of
@@ -70,7 +69,10 @@ def train(args: TrainConfig, data: MovieLens, log=print, on_eval=None) -> tuple[
     import paddle.distributed as dist
 
     check_environment()
+    objective = task_class(args.objective)
     with lock.locked(args.model_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+        if objective.closed_form:  # fitted in one pass, no epochs (`recsys.training.closed_form`)
+            return objective.fit_and_save(args, data, log)
         return Run(args, data, log, on_eval).run()
 
 

@@ -66,6 +66,7 @@ class Task:
     same step through `recsys.fused.step`), `evaluate` and, for a top-N objective (`ranks`), `top_n`."""
 
     name = ""  # the objective's name (`recsys.training.registry.register`)
+    closed_form = False  # fitted in one pass instead (`recsys.training.closed_form`)
     legend = ""  # what the evaluation lines' figures are, said once before the first of them
     ranks = False  # top-N lists are scored: the positives of each split are the ratings of --positive stars up
     ranking_head = False  # the network is `recsys.model.RankingNet` (else the chapter's `RecommenderNet`)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.training import ranking, rating, retrieval  # noqa: F401 (each registers its task)
+from recsys.training import closed_form, ranking, rating, retrieval  # noqa: F401 (each registers its task)
 from recsys.training.registry import TASKS, task_class
 from recsys.training.task import Task
 
