@@ -482,6 +482,7 @@ def _candidates(data, seed: int = 0):
 
     from recsys.topn import neighbours
     from recsys.topn.lists import rating_keys
+    from recsys.topn.rerank import PairInputs
     from recsys.training.candidates import Candidates
 
     rng = np.random.RandomState(seed)
@@ -495,7 +496,7 @@ def _candidates(data, seed: int = 0):
     weights = sp.random(n_movies, n_movies, density=0.1, format="csr", dtype=np.float32, random_state=seed)
     pool = np.argsort(-(users @ movies.T), axis=1)[:, :10]
     share = np.log(rng.dirichlet(np.ones(n_movies))).astype(np.float32)
-    return Candidates(users, movies, history, weights, share, rating_keys(user, col, n_movies), pool)
+    return Candidates(PairInputs(users, history, movies, weights, share), rating_keys(user, col, n_movies), pool)
 
 
 @pytest.mark.parametrize("train_towers", [False, True])

@@ -17,6 +17,7 @@ from recsys.model import weighted_logistic_loss
 from recsys.modeldir import ModelDir
 from recsys.topn import Interactions, evaluate
 from recsys.topn.lists import rating_keys, rerank_pool
+from recsys.topn.rerank import PairInputs
 from recsys.training import loop
 from recsys.training.candidates import Candidates
 from recsys.training.retrieval import RetrievalTask
@@ -105,8 +106,9 @@ def test_negatives_are_never_rated_in_training():
     pool = np.argsort(-rng.random_sample((30, 50)), axis=1)[:, :10]
     none = sp.csr_matrix((30, 50), dtype=np.float32)
     user, col = np.nonzero(rated)
-    cand = Candidates(np.zeros((30, 4)), np.zeros((50, 4)), none, sp.csr_matrix((50, 50), dtype=np.float32),
-                      np.zeros(50), rating_keys(user, col, 50), pool)  # fmt: skip
+    inputs = PairInputs(np.zeros((30, 4)), none, np.zeros((50, 4)), sp.csr_matrix((50, 50), dtype=np.float32),
+                        np.zeros(50))  # fmt: skip
+    cand = Candidates(inputs, rating_keys(user, col, 50), pool)
     users = np.repeat(np.arange(30), 20)
     for hard in (0.0, 0.5, 1.0):
         cols = cand.negatives(users, 3, hard, np.random.RandomState(1))

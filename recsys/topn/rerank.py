@@ -3,6 +3,8 @@ ranking network's pair features and its head in NumPy, and what identifies the r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -32,14 +34,29 @@ def log_share(history) -> np.ndarray:
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, seen: np.ndarray, pool: np.ndarray):
-    """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    retrieval cosines [n, N], the movies' log shares [M], the ranker's sparse item-item weights [M, M]
-    (`recsys.topn.neighbours`) and the users' histories as catalogue columns `seen` [n, M] (bool)."""
-    cols = np.maximum(pool, 0)
-    history = sp.csr_matrix(seen, dtype=np.float32)
-    item = neighbours.scores(history, weights, np.repeat(np.arange(len(pool)), pool.shape[1]), cols.ravel())
-    return np.stack([cosine, share[cols], item.reshape(cols.shape)], axis=-1).astype(np.float32)
+@dataclass
+class PairInputs:
+    """Everything the ranking network's pair features read, all of it from the training split: the users'
+    retrieval unit vectors `user_vectors` [U, D] and their histories `history` [U, M] (sparse 0/1 over catalogue
+    columns: their training ratings, or a served request's with the ratings it brings); the movies' retrieval
+    unit vectors `movie_vectors` [M, D] (catalogue order), the ranker's sparse item-item weights `item_item`
+    [M, M] (`recsys.topn.neighbours`; CSC is fastest) and each movie's log share of the ratings `log_share` [M].
+    Training, evaluation and serving build one of these and call `pair_features` on it."""
+
+    user_vectors: np.ndarray
+    history: sp.csr_matrix
+    movie_vectors: np.ndarray
+    item_item: sp.spmatrix
+    log_share: np.ndarray
+
+
+def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval model's
+    cosine, the movie's log share of the ratings, the item-item score of the user's history (the ranker's own
+    weights). `users` index the rows of `inputs.user_vectors` and `inputs.history`."""
+    cosine = np.einsum("nd,nd->n", inputs.user_vectors[users], inputs.movie_vectors[cols])
+    item = neighbours.scores(inputs.history, inputs.item_item, users, cols)
+    return np.stack([cosine, inputs.log_share[cols], item], axis=1).astype(np.float32)
 
 
 def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
@@ -55,3 +72,15 @@ def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarr
 def fingerprint(md) -> str | None:
     """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
     return (md.files.expected or {}).get("params.npz", {}).get("sha256")
+
+
+def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np.ndarray:
+    """The pair features [n, N, F] of a batch of served users' candidate columns `pool` [n, N] (-1: none), from
+    the retrieval model dir `md`, the ranking model dir `rerank`, the users' retrieval unit vectors `first`
+    [n, D] and their histories `seen` [n, M] (catalogue columns: their training ratings and those a request
+    brings): `pair_features` on the same inputs as training builds them."""
+    cols = np.maximum(pool, 0)
+    inputs = PairInputs(first, sp.csr_matrix(seen, dtype=np.float32), md.catalogue_vectors, rerank.item_item,
+                        rerank.arrays["log_share"])  # fmt: skip
+    rows = np.repeat(np.arange(len(cols)), cols.shape[1])
+    return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)

@@ -12,7 +12,7 @@ from recsys.topn import nearest
 from recsys.topn.filters import top_k_outside
 from recsys.topn.first_stage import FirstStage
 from recsys.topn.lists import contains, rerank_pool
-from recsys.topn.rerank import head_scores, pair_features
+from recsys.topn.rerank import head_scores, served_features
 
 CANDIDATES = 100  # the retrieval model's top N that a rating model reorders (a ranking model records its own N)
 
@@ -126,10 +126,8 @@ def second_stage_scores(
     cols = np.maximum(pool, 0)
     if rerank.objective == "rating":
         return 5.0 * np.einsum("nd,npd->np", second, rerank.catalogue_vectors[cols])
-    cosine = np.einsum("nd,npd->np", first, md.catalogue_vectors[cols])
-    a = rerank.arrays
-    features = pair_features(cosine, a["log_share"], rerank.item_item, seen, pool)
-    movies = a["movie_outputs"][rerank.movie_ids[cols]]
+    features = served_features(md, rerank, first, seen, pool)
+    movies = rerank.arrays["movie_outputs"][rerank.movie_ids[cols]]
     return head_scores(rerank.head_params, second[:, None, :], movies, features)
 
 

@@ -20,7 +20,7 @@ from recsys.data import history
 from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
-from recsys.topn.rerank import candidate_pool, fingerprint, log_share
+from recsys.topn.rerank import PairInputs, candidate_pool, fingerprint, log_share
 from recsys.topn.stages import first_stage, movie_index
 from recsys.training import registry, splits
 from recsys.training.candidates import Candidates
@@ -100,12 +100,14 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
-    fit_candidates = Candidates(fit_users, movies, fit_history, fit_weights, log_share(fit_history), rated_keys,
-                                fit_pool)  # fmt: skip
+    fit_inputs = PairInputs(fit_users, fit_history, movies, fit_weights, log_share(fit_history))
+    fit_candidates = Candidates(fit_inputs, rated_keys, fit_pool)
     item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
     users = retrieval.arrays["user_vectors"]
     full_pool = candidate_pool(users, movies, rated, n_candidates, ix, stage)
-    candidates = Candidates(users, movies, rated, item_item.tocsc(), log_share(rated), rated_keys, full_pool)
+    candidates = Candidates(
+        PairInputs(users, rated, movies, item_item.tocsc(), log_share(rated)), rated_keys, full_pool
+    )
     recorded = {"candidates_params_sha256": fingerprint(retrieval), "candidates_settings": rs}  # refit: `is_refit`
     return Stack(fit_candidates, candidates, item_item, fit, (*splits.carve(labels, val_ratio, seed),
                  np.flatnonzero(data.is_test)), retrieval.params(), None if stage is None else stage.beta,
@@ -265,5 +267,5 @@ class RankingTask(Task):
         w = self.item_item
         return {
             "item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
-            "log_share": self.candidates.log_share,
+            "log_share": self.candidates.inputs.log_share,
         }  # fmt: skip
