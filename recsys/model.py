@@ -11,6 +11,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from recsys.topn.rerank import RANK_FEATURES, head_start
+
 EMBED = 32  # user id, movie id, category and title-word embeddings
 SMALL = 16  # gender, age and job embeddings
 HIDDEN = 200  # width of each tower's output
@@ -255,21 +257,19 @@ class RecommenderNet(nn.Layer):
 RANK_HIDDEN = 64  # the ranking network's hidden layer
 
 
-RANK_FEATURES = 3  # the retrieval cosine, the movie's log popularity, the item-item score of the user's history
-
-
 class RankingHead(nn.Layer):
     """The ranking network's top, the logit of "the user will like this movie" (the chapter's weighted
-    logistic regression scores it): a linear function of the pair's features (the retrieval model's cosine,
-    the movie's log share of the ratings, the item-item score of the user's history; see `recsys.training.ranking`)
-    plus a correction from [user * movie (200), features (3)] -> fc 64, relu -> fc 1. The linear part starts
-    as 4 * cosine (the retrieval logit; the trainer adds 4 * beta on the item-item score where the retrieval
-    model's first stage has one, `recsys.topn.first_stage`) and the correction at zero, so an untrained head
-    orders candidates as the first stage does."""
+    logistic regression scores it): a linear function of the pair's features (`recsys.topn.rerank.pair_features`:
+    the retrieval model's cosine, the movie's log share of the ratings, the item-item score of the user's
+    history, the user's genre affinity, the movie's shrunk mean stars, its share of the latest ratings, the
+    user's activity) plus a correction from [user * movie (200), features (7)] -> fc 64, relu -> fc 1. The
+    linear part starts as 4 * cosine (the retrieval logit; the trainer adds 4 * beta on the item-item score where
+    the retrieval model's first stage has one, `recsys.topn.first_stage`) and the correction at zero, so an
+    untrained head orders candidates as the first stage does."""
 
     def __init__(self):
         super().__init__()
-        start = nn.initializer.Assign(np.array([[4.0], [0.0], [0.0]], np.float32))
+        start = nn.initializer.Assign(head_start(0.0))
         self.linear = self.create_parameter([RANK_FEATURES, 1], default_initializer=start)
         self.fc = _linear(HIDDEN + RANK_FEATURES, RANK_HIDDEN)
         self.out = FC(RANK_HIDDEN, 1, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
@@ -288,6 +288,6 @@ class RankingNet(RecommenderNet):
         self.head = RankingHead()
 
     def forward(self, *feeds):
-        """The feeds of `RecommenderNet` (history included), then the pair features [N, 3]."""
+        """The feeds of `RecommenderNet` (history included), then the pair features [N, RANK_FEATURES]."""
         user, movie = super().forward(*feeds[:-1], towers=True)
         return self.head(user, movie, feeds[-1])

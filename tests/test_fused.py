@@ -448,6 +448,7 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     """The ranking head and its weighted logistic loss on 48 pairs of 12 movies (labels 0/1, weights 0..5, one
     pair weighing nothing), with a non-zero correction so that every head parameter is checked."""
     from recsys.model import RankingHead, weighted_logistic_loss
+    from recsys.topn.rerank import RANK_FEATURES
 
     rng = np.random.RandomState(5)
     paddle.seed(5)
@@ -459,7 +460,7 @@ def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     table = table[:12].detach()
     table.stop_gradient = False
     rows = rng.randint(0, 12, 48)
-    features = rng.normal(size=(48, 3)).astype("float32")
+    features = rng.normal(size=(48, RANK_FEATURES)).astype("float32")
     label = (rng.random_sample(48) < 0.3).astype("float32")
     weight = rng.randint(0, 6, 48).astype("float32")
     weight[0] = 0.0
@@ -482,6 +483,7 @@ def _candidates(data, seed: int = 0):
 
     from recsys.topn import neighbours
     from recsys.topn.lists import rating_keys
+    from recsys.topn.rerank import PairInputs
     from recsys.training.candidates import Candidates
 
     rng = np.random.RandomState(seed)
@@ -495,7 +497,10 @@ def _candidates(data, seed: int = 0):
     weights = sp.random(n_movies, n_movies, density=0.1, format="csr", dtype=np.float32, random_state=seed)
     pool = np.argsort(-(users @ movies.T), axis=1)[:, :10]
     share = np.log(rng.dirichlet(np.ones(n_movies))).astype(np.float32)
-    return Candidates(users, movies, history, weights, share, rating_keys(user, col, n_movies), pool)
+    genres = (rng.random_sample((n_movies, 5)) < 0.3).astype(np.float32)
+    stars, recent = rng.normal(size=n_movies).astype(np.float32), share[rng.permutation(n_movies)]
+    inputs = PairInputs(users, history, movies, weights, share, genres, stars, recent)
+    return Candidates(inputs, rating_keys(user, col, n_movies), pool)
 
 
 @pytest.mark.parametrize("train_towers", [False, True])

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 KINDS = {"int": np.integer, "float": np.floating, "bool": np.bool_}
+PAIR_ARRAYS = ("log_share", "movie_stars", "recent_share")  # a ranking model's saved movie features, [M] each
 
 
 class Bad(ValueError):
@@ -132,8 +133,6 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
     array(arrays, "rated_is_test", "bool", (n,))
     _csr(arrays, "item_item", len(catalogue), len(catalogue))
     _csr(arrays, "knn", len(catalogue), len(catalogue))
-    if "log_share" in arrays:
-        array(arrays, "log_share", "float", (len(catalogue),))
     if "rating_counts" in arrays:
         array(arrays, "rating_counts", "float", (len(catalogue),))
     if "ease_keep" in arrays:
@@ -141,6 +140,14 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
         if "ease_weights" not in arrays:
             raise Bad("ease_keep without ease_weights")
         array(arrays, "ease_weights", "float", (len(arrays["ease_keep"]),) * 2)
+    if "log_share" in arrays:  # a ranking model's pair features (`recsys.topn.rerank.PairInputs`)
+        missing = [name for name in PAIR_ARRAYS if name not in arrays]
+        if missing:
+            raise Bad(
+                f"no {', '.join(missing)}: a ranking model of an earlier recsys (three pair features); train it again"
+            )
+        for name in PAIR_ARRAYS:
+            array(arrays, name, "float", (len(catalogue),))
     if "first_stage_beta" in arrays:
         array(arrays, "first_stage_beta", "float", ())
 

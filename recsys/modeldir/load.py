@@ -324,6 +324,13 @@ class ModelDir:
         return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
 
     @functools.cached_property
+    def pair_genres(self):
+        """The catalogue's genres [M, G] (0/1), as a ranking model's pair features read them."""
+        from recsys.topn.rerank import genre_matrix
+
+        return genre_matrix(self.arrays["movie_category"], self.movie_ids, self.meta["sizes"]["n_categories"])
+
+    @functools.cached_property
     def item_item(self):
         """`item_item_by_row` by column."""
         return self.item_item_by_row.tocsc()

@@ -3,6 +3,9 @@ ranking network's pair features and its head in NumPy, and what identifies the r
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -32,19 +35,103 @@ def log_share(history) -> np.ndarray:
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def pair_features(cosine: np.ndarray, share: np.ndarray, weights: sp.csr_matrix, seen: np.ndarray, pool: np.ndarray):
-    """The ranking features [n, N, 3] of each user's candidate columns `pool` [n, N] (-1: none), from the
-    retrieval cosines [n, N], the movies' log shares [M], the ranker's sparse item-item weights [M, M]
-    (`recsys.topn.neighbours`) and the users' histories as catalogue columns `seen` [n, M] (bool)."""
-    cols = np.maximum(pool, 0)
-    history = sp.csr_matrix(seen, dtype=np.float32)
-    item = neighbours.scores(history, weights, np.repeat(np.arange(len(pool)), pool.shape[1]), cols.ravel())
-    return np.stack([cosine, share[cols], item.reshape(cols.shape)], axis=-1).astype(np.float32)
+SHRINK = 10.0  # ratings' worth of the global mean in a movie's shrunk mean stars
+RECENT = 0.1  # the latest share of the training ratings whose movies make the recent-popularity feature
+
+
+def mean_stars(cols: np.ndarray, stars: np.ndarray, n_cols: int, shrink: float = SHRINK) -> np.ndarray:
+    """Each catalogue column's mean stars over the ratings (`cols`, `stars`), shrunk toward their global mean
+    by `shrink` ratings' worth of it, less that mean: [n_cols] float32 (0 for a movie nobody rated)."""
+    if len(stars) == 0:
+        return np.zeros(n_cols, np.float32)
+    centred = stars.astype(np.float64) - stars.mean(dtype=np.float64)
+    sums = np.bincount(cols, centred, minlength=n_cols)
+    return (sums / (np.bincount(cols, minlength=n_cols) + shrink)).astype(np.float32)
+
+
+def recent_share(cols: np.ndarray, timestamp: np.ndarray | None, n_cols: int, share: float = RECENT) -> np.ndarray:
+    """Each catalogue column's log share (add-one smoothed) of the latest `share` of the ratings (`cols`, their
+    `timestamp`s: every rating at or after the quantile), [n_cols] float32; of all of them without timestamps."""
+    if timestamp is not None and len(timestamp):
+        cols = cols[timestamp >= np.quantile(timestamp, 1.0 - share, method="lower")]
+    counts = np.bincount(cols, minlength=n_cols).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def genre_matrix(category: np.ndarray, rows: np.ndarray, n_categories: int) -> np.ndarray:
+    """[len(rows), n_categories] float32 0/1: the genres of the movie rows `rows` from the padded category table
+    [movie rows, L] (its padding id is `n_categories`)."""
+    ids = category[rows]
+    out = np.zeros((len(rows), n_categories + 1), np.float32)
+    out[np.repeat(np.arange(len(rows)), ids.shape[1]), ids.ravel()] = 1.0
+    return out[:, :n_categories]
+
+
+@dataclass
+class PairInputs:
+    """Everything the ranking network's pair features read, all of it from the training split: the users'
+    retrieval unit vectors `user_vectors` [U, D] and their histories `history` [U, M] (sparse 0/1 over catalogue
+    columns: their training ratings, or a served request's with the ratings it brings); by catalogue column,
+    the movies' retrieval unit vectors `movie_vectors` [M, D], the ranker's sparse item-item weights
+    `item_item` [M, M] (`recsys.topn.neighbours`; CSC is fastest), each movie's log share of the ratings
+    `log_share` [M], its genres `genres` [M, G] (0/1, `genre_matrix`), its shrunk mean stars `stars` [M]
+    (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a user's genre shares
+    and activity come from their history. Training, evaluation and serving build one of these and call
+    `pair_features` on it."""
+
+    user_vectors: np.ndarray
+    history: sp.csr_matrix
+    movie_vectors: np.ndarray
+    item_item: sp.spmatrix
+    log_share: np.ndarray
+    genres: np.ndarray
+    stars: np.ndarray
+    recent: np.ndarray
+
+    @functools.cached_property
+    def user_counts(self) -> np.ndarray:
+        """[U] float32: the number of movies in each user's history."""
+        return np.asarray(self.history.sum(axis=1), np.float32).ravel()
+
+    @functools.cached_property
+    def user_genres(self) -> np.ndarray:
+        """[U, G] float32: each user's share of their history in each genre (0 for an empty history)."""
+        counts = np.maximum(self.user_counts, 1.0)[:, None]
+        return np.asarray(self.history @ self.genres, np.float32) / counts
+
+
+FEATURES = ("cosine", "log_share", "item_item", "genre_affinity", "mean_stars", "recent_share", "activity")
+
+RANK_FEATURES = len(FEATURES)  # the ranking head's width of pair features
+
+
+def head_start(beta: float) -> np.ndarray:
+    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * cosine + 4 * beta * the item-item
+    score (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
+    start = np.zeros((RANK_FEATURES, 1), np.float32)
+    start[0, 0], start[2, 0] = 4.0, 4.0 * beta
+    return start
+
+
+def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The ranking features (`FEATURES`) of aligned (user, catalogue column) pairs, [N, 7] float32: the
+    retrieval model's cosine, the movie's log share of the ratings, the item-item score of the user's history
+    (the ranker's own weights), the user's genre affinity (their share of each of the movie's genres, averaged
+    over them), the movie's shrunk mean stars, its log share of the latest ratings, and the user's activity
+    (log(1 + the number of movies in their history)). `users` index the rows of `inputs.user_vectors` and
+    `inputs.history`."""
+    cosine = np.einsum("nd,nd->n", inputs.user_vectors[users], inputs.movie_vectors[cols])
+    item = neighbours.scores(inputs.history, inputs.item_item, users, cols)
+    genres = inputs.genres[cols]
+    affinity = np.einsum("ng,ng->n", inputs.user_genres[users], genres) / np.maximum(genres.sum(axis=1), 1.0)
+    columns = [cosine, inputs.log_share[cols], item, affinity, inputs.stars[cols], inputs.recent[cols],
+               np.log1p(inputs.user_counts[users])]  # fmt: skip
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
     """The ranking head (`model.RankingHead`) in numpy: logits for tower outputs `user` [..., D] and `movie`
-    [..., D] and pair features [..., 3]. Saves running the network over precomputed tower outputs."""
+    [..., D] and pair features [..., F]. Saves running the network over precomputed tower outputs."""
     x = np.concatenate([np.broadcast_to(user, movie.shape) * movie, features], axis=-1)
     flat = x.reshape(-1, x.shape[-1])  # one 2-D product: NumPy's stacked [..., N, D] @ [D, H] is ten times slower
     h = np.maximum(flat @ params["head.fc.weight"] + params["head.fc.bias"], 0.0)
@@ -55,3 +142,16 @@ def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarr
 def fingerprint(md) -> str | None:
     """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
     return (md.files.expected or {}).get("params.npz", {}).get("sha256")
+
+
+def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np.ndarray:
+    """The pair features [n, N, F] of a batch of served users' candidate columns `pool` [n, N] (-1: none), from
+    the retrieval model dir `md`, the ranking model dir `rerank`, the users' retrieval unit vectors `first`
+    [n, D] and their histories `seen` [n, M] (catalogue columns: their training ratings and those a request
+    brings): `pair_features` on the same inputs as training builds them."""
+    cols = np.maximum(pool, 0)
+    a = rerank.arrays
+    inputs = PairInputs(first, sp.csr_matrix(seen, dtype=np.float32), md.catalogue_vectors, rerank.item_item,
+                        a["log_share"], rerank.pair_genres, a["movie_stars"], a["recent_share"])  # fmt: skip
+    rows = np.repeat(np.arange(len(cols)), cols.shape[1])
+    return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)

@@ -11,7 +11,7 @@ import numpy as np
 from recsys.errors import RecsysError
 from recsys.topn import filters, reasons, stages
 from recsys.topn.checks import is_refit
-from recsys.topn.rerank import fingerprint, head_scores, pair_features
+from recsys.topn.rerank import fingerprint, head_scores, served_features
 from recsys.topn.stage import FirstStage, SecondStage
 
 
@@ -121,8 +121,7 @@ class RankingReranker(SecondStage):
 
     def scores(self, first, queries, vectors, pool, seen) -> np.ndarray:
         cols, a = np.maximum(pool, 0), self.md.arrays
-        cosine = np.einsum("nd,npd->np", queries, first.catalogue_vectors[cols])
-        features = pair_features(cosine, a["log_share"], self.md.item_item, seen, pool)
+        features = served_features(first.md, self.md, queries, seen, pool)
         movies = a["movie_outputs"][self.md.movie_ids[cols]]
         return head_scores(self.md.head_params, vectors[:, None, :], movies, features)
 

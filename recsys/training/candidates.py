@@ -5,50 +5,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
-from recsys.topn import neighbours
 from recsys.topn.lists import contains
+from recsys.topn.rerank import PairInputs, pair_features
 
 
 @dataclass
 class Candidates:
     """What the ranking network reads, per user: the retrieval model's top candidates and the pair features.
 
-    `user_vectors` [U, D] and `movie_vectors` [M, D] (catalogue order) are the retrieval model's unit vectors
-    as computed from the users' histories; `history` [U, M] (sparse 0/1) those histories, whose item-item score
-    of a movie is their product with its column of the sparse neighbour weights `item_item` [M, M]
-    (`recsys.topn.neighbours`); `log_share` [M] each movie's log share of the ratings (from the same histories);
-    `rated` the sorted keys `user * M + column` of every training rating (the held-out ones too), which no
-    negative may be; `pool` [U, N] each user's top-N catalogue columns outside their history (-1: none). Nothing
-    here is a users x movies array."""
+    `inputs` holds what the pair features read (`recsys.topn.rerank.PairInputs`: the retrieval model's unit
+    vectors as computed from the users' histories, those histories, the ranker's item-item weights, the movies'
+    log shares of the ratings, all of the same histories); `rated` the sorted keys `user * M + column` of every
+    training rating (the held-out ones too), which no negative may be; `pool` [U, N] each user's top-N catalogue
+    columns outside their history (-1: none). Nothing here is a users x movies array."""
 
-    user_vectors: np.ndarray
-    movie_vectors: np.ndarray
-    history: sp.csr_matrix
-    item_item: sp.csc_matrix
-    log_share: np.ndarray
+    inputs: PairInputs
     rated: np.ndarray
     pool: np.ndarray
 
     def features(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """The ranking features of aligned (user, catalogue column) pairs, [N, 3] float32: the retrieval
-        model's cosine, the movie's log share of the ratings, the item-item score of the user's history (the
-        ranker's own weights)."""
-        cosine = np.einsum("nd,nd->n", self.user_vectors[user], self.movie_vectors[col])
-        item = neighbours.scores(self.history, self.item_item, user, col)
-        return np.stack([cosine, self.log_share[col], item], axis=1).astype(np.float32)
+        """The pair features of aligned (user, catalogue column) pairs (`recsys.topn.rerank.pair_features`)."""
+        return pair_features(self.inputs, user, col)
+
+    @property
+    def n_movies(self) -> int:
+        """The catalogue's size."""
+        return len(self.inputs.movie_vectors)
 
     def is_rated(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
         """[n] bool: the user rated the column's movie in training."""
-        return contains(self.rated, user.astype(np.int64) * len(self.movie_vectors) + col)
+        return contains(self.rated, user.astype(np.int64) * self.n_movies + col)
 
     def negatives(self, user: np.ndarray, per: int, hard: float, rng: np.random.RandomState) -> np.ndarray:
         """`per` negative catalogue columns for each user in `user` ([len(user) * per], user-major): a share
         `hard` from the user's candidates, the rest uniform over the catalogue; never a movie the user rated in
         training. A draw that lands on a rated movie is drawn again (uniformly); -1 where none was found."""
         users = np.repeat(user, per)
-        n_cols = len(self.movie_vectors)
+        n_cols = self.n_movies
         cols = rng.randint(n_cols, size=len(users))
         from_pool = rng.random_sample(len(users)) < hard
         if from_pool.any():

@@ -21,7 +21,16 @@ from recsys.data import history
 from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
-from recsys.topn.rerank import candidate_pool, fingerprint, log_share
+from recsys.topn.rerank import (
+    PairInputs,
+    candidate_pool,
+    fingerprint,
+    genre_matrix,
+    head_start,
+    log_share,
+    mean_stars,
+    recent_share,
+)
 from recsys.topn.stages import first_stage, movie_index
 from recsys.training import registry, splits
 from recsys.training.candidates import Candidates
@@ -47,6 +56,19 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
             f"{md.path} was trained on other data ({md.meta['dataset']} {md.meta['split']}, not "
             f"{data.meta.dataset} {data.split}); train the ranker on the retrieval model's data"
         )
+
+
+def pair_inputs(data, idx: np.ndarray, users: np.ndarray, histories: sp.csr_matrix, movies: np.ndarray,
+                item_item: sp.csc_matrix) -> PairInputs:  # fmt: skip
+    """The pair features' inputs (`recsys.topn.rerank.PairInputs`) of the ratings `idx` alone: the users'
+    retrieval vectors `users` and histories `histories` (of those ratings), the catalogue's retrieval vectors
+    `movies`, the item-item weights, and the movies' shares, mean stars and recent shares of those ratings."""
+    movies_of = catalogue(data)
+    cols, n_cols = np.searchsorted(movies_of, data.movie[idx]), len(movies_of)
+    genres = genre_matrix(data.tables.category, movies_of, data.sizes()["n_categories"])
+    stamps = None if data.timestamp is None else data.timestamp[idx]
+    stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
+    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent)
 
 
 @dataclass
@@ -101,12 +123,13 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
-    fit_candidates = Candidates(fit_users, movies, fit_history, fit_weights, log_share(fit_history), rated_keys,
-                                fit_pool)  # fmt: skip
+    fit_inputs = pair_inputs(data, fit, fit_users, fit_history, movies, fit_weights)
+    fit_candidates = Candidates(fit_inputs, rated_keys, fit_pool)
     item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
     users = retrieval.arrays["user_vectors"]
     full_pool = candidate_pool(users, movies, rated, n_candidates, ix, stage)
-    candidates = Candidates(users, movies, rated, item_item.tocsc(), log_share(rated), rated_keys, full_pool)
+    full_inputs = pair_inputs(data, trained, users, rated, movies, item_item.tocsc())
+    candidates = Candidates(full_inputs, rated_keys, full_pool)
     recorded = {"candidates_params_sha256": fingerprint(retrieval), "candidates_settings": rs}  # refit: `is_refit`
     return Stack(fit_candidates, candidates, item_item, fit, (*splits.carve(labels, val_ratio, seed),
                  np.flatnonzero(data.is_test)), retrieval.params(), None if stage is None else stage.beta,
@@ -141,7 +164,7 @@ class RankingTask(Task):
         current = self.params()  # the towers start as the retrieval model's, where their shapes agree
         towers = {k: v for k, v in stacked.start.items() if k in current and v.shape == current[k].shape}
         if stacked.beta is not None:  # the untrained head orders candidates by the first stage's score
-            towers["head.linear"] = np.array([[4.0], [0.0], [4.0 * stacked.beta]], np.float32)
+            towers["head.linear"] = head_start(stacked.beta)
         self.set_params(current | towers)
         if not train_towers:  # only the head learns: the towers stay the retrieval model's
             self.freeze_towers()
@@ -197,7 +220,7 @@ class RankingTask(Task):
 
     def ranking_pairs(self, idx: np.ndarray, cand: Candidates, rng, training: bool = False):
         """The pairs `ranking_loss` scores: each positive of `idx`, then `negatives_per_positive` negatives drawn
-        for each; returns their feeds, pair features [N, 3], 0/1 labels and weights [N]."""
+        for each; returns their feeds, pair features [N, F], 0/1 labels and weights [N]."""
         users, cols, features, label, weight = self.ranking_draws(idx, cand, rng)
         f = self.pair_features(users, self.catalogue[cols], training, full=cand is self.candidates)
         return f, features, label, weight
@@ -262,10 +285,10 @@ class RankingTask(Task):
         return topn.evaluate(rank, data, k)
 
     def saved_arrays(self) -> dict[str, np.ndarray]:
-        """The pair features' item-item weights and the movies' log shares of the ratings, both from every
-        training rating (catalogue order)."""
-        w = self.item_item
+        """The pair features' item-item weights and the movies' log shares of the ratings, mean stars and
+        shares of the latest ratings, all from every training rating (catalogue order)."""
+        w, inputs = self.item_item, self.candidates.inputs
         return {
             "item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
-            "log_share": self.candidates.log_share,
+            "log_share": inputs.log_share, "movie_stars": inputs.stars, "recent_share": inputs.recent,
         }  # fmt: skip
