@@ -121,7 +121,7 @@ class RankingReranker(SecondStage):
 
     def scores(self, first, queries, vectors, pool, seen) -> np.ndarray:
         cols, a = np.maximum(pool, 0), self.md.arrays
-        features = served_features(first.md, self.md, queries, seen, pool)
+        features = served_features(first, self.md, queries, seen, pool)
         movies = a["movie_outputs"][self.md.movie_ids[cols]]
         return head_scores(self.md.head_params, vectors[:, None, :], movies, features)
 
