@@ -11,8 +11,6 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from recsys.topn.rerank import RANK_FEATURES, head_start
-
 EMBED = 32  # user id, movie id, category and title-word embeddings
 SMALL = 16  # gender, age and job embeddings
 HIDDEN = 200  # width of each tower's output
@@ -255,6 +253,15 @@ class RecommenderNet(nn.Layer):
 
 
 RANK_HIDDEN = 64  # the ranking network's hidden layer
+RANK_FEATURES = 7  # the pair features, `recsys.topn.rerank.FEATURES`
+
+
+def head_start(beta: float) -> np.ndarray:
+    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * cosine + 4 * beta * the item-item
+    score (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
+    start = np.zeros((RANK_FEATURES, 1), np.float32)
+    start[0, 0], start[2, 0] = 4.0, 4.0 * beta
+    return start
 
 
 class RankingHead(nn.Layer):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recsys import Recommender, movielens, synthetic, train
+from recsys.model import RANK_FEATURES
 from recsys.modeldir import ModelDir
 from recsys.topn import stages
 from recsys.topn.rerank import FEATURES, head_scores, served_features
@@ -128,7 +129,7 @@ def test_served_features_are_the_trained_ones_and_computed_by_hand(planted):
     seen = stages.seen_columns(md, stages.seen(md, row))
     served = served_features(md, rerank, md.arrays["user_vectors"][[row]], seen, cols[None])[0]
     np.testing.assert_allclose(served, trained, rtol=1e-6, atol=1e-7)
-    assert served.shape == (len(cols), len(FEATURES))
+    assert served.shape == (len(cols), len(FEATURES)) and len(FEATURES) == RANK_FEATURES  # the head's width
     np.testing.assert_allclose(served, _hand_features(data, md, rerank, row, cols), rtol=1e-5, atol=1e-6)
     outputs = rerank.arrays["user_outputs"][row], rerank.arrays["movie_outputs"][md.movie_ids[cols]]
     logits = head_scores(rerank.head_params, *outputs, trained)

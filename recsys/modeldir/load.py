@@ -318,11 +318,9 @@ class ModelDir:
         return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
 
     @functools.cached_property
-    def pair_genres(self):
-        """The catalogue's genres [M, G] (0/1), as a ranking model's pair features read them."""
-        from recsys.topn.rerank import genre_matrix
-
-        return genre_matrix(self.arrays["movie_category"], self.movie_ids, self.meta["sizes"]["n_categories"])
+    def catalogue_genres(self):
+        """The catalogue's genres [M, G] (0/1, catalogue order), as a ranking model's pair features read them."""
+        return self.tables.genres(self.movie_ids)
 
     @functools.cached_property
     def item_item(self):

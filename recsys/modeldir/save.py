@@ -22,7 +22,6 @@ from recsys.modeldir import index
 from recsys.modeldir.files import MANIFEST, sha256_hex
 from recsys.modeldir.load import COLD_GRID, FORMAT, PREFIX, SCORES, cold_feeds, tower_outputs
 from recsys.movielens import MovieLens, Tables, age_table
-from recsys.topn.rerank import RANK_FEATURES
 
 
 def training_history(data: MovieLens) -> Histories:
@@ -124,6 +123,8 @@ def save(
     run draws it in its last save only: drawing takes longer than the rest of a small model's save)."""
     import paddle
     from paddle.static import InputSpec
+
+    from recsys.model import RANK_FEATURES
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

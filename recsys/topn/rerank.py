@@ -58,15 +58,6 @@ def recent_share(cols: np.ndarray, timestamp: np.ndarray | None, n_cols: int, sh
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def genre_matrix(category: np.ndarray, rows: np.ndarray, n_categories: int) -> np.ndarray:
-    """[len(rows), n_categories] float32 0/1: the genres of the movie rows `rows` from the padded category table
-    [movie rows, L] (its padding id is `n_categories`)."""
-    ids = category[rows]
-    out = np.zeros((len(rows), n_categories + 1), np.float32)
-    out[np.repeat(np.arange(len(rows)), ids.shape[1]), ids.ravel()] = 1.0
-    return out[:, :n_categories]
-
-
 @dataclass
 class PairInputs:
     """Everything the ranking network's pair features read, all of it from the training split: the users'
@@ -74,10 +65,10 @@ class PairInputs:
     columns: their training ratings, or a served request's with the ratings it brings); by catalogue column,
     the movies' retrieval unit vectors `movie_vectors` [M, D], the ranker's sparse item-item weights
     `item_item` [M, M] (`recsys.topn.neighbours`; CSC is fastest), each movie's log share of the ratings
-    `log_share` [M], its genres `genres` [M, G] (0/1, `genre_matrix`), its shrunk mean stars `stars` [M]
-    (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a user's genre shares
-    and activity come from their history. Training, evaluation and serving build one of these and call
-    `pair_features` on it."""
+    `log_share` [M], its genres `genres` [M, G] (0/1, `recsys.movielens.Tables.genres`), its shrunk mean
+    stars `stars` [M] (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a
+    user's genre shares and activity come from their history. Training, evaluation and serving build one of
+    these and call `pair_features` on it."""
 
     user_vectors: np.ndarray
     history: sp.csr_matrix
@@ -101,16 +92,6 @@ class PairInputs:
 
 
 FEATURES = ("cosine", "log_share", "item_item", "genre_affinity", "mean_stars", "recent_share", "activity")
-
-RANK_FEATURES = len(FEATURES)  # the ranking head's width of pair features
-
-
-def head_start(beta: float) -> np.ndarray:
-    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * cosine + 4 * beta * the item-item
-    score (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
-    start = np.zeros((RANK_FEATURES, 1), np.float32)
-    start[0, 0], start[2, 0] = 4.0, 4.0 * beta
-    return start
 
 
 def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -152,6 +133,6 @@ def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np
     cols = np.maximum(pool, 0)
     a = rerank.arrays
     inputs = PairInputs(first, sp.csr_matrix(seen, dtype=np.float32), md.catalogue_vectors, rerank.item_item,
-                        a["log_share"], rerank.pair_genres, a["movie_stars"], a["recent_share"])  # fmt: skip
+                        a["log_share"], rerank.catalogue_genres, a["movie_stars"], a["recent_share"])  # fmt: skip
     rows = np.repeat(np.arange(len(cols)), cols.shape[1])
     return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)

@@ -24,8 +24,6 @@ from recsys.topn.rerank import (
     PairInputs,
     candidate_pool,
     fingerprint,
-    genre_matrix,
-    head_start,
     log_share,
     mean_stars,
     recent_share,
@@ -64,7 +62,7 @@ def pair_inputs(data, idx: np.ndarray, users: np.ndarray, histories: sp.csr_matr
     `movies`, the item-item weights, and the movies' shares, mean stars and recent shares of those ratings."""
     movies_of = catalogue(data)
     cols, n_cols = np.searchsorted(movies_of, data.movie[idx]), len(movies_of)
-    genres = genre_matrix(data.tables.category, movies_of, data.sizes()["n_categories"])
+    genres = data.tables.genres(movies_of)
     stamps = None if data.timestamp is None else data.timestamp[idx]
     stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
     return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent)
@@ -162,6 +160,8 @@ class RankingTask(Task):
             self.use_history(stacked.fit_idx)
         current = self.params()  # the towers start as the retrieval model's, where their shapes agree
         towers = {k: v for k, v in stacked.start.items() if k in current and v.shape == current[k].shape}
+        from recsys.model import head_start  # with the network: Paddle
+
         if stacked.beta is not None:  # the untrained head orders candidates by the first stage's score
             towers["head.linear"] = head_start(stacked.beta)
         self.set_params(current | towers)
