@@ -334,8 +334,9 @@ class ModelDir:
 
         from recsys.model import RankingNet, RecommenderNet
 
-        kind = RankingNet if self.objective == "ranking" else RecommenderNet
-        net = kind(**self.meta["sizes"], history=self.history)
+        ranking = self.objective == "ranking"
+        width = {"n_features": self.head_params["head.linear"].shape[0]} if ranking else {}
+        net = (RankingNet if ranking else RecommenderNet)(**self.meta["sizes"], history=self.history, **width)
         params = self.params()
         try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
             checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)

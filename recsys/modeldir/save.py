@@ -124,8 +124,6 @@ def save(
     import paddle
     from paddle.static import InputSpec
 
-    from recsys.model import RANK_FEATURES
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -138,7 +136,7 @@ def save(
             if history:
                 specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
             if hasattr(net, "head"):
-                specs.append(InputSpec([None, RANK_FEATURES], "float32", "ranking_features"))
+                specs.append(InputSpec([None, net.head.linear.shape[0]], "float32", "ranking_features"))
             net.eval()
             paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
             net.train()

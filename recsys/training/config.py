@@ -35,7 +35,7 @@ DEFAULTS = {
     "ranking": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.05}, "epochs": 3, "lr_schedule": "cosine",
                 "history": True, "flags": ("positive", "candidates_from", "candidates", "negatives_per_positive",
                                            "hard_negatives", "positive_weight", "train_towers", "exact",
-                                           "item_neighbours")},
+                                           "item_neighbours", "pair_features")},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -46,6 +46,7 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "negatives": ("full", "in-batch"),
     "positive_weight": ("stars", "one"),
+    "pair_features": ("basic", "all"),
 }
 KINDS = {"bool": bool, "int": int, "float": float, "str": str}  # a field's type, by its annotation's first word
 
@@ -97,6 +98,7 @@ class TrainConfig:
     item_neighbours: int | None = neighbours.K
     exact: bool | None = False
     positive_weight: str | None = "stars"
+    pair_features: str | None = "basic"
     ratings_db_read: dict | None = None  # the ratings database's rows read (`recsys.train.load_data`)
 
     @classmethod
