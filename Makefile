@@ -59,7 +59,7 @@ bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/step_parts.py
 	$(PY) benchmarks/topn_serve.py
-	$(PY) benchmarks/peers.py --latest-small
+	$(PY) benchmarks/peers.py --latest-small --split temporal
 	$(PY) benchmarks/ratings_in.py
 	$(PY) benchmarks/scale.py --max-batches 20000
 	$(PY) benchmarks/busy.py

@@ -1,7 +1,7 @@
 """Time to quality beside the recommenders a user would pick instead, in one run:
 
     python benchmarks/peers.py [--folds u1 u2 u3 u4 u5] [--ml1m-ratings 1000209 | --no-ml1m] [--latest-small]
-                                                                                          (in `make bench`)
+                               [--split temporal]                                         (in `make bench`)
 
 On each ml-100k fold (from ../shared/data), on a full-size synthetic ml-1m archive and, with `--latest-small`, on
 a synthetic archive in ml-latest-small's layout and sizes (100,836 half-star ratings, 610 users, 9,742 movies with
@@ -12,7 +12,9 @@ beside the wall time of the fit, for popularity, EASE (λ 500), `implicit`'s ALS
 retrieval alone and the recsys two stages (each trained with its defaults through `recsys.train.run`), and the
 refit: the same retrieval recipe with `--holdout 0`, alone and as the first stage before the same ranker. For each
 objective (the chapter's rating objective too), the share of its training time spent in steps, end-of-epoch
-evaluation and saving.
+evaluation and saving. With `--split temporal`, each set's temporal split too (each user's latest tenth of the
+ratings is the test set), beside its random split(s). Last, the lift table: per set, the first stage (recsys
+retrieval) against the two stages, and the two stages against EASE.
 """
 
 from __future__ import annotations
@@ -134,17 +136,39 @@ def table(dataset: str, split: str, folder: Path, tmp: Path) -> dict[str, tuple[
     return {name.split(" (")[0]: (m["ndcg"], m["recall"], fit) for name, m, fit in rows}
 
 
+LIFT = ("recsys retrieval", "recsys two stages", "EASE λ 500")  # the lift table's rows: first, two stages, EASE
+
+
+def lift_table(sets: dict[str, dict[str, tuple[float, float, float]]]) -> dict:
+    """Per set (name -> its rows, as `table` returns them), printed and as a results table: NDCG@10 of the first
+    stage and of the two stages, their ratio, EASE's, and the two stages' ratio to it."""
+    rows = []
+    print("\nlift, NDCG@10: first stage -> two stages (x), EASE (two stages / EASE)")
+    for name, got in sets.items():
+        first, both, ease = (got[k][0] for k in LIFT)
+        rows.append([name, *(round(float(v), 4) for v in (first, both, both / first, ease, both / ease))])
+        print(f"  {name:32}  {first:.4f} -> {both:.4f} ({both / first:.3f} x)  EASE {ease:.4f} ({both / ease:.3f} x)")
+    columns = ["", "first stage", "two stages", "two stages / first", "EASE λ 500", "two stages / EASE"]
+    return results_table("lift", "NDCG@10: the second stage's lift, per set", columns, rows, [None, 4, 4, 3, 4, 3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--folds", nargs="*", default=["u1", "u2", "u3", "u4", "u5"])
     ap.add_argument("--ml1m-ratings", type=int, default=1_000_209)
     ap.add_argument("--no-ml1m", action="store_true")
     ap.add_argument("--latest-small", action="store_true", help="also a synthetic archive in ml-latest-small's layout")
+    ap.add_argument("--split", choices=["random", "temporal"], default="random",
+                    help="temporal: each set's temporal split too, beside its random split(s)")  # fmt: skip
     args = ap.parse_args()
-    shared = META.parent
-    tables = []
+    shared, temporal = META.parent, args.split == "temporal"
+    tables, sets = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folds = [table("ml-100k", fold, shared, Path(tmp)) for fold in args.folds]
+        sets |= {f"ml-100k {fold}": rows for fold, rows in zip(args.folds, folds)}
+        if temporal:
+            sets["ml-100k temporal"] = rows = table("ml-100k", "temporal", shared, Path(tmp))
+            tables.append(_table("ml-100k-temporal", "ml-100k, temporal split", rows))
         if folds:
             print(f"\nml-100k, mean of {len(folds)} folds: NDCG@10 / Recall@10 / fit")
             by_fold, means = [], []
@@ -164,13 +188,22 @@ def main() -> None:
             ]  # fmt: skip
         if not args.no_ml1m:
             folder = full_size_archive(Path(tmp) / "ml-1m", args.ml1m_ratings)
-            rows = table("ml-1m", "random", folder, Path(tmp))
+            sets["ml-1m (synthetic)"] = rows = table("ml-1m", "random", folder, Path(tmp))
             tables.append(_table("ml-1m", "full-size synthetic archive in ml-1m's layout", rows))
+            if temporal:
+                sets["ml-1m (synthetic) temporal"] = rows = table("ml-1m", "temporal", folder, Path(tmp))
+                tables.append(_table("ml-1m-temporal", "the same archive, temporal split", rows))
         if args.latest_small:
             folder = synthetic.write_csv(Path(tmp) / "latest", "ml-latest-small").parent
-            rows = table("ml-latest-small", "random", folder, Path(tmp))
+            sets["ml-latest-small (synthetic)"] = rows = table("ml-latest-small", "random", folder, Path(tmp))
             tables.append(_table("ml-latest-small", "synthetic archive in ml-latest-small's layout and sizes", rows))
+            if temporal:
+                sets["ml-latest-small (synthetic) temporal"] = rows = table("ml-latest-small", "temporal", folder,
+                                                                             Path(tmp))  # fmt: skip
+                tables.append(_table("ml-latest-small-temporal", "the same archive, temporal split", rows))
+    tables.append(lift_table(sets))
     command = "python benchmarks/peers.py" + (" --latest-small" if args.latest_small else "")
+    command += " --split temporal" if temporal else ""
     write_results("peers", command, tables)
 
 

@@ -11,8 +11,6 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from recsys.topn.rerank import RANK_FEATURES, head_start
-
 EMBED = 32  # user id, movie id, category and title-word embeddings
 SMALL = 16  # gender, age and job embeddings
 HIDDEN = 200  # width of each tower's output
@@ -255,6 +253,16 @@ class RecommenderNet(nn.Layer):
 
 
 RANK_HIDDEN = 64  # the ranking network's hidden layer
+RANK_FEATURES = 3  # the pair features the head reads by default (`--pair-features basic`: the first three of
+# `recsys.topn.rerank.FEATURES`; `all`: every one)
+
+
+def head_start(beta: float, width: int = RANK_FEATURES) -> np.ndarray:
+    """The ranking head's linear weights [width, 1] at the start: 4 * cosine + 4 * beta * the item-item score
+    (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
+    start = np.zeros((width, 1), np.float32)
+    start[0, 0], start[2, 0] = 4.0, 4.0 * beta
+    return start
 
 
 class RankingHead(nn.Layer):
@@ -267,11 +275,11 @@ class RankingHead(nn.Layer):
     the retrieval model's first stage has one, `recsys.topn.first_stage`) and the correction at zero, so an
     untrained head orders candidates as the first stage does."""
 
-    def __init__(self):
+    def __init__(self, n_features: int = RANK_FEATURES):
         super().__init__()
-        start = nn.initializer.Assign(head_start(0.0))
-        self.linear = self.create_parameter([RANK_FEATURES, 1], default_initializer=start)
-        self.fc = _linear(HIDDEN + RANK_FEATURES, RANK_HIDDEN)
+        start = nn.initializer.Assign(head_start(0.0, n_features))
+        self.linear = self.create_parameter([n_features, 1], default_initializer=start)
+        self.fc = _linear(HIDDEN + n_features, RANK_HIDDEN)
         self.out = FC(RANK_HIDDEN, 1, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
 
     def forward(self, user, movie, features):
@@ -283,9 +291,9 @@ class RankingNet(RecommenderNet):
     """The chapter's ranking network: the same two towers (with the user's history), and the pair's features
     (the retrieval model's score among them) as one more input, through `RankingHead` to one logit per pair."""
 
-    def __init__(self, *sizes, **options):
+    def __init__(self, *sizes, n_features: int = RANK_FEATURES, **options):
         super().__init__(*sizes, **({"history": True} | options))
-        self.head = RankingHead()
+        self.head = RankingHead(n_features)
 
     def forward(self, *feeds):
         """The feeds of `RecommenderNet` (history included), then the pair features [N, RANK_FEATURES]."""

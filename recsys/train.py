@@ -243,6 +243,14 @@ def parser() -> ArgumentParser:
         default=D.positive_weight,
         help="weight of a positive in the logistic loss: its stars, or 1 (negatives weigh 1; default: %(default)s)",
     )
+    ranking.add_argument(
+        "--pair-features",
+        choices=CHOICES["pair_features"],
+        default=D.pair_features,
+        help="the pair features the head reads: basic (the retrieval cosine, the movie's log share, the item-item "
+        "score) or all (also the user's genre affinity, the movie's shrunk mean stars and share of the latest "
+        "ratings, the user's activity) (default: %(default)s)",
+    )
     ease = ap.add_argument_group("EASE options (with --objective ease)")
     ease.add_argument(
         "--ease-lambda", type=float, default=D.ease_lambda, help="EASE's L2 weight (default: %(default)s)"

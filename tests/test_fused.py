@@ -447,8 +447,7 @@ def test_fused_gradients_with_history_equal_autograds(small_dir, objective):
 def test_ranking_xent_value_and_gradients_equal_the_plain_head_and_loss():
     """The ranking head and its weighted logistic loss on 48 pairs of 12 movies (labels 0/1, weights 0..5, one
     pair weighing nothing), with a non-zero correction so that every head parameter is checked."""
-    from recsys.model import RankingHead, weighted_logistic_loss
-    from recsys.topn.rerank import RANK_FEATURES
+    from recsys.model import RANK_FEATURES, RankingHead, weighted_logistic_loss
 
     rng = np.random.RandomState(5)
     paddle.seed(5)

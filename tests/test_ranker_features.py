@@ -7,11 +7,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from recsys import Recommender, movielens, synthetic, train
 from recsys.modeldir import ModelDir
 from recsys.topn import stages
-from recsys.topn.rerank import FEATURES, head_scores, served_features
+from recsys.topn.rerank import FEATURE_SETS, FEATURES, head_scores, served_features
 from recsys.training.ranking import stack
 
 N = 20  # the candidates each ranker reorders
@@ -46,8 +47,8 @@ def _plant(plain, out) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """One tiny archive with and without a planted test rating (see `_plant`), each with a one-epoch retrieval
-    model and a one-epoch ranking network on its temporal split: {name: (data, retrieval dir, ranking dir)}, and
-    the planted (user id, movie id)."""
+    model and a one-epoch ranking network reading all the pair features (`--pair-features all`) on its temporal
+    split: {name: (data, retrieval dir, ranking dir)}, and the planted (user id, movie id)."""
     root = tmp_path_factory.mktemp("ranker-features")
     synthetic.write_ml1m(root / "plain", 8000, seed=5, n_users=200, n_movies=150)
     user, movie = _plant(root / "plain", root / "planted")
@@ -56,7 +57,8 @@ def planted(tmp_path_factory):
         flags = {"dataset": "ml-1m", "split": "temporal", "data_dir": root / name, "log": lambda _m: None, "epochs": 1}
         retrieval, ranking = root / f"{name}-retrieval", root / f"{name}-ranking"
         train.run(objective="retrieval", model_dir=retrieval, **flags)
-        train.run(objective="ranking", model_dir=ranking, candidates_from=retrieval, candidates=N, **flags)
+        train.run(objective="ranking", model_dir=ranking, candidates_from=retrieval, candidates=N,
+                  pair_features="all", **flags)  # fmt: skip
         runs[name] = (movielens.load("ml-1m", root / name, "temporal"), retrieval, ranking)
     return runs, (user, movie)
 
@@ -64,7 +66,9 @@ def planted(tmp_path_factory):
 def _stack(data, retrieval, ranking):
     """The ranker's `Stack` rebuilt as its training built it (its saved settings)."""
     s = ModelDir.load(ranking).meta["settings"]
-    return stack(data, str(retrieval), s["candidates"], s["item_neighbours"], s["exact"], s["val_ratio"], s["seed"])
+    width = FEATURE_SETS[s["pair_features"]]
+    return stack(data, str(retrieval), s["candidates"], s["item_neighbours"], s["exact"], s["val_ratio"], s["seed"],
+                 width)  # fmt: skip
 
 
 def _all_pairs(cand) -> tuple[np.ndarray, np.ndarray]:
@@ -133,3 +137,23 @@ def test_served_features_are_the_trained_ones_and_computed_by_hand(planted):
     outputs = rerank.arrays["user_outputs"][row], rerank.arrays["movie_outputs"][md.movie_ids[cols]]
     logits = head_scores(rerank.head_params, *outputs, trained)
     np.testing.assert_allclose([r["score"] for r in doc["recommendations"]], logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["none", "", "ALL"])
+def test_a_bad_pair_features_value_is_one_line(value, tmp_path):
+    proc = run_cli("recsys.train", "--model-dir", str(tmp_path / "m"), "--objective", "ranking",
+                   "--candidates-from", str(tmp_path / "r"), "--pair-features", value)  # fmt: skip
+    assert_one_line_error(proc, "--pair-features")
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_default_ranker_reads_the_three_basic_features(planted, tmp_path):
+    """Without `--pair-features` the head reads the first three (and the dir saves no other movie feature)."""
+    runs, _ = planted
+    data, retrieval, _ = runs["plain"]
+    flags = {"dataset": "ml-1m", "split": "temporal", "data_dir": data.source.parent, "log": lambda _m: None}
+    train.run(objective="ranking", model_dir=tmp_path / "k", candidates_from=retrieval, candidates=N, max_batches=2,
+              **flags)  # fmt: skip
+    k = ModelDir.load(tmp_path / "k")
+    assert k.meta["settings"]["pair_features"] == "basic" and k.head_params["head.linear"].shape == (3, 1)
+    assert "movie_stars" not in k.arrays and "log_share" in k.arrays

@@ -159,17 +159,11 @@ def test_two_stage_is_the_candidates_reordered_by_the_ranking_network(u1_two_sta
     movies, _, is_test = r.ratings_of(1)
     cosine, pool = _candidates(r, 1, 200)
     assert doc["candidates"] == k.meta["settings"]["candidates"] == 200
-    # the pair features: the retrieval cosine, the movie's log share, the item-item score of user 1's history,
-    # their genre affinity, the movie's shrunk mean stars and recent share (saved), user 1's activity
+    # the pair features (`--pair-features basic`): the retrieval cosine, the movie's log share, the item-item
+    # score of user 1's history
     history = np.flatnonzero(np.isin(r.movie_ids, movies[~is_test]))
     item = np.asarray(k.item_item[history][:, pool].sum(axis=0)).ravel()  # the movies' sparse neighbour weights
-    n_genres = k.meta["sizes"]["n_categories"]
-    genres = np.array([np.isin(np.arange(n_genres), k.arrays["movie_category"][m]) for m in r.movie_ids], float)
-    shares = genres[history].mean(axis=0)  # user 1's share of their movies in each genre
-    affinity = genres[pool] @ shares / np.maximum(genres[pool].sum(axis=1), 1)
-    a = k.arrays
-    features = np.stack([cosine[pool], a["log_share"][pool], item, affinity, a["movie_stars"][pool],
-                         a["recent_share"][pool], np.full(len(pool), np.log1p(len(history)))], axis=1)  # fmt: skip
+    features = np.stack([cosine[pool], k.arrays["log_share"][pool], item], axis=1)
     # the ranking network's head, written out: features @ linear + fc(relu(fc([u * m, features])))
     p = k.params()
     x = np.concatenate([k.arrays["user_outputs"][1] * k.arrays["movie_outputs"][r.movie_ids[pool]], features], axis=1)
@@ -249,8 +243,7 @@ def test_a_ranker_refuses_another_retrieval_model(u1_two_stage, tmp_path):
 
 def test_the_head_starts_from_the_first_stage_score(u1_two_stage, tmp_path):
     """The ranking head's linear part starts as 4 * (cosine + beta * item-item score), the retrieval model's
-    first stage, and nothing on the other features: a training whose steps hardly move it (Adam at 1e-9) saves
-    those weights."""
+    first stage: a training whose steps hardly move it (Adam at 1e-9) saves those weights."""
     retrieval, _ = u1_two_stage
     flags = ["--objective", "ranking", "--candidates-from", str(retrieval), "--epochs", "1", "--lr", "1e-9"]
     proc = run_cli(
@@ -260,7 +253,7 @@ def test_the_head_starts_from_the_first_stage_score(u1_two_stage, tmp_path):
     beta = ModelDir.load(retrieval).first_stage_beta
     assert beta > 0
     linear = ModelDir.load(tmp_path / "still").params()["head.linear"].ravel()
-    np.testing.assert_allclose(linear, [4.0, 0.0, 4.0 * beta, 0.0, 0.0, 0.0, 0.0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(linear, [4.0, 0.0, 4.0 * beta], rtol=1e-5, atol=1e-5)
 
 
 def test_a_short_ranking_training_lifts_ndcg_over_the_cosine_order(u1_two_stage):

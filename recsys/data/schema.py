@@ -183,6 +183,13 @@ class Tables:
         user = meta.user_table
         return cls(user, category, title, len(meta.categories), len(meta.title_words), tuple(meta.features))
 
+    def genres(self, movie_ids: np.ndarray) -> np.ndarray:
+        """[n, category_pad] float32 0/1: each of the movie rows' genres (categories)."""
+        ids = self.category[np.asarray(movie_ids, np.int64)]
+        out = np.zeros((len(ids), self.category_pad + 1), np.float32)
+        out[np.repeat(np.arange(len(ids)), ids.shape[1]), ids.ravel()] = 1.0
+        return out[:, : self.category_pad]
+
     def user_features(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The user tower's feeds (`user_id`, then one `<feature>_id` per user feature) for an array of rows."""
         user_ids = np.asarray(user_ids, np.int64)

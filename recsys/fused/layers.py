@@ -278,7 +278,7 @@ class HeadPlan(NamedTuple):
 
 
 def ranking_xent(h: HeadPlan, user, movie, rows, features, label, weight):
-    """`RankingHead` on pairs (`user[i]`, `movie[rows[i]]`) with their `features` [N, 3], and
+    """`RankingHead` on pairs (`user[i]`, `movie[rows[i]]`) with their `features` [N, F], and
     `model.weighted_logistic_loss` of its logits against `label` [N] weighted by `weight` [N]:
     returns (loss, saved)."""
     m = movie.take(rows, 0)

@@ -127,7 +127,7 @@ class FusedStep:
         return self.backward(towers, *cos_mse_grad(head))
 
     def ranking(self, f: dict, features: np.ndarray, label: np.ndarray, weight: np.ndarray, towers: bool):
-        """The ranking network's step on pairs: their feeds `f` (history included), `features` [N, 3], 0/1
+        """The ranking network's step on pairs: their feeds `f` (history included), `features` [N, F], 0/1
         `label` and `weight` [N] (`RankingTask.ranking_pairs`); the towers learn too where `towers` (by default only
         the head does: `RankingTask.freeze_towers`). Returns the loss."""
         loss, (saved, head) = self.ranking_loss(f, features, label, weight)

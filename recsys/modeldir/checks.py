@@ -141,13 +141,9 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
             raise Bad("ease_keep without ease_weights")
         array(arrays, "ease_weights", "float", (len(arrays["ease_keep"]),) * 2)
     if "log_share" in arrays:  # a ranking model's pair features (`recsys.topn.rerank.PairInputs`)
-        missing = [name for name in PAIR_ARRAYS if name not in arrays]
-        if missing:
-            raise Bad(
-                f"no {', '.join(missing)}: a ranking model of an earlier recsys (three pair features); train it again"
-            )
-        for name in PAIR_ARRAYS:
-            array(arrays, name, "float", (len(catalogue),))
+        for name in PAIR_ARRAYS:  # those of `--pair-features all` (earlier ranking models have log_share alone)
+            if name in arrays:
+                array(arrays, name, "float", (len(catalogue),))
     if "first_stage_beta" in arrays:
         array(arrays, "first_stage_beta", "float", ())
 

@@ -324,11 +324,9 @@ class ModelDir:
         return sp.csr_matrix((a["item_item_data"], a["item_item_indices"], a["item_item_indptr"]), shape=(n, n))
 
     @functools.cached_property
-    def pair_genres(self):
-        """The catalogue's genres [M, G] (0/1), as a ranking model's pair features read them."""
-        from recsys.topn.rerank import genre_matrix
-
-        return genre_matrix(self.arrays["movie_category"], self.movie_ids, self.meta["sizes"]["n_categories"])
+    def catalogue_genres(self):
+        """The catalogue's genres [M, G] (0/1, catalogue order), as a ranking model's pair features read them."""
+        return self.tables.genres(self.movie_ids)
 
     @functools.cached_property
     def item_item(self):
@@ -344,7 +342,8 @@ class ModelDir:
 
         params = self.params()
         kind = RankingNet if any(k.startswith("head.") for k in params) else RecommenderNet  # a head: a ranker's
-        net = kind(**self.meta["sizes"], history=self.history)
+        width = {"n_features": params["head.linear"].shape[0]} if kind is RankingNet else {}
+        net = kind(**self.meta["sizes"], history=self.history, **width)
         try:  # Paddle would skip a parameter of another shape with a warning, and answer from random weights
             checks.parameters({k: tuple(v.shape) for k, v in net.state_dict().items()}, params)
         except checks.Bad as e:

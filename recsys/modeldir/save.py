@@ -22,7 +22,6 @@ from recsys.modeldir import index
 from recsys.modeldir.files import MANIFEST, sha256_hex
 from recsys.modeldir.load import COLD_GRID, FORMAT, PREFIX, SCORES, cold_feeds, tower_outputs
 from recsys.movielens import MovieLens, Tables, age_table
-from recsys.topn.rerank import RANK_FEATURES
 
 
 def training_history(data: MovieLens) -> Histories:
@@ -180,7 +179,7 @@ def save(
             if history:
                 specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
             if hasattr(net, "head"):
-                specs.append(InputSpec([None, RANK_FEATURES], "float32", "ranking_features"))
+                specs.append(InputSpec([None, net.head.linear.shape[0]], "float32", "ranking_features"))
             net.eval()
             paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
             net.train()

@@ -58,15 +58,6 @@ def recent_share(cols: np.ndarray, timestamp: np.ndarray | None, n_cols: int, sh
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def genre_matrix(category: np.ndarray, rows: np.ndarray, n_categories: int) -> np.ndarray:
-    """[len(rows), n_categories] float32 0/1: the genres of the movie rows `rows` from the padded category table
-    [movie rows, L] (its padding id is `n_categories`)."""
-    ids = category[rows]
-    out = np.zeros((len(rows), n_categories + 1), np.float32)
-    out[np.repeat(np.arange(len(rows)), ids.shape[1]), ids.ravel()] = 1.0
-    return out[:, :n_categories]
-
-
 @dataclass
 class PairInputs:
     """Everything the ranking network's pair features read, all of it from the training split: the users'
@@ -74,10 +65,11 @@ class PairInputs:
     columns: their training ratings, or a served request's with the ratings it brings); by catalogue column,
     the movies' retrieval unit vectors `movie_vectors` [M, D], the ranker's sparse item-item weights
     `item_item` [M, M] (`recsys.topn.neighbours`; CSC is fastest), each movie's log share of the ratings
-    `log_share` [M], its genres `genres` [M, G] (0/1, `genre_matrix`), its shrunk mean stars `stars` [M]
-    (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a user's genre shares
-    and activity come from their history. Training, evaluation and serving build one of these and call
-    `pair_features` on it."""
+    `log_share` [M], its genres `genres` [M, G] (0/1, `recsys.movielens.Tables.genres`), its shrunk mean
+    stars `stars` [M] (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a
+    user's genre shares and activity come from their history; `width`: how many of `FEATURES` the ranking head
+    reads (`FEATURE_SETS`; `stars` and `recent` are read only beyond the first three). Training, evaluation and
+    serving build one of these and call `pair_features` on it."""
 
     user_vectors: np.ndarray
     history: sp.csr_matrix
@@ -85,8 +77,9 @@ class PairInputs:
     item_item: sp.spmatrix
     log_share: np.ndarray
     genres: np.ndarray
-    stars: np.ndarray
-    recent: np.ndarray
+    stars: np.ndarray | None
+    recent: np.ndarray | None
+    width: int = 3
 
     @functools.cached_property
     def user_counts(self) -> np.ndarray:
@@ -101,32 +94,24 @@ class PairInputs:
 
 
 FEATURES = ("cosine", "log_share", "item_item", "genre_affinity", "mean_stars", "recent_share", "activity")
-
-RANK_FEATURES = len(FEATURES)  # the ranking head's width of pair features
-
-
-def head_start(beta: float) -> np.ndarray:
-    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * cosine + 4 * beta * the item-item
-    score (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
-    start = np.zeros((RANK_FEATURES, 1), np.float32)
-    start[0, 0], start[2, 0] = 4.0, 4.0 * beta
-    return start
+FEATURE_SETS = {"basic": 3, "all": len(FEATURES)}  # `--pair-features`: how many of FEATURES the head reads
 
 
 def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """The ranking features (`FEATURES`) of aligned (user, catalogue column) pairs, [N, 7] float32: the
-    retrieval model's cosine, the movie's log share of the ratings, the item-item score of the user's history
-    (the ranker's own weights), the user's genre affinity (their share of each of the movie's genres, averaged
-    over them), the movie's shrunk mean stars, its log share of the latest ratings, and the user's activity
-    (log(1 + the number of movies in their history)). `users` index the rows of `inputs.user_vectors` and
-    `inputs.history`."""
+    """The first `inputs.width` ranking features (`FEATURES`) of aligned (user, catalogue column) pairs,
+    [N, width] float32: the retrieval model's cosine, the movie's log share of the ratings, the item-item score
+    of the user's history (the ranker's own weights); then the user's genre affinity (their share of each of
+    the movie's genres, averaged over them), the movie's shrunk mean stars, its log share of the latest ratings,
+    and the user's activity (log(1 + the number of movies in their history)). `users` index the rows of
+    `inputs.user_vectors` and `inputs.history`."""
     cosine = np.einsum("nd,nd->n", inputs.user_vectors[users], inputs.movie_vectors[cols])
     item = neighbours.scores(inputs.history, inputs.item_item, users, cols)
-    genres = inputs.genres[cols]
-    affinity = np.einsum("ng,ng->n", inputs.user_genres[users], genres) / np.maximum(genres.sum(axis=1), 1.0)
-    columns = [cosine, inputs.log_share[cols], item, affinity, inputs.stars[cols], inputs.recent[cols],
-               np.log1p(inputs.user_counts[users])]  # fmt: skip
-    return np.stack(columns, axis=1).astype(np.float32)
+    columns = [cosine, inputs.log_share[cols], item]
+    if inputs.width > len(columns):
+        genres = inputs.genres[cols]
+        affinity = np.einsum("ng,ng->n", inputs.user_genres[users], genres) / np.maximum(genres.sum(axis=1), 1.0)
+        columns += [affinity, inputs.stars[cols], inputs.recent[cols], np.log1p(inputs.user_counts[users])]
+    return np.stack(columns[: inputs.width], axis=1).astype(np.float32)
 
 
 def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarray, features: np.ndarray):
@@ -150,8 +135,9 @@ def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np
     [n, D] and their histories `seen` [n, M] (catalogue columns: their training ratings and those a request
     brings): `pair_features` on the same inputs as training builds them."""
     cols = np.maximum(pool, 0)
-    a = rerank.arrays
-    inputs = PairInputs(first, sp.csr_matrix(seen, dtype=np.float32), md.catalogue_vectors, rerank.item_item,
-                        a["log_share"], rerank.pair_genres, a["movie_stars"], a["recent_share"])  # fmt: skip
+    a, width = rerank.arrays, rerank.head_params["head.linear"].shape[0]
+    history = sp.csr_matrix(seen, dtype=np.float32)
+    movies = (a["log_share"], rerank.catalogue_genres, a.get("movie_stars"), a.get("recent_share"))
+    inputs = PairInputs(first, history, md.catalogue_vectors, rerank.item_item, *movies, width)
     rows = np.repeat(np.arange(len(cols)), cols.shape[1])
     return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)

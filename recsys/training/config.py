@@ -37,7 +37,7 @@ DEFAULTS = {
     "ranking": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.05}, "epochs": 3, "lr_schedule": "cosine",
                 "history": True, "flags": ("positive", "candidates_from", "candidates", "negatives_per_positive",
                                            "hard_negatives", "positive_weight", "train_towers", "exact",
-                                           "item_neighbours")},
+                                           "item_neighbours", "pair_features")},
     # fitted in closed form (`recsys.training.closed_form`): no network, one pass; the network's flags are unread
     "ease": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
              "history": False, "flags": ("ease_lambda", "ease_items")},
@@ -55,6 +55,7 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "negatives": ("full", "in-batch"),
     "positive_weight": ("stars", "one"),
+    "pair_features": ("basic", "all"),
 }
 KINDS = {"bool": bool, "int": int, "float": float, "str": str}  # a field's type, by its annotation's first word
 
@@ -108,6 +109,7 @@ class TrainConfig:
     positive_weight: str | None = "stars"
     ease_lambda: float | None = 500.0
     ease_items: int | None = EASE_MAX_ITEMS
+    pair_features: str | None = "basic"
     ratings_db_read: dict | None = None  # the ratings database's rows read (`recsys.train.load_data`)
     phase_threads: int | None = None  # large products' count (`Task.phase`): a resumed run's recorded one
 

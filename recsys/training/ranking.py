@@ -22,11 +22,10 @@ from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
 from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import (
+    FEATURE_SETS,
     PairInputs,
     candidate_pool,
     fingerprint,
-    genre_matrix,
-    head_start,
     log_share,
     mean_stars,
     recent_share,
@@ -59,16 +58,17 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
 
 
 def pair_inputs(data, idx: np.ndarray, users: np.ndarray, histories: sp.csr_matrix, movies: np.ndarray,
-                item_item: sp.csc_matrix) -> PairInputs:  # fmt: skip
+                item_item: sp.csc_matrix, width: int) -> PairInputs:  # fmt: skip
     """The pair features' inputs (`recsys.topn.rerank.PairInputs`) of the ratings `idx` alone: the users'
     retrieval vectors `users` and histories `histories` (of those ratings), the catalogue's retrieval vectors
-    `movies`, the item-item weights, and the movies' shares, mean stars and recent shares of those ratings."""
+    `movies`, the item-item weights, and the movies' shares, mean stars and recent shares of those ratings;
+    `width` of the features."""
     movies_of = catalogue(data)
     cols, n_cols = np.searchsorted(movies_of, data.movie[idx]), len(movies_of)
-    genres = genre_matrix(data.tables.category, movies_of, data.sizes()["n_categories"])
+    genres = data.tables.genres(movies_of)
     stamps = None if data.timestamp is None else data.timestamp[idx]
     stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
-    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent)
+    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, width)
 
 
 @dataclass
@@ -89,10 +89,11 @@ class Stack:
 
 
 def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exact: bool, val_ratio: float,
-          seed: int) -> Stack:  # fmt: skip
+          seed: int, width: int = FEATURE_SETS["basic"]) -> Stack:  # fmt: skip
     """The `Stack` of a ranking network on the candidates of the retrieval model `candidates_from`: its
     held-out ratings are the ranker's labels (those among the fit candidates; validation carved from them by
-    `val_ratio`), its training ratings the histories, and the ranker's towers start from its towers."""
+    `val_ratio`), its training ratings the histories, and the ranker's towers start from its towers; `width`:
+    how many pair features the head reads."""
     from recsys.modeldir import ModelDir
 
     retrieval = ModelDir.load(candidates_from)
@@ -123,12 +124,12 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
-    fit_inputs = pair_inputs(data, fit, fit_users, fit_history, movies, fit_weights)
+    fit_inputs = pair_inputs(data, fit, fit_users, fit_history, movies, fit_weights, width)
     fit_candidates = Candidates(fit_inputs, rated_keys, fit_pool)
     item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
     users = retrieval.arrays["user_vectors"]
     full_pool = candidate_pool(users, movies, rated, n_candidates, ix, stage)
-    full_inputs = pair_inputs(data, trained, users, rated, movies, item_item.tocsc())
+    full_inputs = pair_inputs(data, trained, users, rated, movies, item_item.tocsc(), width)
     candidates = Candidates(full_inputs, rated_keys, full_pool)
     recorded = {"candidates_params_sha256": fingerprint(retrieval), "candidates_settings": rs}  # refit: `is_refit`
     return Stack(fit_candidates, candidates, item_item, fit, (*splits.carve(labels, val_ratio, seed),
@@ -153,6 +154,7 @@ class RankingTask(Task):
     def __init__(self, data, stacked: Stack, negatives_per_positive: int = D.negatives_per_positive,
                  hard_negatives: float = D.hard_negatives, positive_weight: str = D.positive_weight,
                  train_towers: bool = D.train_towers, **settings):  # fmt: skip
+        self.pair_width = stacked.candidates.inputs.width  # the head's (`network_options`)
         super().__init__(data, **settings)
         self.stack = stacked
         self.fit_candidates, self.candidates = stacked.fit_candidates, stacked.candidates
@@ -163,8 +165,10 @@ class RankingTask(Task):
             self.use_history(stacked.fit_idx)
         current = self.params()  # the towers start as the retrieval model's, where their shapes agree
         towers = {k: v for k, v in stacked.start.items() if k in current and v.shape == current[k].shape}
+        from recsys.model import head_start  # with the network: Paddle
+
         if stacked.beta is not None:  # the untrained head orders candidates by the first stage's score
-            towers["head.linear"] = head_start(stacked.beta)
+            towers["head.linear"] = head_start(stacked.beta, self.pair_width)
         self.set_params(current | towers)
         if not train_towers:  # only the head learns: the towers stay the retrieval model's
             self.freeze_towers()
@@ -174,7 +178,7 @@ class RankingTask(Task):
         """The ranking network of a run's settings, on the candidates of `config.candidates_from`."""
         with recsys_threads.phase(phase_count(config)):  # candidate pools and item-item weights: large products
             stacked = stack(data, config.candidates_from, config.candidates, config.item_neighbours, config.exact,
-                            config.val_ratio, config.seed)  # fmt: skip
+                            config.val_ratio, config.seed, FEATURE_SETS[config.pair_features])  # fmt: skip
         return cls(data, stacked, config.negatives_per_positive, config.hard_negatives, config.positive_weight,
                    config.train_towers, world=world, **cls.settings(config))  # fmt: skip
 
@@ -189,6 +193,10 @@ class RankingTask(Task):
     def pairs_per_epoch(self, config, n_train: int) -> tuple[int, int]:
         """Each positive and its negatives; each user's candidates."""
         return n_train * (1 + self.negatives_per_positive), config.candidates
+
+    def network_options(self) -> dict:
+        """The ranking head's width: the pair features it reads."""
+        return {"n_features": self.pair_width}
 
     def freeze_towers(self) -> None:
         """From now on only the head learns: the towers (and their vectors) stay as they are."""
@@ -288,7 +296,6 @@ class RankingTask(Task):
         """The pair features' item-item weights and the movies' log shares of the ratings, mean stars and
         shares of the latest ratings, all from every training rating (catalogue order)."""
         w, inputs = self.item_item, self.candidates.inputs
-        return {
-            "item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
-            "log_share": inputs.log_share, "movie_stars": inputs.stars, "recent_share": inputs.recent,
-        }  # fmt: skip
+        out = {"item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
+               "log_share": inputs.log_share}  # fmt: skip
+        return out | ({"movie_stars": inputs.stars, "recent_share": inputs.recent} if self.pair_width > 3 else {})

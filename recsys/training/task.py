@@ -105,7 +105,7 @@ class Task:
         self.data = data
         self.label = data.label
         network = RankingNet if self.ranking_head else RecommenderNet
-        self.net = network(**data.sizes(), sparse=sparse, history=with_history)
+        self.net = network(**data.sizes(), sparse=sparse, history=with_history, **self.network_options())
         self.model = paddle.DataParallel(self.net) if world > 1 else self.net
         self.opt = make_optimizer(optimizer, self.net.parameters(), lr, weight_decay, sparse)
         covered = fused and world == 1 and FusedStep.covers(self.net)
@@ -157,6 +157,10 @@ class Task:
 
     def recorded(self) -> dict:
         """What the model dir's settings record besides the run's flags."""
+        return {}
+
+    def network_options(self) -> dict:
+        """The network's options beside the data's sizes (none; a subclass's own)."""
         return {}
 
     def pairs_per_epoch(self, config: TrainConfig, n_train: int) -> tuple[int, int]:
