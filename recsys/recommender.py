@@ -159,8 +159,7 @@ class Recommender:
 
     @property
     def reads_history(self) -> bool:
-        """Whether every model a list goes through reads the user's history, so that a new rating changes the
-        list at once (otherwise only after retraining)."""
+        """Whether every model of a list reads the user's history: a new rating changes the list at once."""
         return all(s.reads_history for s in (self.first, self.second) if s is not None)
 
     def _rated_rows(self, rated, strict: bool = True) -> list[tuple[int, float]]:
