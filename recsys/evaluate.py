@@ -95,7 +95,7 @@ def top_n(
         second, alone = two.second.label, two.second.alone
         if alone is not None:
             rankers.append((f"{alone.label} ({rerank.path.name})", lambda: alone.ranker(search)))
-        rankers.append((f"two-stage: retrieval top {two.candidates} -> {second}", lambda: two.ranker(pools)))
+        rankers.append((f"two-stage: {two.first.label} top {two.candidates} -> {second}", lambda: two.ranker(pools)))
     rows = []
     for name, make in rankers:
         t = time.perf_counter()

@@ -63,11 +63,21 @@ class ScoredStage(FirstStage):
     def ranker(self, search: str = "auto"):
         return lambda users, seen, k, banned=None: self.lists(seen, banned, k)[0]
 
+    def pool(self, queries, seen, banned, n, search="auto") -> np.ndarray:
+        return self.lists(seen, banned, n)[0]
+
+    def pair_score(self, queries, users, cols, history) -> np.ndarray:
+        """Its score of each pair from the user's history (the row of `history`)."""
+        rows, back = np.unique(np.asarray(users), return_inverse=True)
+        return self.scores(sp.csr_matrix(history, dtype=np.float64)[rows])[back, np.asarray(cols)]
+
 
 class PopularityStage(ScoredStage):
     """Every user's list: the catalogue by its number of training ratings (the score), their own left out."""
 
     label = "popularity"
+    leads = True
+    pair_value = "first_score"
     describe = "popularity, score = number of training ratings"
     uses_history = False
     score = "number of training ratings of the movie; the same for every user"
@@ -87,6 +97,8 @@ class EaseStage(ScoredStage):
     number of ratings (which is then their score)."""
 
     label = "EASE"
+    leads = True
+    pair_value = "first_score"
     describe = "EASE, score = item-item weights from the history"
     score = (
         "sum of the EASE item-item weights into the movie from the user's rated movies; past the most-rated "

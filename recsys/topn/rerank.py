@@ -9,21 +9,19 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn import first_stage, neighbours
+from recsys.topn import neighbours
 from recsys.topn.lists import chunk_rows
 
 
-def candidate_pool(
-    user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, stage=None, chunk: int | None = None
-):
-    """Each user's top-n catalogue columns by the first stage's score (`recsys.topn.first_stage`; the cosine
-    when `stage` is None), their histories `seen` [U, M] (bool, or sparse 0/1) excluded, a chunk of users at a
-    time (only a chunk's rows are ever dense: `lists.chunk_rows` by default), through the faiss index `ix` when
-    given."""
-    chunk = chunk or chunk_rows(len(movie_vectors))
+def candidate_pool(first, queries, seen, n: int, search: str = "auto", chunk: int | None = None) -> np.ndarray:
+    """Each user's top-n catalogue columns by the leading first stage `first` (`recsys.topn.stage.FirstStage`:
+    its `pool`, from the users' `queries` or None and their histories `seen` [U, M] (bool, or sparse 0/1),
+    which are excluded), a chunk of users at a time (only a chunk's rows are ever dense: `lists.chunk_rows` by
+    default)."""
+    chunk = chunk or chunk_rows(seen.shape[1])
     parts = [
-        first_stage.top_k(stage, ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
-        for s in range(0, len(user_vectors), chunk)
+        first.pool(None if queries is None else queries[s : s + chunk], seen[s : s + chunk], None, n, search)
+        for s in range(0, seen.shape[0], chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
 
@@ -76,8 +74,10 @@ class PairInputs:
     `item_item` [M, M] (`recsys.topn.neighbours`; CSC is fastest), each movie's log share of the ratings
     `log_share` [M], its genres `genres` [M, G] (0/1, `genre_matrix`), its shrunk mean stars `stars` [M]
     (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a user's genre shares
-    and activity come from their history. Training, evaluation and serving build one of these and call
-    `pair_features` on it."""
+    and activity come from their history. `first`, when given, is the leading first stage
+    (`recsys.topn.stage.FirstStage`) whose `pair_score` of the users (`user_vectors`: its `queries`, or None)
+    and their histories is the first feature, in place of the cosine of the vectors. Training, evaluation and
+    serving build one of these and call `pair_features` on it."""
 
     user_vectors: np.ndarray
     history: sp.csr_matrix
@@ -87,6 +87,18 @@ class PairInputs:
     genres: np.ndarray
     stars: np.ndarray
     recent: np.ndarray
+    first: object | None = None
+
+    def first_score(self, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[N]: the first stage's score of aligned pairs (the cosine of the vectors when no `first` is given)."""
+        if self.first is None:
+            return np.einsum("nd,nd->n", self.user_vectors[users], self.movie_vectors[cols])
+        return self.first.pair_score(self.user_vectors, users, cols, self.history)
+
+    @property
+    def n_movies(self) -> int:
+        """The catalogue's size."""
+        return self.history.shape[1]
 
     @functools.cached_property
     def user_counts(self) -> np.ndarray:
@@ -106,8 +118,8 @@ RANK_FEATURES = len(FEATURES)  # the ranking head's width of pair features
 
 
 def head_start(beta: float) -> np.ndarray:
-    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * cosine + 4 * beta * the item-item
-    score (the first stage's score, scaled as the retrieval logit), nothing on the other features."""
+    """The ranking head's linear weights [RANK_FEATURES, 1] at the start: 4 * the first feature + 4 * beta *
+    the item-item score (a retrieval model's first-stage score, scaled as its logit), nothing on the others."""
     start = np.zeros((RANK_FEATURES, 1), np.float32)
     start[0, 0], start[2, 0] = 4.0, 4.0 * beta
     return start
@@ -120,7 +132,7 @@ def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np
     over them), the movie's shrunk mean stars, its log share of the latest ratings, and the user's activity
     (log(1 + the number of movies in their history)). `users` index the rows of `inputs.user_vectors` and
     `inputs.history`."""
-    cosine = np.einsum("nd,nd->n", inputs.user_vectors[users], inputs.movie_vectors[cols])
+    cosine = inputs.first_score(users, cols)
     item = neighbours.scores(inputs.history, inputs.item_item, users, cols)
     genres = inputs.genres[cols]
     affinity = np.einsum("ng,ng->n", inputs.user_genres[users], genres) / np.maximum(genres.sum(axis=1), 1.0)
@@ -140,18 +152,21 @@ def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarr
 
 
 def fingerprint(md) -> str | None:
-    """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
-    return (md.files.expected or {}).get("params.npz", {}).get("sha256")
+    """What identifies a first stage's fitted values: the SHA-256 of its params.npz (from its manifest), or of
+    its arrays.npz for a model dir with no network."""
+    files = md.files.expected or {}
+    return (files.get("params.npz") or files.get("arrays.npz") or {}).get("sha256")
 
 
-def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np.ndarray:
+def served_features(first, rerank, queries, seen, pool: np.ndarray) -> np.ndarray:
     """The pair features [n, N, F] of a batch of served users' candidate columns `pool` [n, N] (-1: none), from
-    the retrieval model dir `md`, the ranking model dir `rerank`, the users' retrieval unit vectors `first`
-    [n, D] and their histories `seen` [n, M] (catalogue columns: their training ratings and those a request
-    brings): `pair_features` on the same inputs as training builds them."""
+    the leading first stage `first` (`recsys.topn.stage.FirstStage`), the ranking model dir `rerank`, the
+    users' inputs to the first stage `queries` (`FirstStage.queries`: a tower model's unit vectors [n, D]) and
+    their histories `seen` [n, M] (catalogue columns: their training ratings and those a request brings):
+    `pair_features` on the same inputs as training builds them."""
     cols = np.maximum(pool, 0)
     a = rerank.arrays
-    inputs = PairInputs(first, sp.csr_matrix(seen, dtype=np.float32), md.catalogue_vectors, rerank.item_item,
-                        a["log_share"], rerank.pair_genres, a["movie_stars"], a["recent_share"])  # fmt: skip
+    inputs = PairInputs(queries, sp.csr_matrix(seen, dtype=np.float32), None, rerank.item_item, a["log_share"],
+                        rerank.pair_genres, a["movie_stars"], a["recent_share"], first)  # fmt: skip
     rows = np.repeat(np.arange(len(cols)), cols.shape[1])
     return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)
