@@ -20,20 +20,10 @@ from recsys.service.api import create_app
 from recsys.topn.item_knn import similarities
 
 QUIET = {"log": lambda _msg: None}
-CANDIDATES = 20  # the first stage's top N a ranking network on EASE or popularity reorders
-MODELS = (
-    "retrieval",
-    "rating",
-    "ranking",
-    "ease",
-    "popularity",
-    "ease-capped",
-    "item-knn",
-    "ease-held",
-    "popularity-held",
-    "ease-ranking",
-    "popularity-ranking",
-)
+CANDIDATES = 20  # the first stage's top N that a ranking network on a closed-form stage reorders
+STACKED = ("ease", "popularity", "item-knn")  # the closed-form first stages a ranking network is trained on here
+MODELS = ("retrieval", "rating", "ranking", "ease", "popularity", "ease-capped", "item-knn",
+          *(f"{name}-{what}" for name in STACKED for what in ("held", "ranking")))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +42,9 @@ def data(archive):
 @pytest.fixture(scope="module")
 def models(archive, tmp_path_factory) -> dict[str, Path]:
     """One model dir of each objective (one epoch), a ranking network on the retrieval model, and EASE that
-    covers a third of the movies, the closed-form ones fitted on every training rating (`--holdout 0`); EASE and
-    popularity with the default holdout (`NAME-held`) and a ranking network on each (`NAME-ranking`: one epoch
-    of a few batches); each also copied file by file (`copy/NAME`)."""
+    covers a third of the movies, the closed-form ones fitted on every training rating (`--holdout 0`); each
+    closed-form objective with the default holdout (`NAME-held`) and a ranking network on each (`NAME-ranking`:
+    one epoch of a few batches); each also copied file by file (`copy/NAME`)."""
     out = tmp_path_factory.mktemp("stages")
     flags = {"data_dir": archive, "epochs": 1, **QUIET}
     train.run(objective="retrieval", model_dir=out / "retrieval", **flags)
@@ -66,7 +56,7 @@ def models(archive, tmp_path_factory) -> dict[str, Path]:
     assert proc.returncode == 0, proc.stderr
     train.run(objective="ease", model_dir=out / "ease-capped", ease_items=20, ease_lambda=50.0, holdout=0.0, **flags)
     train.run(objective="item-knn", model_dir=out / "item-knn", holdout=0.0, **flags)
-    for name in ("ease", "popularity"):
+    for name in STACKED:
         train.run(objective=name, model_dir=out / f"{name}-held", **flags)
         train.run(objective="ranking", model_dir=out / f"{name}-ranking", candidates_from=out / f"{name}-held",
                   candidates=CANDIDATES, max_batches=3, **flags)  # fmt: skip
@@ -157,6 +147,14 @@ class TestPopularityThenRanking(TestRetrieval):
     @pytest.fixture(scope="class")
     def recs(self, models):
         return _pair(models, "popularity-held", "popularity-ranking")
+
+
+class TestItemKnnThenRanking(TestRetrieval):
+    ties = False
+
+    @pytest.fixture(scope="class")
+    def recs(self, models):
+        return _pair(models, "item-knn-held", "item-knn-ranking")
 
 
 class TestRetrievalThenRating(TestRetrieval):
@@ -275,14 +273,15 @@ def test_what_a_closed_form_model_cannot_do_is_one_line(models, archive, tmp_pat
     proc = run_cli("recsys.infer", "--model-dir", ease, "--rerank", str(models["ranking"]), "--user", "3", "--top-k",
                    "3")  # fmt: skip
     assert_one_line_error(proc, "was trained on the candidates of another EASE model")
-    proc = run_cli("recsys.infer", "--model-dir", str(models["item-knn"]), "--rerank", str(models["ease-ranking"]),
+    proc = run_cli("recsys.infer", "--model-dir", str(models["rating"]), "--rerank", str(models["ease-ranking"]),
                    "--user", "3", "--top-k", "3")  # fmt: skip
-    assert_one_line_error(proc, "two stages need a first stage that gives candidates", "an item-knn model")
+    assert_one_line_error(proc, "two stages need a first stage that gives candidates", "a rating model",
+                          "--objective retrieval, ease, popularity or item-knn")  # fmt: skip
     # a ranking network learns from the ratings its first stage held out
     proc = run_cli("recsys.train", "--objective", "ranking", "--candidates-from", popularity, "--data-dir",
                    str(archive), "--model-dir", str(tmp_path / "r"))  # fmt: skip
     assert_one_line_error(proc, "held no training ratings out for a ranker to learn from")
-    proc = run_cli("recsys.train", "--objective", "ranking", "--candidates-from", str(models["item-knn"]),
+    proc = run_cli("recsys.train", "--objective", "ranking", "--candidates-from", str(models["rating"]),
                    "--data-dir", str(archive), "--model-dir", str(tmp_path / "r"))  # fmt: skip
     assert_one_line_error(proc, "--candidates-from needs a first stage that gives candidates")
     client = TestClient(create_app(models["popularity"], reload_interval=0))
@@ -302,24 +301,33 @@ def _fit_matrix(data, seed: int = 0, holdout: float = 0.1) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("name", ["ease", "popularity"])
+def _closed_form_weights(name: str, fit: np.ndarray) -> np.ndarray | None:
+    """EASE's item-item weights (lambda 500) or item-kNN's similarities of the 0/1 matrix `fit`; None for
+    popularity (its scores are the columns' counts)."""
+    if name == "item-knn":
+        return _cosines(fit, 100)
+    if name == "popularity":
+        return None
+    p = np.linalg.inv(fit.T @ fit + 500.0 * np.eye(fit.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize("name", STACKED)
 def test_a_ranker_on_a_closed_form_stage_reorders_its_top_n(models, data, name):
-    """The served two stages: the first stage's top N (EASE or popularity fitted here in NumPy on the ratings
-    it kept, scored from every training rating), reordered by the ranker's served scores, cut to k."""
+    """The served two stages: the first stage's top N (EASE, popularity or item-kNN fitted here in NumPy on the
+    ratings it kept, scored from every training rating), reordered by the ranker's served scores, cut to k."""
     x, catalogue = _training(data)
     fit = _fit_matrix(data)
     assert 0 < fit.sum() < x.sum()
-    counts = fit.sum(0)
-    if name == "ease":
-        p = np.linalg.inv(fit.T @ fit + 500.0 * np.eye(len(counts)))
-        b = -p / np.diag(p)[None, :]
-        np.fill_diagonal(b, 0.0)
+    counts, b = fit.sum(0), _closed_form_weights(name, fit)
     rec = Recommender.load(models[f"{name}-held"], rerank=models[f"{name}-ranking"])
     assert rec.candidates == CANDIDATES and rec.stages == [name, "ranking"]
     md = rec.model
     for user in rec.users[::9]:
         row = md.user_row(user)
-        scores = x[row] @ b if name == "ease" else counts
+        scores = counts if b is None else x[row] @ b
         want = catalogue[_ranked(scores, x[row] > 0, np.arange(len(counts)))[:CANDIDATES]]
         doc = rec.recommend(user, k=CANDIDATES, exclude_rated="train")["recommendations"]
         got = {md.movie_row(r["movie_id"]): r for r in doc}
@@ -354,6 +362,10 @@ def test_a_ranker_on_ease_serves_through_infer_and_the_service(models):
     assert got.status_code == 200, got.text
     assert [r["movie_id"] for r in got.json()["recommendations"]] == want
     assert got.json()["stages"] == ["ease", "ranking"]
+    # the refit (the same flags with --holdout 0, on every training rating) serves in its place
+    refit = Recommender.load(models["ease"], rerank=ranker).recommend(3, k=CANDIDATES)["recommendations"]
+    assert [r["retrieval_rank"] for r in refit] != list(range(1, CANDIDATES + 1))  # reordered
+    assert sorted(r["retrieval_rank"] for r in refit) == list(range(1, CANDIDATES + 1))
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -1,7 +1,8 @@
 """First stages fitted in closed form, with no network: a model dir of arrays that score the whole catalogue
 from a user's history (`recsys.topn.stage`). `python -m recsys.train --objective popularity` and `--objective
-ease` fit them (`fit`, on the training split) and save them; their lists are evaluation's popularity and EASE
-rows (`recsys.topn.baselines`)."""
+ease` fit them (`fit`, on the training split less the share `--holdout` keeps for a ranker) and save them; with
+`--holdout 0` their lists are evaluation's popularity and EASE rows (`recsys.topn.baselines`). Each leads two
+stages: a ranking network reorders its top N, its score of a pair the first feature (`pair_score`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class ScoredStage(FirstStage):
     NumPy (`scores`); the columns of `after` (None: none) rank after all the others."""
 
     after: np.ndarray | None = None
+    leads = True  # a ranking network may reorder its top N; its score of a pair is the first pair feature
+    pair_value = "first_score"
     uses_history = True  # a user's rated movies change their list (saved as the model dir's `history`)
     score = ""  # what its scores are (meta.json's `score`)
 
@@ -76,8 +79,6 @@ class PopularityStage(ScoredStage):
     """Every user's list: the catalogue by its number of training ratings (the score), their own left out."""
 
     label = "popularity"
-    leads = True
-    pair_value = "first_score"
     describe = "popularity, score = number of training ratings"
     uses_history = False
     score = "number of training ratings of the movie; the same for every user"
@@ -97,8 +98,6 @@ class EaseStage(ScoredStage):
     number of ratings (which is then their score)."""
 
     label = "EASE"
-    leads = True
-    pair_value = "first_score"
     describe = "EASE, score = item-item weights from the history"
     score = (
         "sum of the EASE item-item weights into the movie from the user's rated movies; past the most-rated "
