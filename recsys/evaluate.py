@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "candidates_recall" in r:
             ceiling = r["candidates_recall"]
-            print(f"recall@{candidates} of the retrieval candidates (the second stage's ceiling): {ceiling:.4f}")
+            print(f"recall@{candidates} of the first stage's candidates (the second stage's ceiling): {ceiling:.4f}")
     return 0
 
 
