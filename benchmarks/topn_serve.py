@@ -35,6 +35,7 @@ from common import full_size_archive, median_ms, print_table, results_table, wri
 from recsys import evaluate, movielens
 from recsys.modeldir import ModelDir
 from recsys.topn import registry, stages
+from recsys.topn.towers import TwoStages
 
 
 def epoch(folder: Path, model: Path, *flags: str) -> dict:
@@ -175,6 +176,7 @@ def main() -> None:
         n_pos = int((lambda d: ((~d.is_test) & (d.stars >= 4)).sum())(movielens.load(data_dir=folder)))
         full_epoch_s = full_s * (n_pos / 256) / 200  # 200 batches timed, scaled to the epoch's batches
         md, rr = ModelDir.load(retrieval), registry.second_stage(ModelDir.load(ranking))
+        two = TwoStages(registry.first_stage(md), rr, rr.candidates())
         data = movielens.load(data_dir=folder)
         t = time.perf_counter()
         rows, n_users = evaluate.top_n(md, data)
@@ -183,7 +185,7 @@ def main() -> None:
         two_rows, _ = evaluate.top_n(md, data, rerank=rr.md)
         two_n_s = time.perf_counter() - t - top_n_s  # the two-stage ranking alone: the rest is the same as above
         users = [int(u) for u in np.random.RandomState(1).choice(sorted(md.user_ids), 300)]
-        two_ms = median_ms(lambda u: stages.two_stage(md, rr, 10, rr.candidates(), u), users)
+        two_ms = median_ms(lambda u: two.top_k(u, 10), users)
         one_ms = median_ms(lambda u: stages.top_k(md, u, 10), users)
         t = time.perf_counter()
         for _ in range(5):

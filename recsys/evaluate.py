@@ -95,7 +95,7 @@ def top_n(
         second, alone = two.second.label, two.second.alone
         if alone is not None:
             rankers.append((f"{alone.label} ({rerank.path.name})", lambda: alone.ranker(search)))
-        rankers.append((f"two-stage: retrieval top {two.candidates} -> {second}", lambda: two.ranker(pools)))
+        rankers.append((f"two-stage: {two.first.label} top {two.candidates} -> {second}", lambda: two.ranker(pools)))
     rows = []
     for name, make in rankers:
         t = time.perf_counter()
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "candidates_recall" in r:
             ceiling = r["candidates_recall"]
-            print(f"recall@{candidates} of the retrieval candidates (the second stage's ceiling): {ceiling:.4f}")
+            print(f"recall@{candidates} of the first stage's candidates (the second stage's ceiling): {ceiling:.4f}")
     return 0
 
 

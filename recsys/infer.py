@@ -193,7 +193,7 @@ def _lines(doc: dict, who: str, seen: str, how: str = "") -> list[str]:
         genres = "|".join(r["genres"])
         value = f"cos {r['cosine']:.3f}" if "score" not in r else f"{r['score']:6.3f}"
         value += f" = {r['stars']:.2f} stars" if "stars" in r else ""
-        origin = f"  [retrieval #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
+        origin = f"  [{doc['stages'][0]} #{r['retrieval_rank']}]" if "retrieval_rank" in r else ""
         lines.append(f"{i:3d}. {r['movie_id']:{w}d}  {value}  {r['title']}  ({genres}){origin}")
         if "because" in r:
             lines.append(f"     {_because(r)}")

@@ -30,7 +30,7 @@ from recsys.errors import RecsysError, UnknownId
 from recsys.modeldir import ModelDir
 from recsys.topn import Interactions, answers, evaluate, filters, nearest, newuser, registry, stages
 from recsys.topn.answers import stars_value
-from recsys.topn.checks import check_data, check_leads, check_pair, check_tested
+from recsys.topn.checks import check_data, check_pair, check_tested
 from recsys.topn.filters import Filters
 from recsys.topn.lists import chunk_rows
 from recsys.topn.stage import FirstStage, SecondStage
@@ -47,19 +47,18 @@ def _flag(name: str, value) -> bool:
 
 
 class Recommender:
-    """A model dir (a first stage, `recsys.topn.stage`), or a first stage that leads two (a retrieval model) and
-    its second stage (a ranking network or a rating model), that answers in the data's own ids. `candidates`:
-    how many retrieval candidates the second stage reorders (default: the number a ranking network was trained
-    on, 100 for a rating model). `search`: how the first stage finds a user's top movies: "exact" over the whole
-    catalogue, "faiss" through the model dir's index, or "auto", the index from
-    `recsys.modeldir.index.SAVED_FROM` movies on (see `recsys.topn.nearest`)."""
+    """A model dir (a first stage, `recsys.topn.stage`), or a first stage that leads two (retrieval, EASE,
+    popularity) and its second stage (a ranking network or a rating model), answering in the data's own ids.
+    `candidates`: how many first-stage candidates the second stage reorders (default: the number a ranking
+    network was trained on, 100 for a rating model). `search`: how the first stage finds a user's top movies:
+    "exact", "faiss" through the model dir's index, or "auto" (`recsys.topn.nearest`)."""
 
     def __init__(
         self, model: ModelDir, rerank: ModelDir | None = None, candidates: int | None = None, search: str = "auto"
     ):
         self.first, self.second = registry.first_stage(model), None
         if rerank is not None:
-            check_leads(self.first)
+            registry.check_leads(self.first)
             self.second = registry.second_stage(rerank)
             check_pair(self.first, self.second)
         if candidates is not None and candidates < 1:

@@ -184,7 +184,7 @@ def parser() -> ArgumentParser:
         type=float,
         default=D.holdout,
         help="leave this share of the training ratings out of training and of the histories, as the labels a "
-        "ranking network learns from (default: %(default)s)",
+        "ranking network learns from; retrieval, ease, popularity, item-knn (default: %(default)s)",
     )
     retrieval.add_argument(
         "--item-share",

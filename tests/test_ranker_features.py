@@ -130,7 +130,7 @@ def test_served_features_are_the_trained_ones_and_computed_by_hand(planted):
     np.testing.assert_array_equal(np.sort(cols), np.sort(cand.pool[row]))  # the served pool is evaluation's
     trained = cand.features(np.full(len(cols), row), cols)
     seen = stages.seen_columns(md, stages.seen(md, row))
-    served = served_features(md, rerank, md.arrays["user_vectors"][[row]], seen, cols[None])[0]
+    served = served_features(rec.first, rerank, md.arrays["user_vectors"][[row]], seen, cols[None])[0]
     np.testing.assert_allclose(served, trained, rtol=1e-6, atol=1e-7)
     assert served.shape == (len(cols), len(FEATURES))
     np.testing.assert_allclose(served, _hand_features(data, md, rerank, row, cols), rtol=1e-5, atol=1e-6)

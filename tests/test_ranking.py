@@ -203,13 +203,13 @@ def test_ranking_bad_inputs(u1_two_stage, u1_models, trained, tmp_path):
     data = ["--data-dir", str(need_ml100k())]
     cases = [
         (["recsys.infer", "--model-dir", str(ranking), "--rerank", str(ranking), "--user", "1", "--top-k", "5"],
-         "two stages need a retrieval model first"),
+         "two stages need a first stage that gives candidates"),
         (["recsys.evaluate", "--model-dir", str(ranking), "--rerank", str(ranking)],
-         "two stages need a retrieval model first"),
+         "two stages need a first stage that gives candidates"),
         (["recsys.train", *U1, *data, "--objective", "ranking", "--candidates-from", str(rating),
-          "--model-dir", str(tmp_path / "x")], "--candidates-from needs a retrieval model"),
+          "--model-dir", str(tmp_path / "x")], "--candidates-from needs a first stage that gives candidates"),
         (["recsys.train", *U1, *data, "--objective", "ranking", "--candidates-from", str(ranking),
-          "--model-dir", str(tmp_path / "x")], "--candidates-from needs a retrieval model"),
+          "--model-dir", str(tmp_path / "x")], "--candidates-from needs a first stage that gives candidates"),
         (["recsys.train", "--dataset", "ml-100k", "--split", "u2", *data, "--objective", "ranking",
           "--candidates-from", str(retrieval), "--model-dir", str(tmp_path / "x")], "was trained on other data"),
         (["recsys.infer", "--model-dir", str(retrieval), "--rerank", str(trained), "--user", "1", "--top-k", "5"],

@@ -1,6 +1,6 @@
 """Every stage keeps the stage contract (`stage_contract.py`), on one tiny synthetic archive whose models are
 trained once here; the closed-form objectives' served lists are EASE, popularity and item-kNN computed here in
-NumPy."""
+NumPy, and a ranking network stacked on EASE or popularity reorders their candidates."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from recsys.service.api import create_app
 from recsys.topn.item_knn import similarities
 
 QUIET = {"log": lambda _msg: None}
-MODELS = ("retrieval", "rating", "ranking", "ease", "popularity", "ease-capped", "item-knn")
+CANDIDATES = 20  # the first stage's top N that a ranking network on a closed-form stage reorders
+STACKED = ("ease", "popularity", "item-knn")  # the closed-form first stages a ranking network is trained on here
+MODELS = ("retrieval", "rating", "ranking", "ease", "popularity", "ease-capped", "item-knn",
+          *(f"{name}-{what}" for name in STACKED for what in ("held", "ranking")))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +42,24 @@ def data(archive):
 @pytest.fixture(scope="module")
 def models(archive, tmp_path_factory) -> dict[str, Path]:
     """One model dir of each objective (one epoch), a ranking network on the retrieval model, and EASE that
-    covers a third of the movies; each also copied file by file (`copy/NAME`)."""
+    covers a third of the movies, the closed-form ones fitted on every training rating (`--holdout 0`); each
+    closed-form objective with the default holdout (`NAME-held`) and a ranking network on each (`NAME-ranking`:
+    one epoch of a few batches); each also copied file by file (`copy/NAME`)."""
     out = tmp_path_factory.mktemp("stages")
     flags = {"data_dir": archive, "epochs": 1, **QUIET}
     train.run(objective="retrieval", model_dir=out / "retrieval", **flags)
     train.run(objective="rating", model_dir=out / "rating", **flags)
     train.run(objective="ranking", model_dir=out / "ranking", candidates_from=out / "retrieval", **flags)
-    train.run(objective="ease", model_dir=out / "ease", **flags)
+    train.run(objective="ease", model_dir=out / "ease", holdout=0.0, **flags)
     proc = run_cli("recsys.train", "--objective", "popularity", "--data-dir", str(archive), "--model-dir",
-                   str(out / "popularity"))  # fmt: skip
+                   str(out / "popularity"), "--holdout", "0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    train.run(objective="ease", model_dir=out / "ease-capped", ease_items=20, ease_lambda=50.0, **flags)
-    train.run(objective="item-knn", model_dir=out / "item-knn", **flags)
+    train.run(objective="ease", model_dir=out / "ease-capped", ease_items=20, ease_lambda=50.0, holdout=0.0, **flags)
+    train.run(objective="item-knn", model_dir=out / "item-knn", holdout=0.0, **flags)
+    for name in STACKED:
+        train.run(objective=name, model_dir=out / f"{name}-held", **flags)
+        train.run(objective="ranking", model_dir=out / f"{name}-ranking", candidates_from=out / f"{name}-held",
+                  candidates=CANDIDATES, max_batches=3, **flags)  # fmt: skip
     for name in MODELS:
         shutil.copytree(out / name, out / "copy" / name)
     return {name: out / name for name in MODELS} | {f"copy/{name}": out / "copy" / name for name in MODELS}
@@ -122,6 +131,30 @@ class TestRetrievalThenRanking(TestRetrieval):
     @pytest.fixture(scope="class")
     def recs(self, models):
         return _pair(models, "retrieval", "ranking")
+
+
+class TestEaseThenRanking(TestRetrieval):
+    ties = False
+
+    @pytest.fixture(scope="class")
+    def recs(self, models):
+        return _pair(models, "ease-held", "ease-ranking")
+
+
+class TestPopularityThenRanking(TestRetrieval):
+    ties = False
+
+    @pytest.fixture(scope="class")
+    def recs(self, models):
+        return _pair(models, "popularity-held", "popularity-ranking")
+
+
+class TestItemKnnThenRanking(TestRetrieval):
+    ties = False
+
+    @pytest.fixture(scope="class")
+    def recs(self, models):
+        return _pair(models, "item-knn-held", "item-knn-ranking")
 
 
 class TestRetrievalThenRating(TestRetrieval):
@@ -239,15 +272,100 @@ def test_what_a_closed_form_model_cannot_do_is_one_line(models, archive, tmp_pat
                           "cannot say why a movie is on a list")  # fmt: skip
     proc = run_cli("recsys.infer", "--model-dir", ease, "--rerank", str(models["ranking"]), "--user", "3", "--top-k",
                    "3")  # fmt: skip
-    assert_one_line_error(proc, "two stages need a retrieval model first")
-    # a ranking network learns from a tower model's held-out ratings and starts from its towers
+    assert_one_line_error(proc, "was trained on the candidates of another EASE model")
+    proc = run_cli("recsys.infer", "--model-dir", str(models["rating"]), "--rerank", str(models["ease-ranking"]),
+                   "--user", "3", "--top-k", "3")  # fmt: skip
+    assert_one_line_error(proc, "two stages need a first stage that gives candidates", "a rating model",
+                          "--objective retrieval, ease, popularity or item-knn")  # fmt: skip
+    # a ranking network learns from the ratings its first stage held out
     proc = run_cli("recsys.train", "--objective", "ranking", "--candidates-from", popularity, "--data-dir",
                    str(archive), "--model-dir", str(tmp_path / "r"))  # fmt: skip
-    assert_one_line_error(proc, "--candidates-from needs a retrieval model")
+    assert_one_line_error(proc, "held no training ratings out for a ranker to learn from")
+    proc = run_cli("recsys.train", "--objective", "ranking", "--candidates-from", str(models["rating"]),
+                   "--data-dir", str(archive), "--model-dir", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(proc, "--candidates-from needs a first stage that gives candidates")
     client = TestClient(create_app(models["popularity"], reload_interval=0))
     for path in ("/api/movies/5/similar", "/api/predict?user=3&movie=5"):
         got = client.get(path)
         assert 400 <= got.status_code < 500 and list(got.json()) == ["error"], (path, got.text)
+
+
+def _fit_matrix(data, seed: int = 0, holdout: float = 0.1) -> np.ndarray:
+    """The 0/1 matrix of the training ratings a closed-form stage with the default `--holdout` is fitted on:
+    each training rating drawn out with probability `holdout` (`recsys.training.splits.holdout_mask`)."""
+    catalogue = np.array(sorted(data.meta.movies))
+    train_idx = np.flatnonzero(~data.is_test)
+    fit = train_idx[~(np.random.RandomState(seed + 2).random_sample(len(train_idx)) < holdout)]
+    x = np.zeros((data.sizes()["n_users"], len(catalogue)))
+    x[data.user[fit], np.searchsorted(catalogue, data.movie[fit])] = 1
+    return x
+
+
+def _closed_form_weights(name: str, fit: np.ndarray) -> np.ndarray | None:
+    """EASE's item-item weights (lambda 500) or item-kNN's similarities of the 0/1 matrix `fit`; None for
+    popularity (its scores are the columns' counts)."""
+    if name == "item-knn":
+        return _cosines(fit, 100)
+    if name == "popularity":
+        return None
+    p = np.linalg.inv(fit.T @ fit + 500.0 * np.eye(fit.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize("name", STACKED)
+def test_a_ranker_on_a_closed_form_stage_reorders_its_top_n(models, data, name):
+    """The served two stages: the first stage's top N (EASE, popularity or item-kNN fitted here in NumPy on the
+    ratings it kept, scored from every training rating), reordered by the ranker's served scores, cut to k."""
+    x, catalogue = _training(data)
+    fit = _fit_matrix(data)
+    assert 0 < fit.sum() < x.sum()
+    counts, b = fit.sum(0), _closed_form_weights(name, fit)
+    rec = Recommender.load(models[f"{name}-held"], rerank=models[f"{name}-ranking"])
+    assert rec.candidates == CANDIDATES and rec.stages == [name, "ranking"]
+    md = rec.model
+    for user in rec.users[::9]:
+        row = md.user_row(user)
+        scores = counts if b is None else x[row] @ b
+        want = catalogue[_ranked(scores, x[row] > 0, np.arange(len(counts)))[:CANDIDATES]]
+        doc = rec.recommend(user, k=CANDIDATES, exclude_rated="train")["recommendations"]
+        got = {md.movie_row(r["movie_id"]): r for r in doc}
+        assert sorted(got) == sorted(want.tolist()), user  # every candidate, once
+        assert [got[m]["retrieval_rank"] for m in want] == list(range(1, CANDIDATES + 1))
+        np.testing.assert_allclose([got[m]["first_score"] for m in want],
+                                   scores[np.searchsorted(catalogue, want)], rtol=1e-5, atol=1e-6)  # fmt: skip
+        by_score = sorted(want, key=lambda m: (-got[m]["score"], got[m]["retrieval_rank"]))
+        top = rec.recommend(user, k=5, exclude_rated="train")["recommendations"]
+        assert [md.movie_row(r["movie_id"]) for r in top] == by_score[:5], user
+        assert [r["score"] for r in top] == [got[m]["score"] for m in by_score[:5]]
+
+
+def test_evaluate_scores_a_ranker_on_ease_as_two_stages(models):
+    proc = run_cli("recsys.evaluate", "--model-dir", str(models["ease-held"]), "--rerank",
+                   str(models["ease-ranking"]), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in json.loads(proc.stdout)["top_n"]["rows"]}
+    two = rows[f"two-stage: EASE top {CANDIDATES} -> ranking network"]
+    assert 0 <= two["ndcg"] <= 1 and 0 < two["candidates_recall"] <= 1
+
+
+def test_a_ranker_on_ease_serves_through_infer_and_the_service(models):
+    ease, ranker = str(models["ease-held"]), str(models["ease-ranking"])
+    rec = Recommender.load(ease, rerank=ranker)
+    want = [r["movie_id"] for r in rec.recommend(3, k=4)["recommendations"]]
+    proc = run_cli("recsys.infer", "--model-dir", ease, "--rerank", ranker, "--user", "3", "--top-k", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["movie_id"] for r in json.loads(proc.stdout)["recommendations"]] == want
+    client = TestClient(create_app(ease, rerank=ranker, reload_interval=0))
+    got = client.get("/api/users/3/recommendations", params={"k": 4})
+    assert got.status_code == 200, got.text
+    assert [r["movie_id"] for r in got.json()["recommendations"]] == want
+    assert got.json()["stages"] == ["ease", "ranking"]
+    # the refit (the same flags with --holdout 0, on every training rating) serves in its place
+    refit = Recommender.load(models["ease"], rerank=ranker).recommend(3, k=CANDIDATES)["recommendations"]
+    assert [r["retrieval_rank"] for r in refit] != list(range(1, CANDIDATES + 1))  # reordered
+    assert sorted(r["retrieval_rank"] for r in refit) == list(range(1, CANDIDATES + 1))
 
 
 @pytest.mark.parametrize("flags, needle", [

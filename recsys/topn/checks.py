@@ -8,22 +8,13 @@ from recsys.errors import RecsysError
 from recsys.modeldir import ModelDir
 from recsys.topn.stage import FirstStage, SecondStage
 
-__all__ = ["check_data", "check_leads", "check_pair", "check_tested", "is_refit"]
-
-
-def check_leads(first: FirstStage) -> None:
-    """One-line error unless a second stage may reorder `first`'s candidates."""
-    if not first.leads:
-        raise RecsysError(
-            f"two stages need a retrieval model first: {first.md.path} is {first.kind()} "
-            "(train one with --objective retrieval)"
-        )
+__all__ = ["check_data", "check_pair", "check_tested", "is_refit"]
 
 
 def check_pair(first: FirstStage, second: SecondStage) -> None:
-    """One-line error unless `first` leads two stages and `second` (a model dir as a second stage) may reorder
-    its candidates: the same data, and the candidates it learnt from (`SecondStage.check_first`)."""
-    check_leads(first)
+    """One-line error unless `second` (a model dir as a second stage) may reorder the candidates of `first` (a
+    first stage that leads two, `recsys.topn.registry.check_leads`): the same data, and the candidates it
+    learnt from (`SecondStage.check_first`)."""
     retrieval, rerank = first.md, second.md
     a, b = retrieval.meta, rerank.meta
     for key, what in (
@@ -39,7 +30,7 @@ def check_pair(first: FirstStage, second: SecondStage) -> None:
 
 
 def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
-    """`retrieval` is the refit of the retrieval model whose candidates the ranking network `rerank` learnt
+    """`retrieval` is the refit of the first stage whose candidates the ranking network `rerank` learnt
     from: trained with the same settings on the same data, but with `--holdout 0` (every training rating,
     the held-out tenth the ranker's labels came from included)."""
     given = rerank.meta["settings"].get("candidates_settings")

@@ -1,7 +1,8 @@
 """First stages fitted in closed form, with no network: a model dir of arrays that score the whole catalogue
 from a user's history (`recsys.topn.stage`). `python -m recsys.train --objective popularity` and `--objective
-ease` fit them (`fit`, on the training split) and save them; their lists are evaluation's popularity and EASE
-rows (`recsys.topn.baselines`)."""
+ease` fit them (`fit`, on the training split less the share `--holdout` keeps for a ranker) and save them; with
+`--holdout 0` their lists are evaluation's popularity and EASE rows (`recsys.topn.baselines`). Each leads two
+stages: a ranking network reorders its top N, its score of a pair the first feature (`pair_score`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class ScoredStage(FirstStage):
     NumPy (`scores`); the columns of `after` (None: none) rank after all the others."""
 
     after: np.ndarray | None = None
+    leads = True  # a ranking network may reorder its top N; its score of a pair is the first pair feature
+    pair_value = "first_score"
     uses_history = True  # a user's rated movies change their list (saved as the model dir's `history`)
     score = ""  # what its scores are (meta.json's `score`)
 
@@ -62,6 +65,14 @@ class ScoredStage(FirstStage):
 
     def ranker(self, search: str = "auto"):
         return lambda users, seen, k, banned=None: self.lists(seen, banned, k)[0]
+
+    def pool(self, queries, seen, banned, n, search="auto") -> np.ndarray:
+        return self.lists(seen, banned, n)[0]
+
+    def pair_score(self, queries, users, cols, history) -> np.ndarray:
+        """Its score of each pair from the user's history (the row of `history`)."""
+        rows, back = np.unique(np.asarray(users), return_inverse=True)
+        return self.scores(sp.csr_matrix(history, dtype=np.float64)[rows])[back, np.asarray(cols)]
 
 
 class PopularityStage(ScoredStage):

@@ -24,6 +24,21 @@ SECOND: dict[str, type[SecondStage]] = {
 }
 
 
+def leaders() -> str:
+    """The objectives whose model dirs lead two stages, in words: "retrieval, ease or popularity"."""
+    names = [name for name, stage in FIRST.items() if stage.leads]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def check_leads(first: FirstStage, what: str = "two stages need") -> None:
+    """One-line error unless a second stage may reorder `first`'s candidates."""
+    if not first.leads:
+        raise RecsysError(
+            f"{what} a first stage that gives candidates: {first.md.path} is {first.kind()} "
+            f"(train one with --objective {leaders()})"
+        )
+
+
 def first_stage(md: ModelDir) -> FirstStage:
     """The model dir as a first stage."""
     if md.objective not in FIRST:

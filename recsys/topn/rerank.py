@@ -9,21 +9,19 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.topn import first_stage, neighbours
+from recsys.topn import neighbours
 from recsys.topn.lists import chunk_rows
 
 
-def candidate_pool(
-    user_vectors: np.ndarray, movie_vectors: np.ndarray, seen, n: int, ix=None, stage=None, chunk: int | None = None
-):
-    """Each user's top-n catalogue columns by the first stage's score (`recsys.topn.first_stage`; the cosine
-    when `stage` is None), their histories `seen` [U, M] (bool, or sparse 0/1) excluded, a chunk of users at a
-    time (only a chunk's rows are ever dense: `lists.chunk_rows` by default), through the faiss index `ix` when
-    given."""
-    chunk = chunk or chunk_rows(len(movie_vectors))
+def candidate_pool(first, queries, seen, n: int, search: str = "auto", chunk: int | None = None) -> np.ndarray:
+    """Each user's top-n catalogue columns by the leading first stage `first` (`recsys.topn.stage.FirstStage`:
+    its `pool`, from the users' `queries` or None and their histories `seen` [U, M] (bool, or sparse 0/1),
+    which are excluded), a chunk of users at a time (only a chunk's rows are ever dense: `lists.chunk_rows` by
+    default)."""
+    chunk = chunk or chunk_rows(seen.shape[1])
     parts = [
-        first_stage.top_k(stage, ix, movie_vectors, user_vectors[s : s + chunk], seen[s : s + chunk], n)[0]
-        for s in range(0, len(user_vectors), chunk)
+        first.pool(None if queries is None else queries[s : s + chunk], seen[s : s + chunk], None, n, search)
+        for s in range(0, seen.shape[0], chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n), np.int64)
 
@@ -68,7 +66,10 @@ class PairInputs:
     `log_share` [M], its genres `genres` [M, G] (0/1, `recsys.movielens.Tables.genres`), its shrunk mean
     stars `stars` [M] (`mean_stars`) and its log share of the latest ratings `recent` [M] (`recent_share`); a
     user's genre shares and activity come from their history; `width`: how many of `FEATURES` the ranking head
-    reads (`FEATURE_SETS`; `stars` and `recent` are read only beyond the first three). Training, evaluation and
+    reads (`FEATURE_SETS`; `stars` and `recent` are read only beyond the first three). `first`, when given, is
+    the leading first stage (`recsys.topn.stage.FirstStage`) whose `pair_score` of the users (`user_vectors`:
+    its `queries`, or None) and their histories is the first feature, in place of the cosine of the vectors.
+    Training, evaluation and
     serving build one of these and call `pair_features` on it."""
 
     user_vectors: np.ndarray
@@ -80,6 +81,18 @@ class PairInputs:
     stars: np.ndarray | None
     recent: np.ndarray | None
     width: int = 3
+    first: object | None = None
+
+    def first_score(self, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[N]: the first stage's score of aligned pairs (the cosine of the vectors when no `first` is given)."""
+        if self.first is None:
+            return np.einsum("nd,nd->n", self.user_vectors[users], self.movie_vectors[cols])
+        return self.first.pair_score(self.user_vectors, users, cols, self.history)
+
+    @property
+    def n_movies(self) -> int:
+        """The catalogue's size."""
+        return self.history.shape[1]
 
     @functools.cached_property
     def user_counts(self) -> np.ndarray:
@@ -104,7 +117,7 @@ def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np
     the movie's genres, averaged over them), the movie's shrunk mean stars, its log share of the latest ratings,
     and the user's activity (log(1 + the number of movies in their history)). `users` index the rows of
     `inputs.user_vectors` and `inputs.history`."""
-    cosine = np.einsum("nd,nd->n", inputs.user_vectors[users], inputs.movie_vectors[cols])
+    cosine = inputs.first_score(users, cols)
     item = neighbours.scores(inputs.history, inputs.item_item, users, cols)
     columns = [cosine, inputs.log_share[cols], item]
     if inputs.width > len(columns):
@@ -125,19 +138,22 @@ def head_scores(params: dict[str, np.ndarray], user: np.ndarray, movie: np.ndarr
 
 
 def fingerprint(md) -> str | None:
-    """What identifies a retrieval model's parameters: the SHA-256 of its params.npz (from its manifest)."""
-    return (md.files.expected or {}).get("params.npz", {}).get("sha256")
+    """What identifies a first stage's fitted values: the SHA-256 of its params.npz (from its manifest), or of
+    its arrays.npz for a model dir with no network."""
+    files = md.files.expected or {}
+    return (files.get("params.npz") or files.get("arrays.npz") or {}).get("sha256")
 
 
-def served_features(md, rerank, first: np.ndarray, seen, pool: np.ndarray) -> np.ndarray:
+def served_features(first, rerank, queries, seen, pool: np.ndarray) -> np.ndarray:
     """The pair features [n, N, F] of a batch of served users' candidate columns `pool` [n, N] (-1: none), from
-    the retrieval model dir `md`, the ranking model dir `rerank`, the users' retrieval unit vectors `first`
-    [n, D] and their histories `seen` [n, M] (catalogue columns: their training ratings and those a request
-    brings): `pair_features` on the same inputs as training builds them."""
+    the leading first stage `first` (`recsys.topn.stage.FirstStage`), the ranking model dir `rerank`, the
+    users' inputs to the first stage `queries` (`FirstStage.queries`: a tower model's unit vectors [n, D]) and
+    their histories `seen` [n, M] (catalogue columns: their training ratings and those a request brings):
+    `pair_features` on the same inputs as training builds them."""
     cols = np.maximum(pool, 0)
     a, width = rerank.arrays, rerank.head_params["head.linear"].shape[0]
     history = sp.csr_matrix(seen, dtype=np.float32)
     movies = (a["log_share"], rerank.catalogue_genres, a.get("movie_stars"), a.get("recent_share"))
-    inputs = PairInputs(first, history, md.catalogue_vectors, rerank.item_item, *movies, width)
+    inputs = PairInputs(queries, history, None, rerank.item_item, *movies, width, first)
     rows = np.repeat(np.arange(len(cols)), cols.shape[1])
     return pair_features(inputs, rows, cols.ravel()).reshape(*cols.shape, -1)

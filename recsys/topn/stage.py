@@ -28,7 +28,8 @@ class FirstStage:
 
     label = "chapter model"  # how evaluation tables name its row
     describe = ""  # how `infer` says what a list's values are
-    leads = False  # a second stage may reorder its candidates (it gives users' vectors and a cosine)
+    leads = False  # a second stage may reorder its candidates (`queries`, `pool`, `pair_score`)
+    pair_value = "cosine"  # the name of `pair_score` in a two-stage answer's values
     explains = False  # `because`: which rated movies a listed movie is there for
     finds_similar = False  # `similar`: movies near a movie
     predicts = False  # `predict`: a user's stars for a movie
@@ -48,6 +49,24 @@ class FirstStage:
 
     def ranker(self, search: str = "auto") -> Ranker:
         """The batch form of `top_k` for known users, as `recsys.topn.evaluate` takes it."""
+        raise NotImplementedError
+
+    def queries(self, users: np.ndarray):
+        """Known users' (rows) inputs to `pool` and `pair_score` besides their histories (None: none)."""
+        return None
+
+    def query(self, user: int | None, cold=None, rated=()):
+        """One user's input to `pool` and `pair_score`, as `queries` gives a batch of one."""
+        return None
+
+    def pool(self, queries, seen, banned, n: int, search: str = "auto") -> np.ndarray:
+        """Each user's n best catalogue columns outside their history `seen` ([n_users, M] 0/1) and `banned`
+        ([n_users, M] sparse 0/1 or None), best first: [n_users, n], -1 padded."""
+        raise NotImplementedError
+
+    def pair_score(self, queries, users: np.ndarray, cols: np.ndarray, history) -> np.ndarray:
+        """Its score [N] of aligned pairs: user `users[i]` (a row of `queries` and of `history`, [n_users, M]
+        sparse 0/1) and catalogue column `cols[i]`. A ranking network's first pair feature."""
         raise NotImplementedError
 
     def because(self, user: int | None, cold, rated, recommendations: list[dict]) -> list[dict]:
@@ -110,9 +129,9 @@ class SecondStage:
         """Known users' inputs to `scores`, [n, D]."""
         raise NotImplementedError
 
-    def scores(self, first: ModelDir, queries, vectors, pool: np.ndarray, seen) -> np.ndarray:
-        """Its scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the users' unit
-        vectors in the leading first stage's model dir `first` (`queries`) and in this one (`vectors`), and
+    def scores(self, first: FirstStage, queries, vectors, pool: np.ndarray, seen) -> np.ndarray:
+        """Its scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the users' inputs
+        to the leading first stage `first` (`queries`, `FirstStage.queries`) and to this one (`vectors`), and
         their seen catalogue columns [n, M]."""
         raise NotImplementedError
 

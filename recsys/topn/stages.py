@@ -11,8 +11,7 @@ from recsys.modeldir import ModelDir
 from recsys.topn import nearest
 from recsys.topn.filters import top_k_outside
 from recsys.topn.first_stage import FirstStage
-from recsys.topn.lists import contains, rerank_pool
-from recsys.topn.stage import SecondStage
+from recsys.topn.lists import contains
 
 
 def predict(md: ModelDir, user: int, movies, cold: tuple | None = None) -> np.ndarray:
@@ -103,54 +102,6 @@ def top_k(
     v = vector(md, user, cold, rated)
     values = rank(md, v, k, seen(md, user, rated), search, history=True, banned=banned)
     return [(m, scale * s, float(md.arrays["movie_vectors"][m] @ v)) for m, s in values]
-
-
-def two_stage_lists(
-    md: ModelDir,
-    second_stage: SecondStage,
-    first,
-    second,
-    seen: np.ndarray,
-    k: int,
-    candidates: int,
-    search: str = "auto",
-    banned=None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two stages for a batch of users given by their vectors in each model (`first` [n, D], unit, in the
-    retrieval model `md`; `second` in the second stage, see `SecondStage.scores`) and their seen catalogue
-    columns [n, M] (their histories): the retrieval model's top `candidates` columns outside `banned` ([n, M]
-    sparse 0/1 or None: left out, not history), and those reordered by the second stage's scores, cut to k.
-    Returns (candidates, their scores, top k)."""
-    ix = movie_index(md, search)
-    pool = top_k_outside(first_stage(md), ix, md.catalogue_vectors, first, seen, banned, candidates)[0]
-    scores = second_stage.scores(md, first, second, pool, seen)
-    return pool, scores, rerank_pool(pool, scores, k)
-
-
-def two_stage(
-    md: ModelDir,
-    rerank: SecondStage,
-    k: int,
-    candidates: int,
-    user: int | None = None,
-    cold=None,
-    rated=(),
-    search: str = "auto",
-    banned=None,
-) -> list[tuple[int, float, float, int]]:
-    """The first stage's top `candidates` unrated movies outside `banned` (see `rank`), reordered by the second
-    model's score:
-    (movie row, second-stage score, retrieval cosine, retrieval rank) for the best k. The score is a rating
-    model's label-space score, or a ranking model's logit."""
-    first, second = vector(md, user, cold, rated)[None], rerank.user_vectors(user, cold, rated)[None]
-    mask = seen_columns(md, seen(md, user, rated))
-    lists = two_stage_lists(md, rerank, first, second, mask, k, candidates, search, banned)
-    pool, scores, best = (a[0] for a in lists)
-    place = {c: i for i, c in enumerate(pool.tolist())}
-    return [
-        (int(md.movie_ids[c]), float(scores[place[c]]), float(md.catalogue_vectors[c] @ first[0]), place[c] + 1)
-        for c in best.tolist() if c >= 0
-    ]  # fmt: skip
 
 
 def similar(md: ModelDir, movie: int, k: int, search: str = "auto") -> list[tuple[int, float]]:

@@ -1,8 +1,8 @@
 """The stages of the two-tower networks (`recsys.topn.stage`): a user's list is the catalogue by the cosine of
 their user-tower vector with the movies' (`recsys.topn.stages`). The retrieval model adds the item-item score of
 the user's history and feeds a second stage; the chapter's rating model scores 5 cos in label space and
-predicts stars; the ranking network reorders a retrieval model's candidates by its head, and the rating model
-by 5 cos."""
+predicts stars; the ranking network reorders a leading first stage's candidates (a retrieval model's, EASE's,
+popularity's) by its head, and the rating model by 5 cos."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from recsys.errors import RecsysError
 from recsys.topn import filters, reasons, stages
 from recsys.topn.checks import is_refit
+from recsys.topn.lists import rerank_pool
 from recsys.topn.rerank import fingerprint, head_scores, served_features
 from recsys.topn.stage import FirstStage, SecondStage
 
@@ -44,6 +45,22 @@ class TowerStage(FirstStage):
         users, movies, ix = md.arrays["user_vectors"], md.catalogue_vectors, stages.movie_index(md, search)
         stage = stages.first_stage(md)
         return lambda u, seen, k, banned=None: filters.top_k_outside(stage, ix, movies, users[u], seen, banned, k)[0]
+
+    def queries(self, users: np.ndarray) -> np.ndarray:
+        """The users' unit vectors [n, D]."""
+        return self.md.arrays["user_vectors"][users]
+
+    def query(self, user, cold=None, rated=()) -> np.ndarray:
+        return stages.vector(self.md, user, cold, rated)[None]
+
+    def pool(self, queries, seen, banned, n, search="auto") -> np.ndarray:
+        md = self.md
+        ix = stages.movie_index(md, search)
+        return filters.top_k_outside(stages.first_stage(md), ix, md.catalogue_vectors, queries, seen, banned, n)[0]
+
+    def pair_score(self, queries, users, cols, history) -> np.ndarray:
+        """The cosine of the users' unit vectors `queries[users]` with the movies'."""
+        return np.einsum("nd,nd->n", queries[users], self.md.catalogue_vectors[cols])
 
     def because(self, user, cold, rated, recommendations: list[dict]) -> list[dict]:
         vector = stages.vector(self.md, user, cold, rated)
@@ -90,8 +107,8 @@ class RatingStage(TowerStage):
 
 
 class RankingReranker(SecondStage):
-    """The ranking network: its head scores a retrieval model's candidates from both towers' raw outputs and
-    the pair features, which read each user's history."""
+    """The ranking network: its head scores a leading first stage's candidates from both towers' raw outputs
+    and the pair features, which read each user's history and the first stage's score of the pair."""
 
     label = "ranking network"
     describe = "the ranking network, logit"
@@ -107,7 +124,7 @@ class RankingReranker(SecondStage):
         want = rerank.meta["settings"].get("candidates_params_sha256")
         if (want is None or want != fingerprint(retrieval)) and not is_refit(retrieval, rerank):
             raise RecsysError(
-                f"{rerank.path} was trained on the candidates of another retrieval model "
+                f"{rerank.path} was trained on the candidates of another {first.label} model "
                 f"({rerank.meta['settings'].get('candidates_from')} as it was then), not on {retrieval.path} as "
                 "it is now; give that model, its refit (the same flags with --holdout 0), or train the ranking "
                 "network again on this one"
@@ -160,8 +177,9 @@ class RatingReranker(SecondStage):
 
 class TwoStages(FirstStage):
     """A leading first stage's top `candidates` (widened to k) reordered by a second stage, as one first stage:
-    each movie's values are the second stage's score, the first stage's cosine and its rank there. Reasons are
-    the first stage's (the second reorders its candidates but does not say why they were candidates)."""
+    each movie's values are the second stage's score, the first stage's score of the pair (`pair_score`: a
+    tower model's cosine) and its rank there. Reasons are the first stage's (the second reorders its
+    candidates but does not say why they were candidates)."""
 
     def __init__(self, first: FirstStage, second: SecondStage, candidates: int):
         super().__init__(first.md)
@@ -172,20 +190,33 @@ class TwoStages(FirstStage):
     def reads_history(self) -> bool:
         return self.first.reads_history and self.second.reads_history
 
+    def lists(self, queries, vectors, seen, k: int, search: str = "auto", banned=None):
+        """The users' first-stage candidates outside `seen` and `banned`, their second-stage scores, and those
+        reordered and cut to k: ([n, N] columns, [n, N] scores, [n, k] columns), -1 padded."""
+        pool = self.first.pool(queries, seen, banned, max(self.candidates, k), search)
+        scores = self.second.scores(self.first, queries, vectors, pool, seen)
+        return pool, scores, rerank_pool(pool, scores, k)
+
     def top_k(self, user, k, cold=None, rated=(), search="auto", banned=None) -> list:
-        second, n = self.second, max(self.candidates, k)
+        md, first, second = self.md, self.first, self.second
+        queries, vectors = first.query(user, cold, rated), second.user_vectors(user, cold, rated)[None]
+        seen = stages.seen_columns(md, stages.seen(md, user, rated))
+        pool, scores, best = (a[0] for a in self.lists(queries, vectors, seen, k, search, banned))
+        best = best[best >= 0]
+        place = {c: i for i, c in enumerate(pool.tolist())}
+        paired = first.pair_score(queries, np.zeros(len(best), np.int64), best, seen)
         return [
-            (m, {"score": s, **second.values(s), "cosine": c, "retrieval_rank": r})
-            for m, s, c, r in stages.two_stage(self.md, second, k, n, user, cold, rated, search, banned)
-        ]
+            (int(md.movie_ids[c]), {"score": float(scores[place[c]]), **second.values(float(scores[place[c]])),
+                                    first.pair_value: float(v), "retrieval_rank": place[c] + 1})
+            for c, v in zip(best.tolist(), paired)
+        ]  # fmt: skip
 
     def ranker(self, search: str = "auto", pools: list | None = None):
         """The batch form; each batch's candidates are appended to `pools`, when given."""
-        md, second, users_first = self.md, self.second, self.md.arrays["user_vectors"]
+        first, second = self.first, self.second
 
         def rank(users, seen, k, banned=None):
-            pool, _, best = stages.two_stage_lists(md, second, users_first[users], second.batch_vectors(users), seen,
-                                                   k, max(self.candidates, k), search, banned)  # fmt: skip
+            pool, _, best = self.lists(first.queries(users), second.batch_vectors(users), seen, k, search, banned)
             if pools is not None:
                 pools.append(pool)
             return best
@@ -199,4 +230,4 @@ class TwoStages(FirstStage):
         return self.first.similar(row, k, search)
 
     def how(self, doc: dict) -> str:
-        return f"retrieval top {doc.get('candidates')} reordered by {self.second.describe}"
+        return f"{self.first.label} top {doc.get('candidates')} reordered by {self.second.describe}"

@@ -31,7 +31,7 @@ class Candidates:
     @property
     def n_movies(self) -> int:
         """The catalogue's size."""
-        return len(self.inputs.movie_vectors)
+        return self.inputs.n_movies
 
     def is_rated(self, user: np.ndarray, col: np.ndarray) -> np.ndarray:
         """[n] bool: the user rated the column's movie in training."""

@@ -1,12 +1,13 @@
 """Objectives fitted in closed form, with no network and no epochs: a first stage (`recsys.topn.closed_form`)
-whose `fit` turns the training ratings into the arrays its model dir keeps. `closed_form(name, stage)` makes
+whose `fit` turns the training ratings (less those `--holdout` keeps for a ranker) into the arrays its model dir
+keeps. `closed_form(name, stage)` makes
 one an objective of `python -m recsys.train` (`recsys.training.registry`); the loop hands it the run whole
 (`fit_and_save`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from recsys.modeldir import save as modelsave
 from recsys.movielens import MovieLens
 from recsys.topn.closed_form import EaseStage, PopularityStage, ScoredStage
 from recsys.topn.item_knn import ItemKnnStage
+from recsys.training import splits
 from recsys.training.config import DEFAULTS, EVAL_USERS, TrainConfig
 from recsys.training.registry import register
 from recsys.training.task import catalogue
@@ -31,6 +33,14 @@ class Fitted:
     movie_ids: np.ndarray
 
 
+def fit_ratings(data: MovieLens, args: TrainConfig) -> np.ndarray:
+    """The rating indices a closed-form stage is fitted on: the training ratings less the validation slice
+    (`--val-ratio`) and the share `--holdout` keeps for a ranker, drawn as a retrieval model draws them."""
+    train_idx = splits.carve(np.flatnonzero(~data.is_test), args.val_ratio, args.seed)[0]
+    held = splits.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
+    return train_idx[~held[train_idx]]
+
+
 class ClosedForm:
     """An objective fitted in one pass: `stage` fits the arrays, the model dir keeps them (no network)."""
 
@@ -44,8 +54,10 @@ class ClosedForm:
         split has a test set). Returns the objective and its one metrics record."""
         start, movies = time.perf_counter(), catalogue(data)
         ranking = topn.Interactions.build(movies, data.user, data.movie, data.stars, data.is_test)
-        arrays = cls.stage.fit(ranking, **{name: getattr(args, name) for name in DEFAULTS[cls.name]["flags"]})
-        record = {"epoch": 1, "batch": 0, "step": 0, "train_ratings": len(ranking.train_col)}
+        fit = fit_ratings(data, args)
+        fitting = replace(ranking, train_user=data.user[fit], train_col=np.searchsorted(movies, data.movie[fit]))
+        arrays = cls.stage.fit(fitting, **{name: getattr(args, name) for name in DEFAULTS[cls.name]["flags"]})
+        record = {"epoch": 1, "batch": 0, "step": 0, "train_ratings": len(fit)}
         if len(ranking.eval_users()):
             ranker = cls.stage(Fitted(arrays, movies)).ranker()
             top = topn.evaluate(ranker, ranking.sample_users(EVAL_USERS, args.seed), 10)

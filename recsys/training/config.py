@@ -22,7 +22,7 @@ from recsys.threads import usable_cores
 from recsys.topn import first_stage, neighbours
 from recsys.topn.baselines import EASE_MAX_ITEMS
 
-HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker
+HOLDOUT = 0.1  # a first stage's default share of training ratings kept for a ranker (retrieval, closed form)
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 HISTORY_CAP = 50  # chosen on ml-100k validation, against every movie (0) and caps of 25, 10 and 5 (README)
 # each objective's defaults of the flags left out (`lr`: by optimizer; the ranking network trains its head alone,
@@ -40,11 +40,11 @@ DEFAULTS = {
                                            "item_neighbours", "pair_features")},
     # fitted in closed form (`recsys.training.closed_form`): no network, one pass; the network's flags are unread
     "ease": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-             "history": False, "flags": ("ease_lambda", "ease_items")},
+             "history": False, "flags": ("holdout", "ease_lambda", "ease_items")},
     "popularity": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                   "history": False, "flags": ()},
+                   "history": False, "flags": ("holdout",)},
     "item-knn": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                 "history": False, "flags": ()},
+                 "history": False, "flags": ("holdout",)},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -191,9 +191,10 @@ class TrainConfig:
         """Every value in its range (the flags the objective reads)."""
         if self.positive is not None:
             self.need(1 <= self.positive <= 5, "--positive", "1..5")
+        if self.holdout is not None:
+            self.need(0 <= self.holdout < 1, "--holdout", "in [0, 1)")
         if self.temperature is not None:
             self.need(self.temperature > 0, "--temperature", "positive")
-            self.need(0 <= self.holdout < 1, "--holdout", "in [0, 1)")
             self.need(0 <= self.item_share < 1, "--item-share", "in [0, 1)")
         if self.candidates is not None:
             if self.candidates_from is None:

@@ -1,4 +1,5 @@
-"""The ranking network (`--objective ranking`): the chapter's second stage, stacked on a retrieval model.
+"""The ranking network (`--objective ranking`): the chapter's second stage, stacked on a first stage that leads
+two (a retrieval model; or EASE or popularity, fitted in closed form, whose `--holdout` works the same way).
 
 A stacked ranker must learn from labels the retrieval model did not train on (its scores on its own positives
 are inflated). A retrieval model trained with `--holdout F` leaves a share F of the training ratings out of its
@@ -20,6 +21,7 @@ from recsys import topn
 from recsys.data import history
 from recsys.errors import RecsysError
 from recsys.topn import nearest, neighbours
+from recsys.topn import registry as topn_registry
 from recsys.topn.lists import contains, rating_keys
 from recsys.topn.rerank import (
     FEATURE_SETS,
@@ -30,21 +32,18 @@ from recsys.topn.rerank import (
     mean_stars,
     recent_share,
 )
-from recsys.topn.stages import first_stage, movie_index
-from recsys.training import registry, splits
+from recsys.topn.stages import first_stage
+from recsys.training import splits
 from recsys.training.candidates import Candidates
 from recsys.training.registry import register
-from recsys.training.retrieval import RetrievalTask
 from recsys.training.task import D, Task, catalogue, catalogue_columns, phase_count
 
 
-def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
-    """One-line error unless `md` is a retrieval model (of `data`, when given)."""
-    if registry.TASKS.get(md.objective) is not RetrievalTask:
-        raise RecsysError(
-            f"{what} needs a retrieval model: {md.path} is a {md.objective} model "
-            "(train one with --objective retrieval)"
-        )
+def check_first(md, data=None):
+    """`md` as the first stage a ranker stacks on (`recsys.topn.stage.FirstStage`); one-line error unless it
+    leads two stages (and was trained on `data`, when given)."""
+    first = topn_registry.first_stage(md)
+    topn_registry.check_leads(first, "--candidates-from needs")
     if data is not None and (
         md.meta["sizes"] != data.sizes()
         or md.meta["dataset"] != data.meta.dataset
@@ -53,22 +52,32 @@ def check_retrieval(md, data=None, what: str = "--candidates-from") -> None:
     ):
         raise RecsysError(
             f"{md.path} was trained on other data ({md.meta['dataset']} {md.meta['split']}, not "
-            f"{data.meta.dataset} {data.split}); train the ranker on the retrieval model's data"
+            f"{data.meta.dataset} {data.split}); train the ranker on its first stage's data"
         )
+    return first
 
 
-def pair_inputs(data, idx: np.ndarray, users: np.ndarray, histories: sp.csr_matrix, movies: np.ndarray,
-                item_item: sp.csc_matrix, width: int) -> PairInputs:  # fmt: skip
-    """The pair features' inputs (`recsys.topn.rerank.PairInputs`) of the ratings `idx` alone: the users'
-    retrieval vectors `users` and histories `histories` (of those ratings), the catalogue's retrieval vectors
-    `movies`, the item-item weights, and the movies' shares, mean stars and recent shares of those ratings;
-    `width` of the features."""
+def first_queries(md, data, histories):
+    """The users' inputs to the first stage (`FirstStage.queries`) as the histories `histories` give them: a
+    tower model's unit vectors, None for a model dir with no network (its scores read the histories alone)."""
+    if not md.meta.get("network", True):
+        return None
+    feeds = data.tables.user_features(np.arange(data.sizes()["n_users"]))
+    return md.user_vector(feeds, histories=histories if md.history else None)
+
+
+def pair_inputs(data, idx: np.ndarray, first, users, histories: sp.csr_matrix, movies, item_item: sp.csc_matrix,
+                width: int) -> PairInputs:  # fmt: skip
+    """The pair features' inputs (`recsys.topn.rerank.PairInputs`) of the ratings `idx` alone: the first
+    stage `first`, the users' inputs to it `users` (a tower model's unit vectors, or None) and histories
+    `histories` (of those ratings), the catalogue's vectors `movies` (or None), the item-item weights, and the
+    movies' shares, mean stars and recent shares of those ratings; `width` of the features."""
     movies_of = catalogue(data)
     cols, n_cols = np.searchsorted(movies_of, data.movie[idx]), len(movies_of)
     genres = data.tables.genres(movies_of)
     stamps = None if data.timestamp is None else data.timestamp[idx]
     stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
-    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, width)
+    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, width, first)
 
 
 @dataclass
@@ -90,33 +99,32 @@ class Stack:
 
 def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exact: bool, val_ratio: float,
           seed: int, width: int = FEATURE_SETS["basic"]) -> Stack:  # fmt: skip
-    """The `Stack` of a ranking network on the candidates of the retrieval model `candidates_from`: its
-    held-out ratings are the ranker's labels (those among the fit candidates; validation carved from them by
-    `val_ratio`), its training ratings the histories, and the ranker's towers start from its towers; `width`:
-    how many pair features the head reads."""
+    """The `Stack` of a ranking network on the candidates of the first stage `candidates_from` (a model dir
+    that leads two stages): its held-out ratings are the ranker's labels (those among the fit candidates;
+    validation carved from them by `val_ratio`), its training ratings the histories, and the ranker's towers
+    start from its towers, where it has them; `width`: how many pair features the head reads."""
     from recsys.modeldir import ModelDir
 
-    retrieval = ModelDir.load(candidates_from)
-    check_retrieval(retrieval, data)
-    rs = retrieval.meta["settings"]
+    md = ModelDir.load(candidates_from)
+    first = check_first(md, data)
+    rs = md.meta["settings"]
     if not rs.get("holdout"):
         raise RecsysError(
-            f"{retrieval.path} held no training ratings out for a ranker to learn from; "
-            "train the retrieval model with --holdout 0.1 (its default)"
+            f"{md.path} held no training ratings out for a ranker to learn from; "
+            "train it with --holdout 0.1 (the default)"
         )
     train_idx = splits.carve(np.flatnonzero(~data.is_test), rs["val_ratio"], rs["seed"])[0]  # its own slice
     held = splits.holdout_mask(len(data.user), train_idx, rs["holdout"], rs["seed"])
     fit, labels = train_idx[~held[train_idx]], train_idx[held[train_idx]]
     sizes, movies_of = data.sizes(), catalogue(data)
-    feeds = data.tables.user_features(np.arange(sizes["n_users"]))
     histories = history.Histories.of(sizes["n_users"], sizes["n_movies"], data.user[fit], data.movie[fit])
-    fit_users = retrieval.user_vector(feeds, histories=histories if retrieval.history else None)
-    movies, n_cols = retrieval.catalogue_vectors, len(movies_of)
+    fit_users, n_cols = first_queries(md, data, histories), len(movies_of)
+    movies = md.catalogue_vectors if fit_users is not None else None
     trained = np.flatnonzero(~data.is_test)
     rated, fit_history = catalogue_columns(data, movies_of, trained), catalogue_columns(data, movies_of, fit)
     rated_keys = rating_keys(data.user[trained], np.searchsorted(movies_of, data.movie[trained]), n_cols)
-    ix, stage = movie_index(retrieval, nearest.search_for(exact)), first_stage(retrieval)
-    fit_pool = candidate_pool(fit_users, movies, fit_history, n_candidates, ix, stage)
+    search = nearest.search_for(exact)
+    fit_pool = candidate_pool(first, fit_users, fit_history, n_candidates, search)
     # the ranker learns to order the lists it will see: its positives are the held-out ratings among them
     sorted_pool = np.sort(fit_pool, axis=1).ravel()  # a row's candidates are distinct: its keys, ascending
     rows = np.repeat(np.arange(len(fit_pool), dtype=np.int64), fit_pool.shape[1])
@@ -124,17 +132,18 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
-    fit_inputs = pair_inputs(data, fit, fit_users, fit_history, movies, fit_weights, width)
+    fit_inputs = pair_inputs(data, fit, first, fit_users, fit_history, movies, fit_weights, width)
     fit_candidates = Candidates(fit_inputs, rated_keys, fit_pool)
     item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
-    users = retrieval.arrays["user_vectors"]
-    full_pool = candidate_pool(users, movies, rated, n_candidates, ix, stage)
-    full_inputs = pair_inputs(data, trained, users, rated, movies, item_item.tocsc(), width)
+    users = first.queries(np.arange(sizes["n_users"]))
+    full_pool = candidate_pool(first, users, rated, n_candidates, search)
+    full_inputs = pair_inputs(data, trained, first, users, rated, movies, item_item.tocsc(), width)
     candidates = Candidates(full_inputs, rated_keys, full_pool)
-    recorded = {"candidates_params_sha256": fingerprint(retrieval), "candidates_settings": rs}  # refit: `is_refit`
+    recorded = {"candidates_params_sha256": fingerprint(md), "candidates_settings": rs}  # refit: `is_refit`
+    stage = first_stage(md) if movies is not None else None  # a tower model's item-item part: the head's start
     return Stack(fit_candidates, candidates, item_item, fit, (*splits.carve(labels, val_ratio, seed),
-                 np.flatnonzero(data.is_test)), retrieval.params(), None if stage is None else stage.beta,
-                 recorded)  # fmt: skip
+                 np.flatnonzero(data.is_test)), md.params() if movies is not None else {},
+                 None if stage is None else stage.beta, recorded)  # fmt: skip
 
 
 @register("ranking")
