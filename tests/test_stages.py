@@ -43,7 +43,7 @@ def data(archive):
 def models(archive, tmp_path_factory) -> dict[str, Path]:
     """One model dir of each objective (one epoch), a ranking network on the retrieval model, and EASE that
     covers a third of the movies, the closed-form ones fitted on every training rating (`--holdout 0`); each
-    closed-form objective with the default holdout (`NAME-held`) and a ranking network on each (`NAME-ranking`:
+    closed-form objective with `--holdout 0.1` (`NAME-held`) and a ranking network on each (`NAME-ranking`:
     one epoch of a few batches); each also copied file by file (`copy/NAME`)."""
     out = tmp_path_factory.mktemp("stages")
     flags = {"data_dir": archive, "epochs": 1, **QUIET}
@@ -57,7 +57,7 @@ def models(archive, tmp_path_factory) -> dict[str, Path]:
     train.run(objective="ease", model_dir=out / "ease-capped", ease_items=20, ease_lambda=50.0, holdout=0.0, **flags)
     train.run(objective="item-knn", model_dir=out / "item-knn", holdout=0.0, **flags)
     for name in STACKED:
-        train.run(objective=name, model_dir=out / f"{name}-held", **flags)
+        train.run(objective=name, model_dir=out / f"{name}-held", holdout=0.1, **flags)
         train.run(objective="ranking", model_dir=out / f"{name}-ranking", candidates_from=out / f"{name}-held",
                   candidates=CANDIDATES, max_batches=3, **flags)  # fmt: skip
     for name in MODELS:
@@ -291,7 +291,7 @@ def test_what_a_closed_form_model_cannot_do_is_one_line(models, archive, tmp_pat
 
 
 def _fit_matrix(data, seed: int = 0, holdout: float = 0.1) -> np.ndarray:
-    """The 0/1 matrix of the training ratings a closed-form stage with the default `--holdout` is fitted on:
+    """The 0/1 matrix of the training ratings a closed-form stage with `--holdout 0.1` is fitted on:
     each training rating drawn out with probability `holdout` (`recsys.training.splits.holdout_mask`)."""
     catalogue = np.array(sorted(data.meta.movies))
     train_idx = np.flatnonzero(~data.is_test)

@@ -22,7 +22,7 @@ from recsys.threads import usable_cores
 from recsys.topn import first_stage, neighbours
 from recsys.topn.baselines import EASE_MAX_ITEMS
 
-HOLDOUT = 0.1  # a first stage's default share of training ratings kept for a ranker (retrieval, closed form)
+HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker (closed form: 0)
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
 HISTORY_CAP = 50  # chosen on ml-100k validation, against every movie (0) and caps of 25, 10 and 5 (README)
 # each objective's defaults of the flags left out (`lr`: by optimizer; the ranking network trains its head alone,
@@ -40,11 +40,11 @@ DEFAULTS = {
                                            "item_neighbours", "pair_features")},
     # fitted in closed form (`recsys.training.closed_form`): no network, one pass; the network's flags are unread
     "ease": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-             "history": False, "flags": ("holdout", "ease_lambda", "ease_items")},
+             "history": False, "holdout": 0.0, "flags": ("holdout", "ease_lambda", "ease_items")},
     "popularity": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                   "history": False, "flags": ("holdout",)},
+                   "history": False, "holdout": 0.0, "flags": ("holdout",)},
     "item-knn": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                 "history": False, "flags": ("holdout",)},
+                 "history": False, "holdout": 0.0, "flags": ("holdout",)},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -97,7 +97,7 @@ class TrainConfig:
     temperature: float | None = 0.25
     positive: int | None = 4
     negatives: str | None = "in-batch"
-    holdout: float | None = HOLDOUT
+    holdout: float | None = None  # the objective's default: `DEFAULTS`, else HOLDOUT
     item_share: float | None = first_stage.SHARE
     candidates_from: str | None = None
     candidates: int | None = 200
@@ -173,6 +173,8 @@ class TrainConfig:
             self.lr_schedule = table["lr_schedule"]
         if self.history is None:
             self.history = table["history"]
+        if self.holdout is None:
+            self.holdout = table.get("holdout", HOLDOUT)
         if not self.history:
             self.history_cap = None
         elif self.history_cap is None or self.history_cap < 0:  # None: a run recorded before the cap existed
