@@ -42,17 +42,17 @@ def data(archive):
 @pytest.fixture(scope="module")
 def models(archive, tmp_path_factory) -> dict[str, Path]:
     """One model dir of each objective (one epoch), a ranking network on the retrieval model, and EASE that
-    covers a third of the movies, the closed-form ones fitted on every training rating (`--holdout 0`); each
-    closed-form objective with `--holdout 0.1` (`NAME-held`) and a ranking network on each (`NAME-ranking`:
-    one epoch of a few batches); each also copied file by file (`copy/NAME`)."""
+    covers a third of the movies, the closed-form ones fitted on every training rating (their default,
+    `--holdout 0`); each closed-form objective with `--holdout 0.1` (`NAME-held`) and a ranking network on
+    each (`NAME-ranking`: one epoch of a few batches); each also copied file by file (`copy/NAME`)."""
     out = tmp_path_factory.mktemp("stages")
     flags = {"data_dir": archive, "epochs": 1, **QUIET}
     train.run(objective="retrieval", model_dir=out / "retrieval", **flags)
     train.run(objective="rating", model_dir=out / "rating", **flags)
     train.run(objective="ranking", model_dir=out / "ranking", candidates_from=out / "retrieval", **flags)
-    train.run(objective="ease", model_dir=out / "ease", holdout=0.0, **flags)
+    train.run(objective="ease", model_dir=out / "ease", **flags)  # the default: --holdout 0
     proc = run_cli("recsys.train", "--objective", "popularity", "--data-dir", str(archive), "--model-dir",
-                   str(out / "popularity"), "--holdout", "0")  # fmt: skip
+                   str(out / "popularity"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     train.run(objective="ease", model_dir=out / "ease-capped", ease_items=20, ease_lambda=50.0, holdout=0.0, **flags)
     train.run(objective="item-knn", model_dir=out / "item-knn", holdout=0.0, **flags)
