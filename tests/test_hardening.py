@@ -319,8 +319,8 @@ def test_ctrl_c_during_a_swap_takes_effect_once_the_new_dir_is_in(model, tmp_pat
 
     def interrupted(src, dst):  # Ctrl-C just as the old dir is renamed away
         replace(src, dst)
-        if dst.name == ".model.previous":
-            os.kill(os.getpid(), signal.SIGINT)
+        if dst.name == ".model.previous":  # to this thread: a process-wide signal may land on another one first
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
