@@ -103,6 +103,13 @@ def phase(threads: int | None = None) -> Iterator[int]:
     from threadpoolctl import threadpool_limits
 
     count = threads if threads is not None else (chosen() if _open else wide())
+    if count == _chosen:  # the count in effect already: nothing to set, nothing to restore (each costs ms)
+        _open += 1
+        try:
+            yield count
+        finally:
+            _open -= 1
+        return
     before, faiss = _chosen, sys.modules.get("faiss")
     faiss_before = faiss.omp_get_max_threads() if faiss is not None else None
     import scipy.linalg  # noqa: F401 (loaded before the snapshot: its BLAS's count comes back too)
