@@ -125,15 +125,25 @@ def save_fitted(
     whether a user's rated movies change their list, `score`: what its scores are), the data's arrays and
     `arrays`, metrics.json and the manifest, swapped in as `save` does."""
     path = Path(path)
+    with _new_dir(path) as tmp:
+        np.savez(tmp / "arrays.npz", **data_arrays(data), **arrays)
+        doc = _meta(data, settings, [], history) | {"network": False, "score": score, "index": None}
+        (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
+        write_metrics(tmp, metrics, plot=False)
+    return path
+
+
+@contextlib.contextmanager
+def _new_dir(path: Path):
+    """A temp dir beside `path` that the block writes a model dir into, then, with its manifest, swapped in by
+    rename (`_swap`). Ctrl-C or SIGTERM takes effect once the block and the swap are done; an OSError is one
+    line, and `path` keeps the last good model."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with _signals_deferred():
+        with _signals_deferred():  # a signal inside Paddle's export would surface as its own C++ error
             _remove_stale_temps(path)
             tmp.mkdir(parents=True)
-            np.savez(tmp / "arrays.npz", **data_arrays(data), **arrays)
-            doc = _meta(data, settings, [], history) | {"network": False, "score": score, "index": None}
-            (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
-            write_metrics(tmp, metrics, plot=False)
+            yield tmp
             write_manifest(tmp)
             _swap(tmp, path)
     except OSError as e:
@@ -143,7 +153,6 @@ def save_fitted(
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def save(
@@ -168,47 +177,34 @@ def save(
     from paddle.static import InputSpec
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with _signals_deferred():  # a signal inside Paddle's export would surface as its own C++ error
-            _remove_stale_temps(path)
-            tmp.mkdir(parents=True)
-            lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
-            specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
-            history = settings.get("history", False)
-            if history:
-                specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
-            if hasattr(net, "head"):
-                specs.append(InputSpec([None, net.head.linear.shape[0]], "float32", "ranking_features"))
-            net.eval()
-            paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
-            net.train()
-            params = {k: v.numpy() for k, v in net.state_dict().items()}
-            np.savez(tmp / "params.npz", **params)
-            vectors = tower_vectors(
-                net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
-            )
-            catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
-            indexed = None if hasattr(net, "head") else _write_index(tmp, vectors["movie_vectors"][catalogue])
-            np.savez(tmp / "arrays.npz", **data_arrays(data), **vectors, **(extra or {}))
-            doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
-            (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
-            write_metrics(tmp, metrics, plot)
-            if checkpoint is not None:
-                (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
-                np.savez(tmp / "checkpoint.npz", **checkpoint[1])
-            elif keep_checkpoint:
-                for name in ("checkpoint.json", "checkpoint.npz"):
-                    shutil.copy2(path / name, tmp / name)
-            write_manifest(tmp)
-            _swap(tmp, path)
-    except OSError as e:
-        raise RecsysError(
-            f"could not save the model dir {path}: {e.strerror or e} ({e.filename or path.parent}); "
-            f"{path} keeps the last good model"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _new_dir(path) as tmp:
+        lists = ("category_id", "movie_title")  # padded [N, L] id lists; every other feed is one id per row
+        specs = [InputSpec([None, None] if n in lists else [None], "int64", n) for n in net.feed_names()]
+        history = settings.get("history", False)
+        if history:
+            specs.append(InputSpec([None, data.sizes()["n_movies"]], "float32", "history"))
+        if hasattr(net, "head"):
+            specs.append(InputSpec([None, net.head.linear.shape[0]], "float32", "ranking_features"))
+        net.eval()
+        paddle.jit.save(program(net, specs), str(tmp / PREFIX), input_spec=[specs])
+        net.train()
+        params = {k: v.numpy() for k, v in net.state_dict().items()}
+        np.savez(tmp / "params.npz", **params)
+        vectors = tower_vectors(
+            net, data.tables, feature_sizes(data.sizes()), training_history(data) if history else None
+        )
+        catalogue = np.array(sorted(data.meta.movies), np.int64)  # as `ModelDir.movie_ids`
+        indexed = None if hasattr(net, "head") else _write_index(tmp, vectors["movie_vectors"][catalogue])
+        np.savez(tmp / "arrays.npz", **data_arrays(data), **vectors, **(extra or {}))
+        doc = _meta(data, settings, [spec.name for spec in specs], history) | {"index": indexed}
+        (tmp / "meta.json").write_text(json.dumps(doc, ensure_ascii=False))
+        write_metrics(tmp, metrics, plot)
+        if checkpoint is not None:
+            (tmp / "checkpoint.json").write_text(json.dumps(checkpoint[0]))
+            np.savez(tmp / "checkpoint.npz", **checkpoint[1])
+        elif keep_checkpoint:
+            for name in ("checkpoint.json", "checkpoint.npz"):
+                shutil.copy2(path / name, tmp / name)
     return path
 
 
