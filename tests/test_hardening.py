@@ -323,8 +323,16 @@ def test_ctrl_c_during_a_swap_takes_effect_once_the_new_dir_is_in(model, tmp_pat
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        modelsave._swap(new, path)
+    # Ctrl-C as a shell delivers it: Python's handler, SIGINT not blocked (whatever a test before left in this
+    # worker's thread)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            modelsave._swap(new, path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (path / "saved").exists()
 
 
