@@ -75,9 +75,11 @@ def _pair(models, first: str, second: str | None = None) -> tuple[Recommender, R
 
 
 class TestRetrieval(StageContract):
+    stages: tuple[str, ...] = ("retrieval",)  # the model dir names: a first stage, and a second one if any
+
     @pytest.fixture(scope="class")
     def recs(self, models):
-        return _pair(models, "retrieval")
+        return _pair(models, *self.stages)
 
     @pytest.fixture
     def rec(self, recs):
@@ -89,80 +91,52 @@ class TestRetrieval(StageContract):
 
 
 class TestRating(TestRetrieval):
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "rating")
+    stages = ("rating",)
 
 
 class TestEase(TestRetrieval):
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "ease")
+    stages = ("ease",)
 
 
 class TestEaseCapped(TestRetrieval):
     rare_ties = False  # the movies past the cap tie on their counts
     ordered = False  # ... which rank after the others whatever their scores
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "ease-capped")
+    stages = ("ease-capped",)
 
 
 class TestPopularity(TestRetrieval):
     rare_ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "popularity")
+    stages = ("popularity",)
 
 
 class TestItemKnn(TestRetrieval):
     rare_ties = False  # the movies no rated movie is near tie at 0
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "item-knn")
+    stages = ("item-knn",)
 
 
 class TestRetrievalThenRanking(TestRetrieval):
     ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "retrieval", "ranking")
+    stages = ("retrieval", "ranking")
 
 
 class TestEaseThenRanking(TestRetrieval):
     ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "ease-held", "ease-ranking")
+    stages = ("ease-held", "ease-ranking")
 
 
 class TestPopularityThenRanking(TestRetrieval):
     ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "popularity-held", "popularity-ranking")
+    stages = ("popularity-held", "popularity-ranking")
 
 
 class TestItemKnnThenRanking(TestRetrieval):
     ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "item-knn-held", "item-knn-ranking")
+    stages = ("item-knn-held", "item-knn-ranking")
 
 
 class TestRetrievalThenRating(TestRetrieval):
     ties = False
-
-    @pytest.fixture(scope="class")
-    def recs(self, models):
-        return _pair(models, "retrieval", "rating")
+    stages = ("retrieval", "rating")
 
 
 # the closed-form objectives by hand
