@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from recsys import threads
-from recsys.topn.lists import by_score, top_k_lists
+from recsys.topn.lists import by_score, top_k_by_group
 from recsys.topn.metrics import Interactions
 
 
@@ -156,12 +156,9 @@ class EASE:
             return by_score(self.scores)
 
         def rank(users, seen, k):
-            first = top_k_lists(self.scores(users), seen[:, self.keep], k)
-            after = top_k_lists(np.broadcast_to(self.rest_counts, (len(users), len(self.rest))), seen[:, self.rest], k)
-            both = np.concatenate(
-                [np.where(first >= 0, self.keep[first], -1), np.where(after >= 0, self.rest[after], -1)], 1
+            rest = np.broadcast_to(self.rest_counts, (len(users), len(self.rest)))
+            return top_k_by_group(
+                [(self.scores(users), seen[:, self.keep], self.keep), (rest, seen[:, self.rest], self.rest)], k
             )
-            order = np.argsort(both < 0, axis=1, kind="stable")[:, :k]
-            return np.take_along_axis(both, order, 1)
 
         return rank

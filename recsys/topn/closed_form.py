@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from recsys.topn import stages
 from recsys.topn.baselines import EASE, EASE_MAX_ITEMS
-from recsys.topn.lists import top_k_lists
+from recsys.topn.lists import top_k_by_group, top_k_lists
 from recsys.topn.metrics import Interactions
 from recsys.topn.stage import FirstStage
 
@@ -48,12 +48,8 @@ class ScoredStage(FirstStage):
         if self.after is None:
             cols = top_k_lists(scores, out, k)
         else:  # the columns before the others by score, then the others by score
-            parts = []
-            for which in (np.setdiff1d(np.arange(scores.shape[1]), self.after), self.after):
-                found = top_k_lists(scores[:, which], out[:, which], k)
-                parts.append(np.where(found >= 0, which[np.maximum(found, 0)], -1))
-            both = np.concatenate(parts, 1)
-            cols = np.take_along_axis(both, np.argsort(both < 0, axis=1, kind="stable")[:, :k], 1)
+            first = np.setdiff1d(np.arange(scores.shape[1]), self.after)
+            cols = top_k_by_group([(scores[:, c], out[:, c], c) for c in (first, self.after)], k)
         values = np.take_along_axis(scores, np.maximum(cols, 0), 1)
         return cols, np.where(cols >= 0, values, 0.0)
 

@@ -41,6 +41,18 @@ def top_k_lists(scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def top_k_by_group(groups, k: int) -> np.ndarray:
+    """Each row's k best columns, group by group: every listed column of a group before any of the next, and
+    within a group by score (`top_k_lists`). `groups`: (scores [n, m], seen [n, m], the group's columns [m])
+    triples. Returns [n, k] columns, -1 padded."""
+    found = []
+    for scores, seen, columns in groups:
+        best = top_k_lists(scores, seen, k)
+        found.append(np.where(best >= 0, columns[np.maximum(best, 0)], -1))
+    both = np.concatenate(found, 1)
+    return np.take_along_axis(both, np.argsort(both < 0, axis=1, kind="stable")[:, :k], 1)
+
+
 def rerank_pool(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Each row's candidate columns (-1: none) reordered by their own scores [U, N] (aligned with
     `candidates`), best first, then cut to k. Equal scores keep the candidates' order."""
