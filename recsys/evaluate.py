@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, ok, rule in (
         ("--k", args.k >= 1, "at least 1"),
         ("--relevant", 1 <= args.relevant <= 5, "1..5"),
-        ("--ease-lambda", args.ease_lambda > 0, "positive"),
+        ("--ease-lambda", args.ease_lambda > 0 and math.isfinite(args.ease_lambda), "positive"),
         ("--ease-items", args.ease_items >= 0, "0 or more"),
     ):
         if not ok:

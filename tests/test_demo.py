@@ -97,6 +97,7 @@ def test_a_new_users_rated_movies_are_named_with_their_titles(small_dir, tmp_pat
         ("recsys.serve", ["--reload-interval", "-1"], "--reload-interval must not be negative, got -1.0"),
         ("recsys.evaluate", ["--relevant", "9"], "--relevant must be 1..5, got 9"),
         ("recsys.evaluate", ["--ease-lambda", "0"], "--ease-lambda must be positive, got 0.0"),
+        ("recsys.evaluate", ["--ease-lambda", "inf"], "--ease-lambda must be positive, got inf"),
         ("recsys.train", ["--max-batches", "-3"], "--max-batches must be 0 or more, got -3"),
         ("recsys.train", ["--cold-start-rate", "2"], "--cold-start-rate must be in [0, 1), got 2.0"),
         ("recsys.train", ["--objective", "retrieval", "--temperature", "0"],
