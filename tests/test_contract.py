@@ -45,7 +45,9 @@ def test_the_schema_holds_the_constraints_the_server_enforces(u1_models, tmp_pat
 
 
 def test_a_schema_fuzzer_finds_no_failure(u1_models, tmp_path):
-    """Every schemathesis check, both valid and invalid data, for at most 30 s against 127.0.0.1."""
+    """Every schemathesis check, both valid and invalid data, for at most 30 s against 127.0.0.1, but
+    `use_after_free`: `DELETE /api/users/{id}/ratings` empties a user's stored ratings, and the user and the
+    (empty) list are still there to read, as tests/test_feedback.py holds."""
     st = Path(sys.executable).with_name("st")  # schemathesis's command, beside this Python
     if not st.is_file():
         pytest.skip("schemathesis is not installed (the dev extra brings it)")
@@ -58,7 +60,8 @@ def test_a_schema_fuzzer_finds_no_failure(u1_models, tmp_path):
             "--write-token-file", str(token), "--reload-interval", "0"]  # fmt: skip
     server = start_server(*args, port=port)
     try:
-        cmd = [str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "--max-examples", "25",
+        cmd = [str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "--exclude-checks",
+                   "use_after_free", "--max-examples", "25",
                "--max-time", "30", "--seed", "1", "--workers", "1", "--generation-database", "none", "--no-color",
                "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "10"]  # fmt: skip
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
