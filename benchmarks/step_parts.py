@@ -13,6 +13,7 @@ batch's movies), the towers backward, and the update (plain SGD; Adam, lazy rows
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,7 +89,8 @@ def main() -> None:
     print(f"{'ratio':10s}" + "".join(ratio) + f"{best['retrieval'].sum() / best['rating'].sum():10.2f}")
     rows = [[objective, *(round(float(v)) for v in us), round(float(us.sum()))] for objective, us in best.items()]
     title = f"{args.dataset}, batch 256: µs per step, the best chunk of {args.chunk} steps of {args.chunks}"
-    write_results("step_parts", "python benchmarks/step_parts.py", [
+    command = " ".join(["python benchmarks/step_parts.py", *(a if a != args.data_dir else "DIR" for a in sys.argv[1:])])
+    write_results("step_parts", command, [
         results_table("parts", title, ["", *PARTS, "total"], rows),
         results_table("ratio", "the retrieval step against the rating step", ["", "× rating"],
                       [["retrieval", round(float(best["retrieval"].sum() / best["rating"].sum()), 2)]]),
