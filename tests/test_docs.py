@@ -149,12 +149,15 @@ class _Tables(HTMLParser):
             self.cell += data
 
 
-def _same(cell: str, value) -> bool:
-    """A table cell as the page shows it, against its value in the results file."""
+def _same(cell: str, value, decimals: int | None = None) -> bool:
+    """A table cell as the page shows it, against its value in the results file (a float at its column's
+    `decimals`, where the table gives them)."""
     if value is None:
         return cell == "–"
     if isinstance(value, str):
         return cell == " ".join(value.split())
+    if isinstance(value, float) and decimals is not None:
+        return cell == f"{value:,.{decimals}f}"
     return float(cell.replace(",", "")) == value
 
 
@@ -173,9 +176,10 @@ def test_every_figure_on_the_results_pages_is_its_json(site):
             shown = tables[f"{doc['name']}/{i}"]
             assert shown[0] == [" ".join(c.split()) for c in table["columns"]], (path.name, i)
             assert len(shown) == len(table["rows"]) + 1, (path.name, i)
+            decimals = table.get("decimals") or [None] * len(table["columns"])
             for cells, row in zip(shown[1:], table["rows"]):
-                for cell, value in zip(cells, row, strict=True):
-                    assert _same(cell, value), (path.name, i, cell, value)
+                for cell, value, places in zip(cells, row, decimals, strict=True):
+                    assert _same(cell, value, places), (path.name, i, cell, value)
     peers = json.loads((ROOT / "benchmarks" / "results" / "peers.json").read_text())
     mean = next(t for t in peers["tables"] if t["id"] == "ml-100k-mean")
     readme = (ROOT / "README.md").read_text().split("## Results beside the peers", 1)[1]
