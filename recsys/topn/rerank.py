@@ -56,6 +56,10 @@ def recent_share(cols: np.ndarray, timestamp: np.ndarray | None, n_cols: int, sh
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
+FEATURES = ("cosine", "log_share", "item_item", "genre_affinity", "mean_stars", "recent_share", "activity")
+FEATURE_SETS = {"basic": 3, "all": len(FEATURES)}  # `--pair-features`: how many of FEATURES the head reads
+
+
 @dataclass
 class PairInputs:
     """Everything the ranking network's pair features read, all of it from the training split: the users'
@@ -69,8 +73,7 @@ class PairInputs:
     reads (`FEATURE_SETS`; `stars` and `recent` are read only beyond the first three). `first`, when given, is
     the leading first stage (`recsys.topn.stage.FirstStage`) whose `pair_score` of the users (`user_vectors`:
     its `queries`, or None) and their histories is the first feature, in place of the cosine of the vectors.
-    Training, evaluation and
-    serving build one of these and call `pair_features` on it."""
+    Training, evaluation and serving build one of these and call `pair_features` on it."""
 
     user_vectors: np.ndarray
     history: sp.csr_matrix
@@ -80,7 +83,7 @@ class PairInputs:
     genres: np.ndarray
     stars: np.ndarray | None
     recent: np.ndarray | None
-    width: int = 3
+    width: int = FEATURE_SETS["basic"]
     first: object | None = None
 
     def first_score(self, users: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -104,10 +107,6 @@ class PairInputs:
         """[U, G] float32: each user's share of their history in each genre (0 for an empty history)."""
         counts = np.maximum(self.user_counts, 1.0)[:, None]
         return np.asarray(self.history @ self.genres, np.float32) / counts
-
-
-FEATURES = ("cosine", "log_share", "item_item", "genre_affinity", "mean_stars", "recent_share", "activity")
-FEATURE_SETS = {"basic": 3, "all": len(FEATURES)}  # `--pair-features`: how many of FEATURES the head reads
 
 
 def pair_features(inputs: PairInputs, users: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -307,4 +307,6 @@ class RankingTask(Task):
         w, inputs = self.item_item, self.candidates.inputs
         out = {"item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
                "log_share": inputs.log_share}  # fmt: skip
-        return out | ({"movie_stars": inputs.stars, "recent_share": inputs.recent} if self.pair_width > 3 else {})
+        if self.pair_width > FEATURE_SETS["basic"]:  # `--pair-features all` reads them
+            out |= {"movie_stars": inputs.stars, "recent_share": inputs.recent}
+        return out
