@@ -348,11 +348,11 @@ def run(
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    import paddle.distributed as dist
+    args = parse_args(argv)  # before Paddle loads: --help and a bad flag answer without its second of start-up
+    import paddle.distributed as dist  # before the SIGTERM handler below: importing Paddle installs its own
     from tqdm import tqdm
 
     with _sigterm_as_ctrl_c():
-        args = parse_args(argv)
         check_environment()
         set_device(args.use_cuda)
         if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
