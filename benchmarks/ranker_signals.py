@@ -99,11 +99,11 @@ def fold(split: str, data_dir: str, tmp: Path, n: int, recent: bool = False) -> 
     }
     if recent:
         signals |= time_signals(data, users, cols, md, ease)
-    out = {}
+    out, base = {}, standardised(score)
     for name, signal in signals.items():
-        out[name] = []
+        out[name], z = [], standardised(signal)
         for w in WEIGHTS:
-            order = np.argsort(-(standardised(score) + w * standardised(signal)), 1, kind="stable")[:, :10]
+            order = np.argsort(-(base + w * z), 1, kind="stable")[:, :10]
             best = np.take_along_axis(cols, order, 1)
             out[name].append(metrics(best, ranking.relevant(), 10, len(ranking.catalogue))["ndcg"])
     return out
