@@ -188,6 +188,14 @@ def parser() -> ArgumentParser:
         "lists are then evaluate's baseline rows: give 0.1 to stack a ranking network on them)",
     )
     retrieval.add_argument(
+        "--holdout-by",
+        choices=CHOICES["holdout_by"],
+        default=D.holdout_by,
+        help="which training ratings --holdout leaves out: a seeded random share (random), each user's latest "
+        "share by timestamp (time), or the rule of the split's own test ratings (split: time on a temporal "
+        "split, random otherwise; default: %(default)s)",
+    )
+    retrieval.add_argument(
         "--item-share",
         type=float,
         default=D.item_share,
@@ -249,8 +257,9 @@ def parser() -> ArgumentParser:
         choices=CHOICES["pair_features"],
         default=D.pair_features,
         help="the pair features the head reads: basic (the retrieval cosine, the movie's log share, the item-item "
-        "score) or all (also the user's genre affinity, the movie's shrunk mean stars and share of the latest "
-        "ratings, the user's activity) (default: %(default)s)",
+        "score of the user's history), latest (also the item-item score of the user's 20 latest movies) or all "
+        "(also the user's genre affinity, the movie's shrunk mean stars and share of the latest ratings, the user's "
+        "activity) (default: %(default)s)",
     )
     ease = ap.add_argument_group("EASE options (with --objective ease)")
     ease.add_argument(

@@ -1,5 +1,5 @@
 """Model dirs: what `train` writes (`recsys.modeldir.save`) and everything else reads (`recsys.modeldir.load`)."""
 
-from recsys.modeldir.load import ModelDir, Predictor, tower_outputs
+from recsys.modeldir.load import ModelDir, Predictor, read_meta, tower_outputs
 
-__all__ = ["ModelDir", "Predictor", "tower_outputs"]
+__all__ = ["ModelDir", "Predictor", "read_meta", "tower_outputs"]

@@ -144,6 +144,11 @@ def model_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> None:
         for name in PAIR_ARRAYS:  # those of `--pair-features all` (earlier ranking models have log_share alone)
             if name in arrays:
                 array(arrays, name, "float", (len(catalogue),))
+    if "latest_movies" in arrays:  # each user's latest movies (catalogue columns, -1: none)
+        array(arrays, "latest_movies", "int", (users, None))
+        latest = arrays["latest_movies"]
+        if latest.size and (latest.min() < -1 or latest.max() >= len(catalogue)):
+            raise Bad(f"latest_movies holds columns outside -1..{len(catalogue) - 1}")
     if "first_stage_beta" in arrays:
         array(arrays, "first_stage_beta", "float", ())
 

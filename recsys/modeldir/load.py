@@ -136,6 +136,15 @@ def _meta(where: Path, files: Files) -> dict:
     return meta
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """A model dir's meta.json alone (its settings, sizes, data), checked as `ModelDir.load` checks it."""
+    where, files = _open(Path(path))
+    try:
+        return _meta(where, files)
+    finally:
+        files.close()
+
+
 def _arrays(where: Path, files: Files, meta: dict) -> dict[str, np.ndarray]:
     """arrays.npz, every array checked against meta.json (`recsys.modeldir.checks`)."""
     arrays = files.npz("arrays.npz")

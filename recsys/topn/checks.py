@@ -37,7 +37,11 @@ def is_refit(retrieval: ModelDir, rerank: ModelDir) -> bool:
     mine = retrieval.meta["settings"]
     if given is None or mine.get("holdout") or not given.get("holdout"):
         return False
-    return {k: v for k, v in given.items() if k != "holdout"} == {k: v for k, v in mine.items() if k != "holdout"}
+
+    def rest(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k not in ("holdout", "holdout_by")}
+
+    return rest(given) == rest(mine)
 
 
 def check_data(md: ModelDir, data) -> None:

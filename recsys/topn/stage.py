@@ -129,10 +129,18 @@ class SecondStage:
         """Known users' inputs to `scores`, [n, D]."""
         raise NotImplementedError
 
+    def user_inputs(self, user: int | None, cold=None, rated=()):
+        """One user's inputs to `scores`, as `batch_inputs` gives a batch of one (their vector, [1, D])."""
+        return self.user_vectors(user, cold, rated)[None]
+
+    def batch_inputs(self, users: np.ndarray):
+        """Known users' inputs to `scores` (their vectors, [n, D])."""
+        return self.batch_vectors(users)
+
     def scores(self, first: FirstStage, queries, vectors, pool: np.ndarray, seen) -> np.ndarray:
         """Its scores [n, N] of each user's candidate columns `pool` [n, N] (-1: none), from the users' inputs
-        to the leading first stage `first` (`queries`, `FirstStage.queries`) and to this one (`vectors`), and
-        their seen catalogue columns [n, M]."""
+        to the leading first stage `first` (`queries`, `FirstStage.queries`) and to this one (`vectors`:
+        `batch_inputs`), and their seen catalogue columns [n, M]."""
         raise NotImplementedError
 
     def values(self, score: float) -> dict:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.modeldir.files import damaged
 from recsys.topn import filters, reasons, stages
 from recsys.topn.checks import is_refit
-from recsys.topn.lists import rerank_pool
-from recsys.topn.rerank import fingerprint, head_scores, served_features
+from recsys.topn.lists import contains, rerank_pool
+from recsys.topn.rerank import feature_names, fingerprint, head_scores, served_features, with_rated
 from recsys.topn.stage import FirstStage, SecondStage
 
 
@@ -113,6 +114,11 @@ class RankingReranker(SecondStage):
     label = "ranking network"
     describe = "the ranking network, logit"
 
+    def __init__(self, md):
+        super().__init__(md)
+        if "latest_item_item" in feature_names(md) and "latest_movies" not in md.arrays:
+            raise damaged(md.path, "arrays.npz", "its head reads the users' latest movies, and it has none")
+
     def candidates(self, given: int | None = None) -> int:
         """`given`, else the number it was trained to reorder (its `--candidates`)."""
         if given is not None:
@@ -136,9 +142,24 @@ class RankingReranker(SecondStage):
     def batch_vectors(self, users: np.ndarray) -> np.ndarray:
         return self.md.arrays["user_outputs"][users]
 
-    def scores(self, first, queries, vectors, pool, seen) -> np.ndarray:
-        cols, a = np.maximum(pool, 0), self.md.arrays
-        features = served_features(first, self.md, queries, seen, pool)
+    def user_inputs(self, user, cold=None, rated=()) -> tuple:
+        """The user's raw tower output [1, D] and latest movies [1, LATEST] (None where the head reads none):
+        their saved latest training movies, then those of `rated` ((row, stars) pairs) as the newest."""
+        saved = self.md.arrays.get("latest_movies")
+        if saved is None:
+            return self.user_vectors(user, cold, rated)[None], None
+        latest = np.full(saved.shape[1], -1, np.int32) if user is None else saved[user]
+        rows = np.array([m for m, _ in rated], np.int64)
+        cols = np.searchsorted(self.md.movie_ids, rows[contains(self.md.movie_ids, rows)])
+        return self.user_vectors(user, cold, rated)[None], with_rated(latest, cols)[None]
+
+    def batch_inputs(self, users: np.ndarray) -> tuple:
+        latest = self.md.arrays.get("latest_movies")
+        return self.batch_vectors(users), None if latest is None else latest[users]
+
+    def scores(self, first, queries, inputs, pool, seen) -> np.ndarray:
+        (vectors, latest), cols, a = inputs, np.maximum(pool, 0), self.md.arrays
+        features = served_features(first, self.md, queries, seen, pool, latest)
         movies = a["movie_outputs"][self.md.movie_ids[cols]]
         return head_scores(self.md.head_params, vectors[:, None, :], movies, features)
 
@@ -199,7 +220,7 @@ class TwoStages(FirstStage):
 
     def top_k(self, user, k, cold=None, rated=(), search="auto", banned=None) -> list:
         md, first, second = self.md, self.first, self.second
-        queries, vectors = first.query(user, cold, rated), second.user_vectors(user, cold, rated)[None]
+        queries, vectors = first.query(user, cold, rated), second.user_inputs(user, cold, rated)
         seen = stages.seen_columns(md, stages.seen(md, user, rated))
         pool, scores, best = (a[0] for a in self.lists(queries, vectors, seen, k, search, banned))
         best = best[best >= 0]
@@ -216,7 +237,7 @@ class TwoStages(FirstStage):
         first, second = self.first, self.second
 
         def rank(users, seen, k, banned=None):
-            pool, _, best = self.lists(first.queries(users), second.batch_vectors(users), seen, k, search, banned)
+            pool, _, best = self.lists(first.queries(users), second.batch_inputs(users), seen, k, search, banned)
             if pools is not None:
                 pools.append(pool)
             return best

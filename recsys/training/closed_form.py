@@ -37,7 +37,7 @@ def fit_ratings(data: MovieLens, args: TrainConfig) -> np.ndarray:
     """The rating indices a closed-form stage is fitted on: the training ratings less the validation slice
     (`--val-ratio`) and the share `--holdout` keeps for a ranker, drawn as a retrieval model draws them."""
     train_idx = splits.carve(np.flatnonzero(~data.is_test), args.val_ratio, args.seed)[0]
-    held = splits.holdout_mask(len(data.user), train_idx, args.holdout or 0.0, args.seed)
+    held = splits.holdout_mask(data, train_idx, args.holdout or 0.0, args.seed, args.holdout_by)
     return train_idx[~held[train_idx]]
 
 

@@ -21,6 +21,8 @@ from recsys.modeldir.load import NoModel
 from recsys.threads import usable_cores
 from recsys.topn import first_stage, neighbours
 from recsys.topn.baselines import EASE_MAX_ITEMS
+from recsys.topn.rerank import FEATURE_SETS
+from recsys.training.splits import HOLDOUT_BY, holdout_rule
 
 HOLDOUT = 0.1  # the retrieval model's default share of training ratings kept for a ranker (closed form: 0)
 EVAL_USERS = 20_000  # top-N metrics while training: at most this many test users, drawn once (evaluate: all)
@@ -32,19 +34,21 @@ DEFAULTS = {
     "rating": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 20, "lr_schedule": "constant",
                "history": False, "flags": ()},
     "retrieval": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 30, "lr_schedule": "cosine",
-                  "history": True, "flags": ("positive", "temperature", "negatives", "holdout", "item_share",
-                                             "item_neighbours")},
-    "ranking": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.05}, "epochs": 3, "lr_schedule": "cosine",
+                  "history": True, "flags": ("positive", "temperature", "negatives", "holdout", "holdout_by",
+                                             "item_share", "item_neighbours")},
+    # a ranking network on labels held out by time (`--holdout-by`) trains `epochs_by_time` (chosen on validation)
+    "ranking": {"optimizer": "adam", "lr": {"sgd": 0.2, "adam": 0.05}, "epochs": 3, "epochs_by_time": 10,
+                "lr_schedule": "cosine",
                 "history": True, "flags": ("positive", "candidates_from", "candidates", "negatives_per_positive",
                                            "hard_negatives", "positive_weight", "train_towers", "exact",
                                            "item_neighbours", "pair_features")},
     # fitted in closed form (`recsys.training.closed_form`): no network, one pass; the network's flags are unread
     "ease": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-             "history": False, "holdout": 0.0, "flags": ("holdout", "ease_lambda", "ease_items")},
+             "history": False, "holdout": 0.0, "flags": ("holdout", "holdout_by", "ease_lambda", "ease_items")},
     "popularity": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                   "history": False, "holdout": 0.0, "flags": ("holdout",)},
+                   "history": False, "holdout": 0.0, "flags": ("holdout", "holdout_by")},
     "item-knn": {"optimizer": "sgd", "lr": {"sgd": 0.2, "adam": 0.001}, "epochs": 1, "lr_schedule": "constant",
-                 "history": False, "holdout": 0.0, "flags": ("holdout",)},
+                 "history": False, "holdout": 0.0, "flags": ("holdout", "holdout_by")},
 }  # fmt: skip
 OBJECTIVES = tuple(DEFAULTS)
 OWN_FLAGS = sorted({flag for d in DEFAULTS.values() for flag in d["flags"]})
@@ -55,7 +59,8 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "negatives": ("full", "in-batch"),
     "positive_weight": ("stars", "one"),
-    "pair_features": ("basic", "all"),
+    "pair_features": tuple(FEATURE_SETS),
+    "holdout_by": HOLDOUT_BY,
 }
 KINDS = {"bool": bool, "int": int, "float": float, "str": str}  # a field's type, by its annotation's first word
 
@@ -98,6 +103,7 @@ class TrainConfig:
     positive: int | None = 4
     negatives: str | None = "in-batch"
     holdout: float | None = None  # the objective's default: `DEFAULTS`, else HOLDOUT
+    holdout_by: str | None = "split"  # recorded as the rule it names on the split: random or time
     item_share: float | None = first_stage.SHARE
     candidates_from: str | None = None
     candidates: int | None = 200
@@ -109,7 +115,7 @@ class TrainConfig:
     positive_weight: str | None = "stars"
     ease_lambda: float | None = 500.0
     ease_items: int | None = EASE_MAX_ITEMS
-    pair_features: str | None = "basic"
+    pair_features: str | None = "latest"
     ratings_db_read: dict | None = None  # the ratings database's rows read (`recsys.train.load_data`)
     phase_threads: int | None = None  # large products' count (`Task.phase`): a resumed run's recorded one
 
@@ -168,13 +174,15 @@ class TrainConfig:
         if self.lr is None:
             self.lr = table["lr"][self.optimizer]
         if self.epochs is None:
-            self.epochs = table["epochs"]
+            self.epochs = table["epochs_by_time" if self.labels_by_time() else "epochs"]
         if self.lr_schedule is None:
             self.lr_schedule = table["lr_schedule"]
         if self.history is None:
             self.history = table["history"]
         if self.holdout is None:
             self.holdout = table.get("holdout", HOLDOUT)
+        if self.holdout_by is not None:
+            self.holdout_by = holdout_rule(self.holdout_by, self.split)
         if not self.history:
             self.history_cap = None
         elif self.history_cap is None or self.history_cap < 0:  # None: a run recorded before the cap existed
@@ -188,6 +196,16 @@ class TrainConfig:
             self.item_neighbours = None
         if self.sparse is None:
             self.sparse = int(os.environ.get("PADDLE_TRAINERS_NUM") or 1) == 1
+
+    def labels_by_time(self) -> bool:
+        """A ranking network whose first stage held its labels out by time (`--holdout-by`): each user's latest
+        ratings. False when that model dir cannot be read (training says why, in one line)."""
+        if self.objective != "ranking" or self.candidates_from is None:
+            return False
+        try:
+            return modeldir.read_meta(self.candidates_from).get("settings", {}).get("holdout_by") == "time"
+        except RecsysError:
+            return False
 
     def check(self) -> None:
         """Every value in its range (the flags the objective reads)."""
@@ -227,7 +245,8 @@ class TrainConfig:
 
 
 # what a setting was before it existed: a run recorded before it resumes as it was trained
-BEFORE = {"objective": "rating", "history": False, "holdout": None, "history_cap": None, "item_share": None}
+BEFORE = {"objective": "rating", "history": False, "holdout": None, "holdout_by": "random", "history_cap": None,
+          "item_share": None}  # fmt: skip
 # recorded settings that hold for one invocation only: a resumed run takes them from its own command line
 FREE = ("max_batches", "eval_every", "save_every_epoch")
 

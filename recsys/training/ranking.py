@@ -28,6 +28,7 @@ from recsys.topn.rerank import (
     PairInputs,
     candidate_pool,
     fingerprint,
+    latest_columns,
     log_share,
     mean_stars,
     recent_share,
@@ -67,17 +68,20 @@ def first_queries(md, data, histories):
 
 
 def pair_inputs(data, idx: np.ndarray, first, users, histories: sp.csr_matrix, movies, item_item: sp.csc_matrix,
-                width: int) -> PairInputs:  # fmt: skip
+                names: tuple[str, ...]) -> PairInputs:  # fmt: skip
     """The pair features' inputs (`recsys.topn.rerank.PairInputs`) of the ratings `idx` alone: the first
     stage `first`, the users' inputs to it `users` (a tower model's unit vectors, or None) and histories
-    `histories` (of those ratings), the catalogue's vectors `movies` (or None), the item-item weights, and the
-    movies' shares, mean stars and recent shares of those ratings; `width` of the features."""
+    `histories` (of those ratings), the catalogue's vectors `movies` (or None), the item-item weights, the
+    movies' shares, mean stars and recent shares of those ratings, and each user's latest movies among them;
+    `names`: the features the head reads."""
     movies_of = catalogue(data)
     cols, n_cols = np.searchsorted(movies_of, data.movie[idx]), len(movies_of)
     genres = data.tables.genres(movies_of)
     stamps = None if data.timestamp is None else data.timestamp[idx]
     stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
-    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, width, first)
+    latest = latest_columns(data.user[idx], cols, stamps, histories.shape[0])
+    return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, names, first,
+                      latest)  # fmt: skip
 
 
 @dataclass
@@ -98,11 +102,11 @@ class Stack:
 
 
 def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exact: bool, val_ratio: float,
-          seed: int, width: int = FEATURE_SETS["basic"]) -> Stack:  # fmt: skip
+          seed: int, names: tuple[str, ...] = FEATURE_SETS["basic"]) -> Stack:  # fmt: skip
     """The `Stack` of a ranking network on the candidates of the first stage `candidates_from` (a model dir
     that leads two stages): its held-out ratings are the ranker's labels (those among the fit candidates;
     validation carved from them by `val_ratio`), its training ratings the histories, and the ranker's towers
-    start from its towers, where it has them; `width`: how many pair features the head reads."""
+    start from its towers, where it has them; `names`: the pair features the head reads."""
     from recsys.modeldir import ModelDir
 
     md = ModelDir.load(candidates_from)
@@ -114,7 +118,7 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
             "train it with --holdout 0.1 (the default)"
         )
     train_idx = splits.carve(np.flatnonzero(~data.is_test), rs["val_ratio"], rs["seed"])[0]  # its own slice
-    held = splits.holdout_mask(len(data.user), train_idx, rs["holdout"], rs["seed"])
+    held = splits.holdout_mask(data, train_idx, rs["holdout"], rs["seed"], rs.get("holdout_by") or "random")
     fit, labels = train_idx[~held[train_idx]], train_idx[held[train_idx]]
     sizes, movies_of = data.sizes(), catalogue(data)
     histories = history.Histories.of(sizes["n_users"], sizes["n_movies"], data.user[fit], data.movie[fit])
@@ -132,12 +136,12 @@ def stack(data, candidates_from: str, n_candidates: int, n_neighbours: int, exac
     keys = data.user[labels].astype(np.int64) * n_cols + np.searchsorted(movies_of, data.movie[labels])
     labels = labels[contains(in_pool, keys)]
     fit_weights = neighbours.fit(fit_history, n_neighbours).tocsc()
-    fit_inputs = pair_inputs(data, fit, first, fit_users, fit_history, movies, fit_weights, width)
+    fit_inputs = pair_inputs(data, fit, first, fit_users, fit_history, movies, fit_weights, names)
     fit_candidates = Candidates(fit_inputs, rated_keys, fit_pool)
     item_item = neighbours.fit(rated, n_neighbours)  # what the saved model scores with: every training rating
     users = first.queries(np.arange(sizes["n_users"]))
     full_pool = candidate_pool(first, users, rated, n_candidates, search)
-    full_inputs = pair_inputs(data, trained, first, users, rated, movies, item_item.tocsc(), width)
+    full_inputs = pair_inputs(data, trained, first, users, rated, movies, item_item.tocsc(), names)
     candidates = Candidates(full_inputs, rated_keys, full_pool)
     recorded = {"candidates_params_sha256": fingerprint(md), "candidates_settings": rs}  # refit: `is_refit`
     stage = first_stage(md) if movies is not None else None  # a tower model's item-item part: the head's start
@@ -307,6 +311,8 @@ class RankingTask(Task):
         w, inputs = self.item_item, self.candidates.inputs
         out = {"item_item_indptr": w.indptr, "item_item_indices": w.indices, "item_item_data": w.data,
                "log_share": inputs.log_share}  # fmt: skip
-        if self.pair_width > FEATURE_SETS["basic"]:  # `--pair-features all` reads them
+        if "mean_stars" in inputs.names:  # `--pair-features all` reads them
             out |= {"movie_stars": inputs.stars, "recent_share": inputs.recent}
+        if "latest_item_item" in inputs.names:  # each user's latest training movies, oldest first
+            out["latest_movies"] = inputs.latest
         return out

@@ -147,7 +147,7 @@ class Task:
         """The training (less the share `--holdout` keeps for a ranker), validation and test ratings; training
         histories come from the training ones."""
         train_idx, val_idx, test_idx = splits.split_indices(self.data, config.val_ratio, config.seed)
-        held = splits.holdout_mask(len(self.data.user), train_idx, config.holdout or 0.0, config.seed)
+        held = splits.holdout_mask(self.data, train_idx, config.holdout or 0.0, config.seed, config.holdout_by)
         train_idx = train_idx[~held[train_idx]]
         self.use_history(train_idx)
         return train_idx, val_idx, test_idx
