@@ -67,7 +67,9 @@ def main() -> None:
     for name, *cells in rows:
         print(f"{name} | " + " | ".join(f"{c:.4f}" for c in cells))
     command = "python benchmarks/ranker_choices.py"
-    table = results_table("validation", "NDCG@10 on validation splits", columns, rows, [4] * len(columns))
+    table = results_table(
+        "validation", "NDCG@10 on validation splits", ["", *columns], rows, [None] + [4] * len(columns)
+    )
     write_results("ranker_choices", command, [table])
 
 

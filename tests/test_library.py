@@ -136,7 +136,7 @@ def test_the_first_stage_weights_are_ease_of_the_ratings_the_network_trained_on(
     md = ModelDir.load(two_stage[0])
     data = movielens.load("ml-1m", small_dir)
     train_idx = np.flatnonzero(~data.is_test)
-    held = holdout_mask(len(data.user), train_idx, 0.1, md.meta["settings"]["seed"])
+    held = holdout_mask(data, train_idx, 0.1, md.meta["settings"]["seed"])
     fit = train_idx[~held[train_idx]]
     x = np.zeros((data.sizes()["n_users"], len(md.movie_ids)))
     x[data.user[fit], np.searchsorted(md.movie_ids, data.movie[fit])] = 1

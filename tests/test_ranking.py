@@ -131,7 +131,8 @@ def u1_two_stage(tmp_path_factory):
                    "--epochs", "8", "--history-cap", "0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("recsys.train", *flags, "--model-dir", str(out / "ranking"), "--objective", "ranking",
-                   "--candidates-from", str(out / "retrieval"), "--epochs", "4")  # fmt: skip
+                   "--candidates-from", str(out / "retrieval"), "--epochs", "4",
+                   "--pair-features", "basic")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out / "retrieval", out / "ranking"
 
@@ -245,7 +246,8 @@ def test_the_head_starts_from_the_first_stage_score(u1_two_stage, tmp_path):
     """The ranking head's linear part starts as 4 * (cosine + beta * item-item score), the retrieval model's
     first stage: a training whose steps hardly move it (Adam at 1e-9) saves those weights."""
     retrieval, _ = u1_two_stage
-    flags = ["--objective", "ranking", "--candidates-from", str(retrieval), "--epochs", "1", "--lr", "1e-9"]
+    flags = ["--objective", "ranking", "--candidates-from", str(retrieval), "--epochs", "1", "--lr", "1e-9",
+             "--pair-features", "basic"]  # fmt: skip
     proc = run_cli(
         "recsys.train", *U1, "--data-dir", str(need_ml100k()), "--model-dir", str(tmp_path / "still"), *flags
     )

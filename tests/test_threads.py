@@ -47,7 +47,7 @@ def u1_runs(request, tmp_path_factory) -> tuple[dict, dict]:
         "rating": train.run(objective="rating", model_dir=out / "rating", **flags)[-1],
         "retrieval": train.run(objective="retrieval", model_dir=out / "retrieval", **flags)[-1],
         "ranking": train.run(objective="ranking", model_dir=out / "ranking", candidates_from=out / "retrieval",
-                             max_batches=20, **flags)[-1],
+                             max_batches=20, pair_features="basic", **flags)[-1],
     }  # fmt: skip
     recommenders = {
         "rating": Recommender.load(out / "rating"),

@@ -174,7 +174,7 @@ class TrainConfig:
         if self.lr is None:
             self.lr = table["lr"][self.optimizer]
         if self.epochs is None:
-            self.epochs = table["epochs_by_time" if self.labels_by_time() else "epochs"]
+            self.epochs = table["epochs_by_time" if "epochs_by_time" in table and self.labels_by_time() else "epochs"]
         if self.lr_schedule is None:
             self.lr_schedule = table["lr_schedule"]
         if self.history is None:
@@ -200,7 +200,7 @@ class TrainConfig:
     def labels_by_time(self) -> bool:
         """A ranking network whose first stage held its labels out by time (`--holdout-by`): each user's latest
         ratings. False when that model dir cannot be read (training says why, in one line)."""
-        if self.objective != "ranking" or self.candidates_from is None:
+        if self.candidates_from is None:
             return False
         try:
             return modeldir.read_meta(self.candidates_from).get("settings", {}).get("holdout_by") == "time"
