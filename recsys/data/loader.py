@@ -171,17 +171,20 @@ def user_time_order(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(user)), timestamp, user))
 
 
+def newest_first_rank(user: np.ndarray, timestamp: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ratings in `user_time_order`, and each one's place among its user's ratings counted from the
+    newest (0: the user's latest; ties in file order)."""
+    order = user_time_order(user, timestamp)
+    ends = np.cumsum(np.bincount(user, minlength=n_users))
+    return order, ends[user[order]] - 1 - np.arange(len(order))
+
+
 def latest_mask(user: np.ndarray, timestamp: np.ndarray, take: np.ndarray) -> np.ndarray:
     """[n] bool: each user's last `take[user]` ratings by timestamp (ties in file order); `take` is indexed by
     user id."""
-    n = len(user)
-    order = user_time_order(user, timestamp)
-    counts = np.bincount(user, minlength=len(take))
-    starts = np.cumsum(counts) - counts
-    sorted_user = user[order]
-    rank = np.arange(n) - starts[sorted_user]  # position within the user's ratings, oldest first
-    mask = np.zeros(n, bool)
-    mask[order] = rank >= counts[sorted_user] - take[sorted_user]
+    order, from_end = newest_first_rank(user, timestamp, len(take))
+    mask = np.zeros(len(user), bool)
+    mask[order] = from_end < take[user[order]]
     return mask
 
 

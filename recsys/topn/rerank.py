@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.data.loader import user_time_order
+from recsys.data.loader import newest_first_rank
 from recsys.topn import neighbours
 from recsys.topn.lists import chunk_rows
 
@@ -71,13 +71,11 @@ def latest_columns(users: np.ndarray, cols: np.ndarray, stamps: np.ndarray | Non
     """Each user's latest `n` catalogue columns among the ratings (`users`, `cols`) by their timestamps
     `stamps` (ties, and ratings without timestamps, in the order given), oldest first: [n_users, n] int32,
     -1 padded in front."""
-    order = user_time_order(users, np.zeros(len(users), np.int64) if stamps is None else stamps)
-    sorted_users = users[order]
-    ends = np.cumsum(np.bincount(users, minlength=n_users))
-    from_end = ends[sorted_users] - 1 - np.arange(len(order))  # 0: the user's latest rating
+    when = np.zeros(len(users), np.int64) if stamps is None else stamps
+    order, from_end = newest_first_rank(users, when, n_users)
     keep = from_end < n
     out = np.full((n_users, n), -1, np.int32)
-    out[sorted_users[keep], n - 1 - from_end[keep]] = cols[order[keep]]
+    out[users[order[keep]], n - 1 - from_end[keep]] = cols[order[keep]]
     return out
 
 

@@ -145,13 +145,13 @@ class RankingReranker(SecondStage):
     def user_inputs(self, user, cold=None, rated=()) -> tuple:
         """The user's raw tower output [1, D] and latest movies [1, LATEST] (None where the head reads none):
         their saved latest training movies, then those of `rated` ((row, stars) pairs) as the newest."""
-        saved = self.md.arrays.get("latest_movies")
+        vectors, saved = self.user_vectors(user, cold, rated)[None], self.md.arrays.get("latest_movies")
         if saved is None:
-            return self.user_vectors(user, cold, rated)[None], None
+            return vectors, None
         latest = np.full(saved.shape[1], -1, np.int32) if user is None else saved[user]
-        rows = np.array([m for m, _ in rated], np.int64)
+        rows = np.array([m for m, _ in rated], np.int64)  # in the order given (the service's: oldest first)
         cols = np.searchsorted(self.md.movie_ids, rows[contains(self.md.movie_ids, rows)])
-        return self.user_vectors(user, cold, rated)[None], with_rated(latest, cols)[None]
+        return vectors, with_rated(latest, cols)[None]
 
     def batch_inputs(self, users: np.ndarray) -> tuple:
         latest = self.md.arrays.get("latest_movies")

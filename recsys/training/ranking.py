@@ -79,7 +79,8 @@ def pair_inputs(data, idx: np.ndarray, first, users, histories: sp.csr_matrix, m
     genres = data.tables.genres(movies_of)
     stamps = None if data.timestamp is None else data.timestamp[idx]
     stars, recent = mean_stars(cols, data.stars[idx], n_cols), recent_share(cols, stamps, n_cols)
-    latest = latest_columns(data.user[idx], cols, stamps, histories.shape[0])
+    reads_latest = "latest_item_item" in names  # each user's latest movies: a sort of the ratings, or none
+    latest = latest_columns(data.user[idx], cols, stamps, histories.shape[0]) if reads_latest else None
     return PairInputs(users, histories, movies, item_item, log_share(histories), genres, stars, recent, names, first,
                       latest)  # fmt: skip
 
